@@ -1,0 +1,508 @@
+// subprocess/command.hpp - what to start, and spawn() to start it.
+//
+// A command is a description: the program and its arguments, and the options it
+// runs with. Nothing happens until spawn() (or sp::run()). Commands are values:
+// copy one, change the copy, start it as often as you like.
+//
+//   auto p = sp::command{"grep", "-n", "error"}        // argv: no shell involved
+//              .cwd("/var/log")
+//              .env(sp::environment::only({"PATH"}).set("LC_ALL", "C"))
+//              .in(sp::pipe).out(sp::pipe).err(sp::merge_with_out)
+//              .spawn();
+//
+// The program. argv[0] is looked up like execvp() does: a name without '/' is
+// searched in PATH (the child's PATH when you set an environment, else ours, else
+// /bin:/usr/bin), a name with '/' is used as it is. A relative path such as
+// "./tool" is relative to the parent's working directory, even with cwd() set
+// (predictable; Python's and Node's rules differ by platform). Lookup happens in the
+// parent, so "not found" is a spawn_error before anything starts.
+//
+// No shell. Arguments go to the program exactly as given: spaces, quotes, '$' and
+// '*' are just characters, so untrusted input cannot inject commands. When you do
+// want a shell (pipes, globs, redirections written as text), say so:
+// command::shell("ls *.log | wc -l") runs /bin/sh -c.
+//
+// Options (each returns the command, so they chain):
+//   arg(s) / args(v)           more arguments
+//   cwd(dir)                   working directory of the child
+//   env(environment)           its whole environment (default: a copy of ours)
+//   in(x) / out(x) / err(x)    where stdin/stdout/stderr go: see stdio.hpp
+//   map_fd(child, parent)      child's fd `child` is a copy of our fd `parent`
+//   new_process_group()        the child leads a new process group; signal_group()
+//                              and terminate() then reach its children too
+//   new_session()              setsid(): new session and group, no controlling tty
+//   kill_on_parent_death(sig)  the kernel sends sig when the parent dies (see below)
+//   ipc(fd)                    a message channel on child fd `fd` (ipc.hpp)
+//
+// What the child gets. Every fd is closed in the child except 0, 1, 2 and the ones
+// you mapped: fds your program opened without O_CLOEXEC do not leak into it. Signal
+// dispositions are reset to default (an ignored SIGPIPE is not inherited) and the
+// signal mask is empty.
+//
+// How it starts. posix_spawn() (glibc: clone(CLONE_VM|CLONE_VFORK), so the cost
+// does not grow with the parent's memory) whenever the options allow; otherwise
+// (kill_on_parent_death) the library's own clone(CLONE_VM|CLONE_VFORK) path, whose
+// child runs only async-signal-safe system calls prepared in advance. Either way a
+// failure of exec, chdir or any other step is a spawn_error in the parent with the
+// errno and the step, and no child is left behind. spawn() is thread-safe: every fd
+// the library creates is close-on-exec from birth, so concurrent spawns never
+// leak one child's pipe into another.
+//
+// kill_on_parent_death uses PR_SET_PDEATHSIG. The kernel sends the signal when the
+// *thread* that spawned the child exits, not only the process: spawn such children
+// from a long-lived thread.
+#pragma once
+
+#include <algorithm>
+#include <cctype>
+#include <climits>
+#include <cstdlib>
+#include <filesystem>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <sys/stat.h>
+
+#include "detail/spawn.hpp"
+#include "detail/syscall.hpp"
+#include "detail/unique_fd.hpp"
+#include "environment.hpp"
+#include "error.hpp"
+#include "process.hpp"
+#include "stdio.hpp"
+
+namespace subprocess {
+
+// Which spawn path to use. automatic is right for everyone; the others exist for
+// tests and benchmarks.
+enum class spawn_backend { automatic, posix_spawn, clone_vfork };
+
+// Quotes one word for a POSIX shell: unchanged if it is made only of safe
+// characters, otherwise in single quotes ('it'\''s').
+inline std::string shell_quote(std::string_view s) {
+  if (s.empty()) return "''";
+  bool safe = true;
+  for (unsigned char c : s) {
+    if (!(std::isalnum(c) || std::string_view("_@%+=:,./-").find(static_cast<char>(c)) !=
+                                 std::string_view::npos)) {
+      safe = false;
+      break;
+    }
+  }
+  if (safe) return std::string(s);
+  std::string q = "'";
+  for (char c : s) {
+    if (c == '\'')
+      q += "'\\''";
+    else
+      q += c;
+  }
+  q += '\'';
+  return q;
+}
+
+class command {
+ public:
+  // The program and its arguments: command{"ls", "-l", "/tmp"}.
+  command(std::initializer_list<std::string> argv) : argv_(argv) {}
+  explicit command(std::vector<std::string> argv) : argv_(std::move(argv)) {}
+
+  // /bin/sh -c script: for pipes, globs and redirections written as shell text.
+  // Never pass untrusted text here; quote it with shell_quote() if you must.
+  static command shell(std::string script) {
+    command c{"/bin/sh", "-c", std::move(script)};
+    c.shell_ = true;
+    return c;
+  }
+  // This very program again (/proc/self/exe) with these arguments: the C++ way to
+  // write Node's fork(__filename). argv[0] is the path of the running executable.
+  static command self(std::vector<std::string> args = {}) {
+    std::error_code ec;
+    auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    std::vector<std::string> argv{ec ? std::string("/proc/self/exe") : exe.string()};
+    argv.insert(argv.end(), std::make_move_iterator(args.begin()),
+                std::make_move_iterator(args.end()));
+    command c(std::move(argv));
+    c.program_ = "/proc/self/exe";
+    return c;
+  }
+
+  command& arg(std::string a) {
+    argv_.push_back(std::move(a));
+    return *this;
+  }
+  command& args(const std::vector<std::string>& more) {
+    argv_.insert(argv_.end(), more.begin(), more.end());
+    return *this;
+  }
+  command& cwd(std::filesystem::path dir) {
+    cwd_ = std::move(dir);
+    return *this;
+  }
+  command& env(environment e) {
+    env_ = std::move(e);
+    return *this;
+  }
+  command& in(stdio s) {
+    if (std::holds_alternative<merge_with_out_t>(s) || std::holds_alternative<merge_with_err_t>(s))
+      throw argument_error(to_string(), "stdin cannot be merged with an output stream");
+    stdio_[0] = std::move(s);
+    return *this;
+  }
+  command& out(stdio s) {
+    if (std::holds_alternative<merge_with_out_t>(s))
+      throw argument_error(to_string(), "stdout cannot be merged with itself");
+    stdio_[1] = std::move(s);
+    return *this;
+  }
+  command& err(stdio s) {
+    if (std::holds_alternative<merge_with_err_t>(s))
+      throw argument_error(to_string(), "stderr cannot be merged with itself");
+    stdio_[2] = std::move(s);
+    return *this;
+  }
+  // The child's fd `child_fd` will be a copy of the parent's fd `parent_fd`, which
+  // stays open and owned by the caller. For fds 0-2 use in()/out()/err().
+  command& map_fd(int child_fd, int parent_fd) {
+    if (child_fd < 3) throw argument_error(to_string(), "map_fd: use in()/out()/err() for fds 0-2");
+    if (parent_fd < 0) throw argument_error(to_string(), "map_fd: negative parent fd");
+    for (auto& m : fd_maps_)
+      if (m.first == child_fd) {
+        m.second = parent_fd;
+        return *this;
+      }
+    fd_maps_.emplace_back(child_fd, parent_fd);
+    return *this;
+  }
+  command& new_process_group(bool on = true) {
+    new_group_ = on;
+    return *this;
+  }
+  command& new_session(bool on = true) {
+    new_session_ = on;
+    return *this;
+  }
+  // The child gets `sig` when the parent (strictly: the spawning thread) dies.
+  // 0 turns it off.
+  command& kill_on_parent_death(int sig = SIGKILL) {
+    if (sig < 0 || sig >= 65) throw argument_error(to_string(), "kill_on_parent_death: bad signal");
+    parent_death_signal_ = sig;
+    return *this;
+  }
+  // Opens a socketpair message channel at child fd `child_fd` and announces it in
+  // NODE_CHANNEL_FD (with NODE_CHANNEL_SERIALIZATION_MODE=json), the way Node's
+  // fork() does. Wrap the parent's end with ipc::channel (ipc.hpp).
+  command& ipc(int child_fd = 3) {
+    if (child_fd < 3) throw argument_error(to_string(), "ipc: the channel fd must be 3 or more");
+    ipc_fd_ = child_fd;
+    return *this;
+  }
+  command& backend(spawn_backend b) {
+    backend_ = b;
+    return *this;
+  }
+
+  const std::vector<std::string>& argv() const noexcept { return argv_; }
+  const std::optional<std::filesystem::path>& cwd() const noexcept { return cwd_; }
+  const std::optional<environment>& env() const noexcept { return env_; }
+  // The stream settings; nullopt means "the default of whatever starts it"
+  // (spawn(): inherit; run(): see run.hpp).
+  const std::optional<stdio>& in() const noexcept { return stdio_[0]; }
+  const std::optional<stdio>& out() const noexcept { return stdio_[1]; }
+  const std::optional<stdio>& err() const noexcept { return stdio_[2]; }
+  bool has_process_group() const noexcept { return new_group_ || new_session_; }
+  const std::optional<int>& ipc_fd() const noexcept { return ipc_fd_; }
+  bool is_shell() const noexcept { return shell_; }
+
+  // Shell-quoted command line: pasting it into sh runs the same argv.
+  std::string to_string() const {
+    std::string s;
+    for (std::size_t i = 0; i < argv_.size(); ++i) {
+      if (i) s += ' ';
+      s += shell_quote(argv_[i]);
+    }
+    return s;
+  }
+
+  // Starts the child. Throws argument_error for bad input (nothing started) and
+  // spawn_error if it cannot start (nothing left behind).
+  process spawn() const;
+
+ private:
+  std::vector<std::string> argv_;
+  std::optional<std::string> program_;  // exec this instead of resolving argv[0]
+  std::optional<std::filesystem::path> cwd_;
+  std::optional<environment> env_;
+  std::optional<stdio> stdio_[3];
+  std::vector<std::pair<int, int>> fd_maps_;
+  std::optional<int> ipc_fd_;
+  int parent_death_signal_ = 0;
+  bool new_group_ = false;
+  bool new_session_ = false;
+  bool shell_ = false;
+  spawn_backend backend_ = spawn_backend::automatic;
+};
+
+namespace detail {
+
+inline bool is_executable_file(const std::string& p, int& err) {
+  if (::access(p.c_str(), X_OK) != 0) {
+    err = errno;
+    return false;
+  }
+  struct stat st;
+  if (::stat(p.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    err = EACCES;
+    return false;
+  }
+  return true;
+}
+
+// execvp's search, done in the parent. Returns "" and sets err on failure.
+inline std::string find_program(const std::string& name, std::string_view path, int& err) {
+  if (name.find('/') != std::string::npos) {
+    if (is_executable_file(name, err)) return name;
+    return {};
+  }
+  bool denied = false;
+  std::string cand;
+  for (std::size_t start = 0;;) {
+    std::size_t end = path.find(':', start);
+    std::string_view dir = path.substr(start, end == std::string_view::npos ? end : end - start);
+    cand.assign(dir.empty() ? "." : dir);
+    cand += '/';
+    cand += name;
+    int e = 0;
+    if (is_executable_file(cand, e)) return cand;
+    if (e == EACCES) denied = true;
+    if (end == std::string_view::npos) break;
+    start = end + 1;
+  }
+  err = denied ? EACCES : ENOENT;
+  return {};
+}
+
+// A C-style, null-terminated array of pointers into strings that outlive it.
+inline std::vector<char*> c_array(const std::vector<std::string>& v) {
+  std::vector<char*> a;
+  a.reserve(v.size() + 1);
+  for (const auto& s : v) a.push_back(const_cast<char*>(s.c_str()));
+  a.push_back(nullptr);
+  return a;
+}
+
+}  // namespace detail
+
+inline process command::spawn() const {
+  std::string cmdline = to_string();
+  // ---- validate everything before creating anything
+  if (argv_.empty()) throw argument_error("", "empty command: argv has no program");
+  if (argv_[0].empty()) throw argument_error(cmdline, "the program name is empty");
+  for (std::size_t i = 0; i < argv_.size(); ++i)
+    if (argv_[i].find('\0') != std::string::npos)
+      throw argument_error(cmdline, "argument " + std::to_string(i) + " contains a NUL byte");
+  if (cwd_ && cwd_->native().find('\0') != std::string::npos)
+    throw argument_error(cmdline, "the working directory contains a NUL byte");
+  if (std::holds_alternative<merge_with_err_t>(stdio_[1].value_or(inherit)) &&
+      std::holds_alternative<merge_with_out_t>(stdio_[2].value_or(inherit)))
+    throw argument_error(cmdline, "stdout and stderr cannot both be merged into each other");
+  std::vector<int> targets{0, 1, 2};
+  for (auto [c, p] : fd_maps_) {
+    (void)p;
+    targets.push_back(c);
+  }
+  if (ipc_fd_) {
+    for (auto [c, p] : fd_maps_)
+      if (c == *ipc_fd_)
+        throw argument_error(cmdline, "fd " + std::to_string(c) + " is mapped and used for ipc");
+    targets.push_back(*ipc_fd_);
+  }
+  std::sort(targets.begin(), targets.end());
+  targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+  const int max_target = targets.back();
+  // fds between the targets (say 3..6 when only 7 is mapped) must be closed too.
+  std::vector<detail::fd_range> gaps;
+  int gap_fds = 0;
+  for (std::size_t i = 1; i < targets.size(); ++i)
+    if (targets[i] > targets[i - 1] + 1) {
+      gaps.push_back({targets[i - 1] + 1, targets[i] - 1});
+      gap_fds += targets[i] - targets[i - 1] - 1;
+    }
+
+  // ---- program and environment
+  std::vector<std::string> env_strings;
+  const bool custom_env = env_.has_value() || ipc_fd_.has_value();
+  if (custom_env) {
+    environment e = env_ ? *env_ : environment::inherit();
+    if (ipc_fd_) {
+      e.set("NODE_CHANNEL_FD", std::to_string(*ipc_fd_));
+      e.set("NODE_CHANNEL_SERIALIZATION_MODE", "json");
+    }
+    env_strings.reserve(e.size());
+    for (const auto& [k, v] : e) env_strings.push_back(k + "=" + v);
+  }
+  std::string path;
+  if (program_) {
+    path = *program_;
+  } else {
+    std::string search;
+    if (env_) {
+      search = env_->get("PATH").value_or("/bin:/usr/bin");
+    } else {
+      const char* p = std::getenv("PATH");
+      search = p ? p : "/bin:/usr/bin";
+    }
+    int err = 0;
+    path = detail::find_program(argv_[0], search, err);
+    if (path.empty())
+      throw spawn_error(err, cmdline, "resolve program",
+                        argv_[0].find('/') == std::string::npos ? "'" + argv_[0] + "' in PATH"
+                                                                : "'" + argv_[0] + "'");
+  }
+  if (cwd_ && path[0] != '/' && path.find('/') != std::string::npos)
+    path = (std::filesystem::current_path() / path).string();  // relative to the parent
+  if (cwd_) {
+    struct stat st;
+    if (::stat(cwd_->c_str(), &st) != 0)
+      throw spawn_error(errno, cmdline, "chdir", "to '" + cwd_->string() + "'");
+    if (!S_ISDIR(st.st_mode))
+      throw spawn_error(ENOTDIR, cmdline, "chdir", "to '" + cwd_->string() + "'");
+  }
+
+  // ---- file descriptors. `owned` closes everything we opened when spawn() returns.
+  std::vector<detail::unique_fd> owned;
+  std::vector<detail::fd_move> moves, merges;
+  pipe_writer in_end;
+  pipe_reader out_end, err_end;
+  detail::unique_fd channel_end;
+  detail::unique_fd devnull;
+  auto own = [&](int fd) {
+    owned.emplace_back(fd);
+    return fd;
+  };
+  static constexpr const char* names[3] = {"stdin", "stdout", "stderr"};
+  for (int slot = 0; slot < 3; ++slot) {
+    const stdio& s = stdio_[slot] ? *stdio_[slot] : stdio(inherit);
+    if (std::holds_alternative<inherit_t>(s)) continue;
+    if (std::holds_alternative<null_t>(s)) {
+      if (!devnull) {
+        devnull.reset(detail::sys::open("/dev/null", O_RDWR));
+        if (!devnull) throw spawn_error(errno, cmdline, "open /dev/null");
+      }
+      moves.push_back({devnull.get(), slot});
+    } else if (std::holds_alternative<pipe_t>(s)) {
+      int fds[2];
+      if (detail::sys::pipe2(fds, 0) != 0)
+        throw spawn_error(errno, cmdline, std::string("create ") + names[slot] + " pipe");
+      int child = slot == 0 ? fds[0] : fds[1];
+      moves.push_back({own(child), slot});
+      detail::unique_fd parent(slot == 0 ? fds[1] : fds[0]);
+      if (slot == 0)
+        in_end = pipe_writer(std::move(parent), "stdin", cmdline);
+      else if (slot == 1)
+        out_end = pipe_reader(std::move(parent), "stdout", cmdline);
+      else
+        err_end = pipe_reader(std::move(parent), "stderr", cmdline);
+    } else if (auto* f = std::get_if<file>(&s)) {
+      file_mode m = f->mode.value_or(slot == 0 ? file_mode::read : file_mode::truncate);
+      int flags = m == file_mode::read       ? O_RDONLY
+                  : m == file_mode::truncate ? O_WRONLY | O_CREAT | O_TRUNC
+                                             : O_WRONLY | O_CREAT | O_APPEND;
+      int fd = detail::sys::open(f->path.c_str(), flags, 0666);
+      if (fd < 0)
+        throw spawn_error(errno, cmdline, std::string("open ") + names[slot] + " file",
+                          "'" + f->path.string() + "'");
+      moves.push_back({own(fd), slot});
+    } else if (auto* d = std::get_if<fd>(&s)) {
+      if (d->number < 0 || detail::sys::fcntl(d->number, F_GETFD) < 0)
+        throw spawn_error(EBADF, cmdline, std::string(names[slot]) + " fd",
+                          std::to_string(d->number));
+      moves.push_back({d->number, slot});
+    } else if (std::holds_alternative<merge_with_out_t>(s)) {
+      merges.push_back({1, 2});
+    } else if (std::holds_alternative<merge_with_err_t>(s)) {
+      merges.push_back({2, 1});
+    }
+  }
+  for (auto [c, p] : fd_maps_) {
+    if (detail::sys::fcntl(p, F_GETFD) < 0)
+      throw spawn_error(EBADF, cmdline, "map fd", std::to_string(p) + " (not open in the parent)");
+    moves.push_back({p, c});
+  }
+  if (ipc_fd_) {
+    int sv[2];
+    if (detail::sys::socketpair(AF_UNIX, SOCK_STREAM, sv) != 0)
+      throw spawn_error(errno, cmdline, "create ipc socketpair");
+    channel_end.reset(sv[0]);
+    moves.push_back({own(sv[1]), *ipc_fd_});
+  }
+  // Move every source above every target, so applying the moves in order never
+  // overwrites a source that a later move still needs (e.g. swapping 1 and 2, or a
+  // pipe that landed on fd 0 because the parent had closed its stdin).
+  for (auto& m : moves) {
+    if (m.from <= max_target) {
+      int up = detail::sys::dup_above(m.from, max_target + 1);
+      if (up < 0) throw spawn_error(errno, cmdline, "dup fd", std::to_string(m.from));
+      m.from = own(up);
+    }
+  }
+  // A merge (2>&1) copies a target that is in place by then, so it comes last.
+  moves.insert(moves.end(), merges.begin(), merges.end());
+
+  // ---- start it
+  std::vector<char*> argv_c = detail::c_array(argv_);
+  std::vector<char*> env_c;
+  if (custom_env) env_c = detail::c_array(env_strings);
+  detail::child_plan plan;
+  plan.path = path.c_str();
+  plan.argv = argv_c.data();
+  plan.envp = custom_env ? env_c.data() : environ;
+  plan.cwd = cwd_ ? cwd_->c_str() : nullptr;
+  plan.moves = moves.data();
+  plan.n_moves = static_cast<int>(moves.size());
+  plan.gaps = gaps.data();
+  plan.n_gaps = static_cast<int>(gaps.size());
+  plan.close_from = max_target + 1;
+  plan.setsid = new_session_;
+  plan.setpgid = new_group_ && !new_session_;
+  plan.pdeathsig = parent_death_signal_;
+  plan.parent = ::getpid();
+  rlimit rl{};
+  plan.fd_limit = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536
+                      ? static_cast<int>(rl.rlim_cur)
+                      : 65536;
+
+  bool use_clone = backend_ == spawn_backend::clone_vfork || parent_death_signal_ != 0 ||
+                   !detail::posix_spawn_backend_available() ||
+                   (backend_ == spawn_backend::automatic && gap_fds > detail::max_posix_spawn_gap_fds);
+  if (backend_ == spawn_backend::posix_spawn && parent_death_signal_ != 0)
+    throw argument_error(cmdline, "kill_on_parent_death() cannot use the posix_spawn backend");
+  if (use_clone && !detail::clone_backend_available())
+    throw spawn_error(ENOSYS, cmdline, "spawn", "(no spawn backend for this platform)");
+
+  detail::spawned child;
+  detail::spawn_failure fail;
+  bool ok = use_clone ? detail::spawn_clone(plan, child, fail) : detail::spawn_posix(plan, child, fail);
+  if (!ok) {
+    std::string step = detail::step_name(fail.step), what;
+    if (fail.step == detail::child_step::exec) {
+      what = "'" + path + "'";
+      // posix_spawn reports chdir failures as its return value too; say which.
+      struct stat st;
+      if (cwd_ && (::stat(cwd_->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
+        step = "chdir";
+        what = "to '" + cwd_->string() + "'";
+      }
+    } else if (fail.step == detail::child_step::chdir) {
+      what = "to '" + cwd_->string() + "'";
+    }
+    throw spawn_error(fail.err, cmdline, step, what);
+  }
+  return process(child.pid, std::move(child.pidfd), std::move(cmdline), new_group_ || new_session_,
+                 std::move(in_end), std::move(out_end), std::move(err_end), std::move(channel_end));
+}
+
+}  // namespace subprocess

@@ -1,0 +1,174 @@
+// subprocess/detail/syscall.hpp - the one seam every system call goes through.
+//
+// Not public API. Each wrapper makes exactly one system call and returns what the
+// kernel said (-1 and errno on failure); none of them retries. Callers retry EINTR
+// with no_eintr() or with their own deadline arithmetic.
+//
+// Building with SUBPROCESS_FAULT_INJECTION lets a test install fault_hook, which is
+// asked before every call and can make it fail with any errno (see
+// tests/fault_injection.cpp). Without the macro the seam compiles to plain calls.
+#pragma once
+
+#include <cerrno>
+#include <csignal>
+#include <cstddef>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <spawn.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#if defined(SUBPROCESS_FAULT_INJECTION)
+#include <atomic>
+#endif
+
+namespace subprocess::detail::sys {
+
+enum class call : unsigned char {
+  read, write, poll, epoll_create, epoll_ctl, epoll_wait, waitid, waitpid, open, close, pipe2,
+  socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
+  signalfd, timerfd, eventfd, count_
+};
+
+#if defined(SUBPROCESS_FAULT_INJECTION)
+// Returns 0 to let the call through, or the errno to fail it with.
+using fault_fn = int (*)(call) noexcept;
+inline std::atomic<fault_fn> fault_hook{nullptr};
+inline int injected(call c) noexcept {
+  fault_fn h = fault_hook.load(std::memory_order_relaxed);
+  return h != nullptr ? h(c) : 0;
+}
+#define SUBPROCESS_FAULT_POINT(c)                                      \
+  do {                                                                 \
+    if (int fault_errno_ = ::subprocess::detail::sys::injected(c)) {   \
+      errno = fault_errno_;                                            \
+      return -1;                                                       \
+    }                                                                  \
+  } while (0)
+#else
+#define SUBPROCESS_FAULT_POINT(c) \
+  do {                            \
+  } while (0)
+#endif
+
+// Retries a call while it fails with EINTR. For calls without a timeout only.
+template <class F>
+auto no_eintr(F&& f) {
+  for (;;) {
+    auto r = f();
+    if (!(r == -1 && errno == EINTR)) return r;
+  }
+}
+
+inline ssize_t read(int fd, void* buf, std::size_t n) noexcept {
+  SUBPROCESS_FAULT_POINT(call::read);
+  return ::read(fd, buf, n);
+}
+inline ssize_t write(int fd, const void* buf, std::size_t n) noexcept {
+  SUBPROCESS_FAULT_POINT(call::write);
+  return ::write(fd, buf, n);
+}
+inline int poll(pollfd* fds, nfds_t n, int timeout_ms) noexcept {
+  SUBPROCESS_FAULT_POINT(call::poll);
+  return ::poll(fds, n, timeout_ms);
+}
+inline int epoll_create() noexcept {
+  SUBPROCESS_FAULT_POINT(call::epoll_create);
+  return ::epoll_create1(EPOLL_CLOEXEC);
+}
+inline int epoll_ctl(int ep, int op, int fd, epoll_event* ev) noexcept {
+  SUBPROCESS_FAULT_POINT(call::epoll_ctl);
+  return ::epoll_ctl(ep, op, fd, ev);
+}
+inline int epoll_wait(int ep, epoll_event* evs, int n, int timeout_ms) noexcept {
+  SUBPROCESS_FAULT_POINT(call::epoll_wait);
+  return ::epoll_wait(ep, evs, n, timeout_ms);
+}
+inline int waitid(idtype_t type, id_t id, siginfo_t* info, int options) noexcept {
+  SUBPROCESS_FAULT_POINT(call::waitid);
+  return ::waitid(type, id, info, options);
+}
+inline pid_t waitpid(pid_t pid, int* status, int options) noexcept {
+  SUBPROCESS_FAULT_POINT(call::waitpid);
+  return ::waitpid(pid, status, options);
+}
+inline int open(const char* path, int flags, mode_t mode = 0) noexcept {
+  SUBPROCESS_FAULT_POINT(call::open);
+  return ::open(path, flags | O_CLOEXEC, mode);
+}
+inline int close(int fd) noexcept {
+  // close() is never retried on EINTR: on Linux the fd is gone either way.
+  SUBPROCESS_FAULT_POINT(call::close);
+  return ::close(fd);
+}
+inline int pipe2(int fds[2], int flags) noexcept {
+  SUBPROCESS_FAULT_POINT(call::pipe2);
+  return ::pipe2(fds, flags | O_CLOEXEC);
+}
+inline int socketpair(int domain, int type, int fds[2]) noexcept {
+  SUBPROCESS_FAULT_POINT(call::socketpair);
+  return ::socketpair(domain, type | SOCK_CLOEXEC, 0, fds);
+}
+// dup to the lowest free fd >= min_fd, close-on-exec.
+inline int dup_above(int fd, int min_fd) noexcept {
+  SUBPROCESS_FAULT_POINT(call::dup);
+  return ::fcntl(fd, F_DUPFD_CLOEXEC, min_fd);
+}
+inline int fcntl(int fd, int cmd, int arg = 0) noexcept {
+  SUBPROCESS_FAULT_POINT(call::fcntl);
+  return ::fcntl(fd, cmd, arg);
+}
+inline int pidfd_open(pid_t pid) noexcept {
+  SUBPROCESS_FAULT_POINT(call::pidfd_open);
+#if defined(SYS_pidfd_open)
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+#else
+  (void)pid;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+inline int pidfd_send_signal(int pidfd, int sig) noexcept {
+  SUBPROCESS_FAULT_POINT(call::pidfd_send_signal);
+#if defined(SYS_pidfd_send_signal)
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
+#else
+  (void)pidfd, (void)sig;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+inline int kill(pid_t pid, int sig) noexcept {
+  SUBPROCESS_FAULT_POINT(call::kill);
+  return ::kill(pid, sig);
+}
+// Returns an errno value like posix_spawn itself (0 on success).
+inline int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* fa,
+                       const posix_spawnattr_t* attr, char* const argv[],
+                       char* const envp[]) noexcept {
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  if (int e = injected(call::posix_spawn)) return e;
+#endif
+  return ::posix_spawn(pid, path, fa, attr, argv, envp);
+}
+inline int thread_sigmask(int how, const sigset_t* set, sigset_t* old) noexcept {
+  // pthread_sigmask returns an errno value; map it to the -1/errno convention.
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  if (int e = injected(call::sigmask)) {
+    errno = e;
+    return -1;
+  }
+#endif
+  int e = ::pthread_sigmask(how, set, old);
+  if (e != 0) {
+    errno = e;
+    return -1;
+  }
+  return 0;
+}
+
+}  // namespace subprocess::detail::sys

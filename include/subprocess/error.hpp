@@ -1,0 +1,219 @@
+// subprocess/error.hpp - what the library throws.
+//
+// Every exception derives from subprocess::error, which derives from
+// std::system_error, so code() carries an errno (std::system_category) or one of
+// the library's own conditions (subprocess::errc), and every what() message names
+// the command it is about. The kinds are kept apart so callers can catch exactly
+// what they can handle:
+//
+//   argument_error      bad input, found before anything was started: an empty
+//                       argv, a NUL byte in an argument, an environment variable
+//                       name containing '=', a negative timeout. Nothing ran.
+//   spawn_error         the child could not be started: program not found, not
+//                       executable, bad working directory, fd limit... code() is
+//                       the errno; step() says which step failed ("exec",
+//                       "chdir", "open stdout file", ...). No child is left behind.
+//   timeout_error       the child ran past its timeout and was killed (and reaped).
+//                       Carries the output captured so far.
+//   process_error       the child ran and failed (non-zero exit or killed by a
+//                       signal) and you asked for that to be an error (check()).
+//                       Carries the exit_status and the captured output.
+//   output_limit_error  the child wrote more than the max_output you allowed.
+//   io_error            reading or writing a pipe failed, e.g. EPIPE when the
+//                       child exited before reading all its input.
+//
+//   try {
+//     sp::run(sp::command{"make", "-j8"}, {.timeout = 10min}).check();
+//   } catch (const sp::timeout_error& e) { ... e.out() ...
+//   } catch (const sp::process_error& e) { ... e.status() ... e.err() ...
+//   } catch (const sp::spawn_error& e)   { ... e.code() == std::errc::no_such_file_or_directory
+//   }
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <utility>
+
+#include "exit_status.hpp"
+
+namespace subprocess {
+
+// The library's own error conditions (errno values are used where one fits).
+enum class errc {
+  process_failed = 1,     // exited non-zero or was killed (process_error)
+  output_limit_exceeded,  // max_output reached (output_limit_error)
+  channel_closed,         // the IPC peer went away
+  protocol_error,         // a malformed or oversized IPC message
+};
+
+inline const std::error_category& category() noexcept {
+  struct cat final : std::error_category {
+    const char* name() const noexcept override { return "subprocess"; }
+    std::string message(int c) const override {
+      switch (static_cast<errc>(c)) {
+        case errc::process_failed: return "process failed";
+        case errc::output_limit_exceeded: return "output limit exceeded";
+        case errc::channel_closed: return "channel closed";
+        case errc::protocol_error: return "protocol error";
+      }
+      return "unknown subprocess error";
+    }
+  };
+  static const cat instance;
+  return instance;
+}
+
+inline std::error_code make_error_code(errc e) noexcept {
+  return {static_cast<int>(e), category()};
+}
+
+}  // namespace subprocess
+
+template <>
+struct std::is_error_code_enum<subprocess::errc> : std::true_type {};
+
+namespace subprocess {
+
+// Base of everything the library throws. what() is the whole message.
+class error : public std::system_error {
+ public:
+  error(std::error_code ec, std::string command, std::string message)
+      : std::system_error(ec), command_(std::move(command)), message_(visible(std::move(message))) {}
+  // The command line (shell-quoted) the error is about; empty if none.
+  const std::string& command() const noexcept { return command_; }
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  // what() is a C string: show a NUL byte (possible in a rejected argument) as \0.
+  static std::string visible(std::string m) {
+    for (std::size_t i = m.find('\0'); i != std::string::npos; i = m.find('\0', i + 2))
+      m.replace(i, 1, "\\0");
+    return m;
+  }
+  std::string command_;
+  std::string message_;
+};
+
+// Bad input, rejected before anything was started.
+class argument_error : public error {
+ public:
+  argument_error(std::string command, const std::string& problem)
+      : error(std::make_error_code(std::errc::invalid_argument), command,
+              command.empty() ? problem : "command '" + command + "': " + problem) {}
+};
+
+// The child could not be started. code() is the errno.
+class spawn_error : public error {
+ public:
+  spawn_error(int err, std::string command, std::string step, const std::string& detail = {})
+      : error(std::error_code(err, std::system_category()), command,
+              "cannot start '" + command + "': " + step + (detail.empty() ? "" : " " + detail) +
+                  ": " + std::error_code(err, std::system_category()).message()),
+        step_(std::move(step)) {}
+  // Which step failed: "resolve program", "exec", "chdir", "open stdin file", ...
+  const std::string& step() const noexcept { return step_; }
+
+ private:
+  std::string step_;
+};
+
+// A pipe read or write failed (EPIPE: the child closed its end or exited).
+class io_error : public error {
+ public:
+  io_error(int err, std::string command, const std::string& what_failed)
+      : error(std::error_code(err, std::system_category()), command,
+              what_failed + (command.empty() ? "" : " of '" + command + "'") + ": " +
+                  std::error_code(err, std::system_category()).message()) {}
+};
+
+// Output captured from a child, as far as it got.
+struct captured_output {
+  std::string out;
+  std::string err;
+};
+
+// The child ran past its timeout; it was killed and reaped before this was thrown.
+class timeout_error : public error {
+ public:
+  timeout_error(std::string command, std::chrono::milliseconds timeout,
+                std::optional<exit_status> status, captured_output output,
+                const std::string& note = {})
+      : error(std::make_error_code(std::errc::timed_out), command,
+              "'" + command + "' timed out after " + std::to_string(timeout.count()) + " ms" +
+                  (note.empty() ? "" : " (" + note + ")")),
+        timeout_(timeout),
+        status_(status),
+        output_(std::move(output)) {}
+  std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+  // How the child ended after it was killed (nullopt if it could not be reaped).
+  const std::optional<exit_status>& status() const noexcept { return status_; }
+  // Output captured before the timeout.
+  const std::string& out() const noexcept { return output_.out; }
+  const std::string& err() const noexcept { return output_.err; }
+
+ private:
+  std::chrono::milliseconds timeout_;
+  std::optional<exit_status> status_;
+  captured_output output_;
+};
+
+// The child failed (non-zero exit or killed) and the caller asked for an error.
+class process_error : public error {
+ public:
+  process_error(std::string command, exit_status status, captured_output output)
+      : error(errc::process_failed, command, describe(command, status, output.err)),
+        status_(status),
+        output_(std::move(output)) {}
+  exit_status status() const noexcept { return status_; }
+  const std::string& out() const noexcept { return output_.out; }
+  const std::string& err() const noexcept { return output_.err; }
+
+ private:
+  static std::string describe(const std::string& command, exit_status st, const std::string& err) {
+    std::string m = "'" + command + "' " + st.to_string();
+    if (!err.empty()) {
+      // The last few lines of stderr usually say why; keep the message short.
+      constexpr std::size_t tail = 512;
+      std::string_view e(err);
+      while (!e.empty() && (e.back() == '\n' || e.back() == '\r')) e.remove_suffix(1);
+      if (e.size() > tail) {
+        e = e.substr(e.size() - tail);
+        m += ": ...";
+      } else {
+        m += ": ";
+      }
+      m += e;
+    }
+    return m;
+  }
+  exit_status status_;
+  captured_output output_;
+};
+
+// The child wrote more than the allowed max_output on one stream.
+class output_limit_error : public error {
+ public:
+  output_limit_error(std::string command, std::string stream, std::size_t limit,
+                     std::optional<exit_status> status, captured_output output)
+      : error(errc::output_limit_exceeded, command,
+              "'" + command + "' wrote more than " + std::to_string(limit) + " bytes to " +
+                  stream + "; it was killed"),
+        stream_(std::move(stream)),
+        status_(status),
+        output_(std::move(output)) {}
+  // "stdout" or "stderr".
+  const std::string& stream() const noexcept { return stream_; }
+  const std::optional<exit_status>& status() const noexcept { return status_; }
+  // The first max_output bytes of each stream.
+  const std::string& out() const noexcept { return output_.out; }
+  const std::string& err() const noexcept { return output_.err; }
+
+ private:
+  std::string stream_;
+  std::optional<exit_status> status_;
+  captured_output output_;
+};
+
+}  // namespace subprocess

@@ -1,0 +1,301 @@
+// subprocess/process.hpp - a running (or finished) child process.
+//
+// command::spawn() returns a process. It owns the child: its pid, a pidfd, and
+// the parent's ends of any pipes.
+//
+//   auto p = sp::command{"sleep", "10"}.spawn();
+//   p.pid();                        // the child's process id
+//   p.wait_for(2s);                 // nullopt: still running after 2 s
+//   p.terminate(5s);                // SIGTERM, and SIGKILL if it ignores that for 5 s
+//   p.wait();                       // exit_status: "killed by SIGTERM"
+//
+// Waiting. wait() blocks until the child exits and reaps it (collects its exit
+// status so it does not linger as a zombie). try_wait() checks without blocking;
+// wait_for(d) gives up after d. All three poll the child's pidfd, so there is no
+// busy loop and no SIGCHLD handler involved. Once reaped, the status is cached and
+// every later call returns it.
+//
+// wait() and wait_for() never deadlock on output. Before waiting they close the
+// child's stdin if the process still owns that pipe (a child reading to EOF would
+// otherwise wait for you while you wait for it). While waiting they read any
+// stdout/stderr pipe the process still owns into its buffer, so a child writing
+// more than a pipe holds can finish; read it afterwards with p.out().read_all().
+// If you read a pipe from another thread, move it out first
+// (auto r = std::move(p.out())) so wait() leaves it alone. For capture with
+// timeouts and input, use sp::run() or sp::communicate().
+//
+// Signals. signal(sig) goes through the pidfd (pidfd_send_signal), so it can never
+// hit an unrelated process that reused the pid: once the child is reaped, signal()
+// returns false and sends nothing. With new_process_group() or new_session(),
+// signal_group(sig) reaches the child's whole process group (its children too), and
+// terminate()/kill() and the destructor act on the group.
+//
+// Destructor policy. Destroying a process whose child is still running sends it
+// SIGKILL (its group, if it leads one) and reaps it: a process handle never leaks
+// a running child or a zombie. Call detach() to let the child run on instead; a
+// background thread then reaps it when it exits. The destructor blocks only for as
+// long as the kernel takes to deliver SIGKILL.
+//
+// Thread safety: one thread at a time, except that signal(), signal_group() and
+// kill() may be called from another thread while one thread is in wait().
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "detail/poll.hpp"
+#include "detail/reaper.hpp"
+#include "detail/syscall.hpp"
+#include "detail/unique_fd.hpp"
+#include "error.hpp"
+#include "exit_status.hpp"
+#include "stream.hpp"
+
+namespace subprocess {
+
+class command;
+
+class process {
+ public:
+  // An empty handle (no child). Assign a spawned process to it.
+  process() = default;
+  process(process&& o) noexcept { *this = std::move(o); }
+  process& operator=(process&& o) noexcept {
+    if (this != &o) {
+      finish();
+      pid_ = std::exchange(o.pid_, -1);
+      pidfd_ = std::move(o.pidfd_);
+      status_ = std::exchange(o.status_, std::nullopt);
+      reaped_.store(o.reaped_.load());
+      group_leader_ = o.group_leader_;
+      command_ = std::move(o.command_);
+      in_ = std::move(o.in_);
+      out_ = std::move(o.out_);
+      err_ = std::move(o.err_);
+      channel_fd_ = std::move(o.channel_fd_);
+    }
+    return *this;
+  }
+  process(const process&) = delete;
+  process& operator=(const process&) = delete;
+  ~process() { finish(); }
+
+  // False for a default-constructed or moved-from handle.
+  bool valid() const noexcept { return pid_ > 0; }
+  pid_t pid() const noexcept { return pid_; }
+  // The pidfd, or -1 on kernels without pidfds. Poll it for POLLIN: readable once
+  // the child has exited. Owned by the process; do not close it.
+  int pidfd() const noexcept { return pidfd_.get(); }
+  // The command line, shell-quoted, as used in error messages.
+  const std::string& command_line() const noexcept { return command_; }
+  // Started with new_process_group() or new_session(): its pgid is its pid.
+  bool is_group_leader() const noexcept { return group_leader_; }
+
+  // The parent's pipe ends (closed/empty unless the stream was sp::pipe).
+  pipe_writer& in() noexcept { return in_; }
+  pipe_reader& out() noexcept { return out_; }
+  pipe_reader& err() noexcept { return err_; }
+
+  // The parent's end of the IPC socket (command::ipc()), for ipc::channel.
+  detail::unique_fd take_channel_fd() noexcept { return std::move(channel_fd_); }
+
+  // The exit status if the child has been reaped already.
+  const std::optional<exit_status>& status() const noexcept { return status_; }
+
+  // Blocks until the child exits; reaps it. See the notes above on pipes.
+  exit_status wait() { return *wait_until(std::nullopt); }
+  // Reaps the child if it has exited; never blocks.
+  std::optional<exit_status> try_wait() {
+    if (!status_) reap(false);
+    return status_;
+  }
+  // Waits at most `timeout`; nullopt if the child is still running.
+  template <class Rep, class Period>
+  std::optional<exit_status> wait_for(std::chrono::duration<Rep, Period> timeout) {
+    if (timeout < timeout.zero()) throw argument_error(command_, "negative timeout for wait_for");
+    return wait_until(detail::clock::now() + timeout);
+  }
+  std::optional<exit_status> wait_until(const detail::deadline& dl) {
+    check_valid("wait");
+    if (status_) return status_;
+    in_.close();
+    return pidfd_ ? wait_pidfd(dl) : wait_polling(dl);
+  }
+
+  // Sends sig to the child. Returns false (sending nothing) if the child has been
+  // reaped already; a child that exited but is not reaped yet accepts and ignores it.
+  bool signal(int sig) {
+    check_valid("signal");
+    if (reaped_.load(std::memory_order_acquire)) return false;
+    int r = pidfd_ ? detail::sys::pidfd_send_signal(pidfd_.get(), sig) : detail::sys::kill(pid_, sig);
+    if (r == 0) return true;
+    if (errno == ESRCH) return false;
+    throw error(std::error_code(errno, std::system_category()), command_,
+                "cannot send " + detail::signal_name_of(sig) + " to '" + command_ +
+                    "': " + std::error_code(errno, std::system_category()).message());
+  }
+  // Sends sig to the child's process group (requires new_process_group() or
+  // new_session()). Also signals the child itself through its pidfd, in case it
+  // moved to another group. Returns false if nothing was signalled.
+  bool signal_group(int sig) {
+    check_valid("signal_group");
+    if (!group_leader_)
+      throw argument_error(command_, "signal_group() needs a child started with "
+                                     "new_process_group() or new_session()");
+    bool any = signal(sig);
+    // The leader's pid is also the pgid. While the leader is unreaped the id cannot be
+    // reused; after that only surviving members can still hold it.
+    if (detail::sys::kill(-pid_, sig) == 0) any = true;
+    return any;
+  }
+  // SIGKILL to the child (its group if it leads one). Does not wait.
+  void kill() {
+    if (group_leader_)
+      signal_group(SIGKILL);
+    else
+      signal(SIGKILL);
+  }
+  // Asks the child to stop with SIGTERM (its group if it leads one), waits up to
+  // `grace`, then sends SIGKILL if it has not exited, and reaps it. Whether SIGKILL
+  // is needed is decided by whether the child has exited, not by whether a signal was
+  // sent. Returns how it ended: "killed by SIGKILL" means it ignored SIGTERM.
+  template <class Rep = long, class Period = std::ratio<1>>
+  exit_status terminate(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5)) {
+    check_valid("terminate");
+    if (grace < grace.zero()) throw argument_error(command_, "negative grace period for terminate");
+    if (status_) return *status_;
+    send_to_tree(SIGTERM);
+    if (auto st = wait_for(grace)) return *st;
+    send_to_tree(SIGKILL);
+    return wait();
+  }
+
+  // Lets the child run on after this handle is gone; a background thread reaps it
+  // when it exits. The handle becomes empty; pipes owned by it are closed.
+  void detach() {
+    check_valid("detach");
+    if (!status_) reap(false);
+    if (!status_) detail::reaper::instance().adopt(pid_, std::move(pidfd_));
+    release();
+  }
+
+ private:
+  friend class command;
+  process(pid_t pid, detail::unique_fd pidfd, std::string cmd, bool group_leader, pipe_writer in,
+          pipe_reader out, pipe_reader err, detail::unique_fd channel) noexcept
+      : pid_(pid), pidfd_(std::move(pidfd)), group_leader_(group_leader), command_(std::move(cmd)),
+        in_(std::move(in)), out_(std::move(out)), err_(std::move(err)),
+        channel_fd_(std::move(channel)) {}
+
+  void check_valid(const char* what) const {
+    if (pid_ <= 0) throw argument_error("", std::string(what) + "() on an empty process handle");
+  }
+  void send_to_tree(int sig) {
+    if (group_leader_) {
+      signal_group(sig);
+    } else {
+      signal(sig);
+    }
+  }
+
+  // waitpid for our own pid only. blocking=false: WNOHANG.
+  void reap(bool blocking) {
+    int ws = 0;
+    for (;;) {
+      pid_t r = detail::sys::waitpid(pid_, &ws, blocking ? 0 : WNOHANG);
+      if (r == pid_) break;
+      if (r == 0) return;  // still running
+      if (errno == EINTR) continue;
+      int e = errno;
+      reaped_.store(true, std::memory_order_release);
+      throw error(std::error_code(e, std::system_category()), command_,
+                  "waitpid for '" + command_ + "' failed" +
+                      (e == ECHILD ? " (was it reaped by other code calling waitpid(-1)?)" : "") +
+                      ": " + std::error_code(e, std::system_category()).message());
+    }
+    status_ = exit_status::from_wait_status(ws);
+    reaped_.store(true, std::memory_order_release);
+  }
+
+  // Output pipes the process owns are drained while waiting (see the header notes).
+  int add_drains(pollfd* fds, int n) {
+    for (pipe_reader* r : {&out_, &err_})
+      if (r->is_open() && !r->eof()) fds[n++] = pollfd{r->fd(), POLLIN, 0};
+    return n;
+  }
+  void drain_ready(const pollfd* fds, int n) {
+    for (int i = 0; i < n; ++i) {
+      if (fds[i].revents == 0) continue;
+      pipe_reader& r = fds[i].fd == out_.fd() ? out_ : err_;
+      while (r.fill() > 0) {
+      }
+    }
+  }
+
+  std::optional<exit_status> wait_pidfd(const detail::deadline& dl) {
+    for (;;) {
+      pollfd fds[3] = {{pidfd_.get(), POLLIN, 0}, {}, {}};
+      int n = add_drains(fds, 1);
+      if (detail::poll_until(fds, static_cast<nfds_t>(n), dl) == 0) return std::nullopt;
+      drain_ready(fds + 1, n - 1);
+      if (fds[0].revents != 0) {
+        reap(true);  // exited: this returns at once
+        return status_;
+      }
+    }
+  }
+  // Kernels without pidfds: poll the pipes with a growing timeout, try waitpid.
+  std::optional<exit_status> wait_polling(const detail::deadline& dl) {
+    auto step = std::chrono::milliseconds(1);
+    for (;;) {
+      reap(false);
+      if (status_) return status_;
+      auto now = detail::clock::now();
+      if (dl && now >= *dl) return std::nullopt;
+      detail::deadline next = now + step;
+      if (dl && *dl < *next) next = dl;
+      pollfd fds[2];
+      int n = add_drains(fds, 0);
+      detail::poll_until(fds, static_cast<nfds_t>(n), next);
+      drain_ready(fds, n);
+      step = std::min(step * 2, std::chrono::milliseconds(50));
+    }
+  }
+
+  void release() noexcept {
+    pid_ = -1;
+    pidfd_.reset();
+    in_.close();
+    out_.close();
+    err_.close();
+    channel_fd_.reset();
+  }
+  // The destructor policy: kill and reap a child still running.
+  void finish() noexcept {
+    if (pid_ <= 0) return;
+    if (!status_) {
+      try {
+        kill();
+        reap(true);
+      } catch (...) {
+        // Nothing more can be done; the kernel reaps it when we exit.
+      }
+    }
+    release();
+  }
+
+  pid_t pid_ = -1;
+  detail::unique_fd pidfd_;
+  std::optional<exit_status> status_;
+  std::atomic<bool> reaped_{false};
+  bool group_leader_ = false;
+  std::string command_;
+  pipe_writer in_;
+  pipe_reader out_, err_;
+  detail::unique_fd channel_fd_;
+};
+
+}  // namespace subprocess

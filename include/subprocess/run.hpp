@@ -1,0 +1,239 @@
+// subprocess/run.hpp - run a command to completion and capture what it printed.
+//
+//   auto r = sp::run(sp::command{"sort", "-r"}, {.input = "b\na\nc\n", .timeout = 5s});
+//   r.status.success();   // exited with code 0?
+//   r.out;                // "c\nb\na\n"
+//   r.err;                // whatever it wrote to stderr
+//   r.check();            // throws process_error (status + stderr tail) unless success
+//
+//   sp::run(sp::command{"make"}, {.check = true});   // same, throwing at once
+//
+// Like Python's subprocess.run or Node's execFile, but:
+//   * Nothing deadlocks, whatever the sizes: the input is written and stdout and
+//     stderr are read at the same time, from one thread, with poll().
+//   * Streams you did not set are chosen for capture: stdout and stderr are piped
+//     and captured; stdin is a pipe carrying `input`, or /dev/null when there is no
+//     input (a child never steals your terminal's input). Streams you did set
+//     (out(sp::inherit), err(sp::merge_with_out), a file, ...) are respected.
+//   * timeout: at the deadline the child is sent SIGKILL (its whole process group
+//     if it has one), reaped, and timeout_error is thrown carrying the output so
+//     far. Exit is detected through the pidfd, not through end-of-file, so a
+//     grandchild that inherited the pipes and keeps them open cannot hold run()
+//     past its timeout. (Without a timeout, run() reads until every writer of the
+//     pipes is gone, as a shell's $(...) does.)
+//   * max_output caps each captured stream: at the limit the child is killed and
+//     output_limit_error says which stream overflowed (it keeps the first
+//     max_output bytes), or with on_output_limit = truncate the rest is read and
+//     thrown away and out_truncated/err_truncated are set.
+//   * Writing input to a child that exits without reading it all is not an error
+//     (the rest is dropped, like a shell pipe); its exit status tells you what
+//     happened. The parent never gets SIGPIPE.
+//
+// communicate(p, input) does the same for a process you spawned yourself with pipes.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "command.hpp"
+#include "detail/poll.hpp"
+#include "detail/sigpipe.hpp"
+#include "error.hpp"
+#include "process.hpp"
+
+namespace subprocess {
+
+enum class output_limit {
+  kill,      // kill the child and throw output_limit_error
+  truncate,  // keep the first max_output bytes, discard the rest, let it finish
+};
+
+struct run_options {
+  // Written to the child's stdin, which is then closed.
+  std::optional<std::string> input{};
+  // Kill the child (and its group) when it runs longer; throws timeout_error.
+  std::optional<std::chrono::milliseconds> timeout{};
+  // Throw process_error unless the child exits with code 0.
+  bool check = false;
+  // Most bytes captured per stream; unlimited when unset.
+  std::optional<std::size_t> max_output{};
+  output_limit on_output_limit = output_limit::kill;
+};
+
+struct run_result {
+  std::string command;  // shell-quoted, for messages
+  exit_status status = exit_status::exited(0);
+  std::string out;
+  std::string err;
+  bool out_truncated = false;
+  bool err_truncated = false;
+
+  bool success() const noexcept { return status.success(); }
+  // Throws process_error unless the child exited with code 0; returns *this.
+  const run_result& check() const {
+    if (!status.success()) throw process_error(command, status, {out, err});
+    return *this;
+  }
+};
+
+struct communicate_options {
+  std::optional<std::chrono::milliseconds> timeout{};
+  std::optional<std::size_t> max_output{};
+  output_limit on_output_limit = output_limit::kill;
+};
+
+namespace detail {
+
+struct capture {
+  pipe_reader* reader;
+  std::string* sink;
+  bool* truncated;
+  const char* name;
+};
+
+// Reads what is available on one captured stream into its sink, at most
+// `rounds` reads so a fast writer cannot starve the other fds. Returns false when
+// the limit was hit under output_limit::kill.
+inline bool drain_into(capture& c, const communicate_options& o, int rounds = 4) {
+  while (rounds-- > 0) {
+    ssize_t r = c.reader->fill(256 * 1024);
+    if (r <= 0) return true;
+    std::string_view got = c.reader->buffered();
+    std::size_t room = o.max_output ? (*o.max_output > c.sink->size() ? *o.max_output - c.sink->size() : 0)
+                                    : got.size();
+    c.sink->append(got.substr(0, std::min(room, got.size())));
+    c.reader->consume(got.size());
+    if (room < got.size()) {
+      *c.truncated = true;
+      if (o.on_output_limit == output_limit::kill) return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace detail
+
+// Feeds `input` to p.in() (then closes it), captures p.out() and p.err() (those that
+// are open pipes), waits for the child, and returns everything. The process must
+// have been spawned with the pipes you want used.
+inline run_result communicate(process& p, std::string_view input = {},
+                              const communicate_options& opts = {}) {
+  if (!p.valid()) throw argument_error("", "communicate() on an empty process handle");
+  if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
+    throw argument_error(p.command_line(), "negative timeout");
+  run_result res;
+  res.command = p.command_line();
+  const detail::deadline dl = opts.timeout ? detail::deadline(detail::clock::now() + *opts.timeout)
+                                           : std::nullopt;
+  detail::capture caps[2] = {{&p.out(), &res.out, &res.out_truncated, "stdout"},
+                             {&p.err(), &res.err, &res.err_truncated, "stderr"}};
+  // Take what wait() may have buffered already.
+  for (auto& c : caps) {
+    c.sink->append(c.reader->buffered());
+    c.reader->consume(c.reader->buffered().size());
+  }
+  pipe_writer& in = p.in();
+  if (input.empty()) in.close();
+
+  auto fail_and_reap = [&](const char* why) -> std::optional<exit_status> {
+    (void)why;
+    p.kill();
+    std::optional<exit_status> st;
+    try {
+      st = p.wait_until(detail::clock::now() + std::chrono::seconds(5));
+    } catch (const error&) {
+    }
+    return st;
+  };
+
+  detail::sigpipe_guard guard;
+  for (;;) {
+    pollfd fds[4];
+    int n = 0, in_i = -1, pid_i = -1, cap_i[2] = {-1, -1};
+    if (in.is_open()) {
+      in_i = n;
+      fds[n++] = {in.fd(), POLLOUT, 0};
+    }
+    for (int i = 0; i < 2; ++i)
+      if (caps[i].reader->is_open() && !caps[i].reader->eof()) {
+        cap_i[i] = n;
+        fds[n++] = {caps[i].reader->fd(), POLLIN, 0};
+      }
+    bool exited = p.status().has_value();
+    if (n == 0 && exited) break;
+    if (!exited && p.pidfd() >= 0) {
+      pid_i = n;
+      fds[n++] = {p.pidfd(), POLLIN, 0};
+    }
+    if (n == 0) {  // no pidfd and no pipes left: just wait
+      if (!p.wait_until(dl)) {
+        auto st = fail_and_reap("timeout");
+        throw timeout_error(res.command, *opts.timeout, st, {res.out, res.err});
+      }
+      break;
+    }
+    // Without a pidfd, look at the child every 50 ms while pipes are open.
+    detail::deadline wake = dl;
+    if (!exited && p.pidfd() < 0) {
+      auto soon = detail::clock::now() + std::chrono::milliseconds(50);
+      if (!wake || soon < *wake) wake = soon;
+    }
+    int ready = detail::poll_until(fds, static_cast<nfds_t>(n), wake);
+    if (ready == 0 && dl && detail::clock::now() >= *dl) {
+      bool had_exited = p.status().has_value();
+      auto st = had_exited ? p.status() : fail_and_reap("timeout");
+      for (auto& c : caps) detail::drain_into(c, opts, 1);
+      throw timeout_error(res.command, *opts.timeout, st, {res.out, res.err},
+                          had_exited ? p.status()->to_string() +
+                                           ", but a process it started still holds its output open"
+                                     : std::string());
+    }
+    if (in_i >= 0 && fds[in_i].revents != 0) {
+      try {
+        ssize_t w = in.write_raw(input, guard);
+        if (w > 0) input.remove_prefix(static_cast<std::size_t>(w));
+        if (input.empty()) in.close();
+      } catch (const io_error& e) {
+        if (e.code() != std::errc::broken_pipe) throw;
+        in.close();  // the child stopped reading; its exit status will say why
+      }
+    }
+    for (int i = 0; i < 2; ++i) {
+      if (cap_i[i] < 0 || fds[cap_i[i]].revents == 0) continue;
+      if (!detail::drain_into(caps[i], opts)) {
+        std::size_t limit = *opts.max_output;
+        auto st = fail_and_reap("output limit");
+        throw output_limit_error(res.command, caps[i].name, limit, st, {res.out, res.err});
+      }
+    }
+    if ((pid_i >= 0 && fds[pid_i].revents != 0) || p.pidfd() < 0) p.try_wait();
+  }
+  res.status = p.wait();
+  return res;
+}
+
+// Spawns cmd, feeds opts.input, captures stdout and stderr, waits. See the top of
+// this file for which streams are captured and how timeouts work.
+inline run_result run(command cmd, const run_options& opts = {}) {
+  if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
+    throw argument_error(cmd.to_string(), "negative timeout");
+  if (opts.input && cmd.in() && !std::holds_alternative<pipe_t>(*cmd.in()))
+    throw argument_error(cmd.to_string(), "input given but stdin is redirected elsewhere");
+  if (!cmd.in()) {
+    if (opts.input)
+      cmd.in(pipe);
+    else
+      cmd.in(null);
+  }
+  if (!cmd.out()) cmd.out(pipe);
+  if (!cmd.err()) cmd.err(pipe);
+  process p = cmd.spawn();
+  run_result r = communicate(p, opts.input ? std::string_view(*opts.input) : std::string_view(),
+                             {opts.timeout, opts.max_output, opts.on_output_limit});
+  if (opts.check) r.check();
+  return r;
+}
+
+}  // namespace subprocess
