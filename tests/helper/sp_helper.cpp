@@ -1,0 +1,230 @@
+// sp_helper - the tests' sparring partner: a child program driven by its arguments.
+//
+// It runs its arguments as a list of actions, left to right, and exits 0 at the
+// end unless an action says otherwise:
+//
+//   exit N              exit with code N now
+//   sleep MS            sleep MS milliseconds
+//   out TEXT, err TEXT  write TEXT and a newline to stdout / stderr
+//   out-bytes N         write N bytes ('a'..'z' repeating) to stdout; err-bytes N likewise
+//   cat                 copy stdin to stdout until EOF
+//   echo-lines          read stdin line by line, writing each line back at once
+//   count-stdin         read stdin to EOF, print the number of bytes
+//   print-args          print the remaining arguments, one per line, and stop
+//   print-cwd           print the working directory
+//   print-env NAME      print NAME's value, or <unset>
+//   print-env-all       print every NAME=value, sorted
+//   list-fds            print the open fds (excluding the one used to list them)
+//   print-signals       print "ignored: ..." and "blocked: ..." signal numbers
+//   print-pid, print-ppid, print-pgid, print-sid
+//   ignore-term         ignore SIGTERM from now on
+//   term-exits-after MS on SIGTERM, print "got SIGTERM", wait MS, exit 0
+//   kill-self SIG       raise signal number SIG
+//   stop-self           raise SIGSTOP
+//   setpgid             move into a new process group of its own
+//   close-out           close stdout (keep running)
+//   grandchild MS       fork a grandchild that keeps stdout/stderr open for MS ms
+//   grandchild-pid      fork a grandchild that sleeps forever; print its pid
+//   ready               print "ready" (a synchronisation point for the test)
+//   wait-stdin-eof      block until stdin reaches EOF
+//   pdeath-child SIG    spawn "sp_helper sleep 60000" with kill_on_parent_death(SIG)
+//                       through the library; print its pid
+#include <algorithm>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <subprocess/command.hpp>
+
+extern char** environ;
+
+namespace {
+
+void write_all(int fd, const char* p, size_t n) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      _exit(errno == EPIPE ? 141 : 120);
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+void say(int fd, const std::string& s) {
+  std::string line = s + "\n";
+  write_all(fd, line.data(), line.size());
+}
+void sleep_ms(long ms) {
+  timespec ts{ms / 1000, (ms % 1000) * 1000000};
+  while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+  }
+}
+volatile sig_atomic_t got_term = 0;
+long term_exit_delay = 0;
+void on_term(int) {
+  const char msg[] = "got SIGTERM\n";
+  (void)!::write(1, msg, sizeof msg - 1);
+  sleep_ms(term_exit_delay);
+  _exit(0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> a(argv + 1, argv + argc);
+  for (size_t i = 0; i < a.size(); ++i) {
+    const std::string& op = a[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= a.size()) {
+        say(2, "sp_helper: " + op + " needs an argument");
+        _exit(121);
+      }
+      return a[++i];
+    };
+    if (op == "exit") {
+      _exit(std::atoi(next().c_str()));
+    } else if (op == "sleep") {
+      sleep_ms(std::atol(next().c_str()));
+    } else if (op == "out") {
+      say(1, next());
+    } else if (op == "err") {
+      say(2, next());
+    } else if (op == "out-bytes" || op == "err-bytes") {
+      long n = std::atol(next().c_str());
+      std::string block(65536, 'a');
+      for (size_t k = 0; k < block.size(); ++k) block[k] = static_cast<char>('a' + k % 26);
+      int fd = op == "out-bytes" ? 1 : 2;
+      while (n > 0) {
+        size_t m = static_cast<size_t>(std::min<long>(n, static_cast<long>(block.size())));
+        write_all(fd, block.data(), m);
+        n -= static_cast<long>(m);
+      }
+    } else if (op == "cat") {
+      char buf[65536];
+      ssize_t r;
+      while ((r = ::read(0, buf, sizeof buf)) != 0) {
+        if (r < 0) {
+          if (errno == EINTR) continue;
+          _exit(122);
+        }
+        write_all(1, buf, static_cast<size_t>(r));
+      }
+    } else if (op == "echo-lines") {
+      std::string line;
+      char c;
+      ssize_t r;
+      while ((r = ::read(0, &c, 1)) != 0) {
+        if (r < 0) {
+          if (errno == EINTR) continue;
+          _exit(122);
+        }
+        line += c;
+        if (c == '\n') {
+          write_all(1, line.data(), line.size());
+          line.clear();
+        }
+      }
+      if (!line.empty()) write_all(1, line.data(), line.size());
+    } else if (op == "count-stdin" || op == "wait-stdin-eof") {
+      char buf[65536];
+      long total = 0;
+      ssize_t r;
+      while ((r = ::read(0, buf, sizeof buf)) != 0) {
+        if (r < 0) {
+          if (errno == EINTR) continue;
+          _exit(122);
+        }
+        total += r;
+      }
+      if (op == "count-stdin") say(1, std::to_string(total));
+    } else if (op == "print-args") {
+      for (size_t k = i + 1; k < a.size(); ++k) say(1, a[k]);
+      break;
+    } else if (op == "print-cwd") {
+      char buf[4096];
+      say(1, getcwd(buf, sizeof buf) ? buf : "?");
+    } else if (op == "print-env") {
+      std::string n = next();
+      const char* v = std::getenv(n.c_str());
+      say(1, v ? v : "<unset>");
+    } else if (op == "print-env-all") {
+      std::vector<std::string> all;
+      for (char** e = environ; *e; ++e) all.emplace_back(*e);
+      std::sort(all.begin(), all.end());
+      for (auto& e : all) say(1, e);
+    } else if (op == "list-fds") {
+      DIR* d = opendir("/proc/self/fd");
+      std::vector<int> fds;
+      while (dirent* e = readdir(d))
+        if (e->d_name[0] != '.' && std::atoi(e->d_name) != dirfd(d)) fds.push_back(std::atoi(e->d_name));
+      closedir(d);
+      std::sort(fds.begin(), fds.end());
+      std::string s;
+      for (int f : fds) s += (s.empty() ? "" : " ") + std::to_string(f);
+      say(1, s);
+    } else if (op == "print-signals") {
+      std::string ign, blk;
+      sigset_t mask;
+      sigprocmask(SIG_SETMASK, nullptr, &mask);
+      for (int s = 1; s < SIGRTMIN; ++s) {
+        struct sigaction sa;
+        if (sigaction(s, nullptr, &sa) == 0 && sa.sa_handler == SIG_IGN) ign += " " + std::to_string(s);
+        if (sigismember(&mask, s) == 1) blk += " " + std::to_string(s);
+      }
+      say(1, "ignored:" + ign);
+      say(1, "blocked:" + blk);
+    } else if (op == "print-pid") {
+      say(1, std::to_string(getpid()));
+    } else if (op == "print-ppid") {
+      say(1, std::to_string(getppid()));
+    } else if (op == "print-pgid") {
+      say(1, std::to_string(getpgrp()));
+    } else if (op == "print-sid") {
+      say(1, std::to_string(getsid(0)));
+    } else if (op == "ignore-term") {
+      signal(SIGTERM, SIG_IGN);
+    } else if (op == "term-exits-after") {
+      term_exit_delay = std::atol(next().c_str());
+      signal(SIGTERM, on_term);
+    } else if (op == "kill-self") {
+      raise(std::atoi(next().c_str()));
+    } else if (op == "stop-self") {
+      raise(SIGSTOP);
+    } else if (op == "setpgid") {
+      setpgid(0, 0);
+    } else if (op == "close-out") {
+      close(1);
+    } else if (op == "grandchild") {
+      long ms = std::atol(next().c_str());
+      if (fork() == 0) {
+        sleep_ms(ms);
+        _exit(0);
+      }
+    } else if (op == "grandchild-pid") {
+      pid_t g = fork();
+      if (g == 0) {
+        for (;;) pause();
+      }
+      say(1, std::to_string(g));
+    } else if (op == "pdeath-child") {
+      int sig = std::atoi(next().c_str());
+      auto child = subprocess::command{"/proc/self/exe", "sleep", "60000"}.kill_on_parent_death(sig).spawn();
+      say(1, std::to_string(child.pid()));
+      child.detach();
+    } else if (op == "ready") {
+      say(1, "ready");
+    } else {
+      say(2, "sp_helper: unknown action '" + op + "'");
+      _exit(121);
+    }
+  }
+  return 0;
+}

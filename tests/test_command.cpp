@@ -1,0 +1,233 @@
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <subprocess/subprocess.hpp>
+
+#include "testing.hpp"
+
+namespace sp = subprocess;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// Run the spawn-path tests once per back end.
+static sp::spawn_backend any_backend() {
+  return GENERATE(sp::spawn_backend::posix_spawn, sp::spawn_backend::clone_vfork);
+}
+
+TEST_CASE("arguments reach the program exactly, with no shell in between") {
+  auto b = any_backend();
+  std::vector<std::string> args{"print-args", "plain", "with space", "it's", "\"dq\"", "$HOME",
+                                "*", "", "semi;colon", "back\\slash", "ünïcödé"};
+  auto r = sp::run(testing::helper(args).backend(b));
+  std::string expected;
+  for (std::size_t i = 1; i < args.size(); ++i) expected += args[i] + "\n";
+  CHECK(r.out == expected);
+}
+
+TEST_CASE("program lookup") {
+  auto b = any_backend();
+  SECTION("a bare name is searched in PATH") {
+    CHECK(sp::run(sp::command{"echo", "found"}.backend(b)).out == "found\n");
+  }
+  SECTION("missing programs are a spawn_error, ENOENT") {
+    try {
+      sp::command{"no-such-program-xyz", "--flag"}.backend(b).spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.code() == std::errc::no_such_file_or_directory);
+      CHECK(e.command() == "no-such-program-xyz --flag");
+      CHECK_THAT(e.what(), Catch::Contains("no-such-program-xyz") && Catch::Contains("PATH"));
+    }
+  }
+  SECTION("a file without execute permission is EACCES") {
+    auto p = fs::temp_directory_path() / ("sp_noexec_" + std::to_string(::getpid()));
+    std::ofstream(p) << "#!/bin/sh\necho hi\n";
+    fs::permissions(p, fs::perms::owner_read | fs::perms::owner_write);
+    try {
+      sp::command{p.string()}.backend(b).spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.code() == std::errc::permission_denied);
+    }
+    fs::remove(p);
+  }
+  SECTION("a directory is not a program") {
+    CHECK_THROWS_AS(sp::command{"/tmp"}.backend(b).spawn(), sp::spawn_error);
+  }
+  SECTION("a script with a missing interpreter fails at exec, in the parent") {
+    auto p = fs::temp_directory_path() / ("sp_badinterp_" + std::to_string(::getpid()));
+    std::ofstream(p) << "#!/nonexistent/interpreter\n";
+    fs::permissions(p, fs::perms::owner_all);
+    try {
+      sp::command{p.string()}.backend(b).spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.code() == std::errc::no_such_file_or_directory);
+      CHECK(e.step() == "exec");
+    }
+    fs::remove(p);
+  }
+  SECTION("a relative path is relative to the parent's directory, even with cwd()") {
+    auto helper = fs::path(testing::helper_path());
+    auto old = fs::current_path();
+    fs::current_path(helper.parent_path());
+    auto r = sp::run(sp::command{"./" + helper.filename().string(), "print-cwd"}.cwd("/").backend(b));
+    fs::current_path(old);
+    CHECK(r.out == "/\n");
+  }
+}
+
+TEST_CASE("bad input is rejected before anything starts") {
+  CHECK_THROWS_WITH(sp::command{}.spawn(), Catch::Contains("empty command"));
+  CHECK_THROWS_WITH(sp::command{""}.spawn(), Catch::Contains("empty"));
+  CHECK_THROWS_WITH((sp::command{"echo", std::string("a\0b", 3)}.spawn()),
+                    Catch::Contains("argument 1") && Catch::Contains("NUL"));
+  CHECK_THROWS_AS(sp::command{"echo"}.cwd(std::string("/t\0mp", 5)).spawn(), sp::argument_error);
+  CHECK_THROWS_AS(sp::command{"echo"}.kill_on_parent_death(-1), sp::argument_error);
+  CHECK_THROWS_AS(sp::command{"echo"}.ipc(1), sp::argument_error);
+  CHECK_THROWS_AS(sp::command{"echo"}.ipc(5).map_fd(5, 0).spawn(), sp::argument_error);
+  CHECK_THROWS_AS(
+      sp::command{"echo"}.kill_on_parent_death().backend(sp::spawn_backend::posix_spawn).spawn(),
+      sp::argument_error);
+  CHECK(testing::children().empty());
+}
+
+TEST_CASE("working directory") {
+  auto b = any_backend();
+  CHECK(sp::run(testing::helper({"print-cwd"}).cwd("/usr").backend(b)).out == "/usr\n");
+  SECTION("a missing directory is a spawn_error naming it, step chdir") {
+    try {
+      testing::helper({}).cwd("/nonexistent-dir").backend(b).spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.code() == std::errc::no_such_file_or_directory);
+      CHECK(e.step() == "chdir");
+      CHECK_THAT(e.what(), Catch::Contains("/nonexistent-dir"));
+    }
+  }
+  SECTION("a file is not a directory") {
+    try {
+      testing::helper({}).cwd("/etc/passwd").backend(b).spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.code() == std::errc::not_a_directory);
+    }
+  }
+}
+
+TEST_CASE("shell commands") {
+  auto r = sp::run(sp::command::shell("echo one; echo two | tr a-z A-Z; exit 3"));
+  CHECK(r.out == "one\nTWO\n");
+  CHECK(r.status == sp::exit_status::exited(3));
+  CHECK(sp::command::shell("echo 'hi'").is_shell());
+  CHECK(sp::command::shell("echo 'hi'").to_string() == "/bin/sh -c 'echo '\\''hi'\\'''");
+}
+
+TEST_CASE("command::self runs this program again") {
+  auto c = sp::command::self({"--list-test-names-only"});
+  CHECK(c.argv()[0] == fs::read_symlink("/proc/self/exe").string());
+  auto r = sp::run(c);
+  CHECK(r.status.code().has_value());  // Catch2 exits with the number of tests listed
+  CHECK_THAT(r.out, Catch::Contains("command::self runs this program again"));
+}
+
+TEST_CASE("to_string quotes like a shell, and the shell agrees") {
+  sp::command c{"printf", "%s|", "a b", "it's", "", "$x", "plain-1.0/x=y:z,w@h%"};
+  CHECK(c.to_string() == "printf '%s|' 'a b' 'it'\\''s' '' '$x' plain-1.0/x=y:z,w@h%");
+  auto r = sp::run(sp::command::shell(c.to_string()));
+  CHECK(r.out == "a b|it's||$x|plain-1.0/x=y:z,w@h%|");
+}
+
+TEST_CASE("the child gets only the fds it was given") {
+  auto b = any_backend();
+  // An fd opened without O_CLOEXEC, as careless libraries do.
+  int leaky = ::open("/dev/null", O_RDONLY);
+  int high = ::fcntl(leaky, F_DUPFD, 900);
+  REQUIRE(high >= 900);
+  auto out = sp::run(testing::helper({"list-fds"}).backend(b)).out;
+  ::close(leaky);
+  ::close(high);
+  CHECK(out == "0 1 2\n");
+}
+
+TEST_CASE("the child starts with default signal dispositions and an empty mask") {
+  auto b = any_backend();
+  struct sigaction ign {}, old_pipe{}, old_usr1{};
+  ign.sa_handler = SIG_IGN;
+  ::sigaction(SIGPIPE, &ign, &old_pipe);
+  ::sigaction(SIGUSR1, &ign, &old_usr1);
+  sigset_t block, old_mask;
+  sigemptyset(&block);
+  sigaddset(&block, SIGUSR2);
+  sigaddset(&block, SIGINT);
+  ::pthread_sigmask(SIG_BLOCK, &block, &old_mask);
+  auto out = sp::run(testing::helper({"print-signals"}).backend(b)).out;
+  ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  ::sigaction(SIGPIPE, &old_pipe, nullptr);
+  ::sigaction(SIGUSR1, &old_usr1, nullptr);
+  CHECK(out == "ignored:\nblocked:\n");
+}
+
+TEST_CASE("process groups and sessions") {
+  auto b = any_backend();
+  SECTION("new_process_group: pgid == pid") {
+    auto p = testing::helper({"print-pgid"}).new_process_group().out(sp::pipe).backend(b).spawn();
+    CHECK(p.is_group_leader());
+    auto line = p.out().read_line();
+    CHECK(line == std::to_string(p.pid()));
+    p.wait();
+  }
+  SECTION("new_session: sid == pid") {
+    auto p = testing::helper({"print-sid"}).new_session().out(sp::pipe).backend(b).spawn();
+    CHECK(p.out().read_line() == std::to_string(p.pid()));
+    p.wait();
+  }
+  SECTION("default: same group as the parent") {
+    auto p = testing::helper({"print-pgid"}).out(sp::pipe).backend(b).spawn();
+    CHECK_FALSE(p.is_group_leader());
+    CHECK(p.out().read_line() == std::to_string(::getpgrp()));
+    p.wait();
+  }
+}
+
+TEST_CASE("kill_on_parent_death: the child goes when its parent dies") {
+  // helper -> grandchild with kill_on_parent_death(SIGKILL). SIGKILL the helper (no
+  // chance to clean up); the kernel must kill the grandchild. A pidfd of the
+  // grandchild tells us when it is gone, without sleeping.
+  auto p = testing::helper({"pdeath-child", std::to_string(SIGKILL), "sleep", "60000"})
+               .out(sp::pipe)
+               .spawn();
+  auto line = p.out().read_line();
+  REQUIRE(line);
+  int grandchild = std::stoi(*line);
+  sp::detail::unique_fd gfd(sp::detail::sys::pidfd_open(grandchild));
+  REQUIRE(gfd);
+  CHECK(testing::alive(grandchild));
+  p.kill();
+  CHECK(p.wait().signal() == SIGKILL);
+  CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+}
+
+TEST_CASE("spawning from many threads at once") {
+  // 8 threads x 200 children, each child listing its fds: a pipe created by one
+  // thread must never show up in another thread's child.
+  constexpr int threads = 8, per_thread = 200;
+  std::atomic<int> ok{0}, bad{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      for (int i = 0; i < per_thread; ++i) {
+        auto b = (i + t) % 2 ? sp::spawn_backend::posix_spawn : sp::spawn_backend::clone_vfork;
+        auto r = sp::run(testing::helper({"list-fds"}).backend(b), {.input = "x"});
+        (r.out == "0 1 2\n" && r.success() ? ok : bad)++;
+      }
+    });
+  for (auto& t : pool) t.join();
+  CHECK(bad == 0);
+  CHECK(ok == threads * per_thread);
+}

@@ -1,0 +1,186 @@
+#include <catch2/catch.hpp>
+
+#include <csignal>
+#include <thread>
+
+#include <subprocess/subprocess.hpp>
+
+#include "testing.hpp"
+
+namespace sp = subprocess;
+using namespace std::chrono_literals;
+using clk = std::chrono::steady_clock;
+
+TEST_CASE("wait, try_wait, wait_for") {
+  SECTION("wait returns the status and caches it") {
+    auto p = testing::helper({"exit", "7"}).spawn();
+    CHECK(p.pid() > 0);
+    CHECK(p.pidfd() >= 0);
+    CHECK(p.wait() == sp::exit_status::exited(7));
+    CHECK(p.wait() == sp::exit_status::exited(7));
+    CHECK(p.try_wait() == sp::exit_status::exited(7));
+    CHECK(p.status() == sp::exit_status::exited(7));
+  }
+  SECTION("try_wait does not block") {
+    auto p = testing::helper({"wait-stdin-eof"}).in(sp::pipe).spawn();
+    auto t0 = clk::now();
+    CHECK_FALSE(p.try_wait().has_value());
+    CHECK(clk::now() - t0 < 500ms);
+    p.in().close();
+    CHECK(p.wait().success());
+  }
+  SECTION("wait_for times out while the child runs, then succeeds") {
+    auto p = testing::helper({"sleep", "600", "exit", "4"}).spawn();
+    auto t0 = clk::now();
+    CHECK_FALSE(p.wait_for(200ms).has_value());
+    auto waited = clk::now() - t0;
+    CHECK(waited >= 200ms);
+    CHECK(waited < 590ms);
+    CHECK(p.wait_for(10s) == sp::exit_status::exited(4));
+  }
+  SECTION("wait closes stdin first, so a child reading to EOF can finish") {
+    auto p = testing::helper({"count-stdin"}).in(sp::pipe).out(sp::pipe).spawn();
+    p.in().write_all("12345");
+    CHECK(p.wait().success());
+    CHECK(p.out().read_all() == "5\n");
+  }
+  SECTION("wait never deadlocks on output the process still owns") {
+    // 4 MiB on each stream is far more than a pipe holds.
+    auto p = testing::helper({"out-bytes", "4194304", "err-bytes", "4194304"})
+                 .out(sp::pipe)
+                 .err(sp::pipe)
+                 .spawn();
+    CHECK(p.wait().success());
+    CHECK(p.out().read_all().size() == 4194304);
+    CHECK(p.err().read_all().size() == 4194304);
+  }
+  SECTION("negative timeouts are rejected") {
+    auto p = testing::helper({}).spawn();
+    CHECK_THROWS_AS(p.wait_for(-1ms), sp::argument_error);
+    CHECK_THROWS_AS(p.terminate(-1s), sp::argument_error);
+    p.wait();
+  }
+}
+
+TEST_CASE("signals go through the pidfd and never after the reap") {
+  auto p = testing::helper({"sleep", "60000"}).spawn();
+  CHECK(p.signal(SIGTERM));
+  CHECK(p.wait().signal() == SIGTERM);
+  // Reaped: its pid may belong to someone else now. Nothing is sent.
+  CHECK_FALSE(p.signal(SIGKILL));
+}
+
+TEST_CASE("signal from another thread while one thread waits") {
+  auto p = testing::helper({"sleep", "60000"}).spawn();
+  std::thread killer([&] {
+    std::this_thread::sleep_for(100ms);
+    p.kill();
+  });
+  auto st = p.wait();
+  killer.join();
+  CHECK(st.signal() == SIGKILL);
+}
+
+TEST_CASE("terminate: SIGTERM, then SIGKILL after the grace period") {
+  SECTION("a child that exits on SIGTERM is not SIGKILLed") {
+    auto p = testing::helper({"term-exits-after", "0", "ready", "sleep", "60000"}).out(sp::pipe).spawn();
+    REQUIRE(p.out().read_line() == "ready");
+    auto t0 = clk::now();
+    auto st = p.terminate(5s);
+    CHECK(st == sp::exit_status::exited(0));
+    CHECK(clk::now() - t0 < 3s);
+  }
+  SECTION("a child that ignores SIGTERM is SIGKILLed after the grace period") {
+    auto p = testing::helper({"ignore-term", "ready", "sleep", "60000"}).out(sp::pipe).spawn();
+    REQUIRE(p.out().read_line() == "ready");
+    auto t0 = clk::now();
+    auto st = p.terminate(300ms);
+    auto took = clk::now() - t0;
+    CHECK(st.signal() == SIGKILL);
+    CHECK(took >= 300ms);
+    CHECK(took < 300ms + 2s);
+  }
+  SECTION("terminate of an exited child just returns its status") {
+    auto p = testing::helper({"exit", "2"}).spawn();
+    p.wait();
+    CHECK(p.terminate(1s) == sp::exit_status::exited(2));
+  }
+}
+
+TEST_CASE("process groups: signal_group reaches grandchildren") {
+  auto p = testing::helper({"grandchild-pid", "sleep", "60000"}).new_process_group().out(sp::pipe).spawn();
+  auto line = p.out().read_line();
+  REQUIRE(line);
+  int g = std::stoi(*line);
+  sp::detail::unique_fd gfd(sp::detail::sys::pidfd_open(g));
+  REQUIRE(gfd);
+  CHECK(p.signal_group(SIGTERM));
+  CHECK(p.wait().signal() == SIGTERM);
+  // The grandchild was reparented; it is gone when its pidfd turns readable.
+  CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+  SECTION("signal_group needs a group leader") {
+    auto q = testing::helper({}).spawn();
+    CHECK_THROWS_AS(q.signal_group(SIGTERM), sp::argument_error);
+    q.wait();
+  }
+}
+
+TEST_CASE("the destructor kills and reaps a running child") {
+  int pid;
+  {
+    auto p = testing::helper({"sleep", "60000"}).spawn();
+    pid = p.pid();
+    CHECK(testing::alive(pid));
+  }
+  CHECK_FALSE(testing::alive(pid));
+  // (the leak listener also checks that no zombie remains)
+  SECTION("even one that ignores SIGTERM") {
+    auto p = testing::helper({"ignore-term", "sleep", "60000"}).spawn();
+  }
+  SECTION("and the whole group when it leads one") {
+    sp::detail::unique_fd gfd;
+    {
+      auto p = testing::helper({"grandchild-pid", "sleep", "60000"}).new_process_group().out(sp::pipe).spawn();
+      gfd.reset(sp::detail::sys::pidfd_open(std::stoi(*p.out().read_line())));
+      REQUIRE(gfd);
+    }
+    CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+  }
+}
+
+TEST_CASE("detach lets the child run and still leaves no zombie") {
+  auto p = testing::helper({"sleep", "200"}).spawn();
+  int pid = p.pid();
+  p.detach();
+  CHECK_FALSE(p.valid());
+  CHECK(testing::alive(pid));
+  // The reaper thread collects it when it exits; the leak listener checks no
+  // child (zombie or not) remains after the test.
+  SECTION("an empty handle refuses operations") {
+    CHECK_THROWS_AS(p.wait(), sp::argument_error);
+    CHECK_THROWS_AS(p.signal(SIGTERM), sp::argument_error);
+  }
+}
+
+TEST_CASE("move semantics") {
+  auto p = testing::helper({"exit", "5"}).spawn();
+  int pid = p.pid();
+  sp::process q = std::move(p);
+  CHECK_FALSE(p.valid());
+  CHECK(q.pid() == pid);
+  CHECK(q.wait() == sp::exit_status::exited(5));
+  SECTION("assigning over a running process kills and reaps the old child") {
+    auto a = testing::helper({"sleep", "60000"}).spawn();
+    int old = a.pid();
+    a = testing::helper({"exit", "1"}).spawn();
+    CHECK_FALSE(testing::alive(old));
+    CHECK(a.wait() == sp::exit_status::exited(1));
+  }
+}
+
+TEST_CASE("a stopped child can still be waited with a timeout and killed") {
+  auto p = testing::helper({"stop-self", "exit", "0"}).spawn();
+  CHECK_FALSE(p.wait_for(200ms).has_value());
+  p.kill();
+  CHECK(p.wait().signal() == SIGKILL);
+}

@@ -1,0 +1,136 @@
+#include <catch2/catch.hpp>
+
+#include <subprocess/subprocess.hpp>
+
+#include "testing.hpp"
+
+namespace sp = subprocess;
+using namespace std::chrono_literals;
+using clk = std::chrono::steady_clock;
+
+TEST_CASE("run captures stdout and stderr separately") {
+  auto r = sp::run(testing::helper({"out", "to out", "err", "to err", "exit", "3"}));
+  CHECK(r.out == "to out\n");
+  CHECK(r.err == "to err\n");
+  CHECK(r.status == sp::exit_status::exited(3));
+  CHECK_FALSE(r.success());
+  CHECK_THROWS_AS(r.check(), sp::process_error);
+  CHECK_THROWS_AS(sp::run(testing::helper({"exit", "1"}), {.check = true}), sp::process_error);
+  CHECK(sp::run(testing::helper({}), {.check = true}).success());
+}
+
+TEST_CASE("run feeds input") {
+  CHECK(sp::run(sp::command{"sort", "-r"}, {.input = "b\na\nc\n"}).out == "c\nb\na\n");
+  SECTION("without input, stdin is /dev/null (never the terminal)") {
+    CHECK(sp::run(testing::helper({"count-stdin"})).out == "0\n");
+  }
+  SECTION("input with a redirected stdin is rejected") {
+    CHECK_THROWS_AS(sp::run(testing::helper({}).in(sp::null), {.input = "x"}), sp::argument_error);
+  }
+  SECTION("a child that exits without reading its input is not an error") {
+    auto r = sp::run(testing::helper({"exit", "0"}), {.input = std::string(4 << 20, 'x')});
+    CHECK(r.success());
+  }
+}
+
+TEST_CASE("64 MiB in, 64 MiB out on both streams at once: no deadlock") {
+  // The child first writes 64 MiB to stderr (stuck unless we drain it while we are
+  // still writing its input), then copies 64 MiB of stdin to stdout.
+  const std::size_t n = 64u << 20;
+  std::string input(n, 'i');
+  auto r = sp::run(testing::helper({"err-bytes", std::to_string(n), "cat"}),
+                   {.input = input, .timeout = 120s});
+  CHECK(r.success());
+  CHECK(r.out.size() == n);
+  CHECK(r.err.size() == n);
+  CHECK(r.out == input);
+}
+
+TEST_CASE("run respects streams the command set") {
+  auto r = sp::run(testing::helper({"out", "a", "err", "b"}).err(sp::merge_with_out));
+  CHECK(r.out == "a\nb\n");
+  CHECK(r.err.empty());
+  auto q = sp::run(testing::helper({"out", "a"}).out(sp::null));
+  CHECK(q.out.empty());
+}
+
+TEST_CASE("timeouts") {
+  SECTION("the child is killed and reaped; the output so far is kept") {
+    auto t0 = clk::now();
+    try {
+      sp::run(testing::helper({"out", "started", "sleep", "60000"}), {.timeout = 300ms});
+      FAIL("no exception");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.out() == "started\n");
+      CHECK(e.status()->signal() == SIGKILL);
+    }
+    CHECK(clk::now() - t0 < 5s);
+  }
+  SECTION("a grandchild holding the pipes cannot hold run() past its timeout") {
+    auto t0 = clk::now();
+    try {
+      sp::run(testing::helper({"grandchild", "5000", "out", "parent done"}), {.timeout = 500ms});
+      FAIL("no exception");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.out() == "parent done\n");
+      CHECK(e.status() == sp::exit_status::exited(0));
+      CHECK_THAT(e.what(), Catch::Contains("still holds its output open"));
+    }
+    CHECK(clk::now() - t0 < 3s);
+  }
+  SECTION("with a process group, the whole group is killed at the timeout") {
+    auto t0 = clk::now();
+    CHECK_THROWS_AS(sp::run(testing::helper({"grandchild", "60000", "sleep", "60000"}).new_process_group(),
+                            {.timeout = 300ms}),
+                    sp::timeout_error);
+    CHECK(clk::now() - t0 < 3s);
+  }
+  SECTION("a fast child is not affected") {
+    CHECK(sp::run(testing::helper({"out", "x"}), {.timeout = 10s}).out == "x\n");
+  }
+  SECTION("negative timeouts are rejected before anything starts") {
+    CHECK_THROWS_AS(sp::run(testing::helper({}), {.timeout = -1ms}), sp::argument_error);
+    CHECK(testing::children().empty());
+  }
+}
+
+TEST_CASE("max_output") {
+  SECTION("kill: output_limit_error names the stream and keeps the prefix") {
+    try {
+      sp::run(testing::helper({"out", "small", "err-bytes", "10000000"}), {.max_output = 1000});
+      FAIL("no exception");
+    } catch (const sp::output_limit_error& e) {
+      CHECK(e.stream() == "stderr");
+      CHECK(e.err().size() == 1000);
+      CHECK(e.err().substr(0, 5) == "abcde");
+      CHECK(e.code() == sp::errc::output_limit_exceeded);
+      REQUIRE(e.status().has_value());
+    }
+  }
+  SECTION("truncate: the child finishes, the rest is dropped") {
+    auto r = sp::run(testing::helper({"out-bytes", "5000000", "out", "x"}),
+                     {.max_output = 100, .on_output_limit = sp::output_limit::truncate});
+    CHECK(r.success());
+    CHECK(r.out.size() == 100);
+    CHECK(r.out_truncated);
+    CHECK_FALSE(r.err_truncated);
+  }
+  SECTION("exactly at the limit is fine") {
+    auto r = sp::run(testing::helper({"out-bytes", "100"}), {.max_output = 100});
+    CHECK(r.out.size() == 100);
+    CHECK_FALSE(r.out_truncated);
+  }
+}
+
+TEST_CASE("communicate on a process spawned by hand") {
+  auto p = sp::command{"tr", "a-z", "A-Z"}.in(sp::pipe).out(sp::pipe).err(sp::pipe).spawn();
+  auto r = sp::communicate(p, "hello\n");
+  CHECK(r.out == "HELLO\n");
+  CHECK(r.success());
+  CHECK(r.command == "tr a-z A-Z");
+  SECTION("with a timeout") {
+    auto q = testing::helper({"sleep", "60000"}).out(sp::pipe).spawn();
+    CHECK_THROWS_AS(sp::communicate(q, {}, {.timeout = 200ms}), sp::timeout_error);
+    CHECK(q.status().has_value());
+  }
+}
