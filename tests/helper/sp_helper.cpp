@@ -67,7 +67,6 @@ void sleep_ms(long ms) {
   while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
   }
 }
-volatile sig_atomic_t got_term = 0;
 long term_exit_delay = 0;
 void on_term(int) {
   const char msg[] = "got SIGTERM\n";
