@@ -137,6 +137,8 @@ class pipe_reader {
   }
   // Bytes buffered and not yet consumed.
   std::string_view buffered() const noexcept { return buf_.view(); }
+  // The writing side has closed (data may still be buffered; eof() says both).
+  bool input_ended() const noexcept { return eof_ || !fd_; }
   // Drops n buffered bytes (after looking at them with buffered()).
   void consume(std::size_t n) noexcept { buf_.consume(n); }
   const std::string& stream() const noexcept { return stream_; }

@@ -17,4 +17,5 @@
 #include "process.hpp"
 #include "run.hpp"
 #include "stdio.hpp"
+#include "event_loop.hpp"
 #include "stream.hpp"

@@ -26,6 +26,8 @@
 //   grandchild MS       fork a grandchild that keeps stdout/stderr open for MS ms
 //   grandchild-pid      fork a grandchild that sleeps forever; print its pid
 //   ready               print "ready" (a synchronisation point for the test)
+//   wait-line           block until one line (or EOF) arrives on stdin
+//   seq N               print the lines 0 .. N-1
 //   wait-stdin-eof      block until stdin reaches EOF
 //   pdeath-child SIG    spawn "sp_helper sleep 60000" with kill_on_parent_death(SIG)
 //                       through the library; print its pid
@@ -218,6 +220,22 @@ int main(int argc, char** argv) {
       auto child = subprocess::command{"/proc/self/exe", "sleep", "60000"}.kill_on_parent_death(sig).spawn();
       say(1, std::to_string(child.pid()));
       child.detach();
+    } else if (op == "wait-line") {
+      char c;
+      while (::read(0, &c, 1) == 1 && c != '\n') {
+      }
+    } else if (op == "seq") {
+      long n = std::atol(next().c_str());
+      std::string buf;
+      for (long k = 0; k < n; ++k) {
+        buf += std::to_string(k);
+        buf += '\n';
+        if (buf.size() > 60000) {
+          write_all(1, buf.data(), buf.size());
+          buf.clear();
+        }
+      }
+      write_all(1, buf.data(), buf.size());
     } else if (op == "ready") {
       say(1, "ready");
     } else {

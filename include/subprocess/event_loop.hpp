@@ -1,0 +1,763 @@
+// subprocess/event_loop.hpp - drive many children's streams from one thread.
+//
+// Reading one child's output with read_line() is easy. Reading three children's
+// stdout and stderr, writing to a fourth's stdin, noticing when any of them exits and
+// doing something every second, all at once and without a thread per pipe, needs an
+// event loop: one thread waits (epoll) until any of those things can make progress,
+// then runs the callback you registered for it.
+//
+//   sp::event_loop loop;
+//   auto p = sp::command{"ping", "-c", "3", "localhost"}.out(sp::pipe).spawn();
+//   loop.on_line(p.out(), [](std::string_view line) { std::cout << line << '\n'; });
+//   loop.on_exit(p, [](sp::exit_status st) { std::cout << st.to_string() << '\n'; });
+//   loop.after(10s, [&] { p.kill(); });      // a timer
+//   loop.run();                              // returns when nothing is left to wait for
+//
+// What you can watch:
+//   on_data(reader, fn(chunk))     output as it arrives, in chunks of any size
+//   on_line(reader, fn(line))      output split into lines ('\n' removed, CRLF kept,
+//                                  a last line without '\n' delivered at EOF)
+//   on_close(reader, fn())         end of stream (after the last data/line callback)
+//   on_exit(process, fn(status))   the child exited (through its pidfd); it is reaped
+//   after(d, fn), every(d, fn)     timers
+//   watch(fd, events, fn(revents)) any other fd: a signalfd, a socket, an IPC channel
+//   post(fn)                       run fn on the loop thread (callable from any thread)
+//
+// Writing without blocking (Node's writable streams). writer(w, high_water_mark)
+// wraps a pipe_writer: write(data) queues what the pipe cannot take yet and returns
+// false once the queue holds high_water_mark bytes or more; on_drain(fn) tells you
+// when it has emptied again; end() closes the pipe after everything queued is written.
+// The loop writes whenever the pipe has room, so a child that writes while you write
+// to it can never deadlock you.
+//
+// Backpressure. pump(reader, writer, transform) moves data from one child's output,
+// optionally through an in-process transform, into another's input. It stops reading
+// while the writer holds high_water_mark bytes or more and resumes on drain, so a
+// slow consumer stalls the producer through the kernel pipe, as `yes | slow` does in a
+// shell, and memory stays bounded by the high-water mark. pump(reader, sink) does the
+// same into your own asynchronous consumer: sink(chunk, done) receives one chunk (at
+// most high_water_mark bytes) and no more data is read until it calls done().
+//
+// Rules:
+//   * Callbacks run on the thread that called run(), one at a time. Adding and
+//     removing watches and timers from inside callbacks is safe, including a callback
+//     removing its own watch. A callback must not block: it would stall every stream.
+//   * The loop owns nothing it was not given: readers, writers and processes stay
+//     yours and must outlive their watches (remove() a watch before destroying what it
+//     refers to, or let it finish: stream watches end at EOF, exit watches at exit).
+//     It never closes a reader; writers are closed only by end().
+//   * Only post() and stop() may be called from other threads.
+//   * An exception thrown by a callback propagates out of run(); the loop stays usable.
+//
+// Cost: one epoll fd and one eventfd per loop; per event one epoll_wait plus the reads
+// or writes it enables; no busy loop and no thread per stream.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <queue>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+#include "detail/buffer.hpp"
+#include "detail/poll.hpp"
+#include "detail/sigpipe.hpp"
+#include "detail/syscall.hpp"
+#include "detail/unique_fd.hpp"
+#include "error.hpp"
+#include "exit_status.hpp"
+#include "process.hpp"
+#include "stream.hpp"
+
+namespace subprocess {
+
+// Options of event_loop::writer().
+struct writer_options {
+  std::size_t high_water_mark = 64 * 1024;
+  // Called if a write fails (EPIPE: the child stopped reading). The queue is dropped
+  // and the pipe closed. Without it, the io_error propagates out of run().
+  std::function<void(const io_error&)> on_error{};
+};
+
+// Options of event_loop::pump().
+struct pump_options {
+  std::size_t high_water_mark = 64 * 1024;
+  // Close the destination writer when the source ends (Node's pipe() default).
+  bool end = true;
+  // Called once everything has been read and written, or on error (with it).
+  std::function<void(std::exception_ptr)> on_finish{};
+};
+
+class event_loop {
+ public:
+  // Identifies a watch, timer, writer or pump; 0 is never used.
+  using id = std::uint64_t;
+  using clock = std::chrono::steady_clock;
+
+  event_loop() {
+    ep_.reset(detail::sys::epoll_create());
+    if (!ep_) detail::throw_errno(errno, "event_loop: epoll_create1");
+    wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake_) detail::throw_errno(errno, "event_loop: eventfd");
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = 0;  // id 0: the wake-up eventfd
+    if (detail::sys::epoll_ctl(ep_.get(), EPOLL_CTL_ADD, wake_.get(), &ev) != 0)
+      detail::throw_errno(errno, "event_loop: epoll_ctl");
+  }
+  event_loop(const event_loop&) = delete;
+  event_loop& operator=(const event_loop&) = delete;
+
+  // ---- any fd -----------------------------------------------------------------
+
+  // Calls fn(revents) whenever fd is ready for `events` (EPOLLIN, EPOLLOUT, ...;
+  // level-triggered). EPOLLHUP/EPOLLERR are always reported.
+  id watch(int fd, std::uint32_t events, std::function<void(std::uint32_t)> fn) {
+    if (fd < 0) throw argument_error("", "event_loop::watch: bad fd " + std::to_string(fd));
+    auto w = std::make_shared<fd_watch>();
+    w->fd = fd;
+    w->events = events;
+    w->fn = std::move(fn);
+    id i = next_id_++;
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = i;
+    if (detail::sys::epoll_ctl(ep_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+      detail::throw_errno(errno, "event_loop: watch fd " + std::to_string(fd));
+    watches_.emplace(i, std::move(w));
+    return i;
+  }
+  // Changes the events of a watch (0 pauses it without removing it).
+  void modify(id i, std::uint32_t events) {
+    auto it = watches_.find(i);
+    if (it == watches_.end() || it->second->events == events) return;
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = i;
+    if (detail::sys::epoll_ctl(ep_.get(), EPOLL_CTL_MOD, it->second->fd, &ev) != 0)
+      detail::throw_errno(errno, "event_loop: modify watch");
+    it->second->events = events;
+  }
+
+  // Removes any watch, timer, writer or pump by its id. Unknown ids are ignored, so
+  // removing twice (or after it finished on its own) is harmless.
+  void remove(id i) {
+    if (auto it = watches_.find(i); it != watches_.end()) {
+      detail::sys::epoll_ctl(ep_.get(), EPOLL_CTL_DEL, it->second->fd, nullptr);
+      it->second->removed = true;
+      watches_.erase(it);
+    }
+    if (auto it = timers_.find(i); it != timers_.end()) timers_.erase(it);  // heap entry goes stale
+    if (auto it = streams_.find(i); it != streams_.end()) {
+      auto s = it->second;
+      streams_.erase(it);
+      remove(s->watch);
+      s->removed = true;
+    }
+    if (auto it = writers_.find(i); it != writers_.end()) {
+      auto w = it->second;
+      writers_.erase(it);
+      remove(w->watch);
+      w->removed = true;
+    }
+    if (auto it = exits_.find(i); it != exits_.end()) {
+      auto e = it->second;
+      exits_.erase(it);
+      remove(e->watch);
+      remove(e->poll_timer);
+    }
+  }
+
+  // ---- streams ----------------------------------------------------------------
+
+  // fn(chunk) for output as it arrives. The chunk is valid during the call only.
+  id on_data(pipe_reader& r, std::function<void(std::string_view)> fn) {
+    auto s = stream_for(r, "on_data");
+    if (s->on_line) throw argument_error(r.command(), "on_data and on_line on the same stream");
+    s->on_data = std::move(fn);
+    return s->self;
+  }
+  // fn(line) for each line, without its '\n'. A '\r' before it is kept.
+  id on_line(pipe_reader& r, std::function<void(std::string_view)> fn) {
+    auto s = stream_for(r, "on_line");
+    if (s->on_data) throw argument_error(r.command(), "on_data and on_line on the same stream");
+    s->on_line = std::move(fn);
+    return s->self;
+  }
+  // fn() once the stream has ended (after its last data or line callback).
+  id on_close(pipe_reader& r, std::function<void()> fn) {
+    auto s = stream_for(r, "on_close");
+    s->on_close = std::move(fn);
+    return s->self;
+  }
+  // Stops/restarts reading a stream (its data waits in the kernel pipe meanwhile,
+  // and a child writing more eventually blocks: that is backpressure).
+  void pause(id stream) { set_paused(stream, true); }
+  void resume(id stream) { set_paused(stream, false); }
+
+  // ---- processes --------------------------------------------------------------
+
+  // fn(status) once the child has exited; the child is reaped first. If it was
+  // reaped already, fn runs on the next loop iteration.
+  id on_exit(process& p, std::function<void(exit_status)> fn) {
+    if (!p.valid()) throw argument_error("", "event_loop::on_exit: empty process handle");
+    auto e = std::make_shared<exit_watch>();
+    e->proc = &p;
+    e->fn = std::move(fn);
+    id i = next_id_++;
+    exits_.emplace(i, e);
+    auto check = [this, i] { check_exit(i); };
+    if (p.status()) {
+      e->poll_timer = after(std::chrono::milliseconds(0), check);  // reaped already
+    } else if (p.pidfd() < 0) {
+      e->poll_timer = every(std::chrono::milliseconds(20), check);  // no pidfd: old kernel
+    } else {
+      e->watch = watch(p.pidfd(), EPOLLIN, [check](std::uint32_t) { check(); });
+    }
+    return i;
+  }
+
+  // ---- timers -----------------------------------------------------------------
+
+  template <class Rep, class Period>
+  id after(std::chrono::duration<Rep, Period> d, std::function<void()> fn) {
+    return add_timer(std::chrono::duration_cast<clock::duration>(d), std::move(fn), false);
+  }
+  template <class Rep, class Period>
+  id every(std::chrono::duration<Rep, Period> d, std::function<void()> fn) {
+    return add_timer(std::chrono::duration_cast<clock::duration>(d), std::move(fn), true);
+  }
+  void cancel(id timer) { remove(timer); }
+
+  // ---- writing ------------------------------------------------------------------
+
+  // A non-blocking writer over w (see the top of this file).
+  class writer_handle;
+  writer_handle writer(pipe_writer& w, writer_options opts = {});
+  writer_handle writer(pipe_writer& w, std::size_t high_water_mark);
+
+  // ---- pumps (backpressure) -------------------------------------------------------
+
+  using transform_fn = std::function<std::string(std::string_view)>;
+  using sink_fn = std::function<void(std::string_view chunk, std::function<void()> done)>;
+
+  // reader -> [transform] -> writer: the destination is wrapped in a writer with
+  // the pump's high-water mark; reading pauses while it is full.
+  id pump(pipe_reader& from, pipe_writer& to, transform_fn transform = {}, pump_options opts = {});
+  // reader -> sink(chunk, done): one chunk of at most high_water_mark bytes in flight.
+  id pump(pipe_reader& from, sink_fn sink, pump_options opts = {});
+
+  // ---- running ------------------------------------------------------------------
+
+  // Runs until there is nothing left to wait for (no watches, timers, streams,
+  // writers with queued data, or posted callbacks), or until stop().
+  void run() { run_until(std::nullopt, false); }
+  // Runs until stop() only; an idle loop sleeps until something is posted.
+  void run_forever() { run_until(std::nullopt, true); }
+  // Runs for at most d. Returns true if it stopped because nothing was left to do.
+  template <class Rep, class Period>
+  bool run_for(std::chrono::duration<Rep, Period> d) {
+    return run_until(clock::now() + std::chrono::duration_cast<clock::duration>(d), false);
+  }
+  // Makes run() return after the current callback. Thread-safe.
+  void stop() {
+    stop_.store(true, std::memory_order_release);
+    wake();
+  }
+  // Runs fn on the loop thread, soon. Thread-safe.
+  void post(std::function<void()> fn) {
+    {
+      std::lock_guard lock(post_mu_);
+      posted_.push_back(std::move(fn));
+    }
+    wake();
+  }
+  // True when nothing is registered.
+  bool idle() const {
+    std::lock_guard lock(post_mu_);
+    return watches_.empty() && timers_.empty() && exits_.empty() && posted_.empty();
+  }
+
+ private:
+  struct fd_watch {
+    int fd = -1;
+    std::uint32_t events = 0;
+    std::function<void(std::uint32_t)> fn;
+    bool removed = false;
+  };
+  struct stream_watch {
+    id self = 0, watch = 0;
+    pipe_reader* reader = nullptr;
+    std::function<void(std::string_view)> on_data, on_line;
+    std::function<void()> on_close;
+    std::size_t max_read = 64 * 1024;
+    std::size_t line_scan = 0;
+    std::size_t held = 0;      // bytes handed to an async sink, consumed on done()
+    bool hold_chunks = false;  // set by pump(reader, sink)
+    bool paused = false, removed = false;
+  };
+  struct exit_watch {
+    process* proc = nullptr;
+    std::function<void(exit_status)> fn;
+    id watch = 0, poll_timer = 0;
+  };
+  struct timer {
+    clock::duration period{};
+    std::function<void()> fn;
+    bool repeat = false;
+  };
+  struct heap_entry {
+    clock::time_point due;
+    id timer;
+    bool operator>(const heap_entry& o) const { return due > o.due; }
+  };
+  struct writer_state {
+    id self = 0, watch = 0;
+    pipe_writer* w = nullptr;
+    detail::byte_buffer queue;
+    std::size_t hwm = 0;
+    bool ending = false, removed = false, above_hwm = false;
+    std::vector<std::function<void()>> drain_fns;
+    std::function<void()> on_finish;
+    std::function<void(const io_error&)> on_error;
+  };
+
+  std::shared_ptr<stream_watch> stream_for(pipe_reader& r, const char* what) {
+    for (auto& [i, s] : streams_)
+      if (s->reader == &r) return s;
+    if (!r.is_open()) throw argument_error(r.command(), std::string("event_loop::") + what + ": the " +
+                                                            r.stream() + " pipe is not open");
+    auto s = std::make_shared<stream_watch>();
+    s->reader = &r;
+    s->self = next_id_++;
+    streams_.emplace(s->self, s);
+    id self = s->self;
+    s->watch = watch(r.fd(), EPOLLIN, [this, self](std::uint32_t) { on_stream_ready(self); });
+    // Data already buffered in the reader (from an earlier read_line) is delivered too.
+    if (!r.buffered().empty() || r.eof()) post([this, self] { deliver_stream(self, false); });
+    return s;
+  }
+
+  void set_paused(id i, bool paused) {
+    auto it = streams_.find(i);
+    if (it == streams_.end() || it->second->paused == paused) return;
+    it->second->paused = paused;
+    modify(it->second->watch, paused || it->second->held ? 0u : std::uint32_t(EPOLLIN));
+    if (!paused && !it->second->reader->buffered().empty())
+      post([this, i] { deliver_stream(i, false); });
+  }
+
+  void release_held(id i) {
+    auto it = streams_.find(i);
+    if (it == streams_.end() || it->second->held == 0) return;  // done() called twice
+    auto s = it->second;
+    s->reader->consume(s->held);
+    s->held = 0;
+    if (!s->paused) modify(s->watch, EPOLLIN);
+    // Deliver what is buffered (or the end of stream) soon, outside the sink's call.
+    post([this, i] { deliver_stream(i, false); });
+  }
+
+  void on_stream_ready(id i) {
+    auto it = streams_.find(i);
+    if (it == streams_.end()) return;
+    auto s = it->second;  // keeps the state alive if a callback removes the watch
+    // Read a bounded amount per wake-up so one busy stream cannot starve the others.
+    for (int round = 0; round < 4 && !s->removed && !s->paused && s->held == 0; ++round) {
+      ssize_t r = s->reader->fill(s->max_read);
+      if (r < 0) break;
+      deliver_stream(i, r == 0);
+      if (r == 0) return;
+    }
+  }
+
+  // Hands buffered data to the callbacks; at EOF also the last partial line and close.
+  void deliver_stream(id i, bool eof) {
+    auto it = streams_.find(i);
+    if (it == streams_.end()) return;
+    auto s = it->second;
+    pipe_reader& r = *s->reader;
+    eof = eof || r.input_ended();
+    if (s->on_data) {
+      while (!s->removed && !s->paused && s->held == 0 && !r.buffered().empty()) {
+        std::string_view chunk = r.buffered();
+        std::size_t n = chunk.size();
+        if (s->hold_chunks) {  // the chunk stays valid until the sink calls done()
+          s->held = n;
+          modify(s->watch, 0);
+        }
+        s->on_data(chunk);
+        if (!s->removed && !s->hold_chunks) r.consume(n);
+      }
+    } else if (s->on_line) {
+      for (;;) {
+        if (s->removed || s->paused) break;
+        std::string_view b = r.buffered();
+        std::size_t nl = b.find('\n', s->line_scan);
+        if (nl == std::string_view::npos) {
+          s->line_scan = b.size();
+          break;
+        }
+        s->line_scan = 0;
+        s->on_line(b.substr(0, nl));
+        if (!s->removed) r.consume(nl + 1);
+      }
+      if (eof && !s->removed && !s->paused && !r.buffered().empty()) {
+        std::string_view rest = r.buffered();
+        std::size_t n = rest.size();
+        s->line_scan = 0;
+        s->on_line(rest);
+        if (!s->removed) r.consume(n);
+      }
+    } else if (!s->on_close) {
+      r.consume(r.buffered().size());
+    }
+    if (eof && !s->removed && !s->paused && s->held == 0 && r.buffered().empty()) {
+      auto close_fn = std::move(s->on_close);
+      remove(i);
+      if (close_fn) close_fn();
+    }
+  }
+
+  void check_exit(id i) {
+    auto it = exits_.find(i);
+    if (it == exits_.end()) return;
+    auto e = it->second;
+    auto st = e->proc->try_wait();
+    if (!st) return;
+    remove(i);
+    e->fn(*st);
+  }
+
+  id add_timer(clock::duration d, std::function<void()> fn, bool repeat) {
+    if (d < clock::duration::zero()) throw argument_error("", "event_loop: negative timer duration");
+    if (repeat && d == clock::duration::zero())
+      throw argument_error("", "event_loop::every: the period must be positive");
+    id i = next_id_++;
+    timers_.emplace(i, timer{d, std::move(fn), repeat});
+    heap_.push({clock::now() + d, i});
+    return i;
+  }
+
+  void run_due_timers() {
+    auto now = clock::now();
+    while (!heap_.empty() && heap_.top().due <= now) {
+      heap_entry e = heap_.top();
+      heap_.pop();
+      auto it = timers_.find(e.timer);
+      if (it == timers_.end()) continue;  // cancelled
+      std::function<void()> fn;
+      if (it->second.repeat) {
+        heap_.push({std::max(e.due + it->second.period, now), e.timer});
+        fn = it->second.fn;  // a copy: the callback may cancel its own timer
+      } else {
+        fn = std::move(it->second.fn);
+        timers_.erase(it);
+      }
+      fn();
+    }
+  }
+
+  void run_posted() {
+    std::vector<std::function<void()>> batch;
+    {
+      std::lock_guard lock(post_mu_);
+      batch.swap(posted_);
+    }
+    for (std::size_t k = 0; k < batch.size(); ++k) {
+      try {
+        batch[k]();
+      } catch (...) {
+        // Keep the rest for the next iteration, then let the error out of run().
+        std::lock_guard lock(post_mu_);
+        posted_.insert(posted_.begin(), std::make_move_iterator(batch.begin() + k + 1),
+                       std::make_move_iterator(batch.end()));
+        throw;
+      }
+    }
+  }
+
+  void wake() {
+    std::uint64_t one = 1;
+    (void)!detail::sys::write(wake_.get(), &one, sizeof one);
+  }
+
+  // Watches with no events (idle writers, paused streams) do not keep run() going.
+  bool has_work() const {
+    if (!timers_.empty() || !exits_.empty()) return true;
+    for (const auto& [i, s] : streams_)
+      if (s->held != 0) return true;  // a sink will call done(), maybe through post()
+    for (const auto& [i, w] : watches_)
+      if (w->events != 0) return true;
+    std::lock_guard lock(post_mu_);
+    return !posted_.empty();
+  }
+
+  int next_timeout(const std::optional<clock::time_point>& until, bool forever) {
+    {
+      std::lock_guard lock(post_mu_);
+      if (!posted_.empty()) return 0;
+    }
+    std::optional<clock::time_point> due = until;
+    while (!heap_.empty() && !timers_.count(heap_.top().timer)) heap_.pop();  // drop cancelled
+    if (!heap_.empty() && (!due || heap_.top().due < *due)) due = heap_.top().due;
+    if (!due) return forever || has_work() ? -1 : 0;
+    return detail::poll_timeout(due);
+  }
+
+  bool run_until(std::optional<clock::time_point> until, bool forever) {
+    if (running_) throw argument_error("", "event_loop::run called from inside a callback");
+    running_ = true;
+    struct reset {
+      event_loop* l;
+      ~reset() { l->running_ = false; }
+    } guard{this};
+    stop_.store(false, std::memory_order_release);
+    epoll_event evs[64];
+    for (;;) {
+      run_posted();
+      run_due_timers();
+      if (stop_.load(std::memory_order_acquire)) return false;
+      if (!forever && !has_work()) return true;
+      if (until && clock::now() >= *until) return false;
+      int n = detail::sys::epoll_wait(ep_.get(), evs, 64, next_timeout(until, forever));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        detail::throw_errno(errno, "event_loop: epoll_wait");
+      }
+      for (int k = 0; k < n; ++k) {
+        id i = evs[k].data.u64;
+        if (i == 0) {
+          std::uint64_t v;
+          (void)!detail::sys::read(wake_.get(), &v, sizeof v);
+          continue;
+        }
+        auto it = watches_.find(i);
+        if (it == watches_.end()) continue;  // removed earlier in this batch
+        auto w = it->second;                 // alive even if the callback removes it
+        w->fn(evs[k].events);
+        if (stop_.load(std::memory_order_acquire)) break;
+      }
+    }
+  }
+
+  // writer internals (defined below the handle)
+  void writer_flush(id i);
+  bool writer_write(id i, std::string_view data);
+  void writer_end(id i, std::function<void()> on_finish);
+
+  detail::unique_fd ep_, wake_;
+  id next_id_ = 1;
+  std::unordered_map<id, std::shared_ptr<fd_watch>> watches_;
+  std::unordered_map<id, std::shared_ptr<stream_watch>> streams_;
+  std::unordered_map<id, std::shared_ptr<exit_watch>> exits_;
+  std::unordered_map<id, std::shared_ptr<writer_state>> writers_;
+  std::unordered_map<id, timer> timers_;
+  std::priority_queue<heap_entry, std::vector<heap_entry>, std::greater<>> heap_;
+  mutable std::mutex post_mu_;
+  std::vector<std::function<void()>> posted_;
+  std::atomic<bool> stop_{false};
+  bool running_ = false;
+};
+
+// A non-blocking, queueing writer owned by an event_loop (Node's writable stream).
+class event_loop::writer_handle {
+ public:
+  writer_handle() = default;
+  // Queues data and starts writing it. Returns false once the queue holds
+  // high_water_mark bytes or more: stop writing and wait for on_drain.
+  bool write(std::string_view data) { return loop_->writer_write(id_, data); }
+  // fn() whenever the queue has been written out completely after write() returned false.
+  void on_drain(std::function<void()> fn) {
+    if (auto w = state()) w->drain_fns.push_back(std::move(fn));
+  }
+  // Closes the pipe once the queue is written (the child then reads EOF); then fn().
+  void end(std::function<void()> on_finish = {}) { loop_->writer_end(id_, std::move(on_finish)); }
+  // Bytes queued and not yet written.
+  std::size_t buffered() const {
+    auto w = state();
+    return w ? w->queue.size() : 0;
+  }
+  bool needs_drain() const {
+    auto w = state();
+    return w && w->above_hwm;
+  }
+  event_loop::id id() const noexcept { return id_; }
+
+ private:
+  friend class event_loop;
+  writer_handle(event_loop* l, event_loop::id i) : loop_(l), id_(i) {}
+  std::shared_ptr<writer_state> state() const {
+    if (!loop_) return nullptr;
+    auto it = loop_->writers_.find(id_);
+    return it == loop_->writers_.end() ? nullptr : it->second;
+  }
+  event_loop* loop_ = nullptr;
+  event_loop::id id_ = 0;
+};
+
+inline event_loop::writer_handle event_loop::writer(pipe_writer& w, writer_options opts) {
+  if (!w.is_open()) throw argument_error(w.command(), "event_loop::writer: the " + w.stream() + " pipe is not open");
+  if (opts.high_water_mark == 0) opts.high_water_mark = 1;
+  auto s = std::make_shared<writer_state>();
+  s->self = next_id_++;
+  s->w = &w;
+  s->hwm = opts.high_water_mark;
+  s->on_error = std::move(opts.on_error);
+  id self = s->self;
+  // Registered with no events: EPOLLOUT is switched on only while data is queued.
+  s->watch = watch(w.fd(), 0, [this, self](std::uint32_t) { writer_flush(self); });
+  writers_.emplace(self, s);
+  return writer_handle(this, self);
+}
+
+inline event_loop::writer_handle event_loop::writer(pipe_writer& w, std::size_t high_water_mark) {
+  writer_options o;
+  o.high_water_mark = high_water_mark;
+  return writer(w, std::move(o));
+}
+
+inline bool event_loop::writer_write(id i, std::string_view data) {
+  auto it = writers_.find(i);
+  if (it == writers_.end())
+    throw argument_error("", "event_loop: write to a writer that has ended or failed");
+  auto s = it->second;
+  if (s->ending) throw argument_error(s->w->command(), "event_loop: write after end()");
+  if (s->queue.empty() && !data.empty()) {
+    // Fast path: straight into the pipe, queue only the rest.
+    detail::sigpipe_guard guard;
+    try {
+      ssize_t n = s->w->write_raw(data, guard);
+      if (n > 0) data.remove_prefix(static_cast<std::size_t>(n));
+    } catch (const io_error& e) {
+      remove(i);
+      s->queue.clear();
+      s->w->close();
+      if (!s->on_error) throw;
+      s->on_error(e);
+      return true;
+    }
+  }
+  if (!data.empty()) {
+    s->queue.append(data);
+    modify(s->watch, EPOLLOUT);
+  }
+  if (s->queue.size() >= s->hwm) s->above_hwm = true;
+  return !s->above_hwm;
+}
+
+inline void event_loop::writer_flush(id i) {
+  auto it = writers_.find(i);
+  if (it == writers_.end()) return;
+  auto s = it->second;
+  detail::sigpipe_guard guard;
+  try {
+    while (!s->queue.empty()) {
+      ssize_t n = s->w->write_raw(s->queue.view(), guard);
+      if (n < 0) return;  // full again; EPOLLOUT stays on
+      s->queue.consume(static_cast<std::size_t>(n));
+    }
+  } catch (const io_error& e) {
+    remove(i);
+    s->queue.clear();
+    s->w->close();
+    if (!s->on_error) throw;
+    s->on_error(e);
+    return;
+  }
+  s->queue.shrink();
+  modify(s->watch, 0);
+  if (s->ending) {
+    remove(i);
+    s->w->close();
+    if (s->on_finish) s->on_finish();
+    return;
+  }
+  if (s->above_hwm) {
+    s->above_hwm = false;
+    auto fns = s->drain_fns;  // a drain callback may add more
+    for (auto& f : fns) {
+      f();
+      if (s->removed) break;
+    }
+  }
+}
+
+inline void event_loop::writer_end(id i, std::function<void()> on_finish) {
+  auto it = writers_.find(i);
+  if (it == writers_.end()) return;
+  auto s = it->second;
+  s->ending = true;
+  s->on_finish = std::move(on_finish);
+  if (s->queue.empty()) {
+    remove(i);
+    s->w->close();
+    if (s->on_finish) s->on_finish();
+  }
+}
+
+inline event_loop::id event_loop::pump(pipe_reader& from, pipe_writer& to, transform_fn transform,
+                                       pump_options opts) {
+  auto finish = std::make_shared<std::function<void(std::exception_ptr)>>(std::move(opts.on_finish));
+  writer_options wo;
+  wo.high_water_mark = opts.high_water_mark;
+  auto stream_id = std::make_shared<id>(0);
+  wo.on_error = [this, finish, stream_id](const io_error& e) {
+    remove(*stream_id);  // the consumer is gone: stop reading the producer
+    if (*finish) (*finish)(std::make_exception_ptr(e));
+  };
+  writer_handle out = writer(to, std::move(wo));
+  auto s = stream_for(from, "pump");
+  if (s->on_line || s->on_data) throw argument_error(from.command(), "pump on a stream that is already watched");
+  *stream_id = s->self;
+  s->max_read = opts.high_water_mark;
+  id sid = s->self;
+  out.on_drain([this, sid] { resume(sid); });
+  s->on_data = [this, out, sid, transform = std::move(transform)](std::string_view chunk) mutable {
+    bool room = transform ? out.write(transform(chunk)) : out.write(chunk);
+    if (!room) pause(sid);
+  };
+  bool end = opts.end;
+  s->on_close = [out, end, finish]() mutable {
+    if (end) {
+      out.end([finish] {
+        if (*finish) (*finish)(nullptr);
+      });
+    } else if (*finish) {
+      (*finish)(nullptr);
+    }
+  };
+  return sid;
+}
+
+inline event_loop::id event_loop::pump(pipe_reader& from, sink_fn sink, pump_options opts) {
+  auto s = stream_for(from, "pump");
+  if (s->on_line || s->on_data) throw argument_error(from.command(), "pump on a stream that is already watched");
+  s->max_read = opts.high_water_mark;
+  s->hold_chunks = true;
+  id sid = s->self;
+  auto finish = std::make_shared<std::function<void(std::exception_ptr)>>(std::move(opts.on_finish));
+  // One chunk in flight: it stays in the reader's buffer (the view remains valid) and
+  // nothing more is read until the sink calls done().
+  s->on_data = [this, sid, sink = std::move(sink)](std::string_view chunk) {
+    sink(chunk, [this, sid] { release_held(sid); });
+  };
+  s->on_close = [finish] {
+    if (*finish) (*finish)(nullptr);
+  };
+  return sid;
+}
+
+}  // namespace subprocess
