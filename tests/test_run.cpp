@@ -85,6 +85,19 @@ TEST_CASE("timeouts") {
                     sp::timeout_error);
     CHECK(clk::now() - t0 < 3s);
   }
+  SECTION("an exited leader's group still holding the pipes is killed at the timeout") {
+    auto p = testing::helper({"grandchild-pid", "out", "leader done"})
+                 .new_process_group()
+                 .out(sp::pipe)
+                 .err(sp::pipe)
+                 .spawn();
+    int g = std::stoi(*p.out().read_line());
+    sp::detail::unique_fd gfd(sp::detail::sys::pidfd_open(g));
+    REQUIRE(gfd);
+    CHECK_THROWS_AS(sp::communicate(p, {}, {.timeout = 300ms}), sp::timeout_error);
+    CHECK(p.status() == sp::exit_status::exited(0));
+    CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+  }
   SECTION("a fast child is not affected") {
     CHECK(sp::run(testing::helper({"out", "x"}), {.timeout = 10s}).out == "x\n");
   }

@@ -183,6 +183,9 @@ inline run_result communicate(process& p, std::string_view input = {},
     int ready = detail::poll_until(fds, static_cast<nfds_t>(n), wake);
     if (ready == 0 && dl && detail::clock::now() >= *dl) {
       bool had_exited = p.status().has_value();
+      // Exited, but its pipes are still held: by its own process group, if it has one
+      // (the group id stays reserved while members live), which the timeout covers too.
+      if (had_exited && p.is_group_leader()) detail::sys::kill(-p.pid(), SIGKILL);
       auto st = had_exited ? p.status() : fail_and_reap("timeout");
       for (auto& c : caps) detail::drain_into(c, opts, 1);
       throw timeout_error(res.command, *opts.timeout, st, {res.out, res.err},
