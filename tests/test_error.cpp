@@ -15,8 +15,18 @@ TEST_CASE("every error is a std::system_error that names the command") {
     } catch (const sp::spawn_error& e) {
       CHECK(e.code() == std::errc::no_such_file_or_directory);
       CHECK(e.command() == "/nonexistent/prog x");
-      CHECK(e.step() == "resolve program");
+      CHECK(e.step() == "exec");  // a path is not searched: exec reports it
       CHECK_THAT(e.what(), Catch::Contains("/nonexistent/prog"));
+      const std::system_error& base = e;
+      CHECK(base.code().category() == std::system_category());
+    }
+    try {
+      sp::command{"nonexistent-prog-xyz"}.spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.code() == std::errc::no_such_file_or_directory);
+      CHECK(e.step() == "resolve program");
+      CHECK_THAT(e.what(), Catch::Contains("nonexistent-prog-xyz") && Catch::Contains("PATH"));
       const std::system_error& base = e;
       CHECK(base.code().category() == std::system_category());
     }

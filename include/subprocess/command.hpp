@@ -261,12 +261,10 @@ inline bool is_executable_file(const std::string& p, int& err) {
   return true;
 }
 
-// execvp's search, done in the parent. Returns "" and sets err on failure.
+// execvp's search, done in the parent. Returns "" and sets err on failure. A name
+// with a '/' is not searched and not checked: exec itself reports ENOENT/EACCES.
 inline std::string find_program(const std::string& name, std::string_view path, int& err) {
-  if (name.find('/') != std::string::npos) {
-    if (is_executable_file(name, err)) return name;
-    return {};
-  }
+  if (name.find('/') != std::string::npos) return name;
   bool denied = false;
   std::string cand;
   for (std::size_t start = 0;;) {
@@ -400,12 +398,16 @@ inline process command::spawn() const {
       int child = slot == 0 ? fds[0] : fds[1];
       moves.push_back({own(child), slot});
       detail::unique_fd parent(slot == 0 ? fds[1] : fds[0]);
+      // Only the parent's end is non-blocking: a fresh pipe end has no other status
+      // flags, so one F_SETFL does it.
+      if (detail::sys::fcntl(parent.get(), F_SETFL, O_NONBLOCK) != 0)
+        throw spawn_error(errno, cmdline, std::string("set up ") + names[slot] + " pipe");
       if (slot == 0)
-        in_end = pipe_writer(std::move(parent), "stdin", cmdline);
+        in_end = pipe_writer(std::move(parent), "stdin", cmdline, pipe_writer::nonblocking);
       else if (slot == 1)
-        out_end = pipe_reader(std::move(parent), "stdout", cmdline);
+        out_end = pipe_reader(std::move(parent), "stdout", cmdline, pipe_reader::nonblocking);
       else
-        err_end = pipe_reader(std::move(parent), "stderr", cmdline);
+        err_end = pipe_reader(std::move(parent), "stderr", cmdline, pipe_reader::nonblocking);
     } else if (auto* f = std::get_if<file>(&s)) {
       file_mode m = f->mode.value_or(slot == 0 ? file_mode::read : file_mode::truncate);
       int flags = m == file_mode::read       ? O_RDONLY
@@ -469,11 +471,7 @@ inline process command::spawn() const {
   plan.setsid = new_session_;
   plan.setpgid = new_group_ && !new_session_;
   plan.pdeathsig = parent_death_signal_;
-  plan.parent = ::getpid();
-  rlimit rl{};
-  plan.fd_limit = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536
-                      ? static_cast<int>(rl.rlim_cur)
-                      : 65536;
+  if (parent_death_signal_ != 0) plan.parent = ::getpid();
 
   bool use_clone = backend_ == spawn_backend::clone_vfork || parent_death_signal_ != 0 ||
                    !detail::posix_spawn_backend_available() ||
@@ -483,6 +481,13 @@ inline process command::spawn() const {
   if (use_clone && !detail::clone_backend_available())
     throw spawn_error(ENOSYS, cmdline, "spawn", "(no spawn backend for this platform)");
 
+  if (use_clone) {
+    // Only the clone child's last-resort close loop (no close_range, no /proc) needs it.
+    rlimit rl{};
+    plan.fd_limit = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536
+                        ? static_cast<int>(rl.rlim_cur)
+                        : 65536;
+  }
   detail::spawned child;
   detail::spawn_failure fail;
   bool ok = use_clone ? detail::spawn_clone(plan, child, fail) : detail::spawn_posix(plan, child, fail);

@@ -91,6 +91,9 @@ struct capture {
   std::string* sink;
   bool* truncated;
   const char* name;
+  // Read size: small first (most children print little), doubled while reads come
+  // back full, so a big producer is read in large gulps.
+  std::size_t read_size = 16 * 1024;
 };
 
 // Reads what is available on one captured stream into its sink, at most
@@ -98,8 +101,10 @@ struct capture {
 // the limit was hit under output_limit::kill.
 inline bool drain_into(capture& c, const communicate_options& o, int rounds = 4) {
   while (rounds-- > 0) {
-    ssize_t r = c.reader->fill(256 * 1024);
+    ssize_t r = c.reader->fill(c.read_size);
     if (r <= 0) return true;
+    if (static_cast<std::size_t>(r) == c.read_size && c.read_size < (std::size_t{1} << 20))
+      c.read_size *= 2;
     std::string_view got = c.reader->buffered();
     std::size_t room = o.max_output ? (*o.max_output > c.sink->size() ? *o.max_output - c.sink->size() : 0)
                                     : got.size();
@@ -148,7 +153,9 @@ inline run_result communicate(process& p, std::string_view input = {},
     return st;
   };
 
-  detail::sigpipe_guard guard;
+  // SIGPIPE is blocked (per thread) only while there is input to write.
+  std::optional<detail::sigpipe_guard> guard;
+  if (in.is_open()) guard.emplace();
   for (;;) {
     pollfd fds[4];
     int n = 0, in_i = -1, pid_i = -1, cap_i[2] = {-1, -1};
@@ -195,7 +202,7 @@ inline run_result communicate(process& p, std::string_view input = {},
     }
     if (in_i >= 0 && fds[in_i].revents != 0) {
       try {
-        ssize_t w = in.write_raw(input, guard);
+        ssize_t w = in.write_raw(input, *guard);
         if (w > 0) input.remove_prefix(static_cast<std::size_t>(w));
         if (input.empty()) in.close();
       } catch (const io_error& e) {

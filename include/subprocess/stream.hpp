@@ -63,6 +63,11 @@ class pipe_reader {
       : fd_(std::move(fd)), stream_(std::move(stream)), command_(std::move(command)) {
     if (fd_) detail::set_nonblocking(fd_.get(), true);
   }
+  // For an fd known to be O_NONBLOCK already (saves two fcntl calls per spawn).
+  struct nonblocking_t {};
+  static constexpr nonblocking_t nonblocking{};
+  pipe_reader(detail::unique_fd fd, std::string stream, std::string command, nonblocking_t) noexcept
+      : fd_(std::move(fd)), stream_(std::move(stream)), command_(std::move(command)) {}
   pipe_reader(pipe_reader&& o) noexcept
       : fd_(std::move(o.fd_)), stream_(std::move(o.stream_)), command_(std::move(o.command_)),
         buf_(std::move(o.buf_)), eof_(std::exchange(o.eof_, false)) {}
@@ -250,6 +255,11 @@ class pipe_writer {
       : fd_(std::move(fd)), stream_(std::move(stream)), command_(std::move(command)) {
     if (fd_) detail::set_nonblocking(fd_.get(), true);
   }
+  // For an fd known to be O_NONBLOCK already.
+  struct nonblocking_t {};
+  static constexpr nonblocking_t nonblocking{};
+  pipe_writer(detail::unique_fd fd, std::string stream, std::string command, nonblocking_t) noexcept
+      : fd_(std::move(fd)), stream_(std::move(stream)), command_(std::move(command)) {}
   pipe_writer(pipe_writer&&) noexcept = default;
   pipe_writer& operator=(pipe_writer&&) noexcept = default;
 
