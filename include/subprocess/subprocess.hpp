@@ -16,5 +16,6 @@
 #include "exit_status.hpp"
 #include "process.hpp"
 #include "run.hpp"
+#include "signals.hpp"
 #include "stdio.hpp"
 #include "stream.hpp"
