@@ -47,9 +47,23 @@ std::vector<int> blocked_list() {
   return v;
 }
 
-// True once the process behind pidfd `fd` has exited (a non-child: no waitpid).
-bool gone_within(const sp::detail::unique_fd& fd, std::chrono::milliseconds d) {
-  return sp::detail::poll_one(fd.get(), POLLIN, sp::detail::clock::now() + d) != 0;
+// A process that is not our child (a grandchild), watched through a pidfd. The
+// guard SIGKILLs it when it goes, so a failing test never leaves one behind.
+struct foreign_process {
+  sp::detail::unique_fd fd;
+  explicit foreign_process(const std::optional<std::string>& pid_line)
+      : fd(sp::detail::sys::pidfd_open(pid_line ? std::stoi(*pid_line) : -1)) {
+    REQUIRE(fd);
+  }
+  foreign_process(const foreign_process&) = delete;
+  ~foreign_process() {
+    if (fd) sp::detail::sys::pidfd_send_signal(fd.get(), SIGKILL);
+  }
+};
+
+// True once it has exited (it is not our child: there is no waitpid for it).
+bool gone_within(const foreign_process& p, std::chrono::milliseconds d) {
+  return sp::detail::poll_one(p.fd.get(), POLLIN, sp::detail::clock::now() + d) != 0;
 }
 
 long long ms(clk::duration d) { return std::chrono::duration_cast<milliseconds>(d).count(); }
@@ -153,13 +167,7 @@ TEST_CASE("terminate: SIGTERM, then SIGKILL decided by whether the child has exi
 }
 
 TEST_CASE("a grandchild in the child's process group is gone after signal_group / terminate") {
-  auto grandchild_of = [](sp::process& p) {
-    auto line = p.out().read_line();
-    REQUIRE(line);
-    sp::detail::unique_fd fd(sp::detail::sys::pidfd_open(std::stoi(*line)));
-    REQUIRE(fd);
-    return fd;
-  };
+  auto grandchild_of = [](sp::process& p) { return foreign_process(p.out().read_line()); };
   SECTION("signal_group(SIGTERM)") {
     auto p = testing::helper({"grandchild-pid", "sleep", "60000"}).new_process_group().out(sp::pipe).spawn();
     auto g = grandchild_of(p);
@@ -249,8 +257,7 @@ TEST_CASE("shutdown: one deadline for many processes") {
                  .new_process_group()
                  .out(sp::pipe);
     ps.push_back(c.spawn());
-    sp::detail::unique_fd g(sp::detail::sys::pidfd_open(std::stoi(*ps[0].out().read_line())));
-    REQUIRE(g);
+    foreign_process g(ps[0].out().read_line());
     REQUIRE(ps[0].out().read_line() == "ready");
     auto r = sp::shutdown(ps, 400ms);
     CHECK(r.processes[0].status == sp::exit_status::exited(0));
@@ -600,8 +607,7 @@ TEST_CASE("kill_on_parent_death delivers the chosen signal when the parent is SI
   REQUIRE(second);
   if (*first == "ready") std::swap(first, second);
   REQUIRE(second == "ready");
-  sp::detail::unique_fd g(sp::detail::sys::pidfd_open(std::stoi(*first)));
-  REQUIRE(g);
+  foreign_process g(first);
   CHECK_FALSE(gone_within(g, 0ms));
   p.kill();
   CHECK(p.wait().signal() == SIGKILL);
