@@ -28,7 +28,8 @@
 // hit an unrelated process that reused the pid: once the child is reaped, signal()
 // returns false and sends nothing. With new_process_group() or new_session(),
 // signal_group(sig) reaches the child's whole process group (its children too), and
-// terminate()/kill() and the destructor act on the group.
+// terminate()/kill() and the destructor act on the group. To stop many children
+// at once, with one deadline, use sp::shutdown() from signals.hpp.
 //
 // Destructor policy. Destroying a process whose child is still running sends it
 // SIGKILL (its group, if it leads one) and reaps it: a process handle never leaks

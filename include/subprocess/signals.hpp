@@ -56,6 +56,10 @@
 // detached) handle or a process listed twice is an argument_error, and then nothing
 // was sent to anyone.
 //
+// Thread safety: shutdown() uses the processes as wait() does; meanwhile other
+// threads may only signal() them. It throws sp::error if a signal cannot be sent
+// (not expected for your own children) or a child was reaped by someone else.
+//
 // Cost: one poll() over 1 to 3 fds per process per wake-up. Members of a group other
 // than the leader are not our children, so there is no pidfd for them: once a
 // leader has exited, shutdown() asks kill(-pgid, 0) and scans /proc, 1 ms doubling to
