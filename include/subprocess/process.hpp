@@ -28,7 +28,8 @@
 // hit an unrelated process that reused the pid: once the child is reaped, signal()
 // returns false and sends nothing. With new_process_group() or new_session(),
 // signal_group(sig) reaches the child's whole process group (its children too), and
-// terminate()/kill() and the destructor act on the group.
+// terminate()/kill() and the destructor act on the group. To stop many children
+// at once, with one deadline, use sp::shutdown() from signals.hpp.
 //
 // Destructor policy. Destroying a process whose child is still running sends it
 // SIGKILL (its group, if it leads one) and reaps it: a process handle never leaks
@@ -40,12 +41,14 @@
 // kill() may be called from another thread while one thread is in wait().
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <optional>
 #include <string>
 #include <utility>
 
+#include "detail/pgroup.hpp"
 #include "detail/poll.hpp"
 #include "detail/reaper.hpp"
 #include "detail/syscall.hpp"
@@ -162,15 +165,25 @@ class process {
   // `grace`, then sends SIGKILL if it has not exited, and reaps it. Whether SIGKILL
   // is needed is decided by whether the child has exited, not by whether a signal was
   // sent. Returns how it ended: "killed by SIGKILL" means it ignored SIGTERM.
+  //
+  // SIGTERM is followed by SIGCONT (as systemd does), so a stopped child gets to run
+  // its SIGTERM handler instead of waiting to be SIGKILLed. For a group leader the
+  // grace period covers the whole group: if the leader exits but other members (say
+  // a grandchild that ignores SIGTERM) are still alive at the deadline, the group is
+  // SIGKILLed; the returned status is still the leader's. For many processes at once
+  // use sp::shutdown() (signals.hpp), which shares one deadline among them all.
   template <class Rep = long, class Period = std::ratio<1>>
   exit_status terminate(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5)) {
     check_valid("terminate");
     if (grace < grace.zero()) throw argument_error(command_, "negative grace period for terminate");
     if (status_) return *status_;
+    const detail::deadline dl = detail::clock::now() + grace;
     send_to_tree(SIGTERM);
-    if (auto st = wait_for(grace)) return *st;
+    send_to_tree(SIGCONT);
+    std::optional<exit_status> st = wait_until(dl);
+    if (st && (!group_leader_ || wait_group_until(dl))) return *st;
     send_to_tree(SIGKILL);
-    return wait();
+    return st ? *st : wait();
   }
 
   // Lets the child run on after this handle is gone; a background thread reaps it
@@ -199,6 +212,20 @@ class process {
     } else {
       signal(sig);
     }
+  }
+  // After the leader was reaped: waits until no live process is left in its group.
+  // False if some are still alive at the deadline. No pidfds exist for them, so this
+  // polls, 1 ms doubling to 50 ms.
+  bool wait_group_until(const detail::deadline& dl) {
+    auto step = std::chrono::milliseconds(1);
+    while (detail::group_has_live_members(pid_)) {
+      auto now = detail::clock::now();
+      if (now >= *dl) return false;
+      detail::deadline next = std::min(*dl, now + step);
+      detail::poll_until(nullptr, 0, next);  // a sleep that respects the deadline
+      step = std::min(step * 2, std::chrono::milliseconds(50));
+    }
+    return true;
   }
 
   // waitpid for our own pid only. blocking=false: WNOHANG.

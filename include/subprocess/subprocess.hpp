@@ -16,6 +16,7 @@
 #include "exit_status.hpp"
 #include "process.hpp"
 #include "run.hpp"
+#include "signals.hpp"
 #include "stdio.hpp"
 #include "event_loop.hpp"
 #include "stream.hpp"

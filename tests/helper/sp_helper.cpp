@@ -18,6 +18,7 @@
 //   print-signals       print "ignored: ..." and "blocked: ..." signal numbers
 //   print-pid, print-ppid, print-pgid, print-sid
 //   ignore-term         ignore SIGTERM from now on
+//   ignore SIG          ignore signal number SIG from now on
 //   term-exits-after MS on SIGTERM, print "got SIGTERM", wait MS, exit 0
 //   kill-self SIG       raise signal number SIG
 //   stop-self           raise SIGSTOP
@@ -31,6 +32,15 @@
 //   wait-stdin-eof      block until stdin reaches EOF
 //   pdeath-child SIG    spawn "sp_helper sleep 60000" with kill_on_parent_death(SIG)
 //                       through the library; print its pid
+//   pdeath-run SIG ACTIONS...
+//                       spawn sp_helper running the remaining ACTIONS with
+//                       kill_on_parent_death(SIG) (it shares our stdout), print its
+//                       pid, then sleep until killed
+//   term-writes N       on SIGTERM, write N bytes to stdout and exit 0
+//   graceful-worker MS  the library's child side: a signal_set{SIGTERM, SIGINT};
+//                       print "ready", then run jobs of MS ms each ("job K done").
+//                       A signal that arrives mid-job is acted on only once the job
+//                       is done: print "got SIGNAME after K jobs" and exit 0
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
@@ -44,6 +54,7 @@
 #include <unistd.h>
 
 #include <subprocess/command.hpp>
+#include <subprocess/signals.hpp>
 
 extern char** environ;
 
@@ -68,6 +79,17 @@ void sleep_ms(long ms) {
   timespec ts{ms / 1000, (ms % 1000) * 1000000};
   while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
   }
+}
+long term_write_bytes = 0;
+void on_term_write(int) {
+  char block[4096];
+  for (char& c : block) c = 'x';
+  for (long left = term_write_bytes; left > 0;) {
+    size_t m = static_cast<size_t>(left < 4096 ? left : 4096);
+    write_all(1, block, m);
+    left -= static_cast<long>(m);
+  }
+  _exit(0);
 }
 long term_exit_delay = 0;
 void on_term(int) {
@@ -192,6 +214,8 @@ int main(int argc, char** argv) {
       say(1, std::to_string(getsid(0)));
     } else if (op == "ignore-term") {
       signal(SIGTERM, SIG_IGN);
+    } else if (op == "ignore") {
+      signal(std::atoi(next().c_str()), SIG_IGN);
     } else if (op == "term-exits-after") {
       term_exit_delay = std::atol(next().c_str());
       signal(SIGTERM, on_term);
@@ -236,6 +260,29 @@ int main(int argc, char** argv) {
         }
       }
       write_all(1, buf.data(), buf.size());
+    } else if (op == "pdeath-run") {
+      int sig = std::atoi(next().c_str());
+      std::vector<std::string> rest{"/proc/self/exe"};
+      rest.insert(rest.end(), a.begin() + static_cast<long>(i) + 1, a.end());
+      auto child = subprocess::command(rest).kill_on_parent_death(sig).spawn();
+      say(1, std::to_string(child.pid()));
+      child.detach();
+      for (;;) pause();
+    } else if (op == "term-writes") {
+      term_write_bytes = std::atol(next().c_str());
+      signal(SIGTERM, on_term_write);
+    } else if (op == "graceful-worker") {
+      long ms = std::atol(next().c_str());
+      subprocess::signal_set stop{SIGTERM, SIGINT};
+      say(1, "ready");
+      for (int jobs = 1;; ++jobs) {
+        sleep_ms(ms);  // the job: a blocked signal does not interrupt it
+        say(1, "job " + std::to_string(jobs) + " done");
+        if (auto s = stop.try_read()) {
+          say(1, "got " + s->name() + " after " + std::to_string(jobs) + " jobs");
+          _exit(0);
+        }
+      }
     } else if (op == "ready") {
       say(1, "ready");
     } else {

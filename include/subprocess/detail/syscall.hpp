@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <spawn.h>
 #include <sys/epoll.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -155,6 +156,11 @@ inline int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_acti
 #endif
   return ::posix_spawn(pid, path, fa, attr, argv, envp);
 }
+inline int signalfd(int fd, const sigset_t* mask, int flags) noexcept {
+  SUBPROCESS_FAULT_POINT(call::signalfd);
+  return ::signalfd(fd, mask, flags | SFD_CLOEXEC);
+}
+inline pid_t getpgid(pid_t pid) noexcept { return ::getpgid(pid); }
 inline int thread_sigmask(int how, const sigset_t* set, sigset_t* old) noexcept {
   // pthread_sigmask returns an errno value; map it to the -1/errno convention.
 #if defined(SUBPROCESS_FAULT_INJECTION)

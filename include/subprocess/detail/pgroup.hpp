@@ -1,0 +1,60 @@
+// subprocess/detail/pgroup.hpp - is anyone left in a process group? Not public API.
+//
+// After a group leader exits, the rest of its group (its children, now orphans) may
+// live on. terminate() and shutdown() wait for them until the grace period ends and
+// then SIGKILL the group. They are not our children, so there is no pidfd or
+// waitpid for them: we ask kill(-pgid, 0), and because that also counts zombies
+// (an orphan's new parent may be slow to reap it, or never reap it if PID 1 is not
+// an init), a yes is confirmed by looking for a live member in /proc.
+//
+// Only called after the leader has been reaped. While any member exists the kernel
+// keeps the pgid reserved, so no new process can take it; once the group is empty
+// a new process could in principle get that number and make itself a group leader
+// before we look again, which needs the pid counter to wrap within the grace period.
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include <dirent.h>
+
+#include "syscall.hpp"
+#include "unique_fd.hpp"
+
+namespace subprocess::detail {
+
+// Is there a process in group `pgid` that has not exited? A group whose only
+// members we may not signal (EPERM) counts as empty: we could not stop them anyway.
+inline bool group_has_live_members(pid_t pgid) {
+  if (sys::kill(-pgid, 0) != 0) return false;
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return true;  // no /proc: trust kill()
+  bool live = false;
+  char path[sizeof "/proc//stat" + sizeof(dirent::d_name)];
+  char buf[512];
+  while (dirent* e = ::readdir(proc)) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+    std::snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    unique_fd fd(sys::open(path, O_RDONLY));
+    if (!fd) continue;  // it went away meanwhile
+    ssize_t n = sys::no_eintr([&] { return sys::read(fd.get(), buf, sizeof buf - 1); });
+    if (n <= 0) continue;
+    buf[n] = '\0';
+    // "pid (comm) S ppid pgrp ...": comm may contain anything, so parse after the last ')'.
+    const char* rp = std::strrchr(buf, ')');
+    if (rp == nullptr || rp[1] != ' ') continue;
+    char state = rp[2];
+    char* end = nullptr;
+    std::strtol(rp + 3, &end, 10);                // ppid
+    long pgrp = std::strtol(end, nullptr, 10);    // pgrp
+    if (pgrp == pgid && state != 'Z' && state != 'X') {
+      live = true;
+      break;
+    }
+  }
+  ::closedir(proc);
+  return live;
+}
+
+}  // namespace subprocess::detail
