@@ -9,7 +9,10 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <set>
 #include <stdexcept>
+
+#include <sys/resource.h>
 
 #include <subprocess/pipeline.hpp>
 
@@ -364,6 +367,50 @@ TEST_CASE("a stage failing at exec after others started: they are killed and rea
   }
   CHECK(std::chrono::steady_clock::now() - t0 < 5s);
   CHECK(testing::children().empty());  // the first sleeper is gone, reaped
+}
+
+TEST_CASE("running out of fds at any point: a pipeline_spawn_error, nothing left behind") {
+  // Lower RLIMIT_NOFILE so that the fds run out somewhere while the stages start,
+  // at a different point for each budget. Whatever the point, the error names a
+  // stage and every stage already started is gone.
+  rlimit old{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &old) == 0);
+  // The free fd numbers, lowest first: a limit of free[b] leaves exactly b free fds.
+  auto open_now = testing::open_fds();
+  std::vector<int> free_fds;
+  for (int fd = 0; free_fds.size() < 41; ++fd)
+    if (!open_now.count(fd)) free_fds.push_back(fd);
+  sp::pipeline p;
+  for (int i = 0; i < 6; ++i) p.add(sp::command{"cat"});
+  p.add(identity_chunks());
+  p.add(sp::command{"cat"});
+  std::set<std::size_t> failed_stages;
+  int succeeded = 0, failed = 0;
+  for (int budget = 0; budget <= 40; ++budget) {
+    rlimit low = old;
+    low.rlim_cur = static_cast<rlim_t>(free_fds[static_cast<std::size_t>(budget)]);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    try {
+      auto r = p.run({.input = "x\n"});
+      ::setrlimit(RLIMIT_NOFILE, &old);
+      CHECK(r.out == "x\n");
+      ++succeeded;
+    } catch (const sp::spawn_error& e) {
+      ::setrlimit(RLIMIT_NOFILE, &old);
+      CHECK(e.code() == std::errc::too_many_files_open);
+      ++failed;
+      if (auto* pe = dynamic_cast<const sp::pipeline_spawn_error*>(&e)) failed_stages.insert(pe->stage());
+    } catch (...) {
+      ::setrlimit(RLIMIT_NOFILE, &old);
+      throw;
+    }
+    CHECK(testing::children().empty());
+    CHECK(testing::open_fds() == open_now);
+  }
+  CHECK(succeeded > 0);  // with enough fds it works
+  CHECK(failed > 0);
+  REQUIRE(failed_stages.size() > 2);   // it ran out at several different stages
+  CHECK(*failed_stages.rbegin() > 0);  // including after some had started
 }
 
 TEST_CASE("a transform that throws fails the pipeline with that error and stops the rest") {

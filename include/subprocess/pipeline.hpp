@@ -1246,7 +1246,12 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
     throw pipeline_spawn_error(e, in_file ? n - 1 : 0, n, whole);
   }
 
-  auto st = std::make_unique<detail::pipeline_state>();
+  std::unique_ptr<detail::pipeline_state> st;
+  try {
+    st = std::make_unique<detail::pipeline_state>();
+  } catch (const std::system_error& e) {  // eventfd: out of fds; no stage involved yet
+    throw spawn_error(e.code().value(), whole, "create eventfd");
+  }
   st->command = whole;
   st->sigpipe_is_failure = opts.sigpipe_is_failure;
   st->check = opts.check;
@@ -1256,6 +1261,15 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
   auto new_pump = [&]() -> pump* {
     st->pumps.push_back(std::make_unique<pump>());
     return st->pumps.back().get();
+  };
+
+  // A pipe for stage k; running out of fds is stage k's spawn_error.
+  auto make_link = [&](std::size_t k, const std::string& cmd) {
+    try {
+      return detail::make_pipe();
+    } catch (const std::system_error& e) {
+      throw pipeline_spawn_error(spawn_error(e.code().value(), cmd, "create pipe"), k, n, whole);
+    }
   };
 
   // ---- start the stages, left to right. On any exception `st` is destroyed: each
@@ -1286,7 +1300,7 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
         p->source.set_fd(0);
       }  // null: no source, immediate end of input
       if (!last) {
-        auto link = detail::make_pipe();
+        auto link = make_link(k, slot.command);
         p->sink.set_writer(pipe_writer(std::move(link.write), "stdout", slot.command));
         upstream = std::move(link.read);
       } else if (std::holds_alternative<capture_t>(opts.output)) {
@@ -1322,7 +1336,7 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
     } else if (auto* d = std::get_if<fd>(&opts.input)) {
       c.in(*d);
     } else if (auto* s = std::get_if<std::string>(&opts.input)) {
-      auto link = detail::make_pipe();
+      auto link = make_link(k, slot.command);
       child_in = std::move(link.read);
       c.in(fd(child_in.get()));
       pump* p = new_pump();
@@ -1337,7 +1351,7 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
         c.in(fd(handed_reader.fd()));
       } else {
         // It holds bytes read already: they, then the rest, go through a pump.
-        auto link = detail::make_pipe();
+        auto link = make_link(k, slot.command);
         child_in = std::move(link.read);
         c.in(fd(child_in.get()));
         pump* p = new_pump();
@@ -1347,7 +1361,7 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
     }
 
     if (!last) {
-      auto link = detail::make_pipe();
+      auto link = make_link(k, slot.command);
       child_out = std::move(link.write);
       upstream = std::move(link.read);
       c.out(fd(child_out.get()));
@@ -1360,7 +1374,7 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
     } else if (auto* d = std::get_if<fd>(&opts.output)) {
       c.out(*d);
     } else {  // capture or callback: a pump reads the last stage's stdout
-      auto link = detail::make_pipe();
+      auto link = make_link(k, slot.command);
       child_out = std::move(link.write);
       c.out(fd(child_out.get()));
       pump* p = new_pump();
@@ -1379,7 +1393,7 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
       } else if (std::holds_alternative<merge_with_out_t>(opts.err)) {
         c.err(merge_with_out);
       } else if (std::holds_alternative<capture_t>(opts.err)) {
-        auto link = detail::make_pipe();
+        auto link = make_link(k, slot.command);
         child_err = std::move(link.write);
         c.err(fd(child_err.get()));
         slot.err = pipe_reader(std::move(link.read), "stderr", slot.command);
