@@ -40,8 +40,9 @@
 //     (close-on-exec) and hands to the children: their bytes never pass through this
 //     process, and the parent closes its copies of the ends right after each spawn,
 //     so a stage sees end-of-file exactly when its writer is gone. An all-command
-//     pipeline costs what the same shell pipeline costs, plus one thread here that
-//     waits for the children.
+//     pipeline moves its bytes as fast as the same shell pipeline; here it costs a
+//     thread that waits for the children (and one more that reads the output when
+//     you capture it or take it with a callback).
 //   * A transform stage reads from a pipe, calls fn, and writes into the next pipe,
 //     with bounded buffers (a 64 KiB chunk in, up to 64 KiB of output batched):
 //     a slow consumer fills its pipe, the transform blocks writing, stops reading,
