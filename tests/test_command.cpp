@@ -195,6 +195,79 @@ TEST_CASE("process groups and sessions") {
   }
 }
 
+TEST_CASE("join_process_group: a child joins a group another child leads") {
+  auto b = any_backend();
+  auto leader = testing::helper({"sleep", "60000"}).new_process_group().backend(b).spawn();
+  SECTION("the member's pgid is the leader's pid; one group signal reaches both") {
+    auto member = testing::helper({"print-pgid", "sleep", "60000"})
+                      .join_process_group(leader.pid())
+                      .out(sp::pipe)
+                      .backend(b)
+                      .spawn();
+    CHECK_FALSE(member.is_group_leader());
+    CHECK(member.out().read_line() == std::to_string(leader.pid()));
+    CHECK(leader.signal_group(SIGTERM));
+    CHECK(member.wait().signal() == SIGTERM);
+    CHECK(leader.wait().signal() == SIGTERM);
+  }
+  SECTION("new_process_group() after join_process_group() replaces it") {
+    auto c = testing::helper({"print-pgid"}).join_process_group(leader.pid()).new_process_group();
+    CHECK_FALSE(c.joined_process_group());
+    auto p = c.out(sp::pipe).backend(b).spawn();
+    CHECK(p.out().read_line() == std::to_string(p.pid()));
+    p.wait();
+  }
+  leader.kill();
+  leader.wait();
+}
+
+TEST_CASE("join_process_group: errors") {
+  auto b = any_backend();
+  SECTION("a group that does not exist is a spawn_error (setpgid, ESRCH) before anything starts") {
+    // A running child that leads no group: no group has its pid as pgid.
+    auto other = testing::helper({"sleep", "60000"}).spawn();
+    try {
+      testing::helper({}).join_process_group(other.pid()).backend(b).spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.step() == "setpgid");
+      CHECK(e.code() == std::errc::no_such_process);
+      CHECK_THAT(e.what(), Catch::Contains("process group " + std::to_string(other.pid())));
+    }
+    CHECK_THROWS_AS(testing::helper({}).join_process_group(other.pid()).validate(), sp::spawn_error);
+    other.kill();
+    other.wait();
+    CHECK(testing::children().empty());
+  }
+  SECTION("a group in another session fails in the child (EPERM), reported as setpgid") {
+    // The group exists, so the parent's check passes; setpgid in the child refuses.
+    auto other = testing::helper({"sleep", "60000"}).new_session().spawn();
+    try {
+      testing::helper({}).join_process_group(other.pid()).backend(b).spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.step() == "setpgid");
+      CHECK(e.code() == std::errc::operation_not_permitted);
+    }
+    other.kill();
+    other.wait();
+  }
+  SECTION("bad input") {
+    CHECK_THROWS_AS(testing::helper({}).join_process_group(0), sp::argument_error);
+    CHECK_THROWS_AS(testing::helper({}).join_process_group(-5), sp::argument_error);
+    CHECK_THROWS_WITH(testing::helper({}).join_process_group(::getpgrp()).new_session().spawn(),
+                      Catch::Contains("new_session"));
+  }
+}
+
+TEST_CASE("validate() checks without starting anything") {
+  CHECK_NOTHROW(sp::command{"sh", "-c", "exit 0"}.validate());
+  CHECK_THROWS_AS(sp::command{"no-such-program-xyz"}.validate(), sp::spawn_error);
+  CHECK_THROWS_AS(sp::command{}.validate(), sp::argument_error);
+  CHECK_THROWS_AS(sp::command{"sh"}.cwd("/nonexistent-dir").validate(), sp::spawn_error);
+  CHECK(testing::children().empty());
+}
+
 TEST_CASE("kill_on_parent_death: the child goes when its parent dies") {
   // helper -> grandchild with kill_on_parent_death(SIGKILL). SIGKILL the helper (no
   // chance to clean up); the kernel must kill the grandchild. A pidfd of the

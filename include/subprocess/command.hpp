@@ -30,6 +30,9 @@
 //   map_fd(child, parent)      child's fd `child` is a copy of our fd `parent`
 //   new_process_group()        the child leads a new process group; signal_group()
 //                              and terminate() then reach its children too
+//   join_process_group(pgid)   the child joins an existing group instead (how a
+//                              shell puts a pipeline's later stages into the group
+//                              its first stage leads; pipeline.hpp does this)
 //   new_session()              setsid(): new session and group, no controlling tty
 //   kill_on_parent_death(sig)  the kernel sends sig when the parent dies (see below)
 //   ipc(fd)                    a message channel on child fd `fd` (ipc.hpp)
@@ -44,7 +47,10 @@
 // (kill_on_parent_death) the library's own clone(CLONE_VM|CLONE_VFORK) path, whose
 // child runs only async-signal-safe system calls prepared in advance. Either way a
 // failure of exec, chdir or any other step is a spawn_error in the parent with the
-// errno and the step, and no child is left behind. spawn() is thread-safe: every fd
+// errno and the step, and no child is left behind. validate() runs the same checks
+// (arguments, program lookup, working directory) without starting anything, for
+// callers that start several children and want every one checked before the first
+// runs. spawn() is thread-safe: every fd
 // the library creates is close-on-exec from birth, so concurrent spawns never
 // leak one child's pipe into another.
 //
@@ -179,6 +185,18 @@ class command {
   }
   command& new_process_group(bool on = true) {
     new_group_ = on;
+    if (on) join_group_.reset();
+    return *this;
+  }
+  // The child joins the existing process group `pgid` (setpgid(0, pgid) before exec),
+  // so a signal to the group (kill(-pgid, sig)) reaches it too. The group must exist
+  // and belong to our session, else spawn() throws spawn_error (step "setpgid"). The
+  // child is a member, not the leader: its own terminate()/kill() act on it alone.
+  // Replaces new_process_group(); cannot be combined with new_session().
+  command& join_process_group(pid_t pgid) {
+    if (pgid <= 0) throw argument_error(to_string(), "join_process_group: the pgid must be positive");
+    join_group_ = pgid;
+    new_group_ = false;
     return *this;
   }
   command& new_session(bool on = true) {
@@ -213,7 +231,10 @@ class command {
   const std::optional<stdio>& in() const noexcept { return stdio_[0]; }
   const std::optional<stdio>& out() const noexcept { return stdio_[1]; }
   const std::optional<stdio>& err() const noexcept { return stdio_[2]; }
-  bool has_process_group() const noexcept { return new_group_ || new_session_; }
+  // True with new_process_group(), new_session() or join_process_group().
+  bool has_process_group() const noexcept { return new_group_ || new_session_ || join_group_; }
+  // The group set with join_process_group(), if any.
+  const std::optional<pid_t>& joined_process_group() const noexcept { return join_group_; }
   const std::optional<int>& ipc_fd() const noexcept { return ipc_fd_; }
   bool is_shell() const noexcept { return shell_; }
 
@@ -231,6 +252,13 @@ class command {
   // spawn_error if it cannot start (nothing left behind).
   process spawn() const;
 
+  // Checks everything spawn() can check without starting anything: the arguments,
+  // the options, that the program exists and is executable (PATH lookup), that the
+  // working directory exists, that a group to join exists. Throws what spawn() would
+  // throw. Passing does not guarantee spawn() succeeds (files change, exec can still
+  // fail), but it catches the common mistakes before a group of children is started.
+  void validate() const { (void)checked_program(to_string()); }
+
  private:
   std::vector<std::string> argv_;
   std::optional<std::string> program_;  // exec this instead of resolving argv[0]
@@ -239,11 +267,15 @@ class command {
   std::optional<stdio> stdio_[3];
   std::vector<std::pair<int, int>> fd_maps_;
   std::optional<int> ipc_fd_;
+  std::optional<pid_t> join_group_;
   int parent_death_signal_ = 0;
   bool new_group_ = false;
   bool new_session_ = false;
   bool shell_ = false;
   spawn_backend backend_ = spawn_backend::automatic;
+
+  // Validates the command and resolves the program: the path to exec.
+  std::string checked_program(const std::string& cmdline) const;
 };
 
 namespace detail {
@@ -294,9 +326,7 @@ inline std::vector<char*> c_array(const std::vector<std::string>& v) {
 
 }  // namespace detail
 
-inline process command::spawn() const {
-  std::string cmdline = to_string();
-  // ---- validate everything before creating anything
+inline std::string command::checked_program(const std::string& cmdline) const {
   if (argv_.empty()) throw argument_error("", "empty command: argv has no program");
   if (argv_[0].empty()) throw argument_error(cmdline, "the program name is empty");
   for (std::size_t i = 0; i < argv_.size(); ++i)
@@ -307,41 +337,13 @@ inline process command::spawn() const {
   if (std::holds_alternative<merge_with_err_t>(stdio_[1].value_or(inherit)) &&
       std::holds_alternative<merge_with_out_t>(stdio_[2].value_or(inherit)))
     throw argument_error(cmdline, "stdout and stderr cannot both be merged into each other");
-  std::vector<int> targets{0, 1, 2};
-  for (auto [c, p] : fd_maps_) {
-    (void)p;
-    targets.push_back(c);
-  }
-  if (ipc_fd_) {
+  if (ipc_fd_)
     for (auto [c, p] : fd_maps_)
       if (c == *ipc_fd_)
         throw argument_error(cmdline, "fd " + std::to_string(c) + " is mapped and used for ipc");
-    targets.push_back(*ipc_fd_);
-  }
-  std::sort(targets.begin(), targets.end());
-  targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
-  const int max_target = targets.back();
-  // fds between the targets (say 3..6 when only 7 is mapped) must be closed too.
-  std::vector<detail::fd_range> gaps;
-  int gap_fds = 0;
-  for (std::size_t i = 1; i < targets.size(); ++i)
-    if (targets[i] > targets[i - 1] + 1) {
-      gaps.push_back({targets[i - 1] + 1, targets[i] - 1});
-      gap_fds += targets[i] - targets[i - 1] - 1;
-    }
+  if (join_group_ && new_session_)
+    throw argument_error(cmdline, "join_process_group() cannot be combined with new_session()");
 
-  // ---- program and environment
-  std::vector<std::string> env_strings;
-  const bool custom_env = env_.has_value() || ipc_fd_.has_value();
-  if (custom_env) {
-    environment e = env_ ? *env_ : environment::inherit();
-    if (ipc_fd_) {
-      e.set("NODE_CHANNEL_FD", std::to_string(*ipc_fd_));
-      e.set("NODE_CHANNEL_SERIALIZATION_MODE", "json");
-    }
-    env_strings.reserve(e.size());
-    for (const auto& [k, v] : e) env_strings.push_back(k + "=" + v);
-  }
   std::string path;
   if (program_) {
     path = *program_;
@@ -368,6 +370,48 @@ inline process command::spawn() const {
       throw spawn_error(errno, cmdline, "chdir", "to '" + cwd_->string() + "'");
     if (!S_ISDIR(st.st_mode))
       throw spawn_error(ENOTDIR, cmdline, "chdir", "to '" + cwd_->string() + "'");
+  }
+  // kill(-pgid, 0) fails with ESRCH when no such group exists: say so now, clearly,
+  // rather than as a failed exec.
+  if (join_group_ && detail::sys::kill(-*join_group_, 0) != 0 && errno == ESRCH)
+    throw spawn_error(ESRCH, cmdline, "setpgid",
+                      "to join process group " + std::to_string(*join_group_));
+  return path;
+}
+
+inline process command::spawn() const {
+  std::string cmdline = to_string();
+  // ---- validate everything before creating anything
+  std::string path = checked_program(cmdline);
+  std::vector<int> targets{0, 1, 2};
+  for (auto [c, p] : fd_maps_) {
+    (void)p;
+    targets.push_back(c);
+  }
+  if (ipc_fd_) targets.push_back(*ipc_fd_);
+  std::sort(targets.begin(), targets.end());
+  targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+  const int max_target = targets.back();
+  // fds between the targets (say 3..6 when only 7 is mapped) must be closed too.
+  std::vector<detail::fd_range> gaps;
+  int gap_fds = 0;
+  for (std::size_t i = 1; i < targets.size(); ++i)
+    if (targets[i] > targets[i - 1] + 1) {
+      gaps.push_back({targets[i - 1] + 1, targets[i] - 1});
+      gap_fds += targets[i] - targets[i - 1] - 1;
+    }
+
+  // ---- environment
+  std::vector<std::string> env_strings;
+  const bool custom_env = env_.has_value() || ipc_fd_.has_value();
+  if (custom_env) {
+    environment e = env_ ? *env_ : environment::inherit();
+    if (ipc_fd_) {
+      e.set("NODE_CHANNEL_FD", std::to_string(*ipc_fd_));
+      e.set("NODE_CHANNEL_SERIALIZATION_MODE", "json");
+    }
+    env_strings.reserve(e.size());
+    for (const auto& [k, v] : e) env_strings.push_back(k + "=" + v);
   }
 
   // ---- file descriptors. `owned` closes everything we opened when spawn() returns.
@@ -469,7 +513,8 @@ inline process command::spawn() const {
   plan.n_gaps = static_cast<int>(gaps.size());
   plan.close_from = max_target + 1;
   plan.setsid = new_session_;
-  plan.setpgid = new_group_ && !new_session_;
+  plan.setpgid = (new_group_ || join_group_) && !new_session_;
+  plan.pgid = join_group_.value_or(0);
   plan.pdeathsig = parent_death_signal_;
   if (parent_death_signal_ != 0) plan.parent = ::getpid();
 
@@ -503,6 +548,13 @@ inline process command::spawn() const {
       }
     } else if (fail.step == detail::child_step::chdir) {
       what = "to '" + cwd_->string() + "'";
+    }
+    // posix_spawn reports a failed setpgid as its return value too (EPERM: the group
+    // is gone or in another session); say which.
+    if (join_group_ && (fail.step == detail::child_step::exec || fail.step == detail::child_step::setpgid) &&
+        (fail.err == EPERM || fail.err == ESRCH)) {
+      step = "setpgid";
+      what = "to join process group " + std::to_string(*join_group_);
     }
     throw spawn_error(fail.err, cmdline, step, what);
   }

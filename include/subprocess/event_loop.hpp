@@ -109,7 +109,7 @@ class event_loop {
   event_loop() {
     ep_.reset(detail::sys::epoll_create());
     if (!ep_) detail::throw_errno(errno, "event_loop: epoll_create1");
-    wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    wake_.reset(detail::sys::eventfd(0, EFD_NONBLOCK));
     if (!wake_) detail::throw_errno(errno, "event_loop: eventfd");
     epoll_event ev{};
     ev.events = EPOLLIN;

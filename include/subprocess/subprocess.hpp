@@ -14,6 +14,7 @@
 #include "environment.hpp"
 #include "error.hpp"
 #include "exit_status.hpp"
+#include "pipeline.hpp"
 #include "process.hpp"
 #include "run.hpp"
 #include "signals.hpp"

@@ -66,7 +66,7 @@ class reaper {
 
   void start() {
     ep_.reset(sys::epoll_create());
-    wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    wake_.reset(sys::eventfd(0, EFD_NONBLOCK));
     if (!ep_ || !wake_) throw_errno(errno, "reaper: epoll/eventfd");
     epoll_event ev{};
     ev.events = EPOLLIN;

@@ -100,6 +100,7 @@ struct child_plan {
   int fd_limit = 0;    // RLIMIT_NOFILE, for the last-resort close loop
   bool setsid = false;
   bool setpgid = false;
+  pid_t pgid = 0;  // with setpgid: 0 leads a new group, >0 joins that existing group
   int pdeathsig = 0;
   pid_t parent = 0;
   // Written by the clone child on failure; read by the parent after the vfork.
@@ -191,7 +192,7 @@ SUBPROCESS_CHILD_CODE inline int clone_child_main(void* arg) noexcept {
 #endif
   }
   if (p->setsid && ::syscall(SYS_setsid) < 0) return child_fail(p, child_step::setsid);
-  if (p->setpgid && ::syscall(SYS_setpgid, 0, 0) < 0) return child_fail(p, child_step::setpgid);
+  if (p->setpgid && ::syscall(SYS_setpgid, 0, p->pgid) < 0) return child_fail(p, child_step::setpgid);
   if (p->pdeathsig != 0) {
     if (::syscall(SYS_prctl, PR_SET_PDEATHSIG, p->pdeathsig, 0, 0, 0) < 0)
       return child_fail(p, child_step::pdeathsig);
@@ -327,7 +328,7 @@ inline bool spawn_posix(const child_plan& plan, spawned& out, spawn_failure& fai
   e = e ? e : posix_spawnattr_setflags(&attr, flags);
   e = e ? e : posix_spawnattr_setsigmask(&attr, &none);
   e = e ? e : posix_spawnattr_setsigdefault(&attr, &all);
-  if (plan.setpgid) e = e ? e : posix_spawnattr_setpgroup(&attr, 0);
+  if (plan.setpgid) e = e ? e : posix_spawnattr_setpgroup(&attr, plan.pgid);
   for (int i = 0; i < plan.n_moves && !e; ++i)
     e = posix_spawn_file_actions_adddup2(&fa, plan.moves[i].from, plan.moves[i].to);
   // glibc ignores EBADF from these closes: a gap fd need not be open.

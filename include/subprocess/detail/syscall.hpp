@@ -18,6 +18,7 @@
 #include <spawn.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -142,6 +143,10 @@ inline int pidfd_send_signal(int pidfd, int sig) noexcept {
   errno = ENOSYS;
   return -1;
 #endif
+}
+inline int eventfd(unsigned initval, int flags) noexcept {
+  SUBPROCESS_FAULT_POINT(call::eventfd);
+  return ::eventfd(initval, flags | EFD_CLOEXEC);
 }
 inline int kill(pid_t pid, int sig) noexcept {
   SUBPROCESS_FAULT_POINT(call::kill);
