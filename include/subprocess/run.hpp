@@ -103,42 +103,57 @@ struct capture {
 // A busy stream's pipe is enlarged to this (the default is 64 KiB).
 inline constexpr std::size_t big_pipe = 1024 * 1024;
 
-// Gives whole pages inside [p, p + n) back to the kernel; they read as zeros after.
-inline void release_pages(char* p, std::size_t n) noexcept {
+// Whole pages inside [p, p + n): given back to the kernel (they read as zeros
+// after), or made present before we write them.
+inline void advise_pages(char* p, std::size_t n, int advice) noexcept {
   const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
   auto lo = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
   auto hi = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(page - 1);
-  if (hi > lo) sys::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  if (hi > lo) sys::madvise(reinterpret_cast<void*>(lo), hi - lo, advice);
+}
+inline void populate_pages(char* p, std::size_t n) noexcept {
+#if defined(MADV_POPULATE_WRITE)
+  advise_pages(p, n, MADV_POPULATE_WRITE);  // Linux >= 5.14; elsewhere EINVAL, and we fault
+#else
+  (void)p, (void)n;
+#endif
 }
 
-// sink += data. A std::string grows by allocating twice its capacity and copying,
-// so for a moment it holds its contents twice (capturing 1 GiB would need up to
-// 2 GiB), and every byte copied lands on fresh pages the kernel must fault in and
-// zero (for a big capture, page faults are most of the cost). Past 8 MiB we grow it
-// ourselves: 4x instead of 2x (capacity never written is address space, not
-// memory), so less is copied, and each copied MiB of the old buffer is handed back
-// to the kernel at once, so the peak stays near the captured size. (The old buffer
-// is freed right after; nothing reads the released pages.)
+// sink += data, for output that may be large. Two costs dominate a big capture:
+//  * A std::string grows by allocating twice its capacity and copying, so for a
+//    moment it holds its contents twice: capturing 1 GiB could need 2 GiB.
+//  * Every page written for the first time is a page fault. Taken one by one from
+//    user space (a memcpy into fresh memory) they cost more than the copy itself.
+// So past 8 MiB we grow the string ourselves: 4x rather than 2x (capacity never
+// written is address space, not memory), so less is copied; in 1 MiB pieces, each
+// copied piece of the old buffer handed back to the kernel at once, so the peak
+// stays near the captured size (the old buffer is freed right after and nothing
+// reads the released pages); and every range is populated in one madvise call
+// before it is written, instead of faulting page by page.
 inline void append_output(std::string& sink, std::string_view data) {
   constexpr std::size_t large = 8 * 1024 * 1024, piece = 1024 * 1024;
-  if (sink.capacity() - sink.size() >= data.size() || sink.size() < large) {
+  if (sink.size() < large) {
     sink.append(data);
     return;
   }
-  const std::size_t need = sink.size() + data.size();
-  std::string bigger;
-  try {
-    bigger.reserve(std::max(need, 4 * sink.capacity()));
-  } catch (const std::bad_alloc&) {  // strict overcommit: ask for what a string would
-    bigger.reserve(std::max(need, 2 * sink.capacity()));
+  if (sink.capacity() - sink.size() < data.size()) {
+    const std::size_t need = sink.size() + data.size();
+    std::string bigger;
+    try {
+      bigger.reserve(std::max(need, 4 * sink.capacity()));
+    } catch (const std::bad_alloc&) {  // strict overcommit: ask for what a string would
+      bigger.reserve(std::max(need, 2 * sink.capacity()));
+    }
+    for (std::size_t off = 0; off < sink.size(); off += piece) {
+      std::size_t n = std::min(piece, sink.size() - off);
+      populate_pages(bigger.data() + off, n);
+      bigger.append(sink.data() + off, n);
+      advise_pages(sink.data() + off, n, MADV_DONTNEED);
+    }
+    sink = std::move(bigger);
   }
-  for (std::size_t off = 0; off < sink.size(); off += piece) {
-    std::size_t n = std::min(piece, sink.size() - off);
-    bigger.append(sink.data() + off, n);
-    release_pages(sink.data() + off, n);
-  }
-  bigger.append(data);
-  sink = std::move(bigger);
+  populate_pages(sink.data() + sink.size(), data.size());
+  sink.append(data);
 }
 
 // Reads what is available on one captured stream into its sink, at most
