@@ -283,11 +283,18 @@ double median(std::vector<double> v) {
 }
 
 // Per-sample figure in the unit the table shows: microseconds, or MB/s.
-std::vector<double> values(const bench::benchmark& b, const result& r) {
+// A row's own param, when set, is its byte count (a row may move a different size).
+std::vector<double> values(const bench::benchmark& b, const bench::row* row, const result& r) {
+  double bytes = double(row && row->param ? row->param : b.bytes);
   std::vector<double> v;
-  for (auto& s : r.samples)
-    v.push_back(b.kind == bench::unit::latency ? s.ns / 1e3 : double(b.bytes) / s.ns * 1e3);
+  for (auto& s : r.samples) v.push_back(b.kind == bench::unit::latency ? s.ns / 1e3 : bytes / s.ns * 1e3);
   return v;
+}
+
+const bench::row* find_row(const bench::benchmark& b, const std::string& label) {
+  for (auto& r : b.rows)
+    if (r.label == label) return &r;
+  return nullptr;
 }
 
 std::string fmt(const char* f, double v) {
@@ -361,7 +368,7 @@ std::optional<double> median_of(const std::vector<bench::phase>& phases, const r
   auto* b = find_bench(phases, bid);
   auto* r = find_result(st, bid, label);
   if (!b || !r || r->samples.empty()) return std::nullopt;
-  return median(values(*b, *r));
+  return median(values(*b, find_row(*b, label), *r));
 }
 
 void print_report(const std::vector<bench::phase>& phases, const run_state& st, bool smoke) {
@@ -400,7 +407,7 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
           o << "- | - | - | FAILED: " << res->fail << " |\n";
           continue;
         }
-        auto v = values(b, *res);
+        auto v = values(b, &r, *res);
         double m = median(v);
         auto [mn, mx] = std::minmax_element(v.begin(), v.end());
         o << show(b, m) << " | " << show(b, *mn) << " - " << show(b, *mx) << " | ";
@@ -414,8 +421,9 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
           std::vector<double> ex;
           for (auto& s : res->samples) ex.push_back(s.extra);
           double peak = *std::max_element(ex.begin(), ex.end());
+          double bytes = double(r.param ? r.param : b.bytes);
           o << "; peak RSS growth " << fmt("%.0f MiB", peak / 1048576.0) << " = "
-            << fmt("%.2fx", peak / double(b.bytes)) << " the output";
+            << fmt("%.2fx", peak / bytes) << " the output";
         }
         o << " |\n";
       }
@@ -432,10 +440,11 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
         if (g.rss) {
           auto* r = find_result(st, g.bench, g.label);
           auto* b = find_bench(phases, g.bench);
-          if (r && b && !r->samples.empty() && b->bytes > 0) {
+          auto* row = b ? find_row(*b, g.label) : nullptr;
+          if (r && row && !r->samples.empty() && (row->param || b->bytes)) {
             double peak = 0;
             for (auto& s : r->samples) peak = std::max(peak, s.extra);
-            val = peak / double(b->bytes);
+            val = peak / double(row->param ? row->param : b->bytes);
           }
         } else {
           auto a = median_of(phases, st, g.bench, g.label);
