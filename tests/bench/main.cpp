@@ -371,9 +371,10 @@ std::optional<double> median_of(const std::vector<bench::phase>& phases, const r
   return median(values(*b, find_row(*b, label), *r));
 }
 
-void print_report(const std::vector<bench::phase>& phases, const run_state& st, bool smoke) {
+void print_report(const std::vector<bench::phase>& phases, const run_state& st, bool smoke,
+                  const std::string& header) {
   std::ostringstream o;
-  o << machine_header(smoke);
+  o << header;
   if (!st.versions.empty()) {
     o << "- peers:";
     bool first = true;
@@ -480,6 +481,7 @@ int drive(bool smoke, const std::set<std::string>& only) {
     if (!only.empty() && !only.count(ph.name)) continue;
     phases.push_back(std::move(ph));
   }
+  const std::string header = machine_header(smoke);  // date and load at the start
   run_state st;
   const auto start_timeout = std::chrono::seconds(smoke ? 60 : 120);
   const auto req_timeout = std::chrono::seconds(smoke ? 60 : 600);
@@ -519,7 +521,7 @@ int drive(bool smoke, const std::set<std::string>& only) {
   for (auto& [b, rows] : st.results)
     for (auto& [l, r] : rows)
       if (!r.fail.empty()) st.failed = true;
-  print_report(phases, st, smoke);
+  print_report(phases, st, smoke, header);
   return st.failed ? 1 : 0;
 }
 
