@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <tuple>
 #include <map>
 #include <optional>
 #include <stdexcept>
