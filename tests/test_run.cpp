@@ -1,5 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <cstring>
+#include <fstream>
+#include <string>
+
 #include <subprocess/subprocess.hpp>
 
 #include "testing.hpp"
@@ -44,6 +48,41 @@ TEST_CASE("64 MiB in, 64 MiB out on both streams at once: no deadlock") {
   CHECK(r.out.size() == n);
   CHECK(r.err.size() == n);
   CHECK(r.out == input);
+}
+
+namespace {
+std::size_t status_kib(const char* field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(field, 0) == 0) return std::stoul(line.substr(std::strlen(field) + 1));
+  return 0;
+}
+}  // namespace
+
+TEST_CASE("a big capture keeps every byte and needs about its size in memory") {
+  // Past the size where run() grows its strings itself (8 MiB), and not a power of
+  // two, so the last growth copies most of the output: a plain std::string would
+  // hold it twice at that moment.
+  const std::size_t n = (96u << 20) + 12345;
+  std::ofstream clear("/proc/self/clear_refs");  // resets VmHWM (Linux >= 4.0)
+  const bool can_measure = clear && (clear << "5" << std::flush);
+  const std::size_t before_kib = status_kib("VmRSS:");
+  auto r = sp::run(testing::helper({"out-bytes", std::to_string(n)}), {.timeout = 120s});
+  const std::size_t peak_kib = status_kib("VmHWM:");
+  REQUIRE(r.success());
+  REQUIRE(r.out.size() == n);
+  std::size_t bad = n;  // the helper repeats 'a'..'z' from each 64 KiB block's start
+  for (std::size_t i = 0; i < n; ++i)
+    if (r.out[i] != static_cast<char>('a' + (i % 65536) % 26)) {
+      bad = i;
+      break;
+    }
+  CHECK(bad == n);
+  if (can_measure) {
+    INFO("peak RSS growth " << (peak_kib - before_kib) / 1024 << " MiB for " << (n >> 20) << " MiB");
+    CHECK((peak_kib - before_kib) * 1024 < n + n / 4);
+  }
 }
 
 TEST_CASE("run respects streams the command set") {

@@ -19,6 +19,7 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -33,7 +34,7 @@ namespace subprocess::detail::sys {
 enum class call : unsigned char {
   read, write, poll, epoll_create, epoll_ctl, epoll_wait, waitid, waitpid, open, close, pipe2,
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
-  signalfd, timerfd, eventfd, count_
+  signalfd, timerfd, eventfd, madvise, count_
 };
 
 #if defined(SUBPROCESS_FAULT_INJECTION)
@@ -123,6 +124,10 @@ inline int dup_above(int fd, int min_fd) noexcept {
 inline int fcntl(int fd, int cmd, int arg = 0) noexcept {
   SUBPROCESS_FAULT_POINT(call::fcntl);
   return ::fcntl(fd, cmd, arg);
+}
+inline int madvise(void* addr, std::size_t len, int advice) noexcept {
+  SUBPROCESS_FAULT_POINT(call::madvise);
+  return ::madvise(addr, len, advice);
 }
 inline int pidfd_open(pid_t pid) noexcept {
   SUBPROCESS_FAULT_POINT(call::pidfd_open);

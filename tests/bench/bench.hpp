@@ -1,0 +1,152 @@
+// tests/bench/bench.hpp - the benchmark harness shared by every module.
+//
+// One executable, subprocess_bench, plays two roles:
+//   * the driver (no arguments, or --smoke): starts the peer servers, runs the
+//     benchmarks in interleaved rounds, prints a Markdown table;
+//   * a C++ peer server (--serve): a long-lived process that runs one batch of one
+//     implementation per request. Python (peers/peer.py) and Node (peers/peer.js)
+//     servers speak the same protocol.
+//
+// Protocol (one line each way, on fds 3 and 4 so the children we spawn can inherit
+// 0-2 harmlessly; fds 0 and 1 of a server are /dev/null):
+//   driver -> server   "<module>/<impl> <iterations> <param>\n"
+//   server -> driver   "ok <sample> <sample> ...\n"   a sample is "<ns>" or "<ns>:<extra>"
+//                      "skip <reason>\n"             not available (never faked)
+//                      "fail <message>\n"            it ran and went wrong
+// A server announces itself with "ready <pid>\n" once it has touched the memory it
+// was asked to hold (--touch-mib N), so the 2 GiB parent is set up before timing.
+//
+// A module is one .cpp file: it registers server-side implementations with
+// register_impl() and driver-side benchmark descriptions with register_plan().
+// Adding ipc, pool or pipeline benchmarks = adding one file; nothing else changes.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <tuple>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace bench {
+
+using clock = std::chrono::steady_clock;
+
+inline std::int64_t elapsed_ns(clock::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - t0).count();
+}
+
+// ---------------------------------------------------------------- server side --
+
+struct sample {
+  double ns = 0;     // duration of one iteration
+  double extra = 0;  // module-specific (capture: peak RSS growth in bytes)
+};
+
+struct request {
+  int iterations = 1;
+  std::uint64_t param = 0;  // module-specific (capture: bytes)
+};
+
+// Thrown by an implementation that cannot run here ("not installed"): reported as
+// skipped, never as a number.
+struct skipped : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+using impl_fn = std::function<std::vector<sample>(const request&)>;
+
+std::map<std::string, impl_fn>& impls();
+inline bool register_impl(std::string key, impl_fn fn) {
+  impls().emplace(std::move(key), std::move(fn));
+  return true;
+}
+
+// Versions of the peer libraries compiled in ("Boost 1.81.0"), for the table header.
+std::vector<std::string>& versions();
+inline bool register_version(std::string v) {
+  versions().push_back(std::move(v));
+  return true;
+}
+
+// ---------------------------------------------------------------- driver side --
+
+// Which server process runs a row: the language, how much memory that process
+// touched first, and a role so unrelated benchmarks do not share a process
+// (capture leaves heap behind that would make a small parent less small).
+struct server_spec {
+  std::string peer = "cpp";  // cpp | python | node
+  std::uint64_t touch_mib = 0;
+  std::string role = "main";
+  bool operator<(const server_spec& o) const {
+    return std::tie(peer, touch_mib, role) < std::tie(o.peer, o.touch_mib, o.role);
+  }
+};
+
+struct row {
+  std::string label;  // what the table shows
+  server_spec server;
+  std::string key;  // "<module>/<impl>" sent to the server
+  int iterations = 1;  // per round
+  std::uint64_t param = 0;
+  // Set when the row cannot run at all (e.g. "not built yet"); no server is asked.
+  std::string skip_reason{};
+};
+
+enum class unit { latency, throughput };
+
+struct benchmark {
+  std::string id;     // short name used in goals
+  std::string title;  // first column of the table
+  unit kind = unit::latency;
+  std::uint64_t bytes = 0;      // throughput: bytes moved per iteration
+  std::string baseline;         // label of the row all ratios are against
+  std::vector<row> rows;
+  bool show_extra = false;      // capture: show peak RSS growth (extra) per row
+  std::string note{};           // printed under the table
+};
+
+// A goal: row `label` of benchmark `bench` against row `base_label` of
+// `base_bench`; met when ratio (throughput: ours/base; latency: ours/base) is
+// <= max_ratio (latency) or >= min_ratio (throughput). For rss, extra / bytes.
+struct goal {
+  std::string text;
+  std::string bench, label;
+  std::string base_bench, base_label;  // empty for the rss goal
+  std::optional<double> max_ratio{}, min_ratio{};
+  bool rss = false;
+};
+
+struct plan_context {
+  bool smoke = false;
+  int rounds = 1;  // filled in by the plan
+};
+
+struct phase {
+  std::string name;   // for --only
+  std::string title{};  // for a skipped module's line in the table
+  int rounds = 1;
+  std::vector<benchmark> benchmarks;
+  std::vector<goal> goals;
+  // A module not built yet: printed as one skipped line.
+  std::string skipped_module{};
+};
+
+using plan_fn = std::function<phase(const plan_context&)>;
+std::vector<std::pair<int, plan_fn>>& plans();
+inline bool register_plan(int order, plan_fn fn) {
+  plans().emplace_back(order, std::move(fn));
+  return true;
+}
+
+// ------------------------------------------------------------------- helpers --
+
+// Reads VmRSS / VmHWM (bytes) of this process.
+std::uint64_t status_bytes(const char* field);
+// Resets VmHWM to the current RSS (Linux >= 4.0); false if not possible.
+bool reset_peak_rss();
+
+}  // namespace bench

@@ -1,0 +1,105 @@
+// Node peer server for subprocess_bench (see tests/bench/bench.hpp for the protocol).
+//
+// Requests arrive on fd 3, replies leave on fd 4, one line each. Started with
+// --touch-mib N it first fills N MiB of its own memory, so a "2 GiB parent" is a
+// 2 GiB Node process. Run with --expose-gc so captures do not pile up garbage.
+'use strict';
+const fs = require('fs');
+const readline = require('readline');
+const { spawn } = require('child_process');
+
+const REQ_FD = 3;
+const REP_FD = 4;
+
+function statusBytes(field) {
+  const m = fs.readFileSync('/proc/self/status', 'utf8').match(new RegExp('^' + field + ':\\s+(\\d+) kB', 'm'));
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+function resetPeakRss() {
+  try { fs.writeFileSync('/proc/self/clear_refs', '5'); } catch (e) { /* not available */ }
+}
+
+function onceExit(child) {
+  return new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+  });
+}
+
+// spawn, one at a time, each awaited to its 'exit' event (not spawnSync).
+async function spawnBench(iterations) {
+  const samples = [];
+  for (let i = 0; i < iterations; i++) {
+    const t0 = process.hrtime.bigint();
+    const { code } = await onceExit(spawn('/bin/true', [], { stdio: 'inherit' }));
+    samples.push(String(process.hrtime.bigint() - t0));
+    if (code !== 0) throw new Error('/bin/true failed');
+  }
+  return samples;
+}
+
+// stdout and stderr piped; 'data' events collect Buffers; one Buffer at the end.
+async function captureBench(iterations, n) {
+  const samples = [];
+  for (let i = 0; i < iterations; i++) {
+    if (global.gc) global.gc();
+    resetPeakRss();
+    const before = statusBytes('VmRSS');
+    const t0 = process.hrtime.bigint();
+    const child = spawn('head', ['-c', String(n), '/dev/zero'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = [], err = [];
+    child.stdout.on('data', (b) => out.push(b));
+    child.stderr.on('data', (b) => err.push(b));
+    const closed = new Promise((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', (code) => resolve(code));
+    });
+    const code = await closed;
+    let result = Buffer.concat(out);
+    const ns = process.hrtime.bigint() - t0;
+    const growth = Math.max(statusBytes('VmHWM') - before, 1);
+    const got = result.length;
+    result = null;
+    out.length = 0;
+    if (code !== 0) throw new Error('head failed');
+    if (got !== n) throw new Error(`captured ${got} bytes, expected ${n}`);
+    samples.push(`${ns}:${growth}`);
+  }
+  return samples;
+}
+
+const impls = {
+  'spawn/spawn': spawnBench,
+  'capture/data_events': captureBench,
+};
+
+async function main() {
+  const args = process.argv.slice(2);
+  const touchMib = args[0] === '--touch-mib' ? Number(args[1]) : 0;
+  // Fill the memory for real, in 256 MiB pieces outside the V8 heap.
+  const held = [];
+  for (let left = touchMib; left > 0; left -= 256) {
+    held.push(Buffer.allocUnsafeSlow(Math.min(left, 256) * 1024 * 1024).fill(1));
+  }
+  const reply = (s) => fs.writeSync(REP_FD, s.replace(/\n/g, ' ') + '\n');
+  reply(`ready ${process.pid} Node ${process.version}`);
+  const rl = readline.createInterface({ input: fs.createReadStream(null, { fd: REQ_FD }) });
+  for await (const line of rl) {
+    const parts = line.trim().split(/\s+/);
+    if (parts.length < 3) continue;
+    const fn = impls[parts[0]];
+    if (!fn) {
+      reply('fail unknown implementation ' + parts[0]);
+      continue;
+    }
+    try {
+      reply('ok ' + (await fn(Number(parts[1]), Number(parts[2]))).join(' '));
+    } catch (e) {
+      reply('fail ' + e.message);
+    }
+  }
+  held.length = 0;
+}
+
+main().catch((e) => { process.stderr.write(String(e.stack) + '\n'); process.exit(1); });
