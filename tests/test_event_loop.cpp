@@ -5,6 +5,7 @@
 #include <thread>
 
 #include <subprocess/event_loop.hpp>
+#include <subprocess/signals.hpp>
 #include <subprocess/subprocess.hpp>
 
 #include "testing.hpp"
@@ -377,4 +378,20 @@ TEST_CASE("multiplexing: tagged lines merged into one sink that ends after every
   CHECK(sink_ended);
   CHECK(merged.size() == 6);
   for (auto& [tag, p] : sources) p.wait();
+}
+
+TEST_CASE("a signal_set watched by the loop: signals as events") {
+  sp::signal_set signals{SIGUSR1, SIGUSR2};
+  sp::event_loop loop;
+  std::vector<int> got;
+  auto w = loop.watch(signals.fd(), EPOLLIN, [&](std::uint32_t) {
+    for (const auto& s : signals.read_pending()) got.push_back(s.signal);
+    if (got.size() == 2) loop.stop();
+  });
+  loop.after(10ms, [] { ::kill(::getpid(), SIGUSR1); });
+  loop.after(20ms, [] { ::kill(::getpid(), SIGUSR2); });
+  loop.after(10s, [&] { loop.stop(); });  // a safety net, never reached normally
+  loop.run();
+  loop.remove(w);
+  CHECK(got == std::vector<int>{SIGUSR1, SIGUSR2});
 }
