@@ -31,15 +31,16 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
-#include <fstream>
 #include <initializer_list>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
+#include "detail/syscall.hpp"
+#include "detail/unique_fd.hpp"
 #include "error.hpp"
 
 extern "C" char** environ;  // NOLINT: POSIX declares it only with _GNU_SOURCE
@@ -87,11 +88,21 @@ class environment {
   // (\n \t \" \\ escapes; may span lines). No interpolation happens: use expand().
   // Errors name the file and line.
   static environment from_file(const std::filesystem::path& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw argument_error("", "cannot open environment file '" + path.string() + "'");
-    std::ostringstream ss;
-    ss << f.rdbuf();
-    return parse(ss.str(), path.string());
+    auto fail = [&](int e) {
+      throw argument_error("", "cannot read environment file '" + path.string() +
+                                   "': " + std::error_code(e, std::system_category()).message());
+    };
+    detail::unique_fd fd(detail::sys::no_eintr([&] { return detail::sys::open(path.c_str(), O_RDONLY); }));
+    if (!fd) fail(errno);
+    std::string text;
+    char buf[16384];
+    for (;;) {
+      ssize_t n = detail::sys::no_eintr([&] { return detail::sys::read(fd.get(), buf, sizeof buf); });
+      if (n == 0) break;
+      if (n < 0) fail(errno);
+      text.append(buf, static_cast<std::size_t>(n));
+    }
+    return parse(text, path.string());
   }
   // Same as from_file, from text. `origin` names the source in error messages.
   static environment parse(std::string_view text, std::string_view origin = "<string>");

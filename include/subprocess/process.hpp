@@ -162,12 +162,16 @@ class process {
   // `grace`, then sends SIGKILL if it has not exited, and reaps it. Whether SIGKILL
   // is needed is decided by whether the child has exited, not by whether a signal was
   // sent. Returns how it ended: "killed by SIGKILL" means it ignored SIGTERM.
+  // SIGTERM is followed by SIGCONT (as systemd does): a stopped child (SIGSTOP,
+  // Ctrl-Z) cannot act on SIGTERM until it is continued, and would otherwise
+  // always sit out the whole grace period.
   template <class Rep = long, class Period = std::ratio<1>>
   exit_status terminate(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5)) {
     check_valid("terminate");
     if (grace < grace.zero()) throw argument_error(command_, "negative grace period for terminate");
     if (status_) return *status_;
     send_to_tree(SIGTERM);
+    send_to_tree(SIGCONT);
     if (auto st = wait_for(grace)) return *st;
     send_to_tree(SIGKILL);
     return wait();
@@ -175,10 +179,20 @@ class process {
 
   // Lets the child run on after this handle is gone; a background thread reaps it
   // when it exits. The handle becomes empty; pipes owned by it are closed.
+  //
+  // Throws subprocess::error if the reaper thread cannot be started (no threads or
+  // fds left); the handle then still owns the child.
   void detach() {
     check_valid("detach");
     if (!status_) reap(false);
-    if (!status_) detail::reaper::instance().adopt(pid_, std::move(pidfd_));
+    if (!status_) {
+      try {
+        detail::reaper::instance().ensure_started();
+      } catch (const std::system_error& e) {
+        throw error(e.code(), command_, "cannot detach '" + command_ + "': " + e.what());
+      }
+      detail::reaper::instance().adopt(pid_, std::move(pidfd_));
+    }
     release();
   }
 
@@ -239,7 +253,7 @@ class process {
     for (;;) {
       pollfd fds[3] = {{pidfd_.get(), POLLIN, 0}, {}, {}};
       int n = add_drains(fds, 1);
-      if (detail::poll_until(fds, static_cast<nfds_t>(n), dl) == 0) return std::nullopt;
+      if (detail::poll_until(fds, static_cast<nfds_t>(n), dl, command_) == 0) return std::nullopt;
       drain_ready(fds + 1, n - 1);
       if (fds[0].revents != 0) {
         reap(true);  // exited: this returns at once
@@ -259,7 +273,7 @@ class process {
       if (dl && *dl < *next) next = dl;
       pollfd fds[2];
       int n = add_drains(fds, 0);
-      detail::poll_until(fds, static_cast<nfds_t>(n), next);
+      detail::poll_until(fds, static_cast<nfds_t>(n), next, command_);
       drain_ready(fds, n);
       step = std::min(step * 2, std::chrono::milliseconds(50));
     }

@@ -149,6 +149,7 @@ inline run_result communicate(process& p, std::string_view input = {},
   };
 
   detail::sigpipe_guard guard;
+  if (in.is_open()) guard.check(res.command);
   for (;;) {
     pollfd fds[4];
     int n = 0, in_i = -1, pid_i = -1, cap_i[2] = {-1, -1};
@@ -180,7 +181,7 @@ inline run_result communicate(process& p, std::string_view input = {},
       auto soon = detail::clock::now() + std::chrono::milliseconds(50);
       if (!wake || soon < *wake) wake = soon;
     }
-    int ready = detail::poll_until(fds, static_cast<nfds_t>(n), wake);
+    int ready = detail::poll_until(fds, static_cast<nfds_t>(n), wake, res.command);
     if (ready == 0 && dl && detail::clock::now() >= *dl) {
       bool had_exited = p.status().has_value();
       auto st = had_exited ? p.status() : fail_and_reap("timeout");
