@@ -478,9 +478,10 @@ inline process command::spawn() const {
       }
       moves.push_back({own(fd), slot});
     } else if (auto* d = std::get_if<fd>(&s)) {
-      if (d->number < 0 || detail::sys::fcntl(d->number, F_GETFD) < 0)
-        throw spawn_error(EBADF, cmdline, std::string(names[slot]) + " fd",
-                          std::to_string(d->number));
+      if (d->number < 0 || detail::sys::fcntl(d->number, F_GETFD) < 0) {
+        int e = d->number < 0 ? EBADF : errno;
+        throw spawn_error(e, cmdline, std::string(names[slot]) + " fd", std::to_string(d->number));
+      }
       moves.push_back({d->number, slot});
     } else if (std::holds_alternative<merge_with_out_t>(s)) {
       merges.push_back({1, 2});
@@ -489,8 +490,11 @@ inline process command::spawn() const {
     }
   }
   for (auto [c, p] : fd_maps_) {
-    if (detail::sys::fcntl(p, F_GETFD) < 0)
-      throw spawn_error(EBADF, cmdline, "map fd", std::to_string(p) + " (not open in the parent)");
+    if (detail::sys::fcntl(p, F_GETFD) < 0) {
+      int e = errno;
+      throw spawn_error(e, cmdline, "map fd",
+                        std::to_string(p) + (e == EBADF ? " (not open in the parent)" : ""));
+    }
     moves.push_back({p, c});
   }
   if (ipc_fd_) {

@@ -224,7 +224,10 @@ class process {
       if (r == 0) return;  // still running
       if (errno == EINTR) continue;
       int e = errno;
-      reaped_.store(true, std::memory_order_release);
+      // ECHILD: someone else reaped it, the pid may be reused: never signal it
+      // again. Any other failure changes nothing: the child is still ours, and the
+      // destructor must still be able to kill it.
+      if (e == ECHILD) reaped_.store(true, std::memory_order_release);
       throw error(std::error_code(e, std::system_category()), command_,
                   "waitpid for '" + command_ + "' failed" +
                       (e == ECHILD ? " (was it reaped by other code calling waitpid(-1)?)" : "") +
