@@ -251,10 +251,18 @@ TEST_CASE("spurious EAGAIN from read and write is waited out, not an error") {
 
 TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothing leaked") {
   temp_dir d;
-  int extra[2];
-  REQUIRE(::pipe2(extra, O_CLOEXEC) == 0);
+  struct fd_pair {
+    int fds[2] = {-1, -1};
+    fd_pair() { REQUIRE(::pipe2(fds, O_CLOEXEC) == 0); }
+    ~fd_pair() {
+      ::close(fds[0]);
+      ::close(fds[1]);
+    }
+  } extra_pipe;
+  const int* extra = extra_pipe.fds;
   // A relative program path with cwd() also exercises getcwd.
-  const std::string rel = fs::relative(testing::helper_path()).string();
+  std::string rel = fs::relative(testing::helper_path()).string();
+  if (rel.find('/') == std::string::npos) rel = "./" + rel;
   struct config {
     std::string name;
     std::function<sp::command()> make;
@@ -339,8 +347,6 @@ TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothin
       }
     }
   }
-  ::close(extra[0]);
-  ::close(extra[1]);
   WARN("spawn-path faults injected: " << faults);
   CHECK(faults > 50);
 }
