@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <thread>
 
 #include <fcntl.h>
 #include <sys/time.h>
@@ -481,4 +482,41 @@ TEST_CASE("an injected close() failure still closes the fd (the seam models Linu
   }
   CHECK(p.injected(call::close) > 3);
   CHECK(testing::open_fds() == before);
+}
+
+TEST_CASE("kernels without pidfds: the fallbacks wait, time out and reap correctly") {
+  // pidfd_open failing with ENOSYS (kernel < 5.3) and clone rejecting CLONE_PIDFD
+  // with EINVAL (kernel < 5.2) put every process on the waitpid-polling paths.
+  auto b = GENERATE(sp::spawn_backend::posix_spawn, sp::spawn_backend::clone_vfork);
+  plan p;
+  p.fail_every(call::pidfd_open, 1, ENOSYS);
+  p.fail_every(call::clone, 2, EINVAL);  // the first try (with CLONE_PIDFD) of each spawn
+  scope s(p);
+  SECTION("run() with input and output") {
+    const std::string input = numbered_lines(20000);
+    auto r = sp::run(testing::helper({"cat", "err", "e"}).backend(b), {.input = input, .timeout = 30s});
+    CHECK(r.out == input);
+    CHECK(r.err == "e\n");
+  }
+  SECTION("wait_for() honours its deadline, terminate() escalates") {
+    auto q = testing::helper({"ignore-term", "sleep", "60000"}).backend(b).spawn();
+    CHECK(q.pidfd() == -1);
+    auto t0 = clk::now();
+    CHECK_FALSE(q.wait_for(200ms));
+    CHECK(clk::now() - t0 < 3s);
+    CHECK(q.terminate(200ms).signal() == SIGKILL);
+  }
+  SECTION("run() timeouts") {
+    auto t0 = clk::now();
+    CHECK_THROWS_AS(sp::run(testing::helper({"sleep", "60000"}).backend(b), {.timeout = 300ms}),
+                    sp::timeout_error);
+    CHECK(clk::now() - t0 < 3s);
+  }
+  SECTION("detach(): the reaper polls for it") {
+    testing::helper({"sleep", "50"}).backend(b).spawn().detach();
+    for (int i = 0; i < 300 && sp::detail::reaper::instance().pending() > 0; ++i)
+      std::this_thread::sleep_for(10ms);
+    CHECK(sp::detail::reaper::instance().pending() == 0);
+  }
+  CHECK(p.injected(call::pidfd_open) + p.injected(call::clone) > 0);
 }
