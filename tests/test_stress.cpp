@@ -3,7 +3,8 @@
 // a pipe end leaking into a concurrently spawned child (the classic race that
 // keeps `cat` from ever seeing EOF) shows up as a timeout here.
 //
-// SP_STRESS_SPAWNS overrides the count (e.g. 100000 for a long soak).
+// SP_STRESS_SPAWNS overrides the count (e.g. 100000 for a long soak); sanitizer
+// builds default to 3,000.
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -130,8 +131,21 @@ void one_spawn(std::mt19937& rng, const fs::path& dir, tally& t, int id) {
 
 }  // namespace
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SP_STRESS_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SP_STRESS_SANITIZED 1
+#endif
+#endif
+
 TEST_CASE("stress: 10,000 spawns from 8 threads with random option mixes") {
-  const long total = std::getenv("SP_STRESS_SPAWNS") ? std::atol(std::getenv("SP_STRESS_SPAWNS")) : 10000;
+#if defined(SP_STRESS_SANITIZED)
+  const long default_total = 3000;  // sanitizers make each spawn ~10x slower
+#else
+  const long default_total = 10000;
+#endif
+  const long total = std::getenv("SP_STRESS_SPAWNS") ? std::atol(std::getenv("SP_STRESS_SPAWNS")) : default_total;
   const int threads = 8;
   char tmpl[] = "/tmp/sp_stress_XXXXXX";
   REQUIRE(::mkdtemp(tmpl) != nullptr);
