@@ -249,10 +249,17 @@ inline bool posix_spawn_backend_available() noexcept {
 }
 
 // ThreadSanitizer intercepts clone() and treats it as fork(), which corrupts its
-// state when the child shares our memory; under TSan call glibc's clone directly.
+// state when the child shares our memory (and makes TSan abort the program when
+// it next starts a thread); under TSan call glibc's clone directly. Ask libc
+// itself: with gcc the TSan runtime is a shared library loaded before libc, so
+// dlsym(RTLD_NEXT) would find its interceptor again (clang links it statically).
 inline sys::clone_fn real_clone() noexcept {
 #if defined(SUBPROCESS_TSAN)
-  static sys::clone_fn fn = reinterpret_cast<sys::clone_fn>(::dlsym(RTLD_NEXT, "clone"));
+  static sys::clone_fn fn = [] {
+    void* libc = ::dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void* f = libc != nullptr ? ::dlsym(libc, "clone") : nullptr;
+    return reinterpret_cast<sys::clone_fn>(f != nullptr ? f : ::dlsym(RTLD_NEXT, "clone"));
+  }();
   return fn;
 #else
   return &::clone;
