@@ -31,7 +31,9 @@ using testing::faults::scope;
 
 namespace {
 
-const char* name(call c) { return sp::detail::sys::call_name(c); }
+const char* name(call c) {
+  return sp::detail::sys::call_name(c);
+}
 
 std::string numbered_lines(int n) {
   std::string s;
@@ -170,8 +172,9 @@ TEST_CASE("EINTR on every read, write, poll, open and wait is retried transparen
     }
     CHECK(p.injected(call::read) > 0);
   }
-  INFO("injected: read " << p.injected(call::read) << ", write " << p.injected(call::write) << ", poll "
-                         << p.injected(call::poll) << ", waitpid " << p.injected(call::waitpid));
+  INFO("injected: read " << p.injected(call::read) << ", write " << p.injected(call::write)
+                         << ", poll " << p.injected(call::poll) << ", waitpid "
+                         << p.injected(call::waitpid));
   CHECK(p.injected(call::read) > 0);
   CHECK(p.injected(call::poll) + p.injected(call::waitpid) > 0);
 }
@@ -199,7 +202,8 @@ TEST_CASE("a storm of real signals without SA_RESTART changes nothing") {
   // The same promise as above with the kernel's own EINTRs: SIGALRM every 200 us.
   static std::atomic<long> alarms{0};
   alarms = 0;
-  struct sigaction sa {}, old{};
+  struct sigaction sa {
+  }, old{};
   sa.sa_handler = [](int) { alarms.fetch_add(1, std::memory_order_relaxed); };
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = 0;  // no SA_RESTART: blocking calls fail with EINTR
@@ -226,7 +230,8 @@ TEST_CASE("a storm of real signals without SA_RESTART changes nothing") {
     CHECK_FALSE(q.wait_for(300ms));
     CHECK(clk::now() - t0 < 3s);
     auto t1 = clk::now();
-    CHECK_THROWS_AS(sp::run(testing::helper({"sleep", "60000"}), {.timeout = 300ms}), sp::timeout_error);
+    CHECK_THROWS_AS(sp::run(testing::helper({"sleep", "60000"}), {.timeout = 300ms}),
+                    sp::timeout_error);
     CHECK(clk::now() - t1 < 3s);
   }
   ::sigaction(SIGALRM, &old, nullptr);
@@ -271,28 +276,46 @@ TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothin
   std::vector<config> configs = {
       {"3 pipes + ipc + mapped fd, posix_spawn",
        [&] {
-         return testing::helper({"count-stdin"}).in(sp::pipe).out(sp::pipe).err(sp::pipe).ipc(3).map_fd(
-             5, extra[0]).backend(sp::spawn_backend::posix_spawn);
+         return testing::helper({"count-stdin"})
+             .in(sp::pipe)
+             .out(sp::pipe)
+             .err(sp::pipe)
+             .ipc(3)
+             .map_fd(5, extra[0])
+             .backend(sp::spawn_backend::posix_spawn);
        }},
       {"3 pipes + ipc + mapped fd, clone_vfork",
        [&] {
-         return testing::helper({"count-stdin"}).in(sp::pipe).out(sp::pipe).err(sp::pipe).ipc(3).map_fd(
-             5, extra[0]).backend(sp::spawn_backend::clone_vfork);
+         return testing::helper({"count-stdin"})
+             .in(sp::pipe)
+             .out(sp::pipe)
+             .err(sp::pipe)
+             .ipc(3)
+             .map_fd(5, extra[0])
+             .backend(sp::spawn_backend::clone_vfork);
        }},
       {"null + file + merge + cwd + env, posix_spawn",
        [&] {
-         return sp::command{rel, "out", "x"}.in(sp::null).out(sp::file(d.path / "o")).err(
-             sp::merge_with_out).cwd(d.path).env(sp::environment::inherit().set("A", "1"))
+         return sp::command{rel, "out", "x"}
+             .in(sp::null)
+             .out(sp::file(d.path / "o"))
+             .err(sp::merge_with_out)
+             .cwd(d.path)
+             .env(sp::environment::inherit().set("A", "1"))
              .backend(sp::spawn_backend::posix_spawn);
        }},
       {"null + file + merge + cwd + group, clone_vfork",
        [&] {
-         return sp::command{rel, "out", "x"}.in(sp::null).out(sp::file(d.path / "o", sp::file_mode::append))
-             .err(sp::merge_with_out).cwd(d.path).new_process_group().backend(sp::spawn_backend::clone_vfork);
+         return sp::command{rel, "out", "x"}
+             .in(sp::null)
+             .out(sp::file(d.path / "o", sp::file_mode::append))
+             .err(sp::merge_with_out)
+             .cwd(d.path)
+             .new_process_group()
+             .backend(sp::spawn_backend::clone_vfork);
        }},
-      {"program found in PATH, kill_on_parent_death", [&] {
-         return sp::command{"true"}.in(sp::pipe).out(sp::pipe).kill_on_parent_death();
-       }}};
+      {"program found in PATH, kill_on_parent_death",
+       [&] { return sp::command{"true"}.in(sp::pipe).out(sp::pipe).kill_on_parent_death(); }}};
   // The errnos each kind is failed with, and which of its calls must stop the
   // spawn when they fail (-1: all; 1: only the first, e.g. blocking signals before
   // the clone, not restoring them after; 0: none, a failure may be tolerated).
@@ -302,14 +325,22 @@ TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothin
     long must_fail;
   };
   const std::vector<kind_faults> kinds = {
-      {call::pipe2, {EMFILE, ENFILE}, -1},      {call::open, {EMFILE, ENFILE}, -1},
-      {call::dup, {EMFILE, ENFILE}, -1},        {call::socketpair, {EMFILE, ENFILE}, -1},
-      {call::pidfd_open, {EMFILE, ENFILE}, -1}, {call::clone, {ENOMEM, EAGAIN, EMFILE}, -1},
-      {call::posix_spawn, {ENOMEM, EAGAIN}, -1}, {call::mmap, {ENOMEM}, -1},
-      {call::sigmask, {EINVAL}, 1},             {call::fcntl, {EBADF, EINVAL}, -1},
-      {call::access, {EIO, ENOMEM}, -1},        {call::stat, {EIO, ENOMEM}, -1},
-      {call::getcwd, {ENOMEM}, -1},             {call::getrlimit, {EFAULT}, 0},
-      {call::munmap, {EINVAL}, 0},              {call::close, {EIO}, 0},
+      {call::pipe2, {EMFILE, ENFILE}, -1},
+      {call::open, {EMFILE, ENFILE}, -1},
+      {call::dup, {EMFILE, ENFILE}, -1},
+      {call::socketpair, {EMFILE, ENFILE}, -1},
+      {call::pidfd_open, {EMFILE, ENFILE}, -1},
+      {call::clone, {ENOMEM, EAGAIN, EMFILE}, -1},
+      {call::posix_spawn, {ENOMEM, EAGAIN}, -1},
+      {call::mmap, {ENOMEM}, -1},
+      {call::sigmask, {EINVAL}, 1},
+      {call::fcntl, {EBADF, EINVAL}, -1},
+      {call::access, {EIO, ENOMEM}, -1},
+      {call::stat, {EIO, ENOMEM}, -1},
+      {call::getcwd, {ENOMEM}, -1},
+      {call::getrlimit, {EFAULT}, 0},
+      {call::munmap, {EINVAL}, 0},
+      {call::close, {EIO}, 0},
   };
   long faults = 0;
   for (const auto& cfg : configs) {
@@ -329,9 +360,9 @@ TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothin
           plan p;
           p.fail_nth(k.kind, n, err);
           attempt a = try_once(p, op);
-          INFO(cfg.name << ": " << name(k.kind) << " call " << n << " of " << it->second << " fails with "
-                        << std::error_code(err, std::system_category()).message() << " -> "
-                        << (a.ok ? "ok" : a.what));
+          INFO(cfg.name << ": " << name(k.kind) << " call " << n << " of " << it->second
+                        << " fails with " << std::error_code(err, std::system_category()).message()
+                        << " -> " << (a.ok ? "ok" : a.what));
           faults += p.injected(k.kind);
           // Every must_fail kind is only called on the way to the child: its failure
           // must stop the spawn with that errno. The others may be tolerated.
@@ -371,7 +402,8 @@ TEST_CASE("ENOMEM/EAGAIN from posix_spawn and clone: clear error, no half-starte
     }
     CHECK(testing::children().empty());  // at once: nothing to wait for
     ::pthread_sigmask(SIG_SETMASK, nullptr, &mask_after);
-    for (int sig = 1; sig < NSIG; ++sig) CHECK(sigismember(&mask_before, sig) == sigismember(&mask_after, sig));
+    for (int sig = 1; sig < NSIG; ++sig)
+      CHECK(sigismember(&mask_before, sig) == sigismember(&mask_after, sig));
   }
   SECTION("pidfd_open failing after posix_spawn: the child is killed and reaped") {
     plan p;
@@ -397,13 +429,27 @@ TEST_CASE("any single failing call in run(): a subprocess::error or the right re
   auto counts = census(op);
   auto err_for = [](call c) {
     switch (c) {
-      case call::pipe2: case call::open: case call::dup: case call::pidfd_open: return EMFILE;
-      case call::posix_spawn: case call::clone: case call::mmap: return EAGAIN;
-      case call::poll: return ENOMEM;
-      case call::waitpid: case call::waitid: return EINVAL;
-      case call::kill: case call::pidfd_send_signal: return EPERM;
-      case call::sigmask: return EINVAL;
-      default: return EIO;
+      case call::pipe2:
+      case call::open:
+      case call::dup:
+      case call::pidfd_open:
+        return EMFILE;
+      case call::posix_spawn:
+      case call::clone:
+      case call::mmap:
+        return EAGAIN;
+      case call::poll:
+        return ENOMEM;
+      case call::waitpid:
+      case call::waitid:
+        return EINVAL;
+      case call::kill:
+      case call::pidfd_send_signal:
+        return EPERM;
+      case call::sigmask:
+        return EINVAL;
+      default:
+        return EIO;
     }
   };
   long faults = 0, attempts = 0;
@@ -423,8 +469,8 @@ TEST_CASE("any single failing call in run(): a subprocess::error or the right re
       CHECK(testing::children().empty());
     }
   }
-  WARN("run() single-fault sweep: " << attempts << " attempts over " << counts.size() << " kinds of call, "
-                                    << faults << " faults injected");
+  WARN("run() single-fault sweep: " << attempts << " attempts over " << counts.size()
+                                    << " kinds of call, " << faults << " faults injected");
   CHECK(faults >= 20);
 }
 
@@ -441,7 +487,7 @@ TEST_CASE("a failed waitpid does not disarm the destructor (regression)") {
       CHECK_THROWS_AS(q.try_wait(), sp::error);
     }
     CHECK(q.signal(0));  // still ours, still signalled through its pidfd
-  }  // destructor: SIGKILL and reap
+  }                      // destructor: SIGKILL and reap
   CHECK(clk::now() - t0 < 5s);
 }
 
@@ -494,7 +540,8 @@ TEST_CASE("kernels without pidfds: the fallbacks wait, time out and reap correct
   scope s(p);
   SECTION("run() with input and output") {
     const std::string input = numbered_lines(20000);
-    auto r = sp::run(testing::helper({"cat", "err", "e"}).backend(b), {.input = input, .timeout = 30s});
+    auto r =
+        sp::run(testing::helper({"cat", "err", "e"}).backend(b), {.input = input, .timeout = 30s});
     CHECK(r.out == input);
     CHECK(r.err == "e\n");
   }

@@ -87,7 +87,8 @@ TEST_CASE("regression: a program name sh would read as an assignment or reserved
 TEST_CASE("to_string() read back by a real /bin/sh gives the same argv") {
   // printf '%s\0' ARGS... prints each argument NUL-terminated: split and compare.
   std::mt19937 rng(12345);
-  const std::string alphabet = std::string("aZ09 _-=+@%:,./~#!*?[]{}()<>|&;$`\\\"'\t\n") + "\x01\x7f\xc3\xa9";
+  const std::string alphabet =
+      std::string("aZ09 _-=+@%:,./~#!*?[]{}()<>|&;$`\\\"'\t\n") + "\x01\x7f\xc3\xa9";
   auto random_arg = [&] {
     std::string a;
     std::size_t n = rng() % 12;
@@ -97,7 +98,8 @@ TEST_CASE("to_string() read back by a real /bin/sh gives the same argv") {
   for (int round = 0; round < 20; ++round) {
     std::vector<std::string> args;
     for (int i = 0; i < 25; ++i) args.push_back(random_arg());
-    if (round == 0) args = {"", "'", "''", "it's", "a'b'c", "$(reboot)", "`id`", "${HOME}", "*", "~", "#"};
+    if (round == 0)
+      args = {"", "'", "''", "it's", "a'b'c", "$(reboot)", "`id`", "${HOME}", "*", "~", "#"};
     std::vector<std::string> argv{"printf", "%s\\0"};
     argv.insert(argv.end(), args.begin(), args.end());
     std::string line = sp::command(argv).to_string();

@@ -45,17 +45,22 @@ int reap_grandchild(pid_t pid, std::chrono::milliseconds limit) {
   return -1;
 }
 
-pid_t first_line_pid(const std::string& out) { return static_cast<pid_t>(std::stol(out)); }
+pid_t first_line_pid(const std::string& out) {
+  return static_cast<pid_t>(std::stol(out));
+}
 
 }  // namespace
 
-TEST_CASE("the test program adopts orphans") { REQUIRE(subreaper); }
+TEST_CASE("the test program adopts orphans") {
+  REQUIRE(subreaper);
+}
 
 TEST_CASE("hostile: a child that closes its stdout but keeps running") {
   SECTION("run() with a timeout stops at the timeout") {
     auto t0 = clk::now();
     try {
-      sp::run(testing::helper({"out", "before", "close-out", "sleep", "60000"}), {.timeout = 300ms});
+      sp::run(testing::helper({"out", "before", "close-out", "sleep", "60000"}),
+              {.timeout = 300ms});
       FAIL("no exception");
     } catch (const sp::timeout_error& e) {
       CHECK(e.out() == "before\n");
@@ -77,8 +82,9 @@ TEST_CASE("hostile: a child that floods stderr only") {
   SECTION("timeout with a truncating cap: bounded memory, prompt return") {
     auto t0 = clk::now();
     try {
-      sp::run(testing::helper({"err-flood"}),
-              {.timeout = 300ms, .max_output = 1 << 20, .on_output_limit = sp::output_limit::truncate});
+      sp::run(
+          testing::helper({"err-flood"}),
+          {.timeout = 300ms, .max_output = 1 << 20, .on_output_limit = sp::output_limit::truncate});
       FAIL("no exception");
     } catch (const sp::timeout_error& e) {
       CHECK(e.err().size() == (1u << 20));
@@ -127,7 +133,8 @@ TEST_CASE("hostile: a child that leaves a grandchild holding every pipe, and exi
     auto t0 = clk::now();
     pid_t g = -1;
     try {
-      sp::run(testing::helper({"grandchild-pid"}).new_process_group(), {.input = input, .timeout = 500ms});
+      sp::run(testing::helper({"grandchild-pid"}).new_process_group(),
+              {.input = input, .timeout = 500ms});
       FAIL("no exception");
     } catch (const sp::timeout_error& e) {
       g = first_line_pid(e.out());
@@ -165,7 +172,9 @@ TEST_CASE("hostile: a child that stops itself (SIGSTOP)") {
     CHECK(clk::now() - t0 < 3s);
   }
   SECTION("a stop is not an exit; terminate() continues it so it can handle SIGTERM") {
-    auto p = testing::helper({"term-exits-after", "0", "stop-self", "sleep", "60000"}).out(sp::pipe).spawn();
+    auto p = testing::helper({"term-exits-after", "0", "stop-self", "sleep", "60000"})
+                 .out(sp::pipe)
+                 .spawn();
     siginfo_t info{};
     // The kernel tells us when it has stopped (WNOWAIT: the library's wait is unaffected).
     REQUIRE(::waitid(P_PID, static_cast<id_t>(p.pid()), &info, WSTOPPED | WNOWAIT) == 0);

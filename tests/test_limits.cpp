@@ -61,7 +61,8 @@ TEST_CASE("RLIMIT_NOFILE lowered until spawning fails: a clear spawn_error, fd c
   // stay usable; new ones must come from below it).
   auto limit_for = [&](int room) {
     for (int l = 1;; ++l) {
-      int used = static_cast<int>(std::count_if(fds.begin(), fds.end(), [&](int fd) { return fd < l; }));
+      int used =
+          static_cast<int>(std::count_if(fds.begin(), fds.end(), [&](int fd) { return fd < l; }));
       if (l - used == room) return l;
     }
   };
@@ -84,7 +85,13 @@ TEST_CASE("RLIMIT_NOFILE lowered until spawning fails: a clear spawn_error, fd c
       soft_fd_limit lim(static_cast<rlim_t>(limit_for(room)));
       REQUIRE(lim.ok);
       try {
-        p = testing::helper({"count-stdin"}).in(sp::pipe).out(sp::pipe).err(sp::pipe).ipc(3).backend(b).spawn();
+        p = testing::helper({"count-stdin"})
+                .in(sp::pipe)
+                .out(sp::pipe)
+                .err(sp::pipe)
+                .ipc(3)
+                .backend(b)
+                .spawn();
       } catch (...) {
         error = std::current_exception();
       }
@@ -146,8 +153,8 @@ TEST_CASE("a huge RLIMIT_NOFILE with fds open near the top does not slow spawnin
       REQUIRE(::getrlimit(RLIMIT_NOFILE, &hard) == 0);
       (void)saved;
     } else {
-      WARN("skipped 1,048,576: cannot raise the hard RLIMIT_NOFILE (" << hard.rlim_max
-                                                                      << " here); measuring at that instead");
+      WARN("skipped 1,048,576: cannot raise the hard RLIMIT_NOFILE ("
+           << hard.rlim_max << " here); measuring at that instead");
     }
   }
   const rlim_t high = std::min<rlim_t>(hard.rlim_max, want);
@@ -175,8 +182,9 @@ TEST_CASE("a huge RLIMIT_NOFILE with fds open near the top does not slow spawnin
       big = median_spawn_us(b, runs);
       for (int fd : top) ::close(fd);
     }
-    WARN(name(b) << ": median spawn+wait of /bin/true " << base << " us at RLIMIT_NOFILE 1024, " << big
-                 << " us at " << high << " with fds open near the top (ratio " << big / base << ")");
+    WARN(name(b) << ": median spawn+wait of /bin/true " << base << " us at RLIMIT_NOFILE 1024, "
+                 << big << " us at " << high << " with fds open near the top (ratio " << big / base
+                 << ")");
     CHECK(big < 10 * base);
   }
   ::setrlimit(RLIMIT_NOFILE, &hard);

@@ -29,8 +29,8 @@ using clk = std::chrono::steady_clock;
 namespace {
 
 struct tally {
-  std::atomic<long> spawned{0}, expected_errors{0}, timeouts{0}, detached{0}, groups{0}, clone_backend{0},
-      runs{0};
+  std::atomic<long> spawned{0}, expected_errors{0}, timeouts{0}, detached{0}, groups{0},
+      clone_backend{0}, runs{0};
 };
 
 struct failure_log {
@@ -50,8 +50,12 @@ void one_spawn(std::mt19937& rng, const fs::path& dir, tally& t, int id) {
   const int kind = pick(100);
   // Options that do not change what the child prints.
   switch (pick(3)) {
-    case 0: cmd.backend(sp::spawn_backend::automatic); break;
-    case 1: cmd.backend(sp::spawn_backend::posix_spawn); break;
+    case 0:
+      cmd.backend(sp::spawn_backend::automatic);
+      break;
+    case 1:
+      cmd.backend(sp::spawn_backend::posix_spawn);
+      break;
     case 2:
       cmd.backend(sp::spawn_backend::clone_vfork);
       ++t.clone_backend;
@@ -59,9 +63,14 @@ void one_spawn(std::mt19937& rng, const fs::path& dir, tally& t, int id) {
   }
   if (pick(4) == 0) cmd.cwd(dir);
   switch (pick(4)) {
-    case 0: cmd.env(sp::environment::inherit().set("SP_STRESS", tag)); break;
-    case 1: cmd.env(sp::environment::only({"PATH"})); break;
-    default: break;
+    case 0:
+      cmd.env(sp::environment::inherit().set("SP_STRESS", tag));
+      break;
+    case 1:
+      cmd.env(sp::environment::only({"PATH"}));
+      break;
+    default:
+      break;
   }
   if (pick(5) == 0) {
     if (pick(2))
@@ -76,19 +85,24 @@ void one_spawn(std::mt19937& rng, const fs::path& dir, tally& t, int id) {
     if (merge) cmd.err(sp::merge_with_out);
     auto r = sp::run(cmd, {.timeout = 30s});
     ++t.runs;
-    if (r.status != sp::exit_status::exited(id % 7)) throw std::runtime_error("status " + r.status.to_string());
-    if (merge ? r.out != tag + "\ne" + tag + "\n" : (r.out != tag + "\n" || r.err != "e" + tag + "\n"))
+    if (r.status != sp::exit_status::exited(id % 7))
+      throw std::runtime_error("status " + r.status.to_string());
+    if (merge ? r.out != tag + "\ne" + tag + "\n"
+              : (r.out != tag + "\n" || r.err != "e" + tag + "\n"))
       throw std::runtime_error("output '" + r.out + "' / '" + r.err + "'");
   } else if (kind < 60) {  // run() with input through cat: EOF must arrive
     std::string input(static_cast<std::size_t>(pick(200000)), 'x');
     sp::command c = testing::helper({"cat"});
-    c.backend(cmd.has_process_group() ? sp::spawn_backend::automatic : sp::spawn_backend::clone_vfork);
+    c.backend(cmd.has_process_group() ? sp::spawn_backend::automatic
+                                      : sp::spawn_backend::clone_vfork);
     auto r = sp::run(c, {.input = input, .timeout = 30s});
     ++t.runs;
     if (!r.success() || r.out.size() != input.size()) throw std::runtime_error("cat lost data");
   } else if (kind < 75) {  // files and /dev/null
     fs::path f = dir / (tag + ".out");
-    cmd.in(sp::null).out(sp::file(f)).err(pick(2) ? sp::stdio(sp::null) : sp::stdio(sp::merge_with_out));
+    cmd.in(sp::null)
+        .out(sp::file(f))
+        .err(pick(2) ? sp::stdio(sp::null) : sp::stdio(sp::merge_with_out));
     auto p = cmd.spawn();
     if (p.wait() != sp::exit_status::exited(id % 7)) throw std::runtime_error("file child status");
     std::ifstream in(f);
@@ -103,14 +117,20 @@ void one_spawn(std::mt19937& rng, const fs::path& dir, tally& t, int id) {
     if (p.wait() != sp::exit_status::exited(id % 7)) throw std::runtime_error("status");
   } else if (kind < 90) {  // a timeout: killed and reaped
     try {
-      sp::run(testing::helper({"sleep", "60000"}).new_process_group(pick(2) == 0), {.timeout = 20ms});
+      sp::run(testing::helper({"sleep", "60000"}).new_process_group(pick(2) == 0),
+              {.timeout = 20ms});
       throw std::runtime_error("no timeout");
     } catch (const sp::timeout_error& e) {
-      if (!e.status() || e.status()->signal() != SIGKILL) throw std::runtime_error("timeout status");
+      if (!e.status() || e.status()->signal() != SIGKILL)
+        throw std::runtime_error("timeout status");
       ++t.timeouts;
     }
   } else if (kind < 94) {  // detached: the reaper collects it
-    testing::helper({"sleep", std::to_string(pick(20))}).in(sp::null).out(sp::null).spawn().detach();
+    testing::helper({"sleep", std::to_string(pick(20))})
+        .in(sp::null)
+        .out(sp::null)
+        .spawn()
+        .detach();
     ++t.detached;
   } else if (kind < 97) {  // destroyed while running: killed and reaped by the destructor
     auto p = testing::helper({"sleep", "60000"}).in(sp::pipe).out(sp::pipe).spawn();
@@ -145,7 +165,8 @@ TEST_CASE("stress: 10,000 spawns from 8 threads with random option mixes") {
 #else
   const long default_total = 10000;
 #endif
-  const long total = std::getenv("SP_STRESS_SPAWNS") ? std::atol(std::getenv("SP_STRESS_SPAWNS")) : default_total;
+  const long total =
+      std::getenv("SP_STRESS_SPAWNS") ? std::atol(std::getenv("SP_STRESS_SPAWNS")) : default_total;
   const int threads = 8;
   char tmpl[] = "/tmp/sp_stress_XXXXXX";
   REQUIRE(::mkdtemp(tmpl) != nullptr);
@@ -184,7 +205,8 @@ TEST_CASE("stress: 10,000 spawns from 8 threads with random option mixes") {
   CHECK(testing::open_fds() == fds_before);
   WARN("stress: " << total << " spawn attempts from " << threads << " threads in " << secs << " s ("
                   << static_cast<long>(total / secs) << "/s): " << t.spawned << " children ("
-                  << t.runs << " via run(), " << t.timeouts << " timed out and killed, " << t.detached
-                  << " detached, " << t.groups << " with their own group/session, " << t.clone_backend
-                  << " on the clone backend), " << t.expected_errors << " expected spawn_errors");
+                  << t.runs << " via run(), " << t.timeouts << " timed out and killed, "
+                  << t.detached << " detached, " << t.groups << " with their own group/session, "
+                  << t.clone_backend << " on the clone backend), " << t.expected_errors
+                  << " expected spawn_errors");
 }

@@ -20,8 +20,8 @@
 //     children still hold the pipes), reaped, and timeout_error is thrown
 //     carrying the output so far. Exit is detected through the pidfd, not
 //     through end-of-file, so a grandchild that inherited the pipes and keeps
-//     them open cannot hold run() past its timeout. (Without a timeout, run() reads until every writer of the
-//     pipes is gone, as a shell's $(...) does.)
+//     them open cannot hold run() past its timeout. (Without a timeout, run()
+//     reads until every writer of the pipes is gone, as a shell's $(...) does.)
 //   * max_output caps each captured stream: at the limit the child is killed and
 //     output_limit_error says which stream overflowed (it keeps the first
 //     max_output bytes), or with on_output_limit = truncate the rest is read and

@@ -35,12 +35,23 @@ inline std::string to_dotenv(const subprocess::environment& env) {
     s += "=\"";
     for (char c : v) {
       switch (c) {
-        case '\\': s += "\\\\"; break;
-        case '"': s += "\\\""; break;
-        case '\n': s += "\\n"; break;
-        case '\r': s += "\\r"; break;
-        case '\t': s += "\\t"; break;
-        default: s += c;
+        case '\\':
+          s += "\\\\";
+          break;
+        case '"':
+          s += "\\\"";
+          break;
+        case '\n':
+          s += "\\n";
+          break;
+        case '\r':
+          s += "\\r";
+          break;
+        case '\t':
+          s += "\\t";
+          break;
+        default:
+          s += c;
       }
     }
     s += "\"\n";
@@ -167,9 +178,9 @@ inline parsed_words parse_sh_words(std::string_view s) {
 
 inline bool sh_reserved_or_assignment(std::string_view w) {
   if (w.find('=') != std::string_view::npos) return true;
-  for (std::string_view r : {"case", "do", "done", "elif", "else", "esac", "fi", "for", "if", "in",
-                             "then", "until", "while", "function", "select", "time", "coproc", "!",
-                             "{", "}", "[[", "]]"})
+  for (std::string_view r :
+       {"case",  "do",    "done",     "elif",   "else", "esac",   "fi", "for", "if", "in", "then",
+        "until", "while", "function", "select", "time", "coproc", "!",  "{",   "}",  "[[", "]]"})
     if (w == r) return true;
   return false;
 }

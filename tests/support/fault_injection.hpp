@@ -39,7 +39,9 @@ namespace testing::faults {
 
 using call = subprocess::detail::sys::call;
 inline constexpr std::size_t n_kinds = static_cast<std::size_t>(call::count_);
-inline constexpr std::size_t idx(call c) { return static_cast<std::size_t>(c); }
+inline constexpr std::size_t idx(call c) {
+  return static_cast<std::size_t>(c);
+}
 
 // Faults injected by every plan of this program, per kind.
 inline std::array<std::atomic<long>, n_kinds> tally{};

@@ -30,8 +30,8 @@ inline int poll_timeout(const deadline& dl) {
   return ms > 1'000'000'000 ? 1'000'000'000 : static_cast<int>(ms);
 }
 
-// poll() that retries EINTR against the same deadline. Returns the number of ready fds, 0 on timeout. Other failures
-// are an io_error about `command`.
+// poll() that retries EINTR against the same deadline. Returns the number of
+// ready fds, 0 on timeout. Other failures are an io_error about `command`.
 inline int poll_until(pollfd* fds, nfds_t n, const deadline& dl, std::string_view command = {}) {
   for (;;) {
     int r = sys::poll(fds, n, poll_timeout(dl));
