@@ -15,7 +15,7 @@
 //
 // A plan counts the calls of each kind it sees, so a test can first run an
 // operation under an empty plan to learn how many calls of each kind it makes,
-// then fail each one in turn (see for_each_call in test_fault_injection.cpp).
+// then fail each one in turn (see census() in test_fault_injection.cpp).
 // scope(p, scope::all_threads) also reaches the library's own threads (the
 // reaper) and is what headers with worker threads (event_loop, pool, pipeline)
 // will use. A per-thread plan wins over an all-threads plan.
