@@ -86,18 +86,29 @@ namespace subprocess {
 // tests and benchmarks.
 enum class spawn_backend { automatic, posix_spawn, clone_vfork };
 
+namespace detail {
+// Characters a POSIX shell never treats specially inside a word. ASCII only and
+// independent of the locale (std::isalnum is not).
+inline bool shell_safe_char(char c) noexcept {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         std::string_view("_@%+=:,./-").find(c) != std::string_view::npos;
+}
+// Words that mean something else in command position: reserved words (POSIX and
+// bash) and anything with '=' (NAME=value would be an assignment, not a program).
+inline bool shell_special_command_word(std::string_view w) noexcept {
+  if (w.find('=') != std::string_view::npos) return true;
+  for (std::string_view r : {"case", "do", "done", "elif", "else", "esac", "fi", "for", "if", "in",
+                             "then", "until", "while", "function", "select", "time", "coproc"})
+    if (w == r) return true;
+  return false;
+}
+}  // namespace detail
+
 // Quotes one word for a POSIX shell: unchanged if it is made only of safe
 // characters, otherwise in single quotes ('it'\''s').
 inline std::string shell_quote(std::string_view s) {
   if (s.empty()) return "''";
-  bool safe = true;
-  for (unsigned char c : s) {
-    if (!(std::isalnum(c) || std::string_view("_@%+=:,./-").find(static_cast<char>(c)) !=
-                                 std::string_view::npos)) {
-      safe = false;
-      break;
-    }
-  }
+  bool safe = std::all_of(s.begin(), s.end(), detail::shell_safe_char);
   if (safe) return std::string(s);
   std::string q = "'";
   for (char c : s) {
@@ -126,9 +137,11 @@ class command {
   // This very program again (/proc/self/exe) with these arguments: the C++ way to
   // write Node's fork(__filename). argv[0] is the path of the running executable.
   static command self(std::vector<std::string> args = {}) {
-    std::error_code ec;
-    auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-    std::vector<std::string> argv{ec ? std::string("/proc/self/exe") : exe.string()};
+    char buf[PATH_MAX];
+    ssize_t n = detail::sys::readlink("/proc/self/exe", buf, sizeof buf);
+    std::vector<std::string> argv{n > 0 && static_cast<std::size_t>(n) < sizeof buf
+                                      ? std::string(buf, static_cast<std::size_t>(n))
+                                      : std::string("/proc/self/exe")};
     argv.insert(argv.end(), std::make_move_iterator(args.begin()),
                 std::make_move_iterator(args.end()));
     command c(std::move(argv));
@@ -238,12 +251,15 @@ class command {
   const std::optional<int>& ipc_fd() const noexcept { return ipc_fd_; }
   bool is_shell() const noexcept { return shell_; }
 
-  // Shell-quoted command line: pasting it into sh runs the same argv.
+  // Shell-quoted command line: pasting it into sh runs the same argv. The program
+  // name is also quoted when sh would read it as something else ("if", "A=b").
   std::string to_string() const {
     std::string s;
     for (std::size_t i = 0; i < argv_.size(); ++i) {
       if (i) s += ' ';
-      s += shell_quote(argv_[i]);
+      std::string q = shell_quote(argv_[i]);
+      if (i == 0 && q == argv_[0] && detail::shell_special_command_word(q)) q = "'" + q + "'";
+      s += q;
     }
     return s;
   }
@@ -281,16 +297,36 @@ class command {
 namespace detail {
 
 inline bool is_executable_file(const std::string& p, int& err) {
-  if (::access(p.c_str(), X_OK) != 0) {
+  if (sys::access(p.c_str(), X_OK) != 0) {
     err = errno;
     return false;
   }
   struct stat st;
-  if (::stat(p.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (sys::stat(p.c_str(), &st) != 0) {
+    err = errno;
+    return false;
+  }
+  if (!S_ISREG(st.st_mode)) {
     err = EACCES;
     return false;
   }
   return true;
+}
+
+// The parent's working directory, for re-basing relative program paths.
+inline std::string current_dir(const std::string& cmdline) {
+  std::string buf(256, '\0');
+  for (;;) {
+    if (sys::getcwd(buf.data(), buf.size()) != nullptr) {
+      buf.resize(std::char_traits<char>::length(buf.c_str()));
+      return buf;
+    }
+    if (errno != ERANGE) {
+      int e = errno;
+      throw spawn_error(e, cmdline, "resolve program", "(cannot read the current directory)");
+    }
+    buf.resize(buf.size() * 2);
+  }
 }
 
 // execvp's search, done in the parent. Returns "" and sets err on failure. A name
@@ -308,6 +344,12 @@ inline std::string find_program(const std::string& name, std::string_view path, 
     int e = 0;
     if (is_executable_file(cand, e)) return cand;
     if (e == EACCES) denied = true;
+    // Like execvp: ENOENT/ENOTDIR mean "not here, keep looking"; anything else
+    // (ENOMEM, EIO, ELOOP...) is a real error worth reporting as it is.
+    if (e != ENOENT && e != ENOTDIR && e != EACCES) {
+      err = e;
+      return {};
+    }
     if (end == std::string_view::npos) break;
     start = end + 1;
   }
@@ -363,11 +405,13 @@ inline std::string command::checked_program(const std::string& cmdline) const {
                                                                 : "'" + argv_[0] + "'");
   }
   if (cwd_ && path[0] != '/' && path.find('/') != std::string::npos)
-    path = (std::filesystem::current_path() / path).string();  // relative to the parent
+    path = detail::current_dir(cmdline) + "/" + path;  // relative to the parent
   if (cwd_) {
     struct stat st;
-    if (::stat(cwd_->c_str(), &st) != 0)
-      throw spawn_error(errno, cmdline, "chdir", "to '" + cwd_->string() + "'");
+    if (detail::sys::stat(cwd_->c_str(), &st) != 0) {
+      int e = errno;
+      throw spawn_error(e, cmdline, "chdir", "to '" + cwd_->string() + "'");
+    }
     if (!S_ISDIR(st.st_mode))
       throw spawn_error(ENOTDIR, cmdline, "chdir", "to '" + cwd_->string() + "'");
   }
@@ -414,9 +458,12 @@ inline process command::spawn() const {
     for (const auto& [k, v] : e) env_strings.push_back(k + "=" + v);
   }
 
-  // ---- file descriptors. `owned` closes everything we opened when spawn() returns.
+  // ---- file descriptors. `owned` closes everything we opened when spawn() returns
+  // (or throws): every fd is owned the moment it exists, so no failure leaks one.
   std::vector<detail::unique_fd> owned;
   std::vector<detail::fd_move> moves, merges;
+  owned.reserve(16 + fd_maps_.size());
+  moves.reserve(8 + fd_maps_.size());
   pipe_writer in_end;
   pipe_reader out_end, err_end;
   detail::unique_fd channel_end;
@@ -431,41 +478,52 @@ inline process command::spawn() const {
     if (std::holds_alternative<inherit_t>(s)) continue;
     if (std::holds_alternative<null_t>(s)) {
       if (!devnull) {
-        devnull.reset(detail::sys::open("/dev/null", O_RDWR));
-        if (!devnull) throw spawn_error(errno, cmdline, "open /dev/null");
+        devnull.reset(detail::sys::no_eintr([] { return detail::sys::open("/dev/null", O_RDWR); }));
+        if (!devnull) {
+          int e = errno;
+          throw spawn_error(e, cmdline, "open /dev/null");
+        }
       }
       moves.push_back({devnull.get(), slot});
     } else if (std::holds_alternative<pipe_t>(s)) {
       int fds[2];
-      if (detail::sys::pipe2(fds, 0) != 0)
-        throw spawn_error(errno, cmdline, std::string("create ") + names[slot] + " pipe");
-      int child = slot == 0 ? fds[0] : fds[1];
-      moves.push_back({own(child), slot});
+      if (detail::sys::pipe2(fds, 0) != 0) {
+        int e = errno;
+        throw spawn_error(e, cmdline, std::string("create ") + names[slot] + " pipe");
+      }
       detail::unique_fd parent(slot == 0 ? fds[1] : fds[0]);
-      // Only the parent's end is non-blocking: a fresh pipe end has no other status
-      // flags, so one F_SETFL does it.
-      if (detail::sys::fcntl(parent.get(), F_SETFL, O_NONBLOCK) != 0)
-        throw spawn_error(errno, cmdline, std::string("set up ") + names[slot] + " pipe");
+      int child = own(slot == 0 ? fds[0] : fds[1]);
+      moves.push_back({child, slot});
+      // The parent's end only: O_NONBLOCK lives in the open file description, and
+      // the child's end must stay blocking.
+      if (detail::sys::fcntl(parent.get(), F_SETFL, O_NONBLOCK) != 0) {
+        int e = errno;
+        throw spawn_error(e, cmdline, std::string("make ") + names[slot] + " pipe non-blocking");
+      }
       if (slot == 0)
-        in_end = pipe_writer(std::move(parent), "stdin", cmdline, pipe_writer::nonblocking);
+        in_end = pipe_writer(detail::nonblocking_fd, std::move(parent), "stdin", cmdline);
       else if (slot == 1)
-        out_end = pipe_reader(std::move(parent), "stdout", cmdline, pipe_reader::nonblocking);
+        out_end = pipe_reader(detail::nonblocking_fd, std::move(parent), "stdout", cmdline);
       else
-        err_end = pipe_reader(std::move(parent), "stderr", cmdline, pipe_reader::nonblocking);
+        err_end = pipe_reader(detail::nonblocking_fd, std::move(parent), "stderr", cmdline);
     } else if (auto* f = std::get_if<file>(&s)) {
       file_mode m = f->mode.value_or(slot == 0 ? file_mode::read : file_mode::truncate);
       int flags = m == file_mode::read       ? O_RDONLY
                   : m == file_mode::truncate ? O_WRONLY | O_CREAT | O_TRUNC
                                              : O_WRONLY | O_CREAT | O_APPEND;
-      int fd = detail::sys::open(f->path.c_str(), flags, 0666);
-      if (fd < 0)
-        throw spawn_error(errno, cmdline, std::string("open ") + names[slot] + " file",
+      // Retried on EINTR: opening a FIFO blocks until the other side opens it.
+      int fd = detail::sys::no_eintr([&] { return detail::sys::open(f->path.c_str(), flags, 0666); });
+      if (fd < 0) {
+        int e = errno;
+        throw spawn_error(e, cmdline, std::string("open ") + names[slot] + " file",
                           "'" + f->path.string() + "'");
+      }
       moves.push_back({own(fd), slot});
     } else if (auto* d = std::get_if<fd>(&s)) {
-      if (d->number < 0 || detail::sys::fcntl(d->number, F_GETFD) < 0)
-        throw spawn_error(EBADF, cmdline, std::string(names[slot]) + " fd",
-                          std::to_string(d->number));
+      if (d->number < 0 || detail::sys::fcntl(d->number, F_GETFD) < 0) {
+        int e = d->number < 0 ? EBADF : errno;
+        throw spawn_error(e, cmdline, std::string(names[slot]) + " fd", std::to_string(d->number));
+      }
       moves.push_back({d->number, slot});
     } else if (std::holds_alternative<merge_with_out_t>(s)) {
       merges.push_back({1, 2});
@@ -474,14 +532,19 @@ inline process command::spawn() const {
     }
   }
   for (auto [c, p] : fd_maps_) {
-    if (detail::sys::fcntl(p, F_GETFD) < 0)
-      throw spawn_error(EBADF, cmdline, "map fd", std::to_string(p) + " (not open in the parent)");
+    if (detail::sys::fcntl(p, F_GETFD) < 0) {
+      int e = errno;
+      throw spawn_error(e, cmdline, "map fd",
+                        std::to_string(p) + (e == EBADF ? " (not open in the parent)" : ""));
+    }
     moves.push_back({p, c});
   }
   if (ipc_fd_) {
     int sv[2];
-    if (detail::sys::socketpair(AF_UNIX, SOCK_STREAM, sv) != 0)
-      throw spawn_error(errno, cmdline, "create ipc socketpair");
+    if (detail::sys::socketpair(AF_UNIX, SOCK_STREAM, sv) != 0) {
+      int e = errno;
+      throw spawn_error(e, cmdline, "create ipc socketpair");
+    }
     channel_end.reset(sv[0]);
     moves.push_back({own(sv[1]), *ipc_fd_});
   }
@@ -491,7 +554,10 @@ inline process command::spawn() const {
   for (auto& m : moves) {
     if (m.from <= max_target) {
       int up = detail::sys::dup_above(m.from, max_target + 1);
-      if (up < 0) throw spawn_error(errno, cmdline, "dup fd", std::to_string(m.from));
+      if (up < 0) {
+        int e = errno;
+        throw spawn_error(e, cmdline, "dup fd", std::to_string(m.from));
+      }
       m.from = own(up);
     }
   }
@@ -516,7 +582,7 @@ inline process command::spawn() const {
   plan.setpgid = (new_group_ || join_group_) && !new_session_;
   plan.pgid = join_group_.value_or(0);
   plan.pdeathsig = parent_death_signal_;
-  if (parent_death_signal_ != 0) plan.parent = ::getpid();
+  if (parent_death_signal_ != 0) plan.parent = detail::sys::getpid();
 
   bool use_clone = backend_ == spawn_backend::clone_vfork || parent_death_signal_ != 0 ||
                    !detail::posix_spawn_backend_available() ||
@@ -529,7 +595,7 @@ inline process command::spawn() const {
   if (use_clone) {
     // Only the clone child's last-resort close loop (no close_range, no /proc) needs it.
     rlimit rl{};
-    plan.fd_limit = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536
+    plan.fd_limit = detail::sys::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536
                         ? static_cast<int>(rl.rlim_cur)
                         : 65536;
   }
@@ -542,7 +608,7 @@ inline process command::spawn() const {
       what = "'" + path + "'";
       // posix_spawn reports chdir failures as its return value too; say which.
       struct stat st;
-      if (cwd_ && (::stat(cwd_->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
+      if (cwd_ && (detail::sys::stat(cwd_->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
         step = "chdir";
         what = "to '" + cwd_->string() + "'";
       }

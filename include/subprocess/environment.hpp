@@ -31,15 +31,16 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
-#include <fstream>
 #include <initializer_list>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
+#include "detail/syscall.hpp"
+#include "detail/unique_fd.hpp"
 #include "error.hpp"
 
 extern "C" char** environ;  // NOLINT: POSIX declares it only with _GNU_SOURCE
@@ -87,11 +88,21 @@ class environment {
   // (\n \t \" \\ escapes; may span lines). No interpolation happens: use expand().
   // Errors name the file and line.
   static environment from_file(const std::filesystem::path& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw argument_error("", "cannot open environment file '" + path.string() + "'");
-    std::ostringstream ss;
-    ss << f.rdbuf();
-    return parse(ss.str(), path.string());
+    auto fail = [&](int e) {
+      throw argument_error("", "cannot read environment file '" + path.string() +
+                                   "': " + std::error_code(e, std::system_category()).message());
+    };
+    detail::unique_fd fd(detail::sys::no_eintr([&] { return detail::sys::open(path.c_str(), O_RDONLY); }));
+    if (!fd) fail(errno);
+    std::string text;
+    char buf[16384];
+    for (;;) {
+      ssize_t n = detail::sys::no_eintr([&] { return detail::sys::read(fd.get(), buf, sizeof buf); });
+      if (n == 0) break;
+      if (n < 0) fail(errno);
+      text.append(buf, static_cast<std::size_t>(n));
+    }
+    return parse(text, path.string());
   }
   // Same as from_file, from text. `origin` names the source in error messages.
   static environment parse(std::string_view text, std::string_view origin = "<string>");
@@ -137,8 +148,11 @@ class environment {
   //   ${NAME-default}         default if NAME is unset
   //   ${NAME:?message}        argument_error naming NAME if it is unset or empty
   //   $$                      a literal '$'
-  // A '$' not followed by a name or '{' stays as it is. "${" without "}" is an error.
-  std::string expand(std::string_view text) const;
+  // A '$' not followed by a name or '{' stays as it is. "${" without "}" is an error,
+  // and so are defaults nested more than max_expand_depth deep (hostile input
+  // could otherwise exhaust the stack). Cost: linear in the text.
+  std::string expand(std::string_view text) const { return expand_at(text, 0); }
+  static constexpr int max_expand_depth = 32;
 
   // set(name, expand(text)): build a value from others.
   environment& set_expanded(std::string_view name, std::string_view text) & {
@@ -192,10 +206,14 @@ class environment {
     for (char c : s) r += c == '\0' ? std::string_view("\\0") : std::string_view(&c, 1);
     return r;
   }
+  std::string expand_at(std::string_view text, int nesting) const;
   map_type vars_;
 };
 
-inline std::string environment::expand(std::string_view t) const {
+inline std::string environment::expand_at(std::string_view t, int nesting) const {
+  if (nesting > max_expand_depth)
+    throw argument_error("", "variable references nested more than " +
+                                 std::to_string(max_expand_depth) + " deep");
   auto is_name_start = [](char c) { return std::isalpha(static_cast<unsigned char>(c)) || c == '_'; };
   auto is_name_char = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
   std::string out;
@@ -237,14 +255,14 @@ inline std::string environment::expand(std::string_view t) const {
       if (op.empty()) {
         if (set) out += it->second;
       } else if (op.starts_with(":-")) {
-        out += nonempty ? it->second : expand(op.substr(2));
+        out += nonempty ? it->second : expand_at(op.substr(2), nesting + 1);
       } else if (op.starts_with("-")) {
-        out += set ? it->second : expand(op.substr(1));
+        out += set ? it->second : expand_at(op.substr(1), nesting + 1);
       } else if (op.starts_with(":?")) {
         if (!nonempty) {
           std::string msg(op.substr(2));
           throw argument_error("", "environment variable '" + std::string(name) + "' " +
-                                       (msg.empty() ? "is not set" : expand(msg)));
+                                       (msg.empty() ? "is not set" : expand_at(msg, nesting + 1)));
         }
         out += it->second;
       } else {
@@ -286,6 +304,9 @@ inline environment environment::parse(std::string_view text, std::string_view or
     if (text.substr(i).starts_with("export ") || text.substr(i).starts_with("export\t")) {
       i += 7;
       skip_blanks();
+      // What would make a line a comment or blank cannot start a name either
+      // ("export #=x" once defined a variable named "#"; found by fuzzing).
+      if (i < text.size() && (text[i] == '#' || text[i] == '\r')) fail("expected NAME=value after 'export'");
     }
     std::size_t start = i;
     while (i < text.size() && text[i] != '=' && text[i] != '\n' && text[i] != ' ' &&

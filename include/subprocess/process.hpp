@@ -188,10 +188,20 @@ class process {
 
   // Lets the child run on after this handle is gone; a background thread reaps it
   // when it exits. The handle becomes empty; pipes owned by it are closed.
+  //
+  // Throws subprocess::error if the reaper thread cannot be started (no threads or
+  // fds left); the handle then still owns the child.
   void detach() {
     check_valid("detach");
     if (!status_) reap(false);
-    if (!status_) detail::reaper::instance().adopt(pid_, std::move(pidfd_));
+    if (!status_) {
+      try {
+        detail::reaper::instance().ensure_started();
+      } catch (const std::system_error& e) {
+        throw error(e.code(), command_, "cannot detach '" + command_ + "': " + e.what());
+      }
+      detail::reaper::instance().adopt(pid_, std::move(pidfd_));
+    }
     release();
   }
 
@@ -237,7 +247,10 @@ class process {
       if (r == 0) return;  // still running
       if (errno == EINTR) continue;
       int e = errno;
-      reaped_.store(true, std::memory_order_release);
+      // ECHILD: someone else reaped it, the pid may be reused: never signal it
+      // again. Any other failure changes nothing: the child is still ours, and the
+      // destructor must still be able to kill it.
+      if (e == ECHILD) reaped_.store(true, std::memory_order_release);
       throw error(std::error_code(e, std::system_category()), command_,
                   "waitpid for '" + command_ + "' failed" +
                       (e == ECHILD ? " (was it reaped by other code calling waitpid(-1)?)" : "") +
@@ -266,7 +279,7 @@ class process {
     for (;;) {
       pollfd fds[3] = {{pidfd_.get(), POLLIN, 0}, {}, {}};
       int n = add_drains(fds, 1);
-      if (detail::poll_until(fds, static_cast<nfds_t>(n), dl) == 0) return std::nullopt;
+      if (detail::poll_until(fds, static_cast<nfds_t>(n), dl, command_) == 0) return std::nullopt;
       drain_ready(fds + 1, n - 1);
       if (fds[0].revents != 0) {
         reap(true);  // exited: this returns at once
@@ -286,7 +299,7 @@ class process {
       if (dl && *dl < *next) next = dl;
       pollfd fds[2];
       int n = add_drains(fds, 0);
-      detail::poll_until(fds, static_cast<nfds_t>(n), next);
+      detail::poll_until(fds, static_cast<nfds_t>(n), next, command_);
       drain_ready(fds, n);
       step = std::min(step * 2, std::chrono::milliseconds(50));
     }

@@ -16,11 +16,12 @@
 //     input (a child never steals your terminal's input). Streams you did set
 //     (out(sp::inherit), err(sp::merge_with_out), a file, ...) are respected.
 //   * timeout: at the deadline the child is sent SIGKILL (its whole process group
-//     if it has one), reaped, and timeout_error is thrown carrying the output so
-//     far. Exit is detected through the pidfd, not through end-of-file, so a
-//     grandchild that inherited the pipes and keeps them open cannot hold run()
-//     past its timeout. (Without a timeout, run() reads until every writer of the
-//     pipes is gone, as a shell's $(...) does.)
+//     if it has one, even when the leader has exited already and only its
+//     children still hold the pipes), reaped, and timeout_error is thrown
+//     carrying the output so far. Exit is detected through the pidfd, not
+//     through end-of-file, so a grandchild that inherited the pipes and keeps
+//     them open cannot hold run() past its timeout. (Without a timeout, run()
+//     reads until every writer of the pipes is gone, as a shell's $(...) does.)
 //   * max_output caps each captured stream: at the limit the child is killed and
 //     output_limit_error says which stream overflowed (it keeps the first
 //     max_output bytes), or with on_output_limit = truncate the rest is read and
@@ -220,7 +221,10 @@ inline run_result communicate(process& p, std::string_view input = {},
 
   // SIGPIPE is blocked (per thread) only while there is input to write.
   std::optional<detail::sigpipe_guard> guard;
-  if (in.is_open()) guard.emplace();
+  if (in.is_open()) {
+    guard.emplace();
+    guard->check(res.command);
+  }
   for (;;) {
     pollfd fds[4];
     int n = 0, in_i = -1, pid_i = -1, cap_i[2] = {-1, -1};
@@ -252,13 +256,21 @@ inline run_result communicate(process& p, std::string_view input = {},
       auto soon = detail::clock::now() + std::chrono::milliseconds(50);
       if (!wake || soon < *wake) wake = soon;
     }
-    int ready = detail::poll_until(fds, static_cast<nfds_t>(n), wake);
+    int ready = detail::poll_until(fds, static_cast<nfds_t>(n), wake, res.command);
     if (ready == 0 && dl && detail::clock::now() >= *dl) {
       bool had_exited = p.status().has_value();
       // Exited, but its pipes are still held: by its own process group, if it has one
       // (the group id stays reserved while members live), which the timeout covers too.
       if (had_exited && p.is_group_leader()) detail::sys::kill(-p.pid(), SIGKILL);
       auto st = had_exited ? p.status() : fail_and_reap("timeout");
+      // The child is gone but something still holds its pipes. If it led a group,
+      // its remaining members get the SIGKILL the timeout promises too.
+      if (had_exited && p.is_group_leader()) {
+        try {
+          p.signal_group(SIGKILL);
+        } catch (const error&) {
+        }
+      }
       for (auto& c : caps) detail::drain_into(c, opts, 1);
       throw timeout_error(res.command, *opts.timeout, st, {res.out, res.err},
                           had_exited ? p.status()->to_string() +

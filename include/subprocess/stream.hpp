@@ -53,6 +53,26 @@
 
 namespace subprocess {
 
+namespace detail {
+// Tag for the library's own constructors: the fd is non-blocking already.
+struct nonblocking_fd_t {
+  explicit nonblocking_fd_t() = default;
+};
+inline constexpr nonblocking_fd_t nonblocking_fd{};
+
+// set_nonblocking for a stream: failures are io_errors naming the stream.
+inline void make_stream_nonblocking(const unique_fd& fd, const std::string& stream,
+                                    const std::string& command) {
+  if (!fd) return;
+  int flags = sys::fcntl(fd.get(), F_GETFL);
+  if (flags >= 0 && (flags & O_NONBLOCK) == 0) flags = sys::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK);
+  if (flags < 0) {
+    int e = errno;
+    throw io_error(e, command, "make " + stream + " non-blocking");
+  }
+}
+}  // namespace detail
+
 class pipe_reader {
  public:
   pipe_reader() = default;
@@ -61,12 +81,11 @@ class pipe_reader {
   explicit pipe_reader(detail::unique_fd fd, std::string stream = "pipe",
                        std::string command = {})
       : fd_(std::move(fd)), stream_(std::move(stream)), command_(std::move(command)) {
-    if (fd_) detail::set_nonblocking(fd_.get(), true);
+    detail::make_stream_nonblocking(fd_, stream_, command_);
   }
-  // For an fd known to be O_NONBLOCK already (saves two fcntl calls per spawn).
-  struct nonblocking_t {};
-  static constexpr nonblocking_t nonblocking{};
-  pipe_reader(detail::unique_fd fd, std::string stream, std::string command, nonblocking_t) noexcept
+  // For the library: fd is non-blocking already.
+  pipe_reader(detail::nonblocking_fd_t, detail::unique_fd fd, std::string stream,
+              std::string command) noexcept
       : fd_(std::move(fd)), stream_(std::move(stream)), command_(std::move(command)) {}
   pipe_reader(pipe_reader&& o) noexcept
       : fd_(std::move(o.fd_)), stream_(std::move(o.stream_)), command_(std::move(o.command_)),
@@ -168,7 +187,7 @@ class pipe_reader {
     }
   }
   bool wait_readable(const detail::deadline& dl) {
-    return detail::poll_one(fd_.get(), POLLIN, dl) != 0;
+    return detail::poll_one(fd_.get(), POLLIN, dl, command_) != 0;
   }
   // Reads more into the buffer, waiting until the deadline. False at EOF or timeout.
   bool fill_until_eof(const detail::deadline& dl) {
@@ -253,12 +272,11 @@ class pipe_writer {
   explicit pipe_writer(detail::unique_fd fd, std::string stream = "pipe",
                        std::string command = {})
       : fd_(std::move(fd)), stream_(std::move(stream)), command_(std::move(command)) {
-    if (fd_) detail::set_nonblocking(fd_.get(), true);
+    detail::make_stream_nonblocking(fd_, stream_, command_);
   }
-  // For an fd known to be O_NONBLOCK already.
-  struct nonblocking_t {};
-  static constexpr nonblocking_t nonblocking{};
-  pipe_writer(detail::unique_fd fd, std::string stream, std::string command, nonblocking_t) noexcept
+  // For the library: fd is non-blocking already.
+  pipe_writer(detail::nonblocking_fd_t, detail::unique_fd fd, std::string stream,
+              std::string command) noexcept
       : fd_(std::move(fd)), stream_(std::move(stream)), command_(std::move(command)) {}
   pipe_writer(pipe_writer&&) noexcept = default;
   pipe_writer& operator=(pipe_writer&&) noexcept = default;
@@ -272,12 +290,13 @@ class pipe_writer {
   // if the child is no longer reading.
   void write_all(std::string_view data) {
     detail::sigpipe_guard guard;
+    guard.check(command_);
     while (!data.empty()) {
       ssize_t n = write_raw(data, guard);
       if (n > 0) {
         data.remove_prefix(static_cast<std::size_t>(n));
       } else {
-        detail::poll_one(fd_.get(), POLLOUT, std::nullopt);
+        detail::poll_one(fd_.get(), POLLOUT, std::nullopt, command_);
       }
     }
   }
@@ -286,6 +305,7 @@ class pipe_writer {
   std::size_t write_some(std::string_view data) {
     if (data.empty()) return 0;
     detail::sigpipe_guard guard;
+    guard.check(command_);
     ssize_t n = write_raw(data, guard);
     return n > 0 ? static_cast<std::size_t>(n) : 0;
   }

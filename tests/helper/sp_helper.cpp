@@ -7,6 +7,7 @@
 //   sleep MS            sleep MS milliseconds
 //   out TEXT, err TEXT  write TEXT and a newline to stdout / stderr
 //   out-bytes N         write N bytes ('a'..'z' repeating) to stdout; err-bytes N likewise
+//   err-flood           write to stderr forever (until killed or EPIPE)
 //   cat                 copy stdin to stdout until EOF
 //   echo-lines          read stdin line by line, writing each line back at once
 //   count-stdin         read stdin to EOF, print the number of bytes
@@ -26,6 +27,8 @@
 //   close-out           close stdout (keep running)
 //   grandchild MS       fork a grandchild that keeps stdout/stderr open for MS ms
 //   grandchild-pid      fork a grandchild that sleeps forever; print its pid
+//   grandchild-pid-newpgrp  the same, but the grandchild first moves into a new
+//                       process group of its own (escaping a group kill)
 //   ready               print "ready" (a synchronisation point for the test)
 //   wait-line           block until one line (or EOF) arrives on stdin
 //   seq N               print the lines 0 .. N-1
@@ -130,6 +133,9 @@ int main(int argc, char** argv) {
         write_all(fd, block.data(), m);
         n -= static_cast<long>(m);
       }
+    } else if (op == "err-flood") {
+      std::string block(65536, 'e');
+      for (;;) write_all(2, block.data(), block.size());
     } else if (op == "cat") {
       char buf[65536];
       ssize_t r;
@@ -233,11 +239,20 @@ int main(int argc, char** argv) {
         sleep_ms(ms);
         _exit(0);
       }
-    } else if (op == "grandchild-pid") {
+    } else if (op == "grandchild-pid" || op == "grandchild-pid-newpgrp") {
+      int sync[2];
+      if (pipe(sync) != 0) _exit(123);
       pid_t g = fork();
       if (g == 0) {
+        if (op == "grandchild-pid-newpgrp") setpgid(0, 0);
+        close(sync[1]);  // tells the parent the grandchild is set up
         for (;;) pause();
       }
+      close(sync[1]);
+      char c;
+      while (read(sync[0], &c, 1) < 0 && errno == EINTR) {
+      }
+      close(sync[0]);
       say(1, std::to_string(g));
     } else if (op == "pdeath-child") {
       int sig = std::atoi(next().c_str());

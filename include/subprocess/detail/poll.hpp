@@ -3,8 +3,10 @@
 
 #include <chrono>
 #include <optional>
-#include <system_error>
+#include <string>
+#include <string_view>
 
+#include "../error.hpp"
 #include "syscall.hpp"
 #include "unique_fd.hpp"
 
@@ -29,19 +31,21 @@ inline int poll_timeout(const deadline& dl) {
 }
 
 // poll() that retries EINTR against the same deadline. Returns the number of
-// ready fds, 0 on timeout.
-inline int poll_until(pollfd* fds, nfds_t n, const deadline& dl) {
+// ready fds, 0 on timeout. Other failures are an io_error about `command`.
+inline int poll_until(pollfd* fds, nfds_t n, const deadline& dl, std::string_view command = {}) {
   for (;;) {
     int r = sys::poll(fds, n, poll_timeout(dl));
     if (r >= 0) return r;
-    if (errno != EINTR) throw_errno(errno, "poll");
+    if (errno == EINTR) continue;
+    int e = errno;
+    throw io_error(e, std::string(command), "poll");
   }
 }
 
 // Waits until fd has one of `events`; returns revents, or 0 on timeout.
-inline short poll_one(int fd, short events, const deadline& dl) {
+inline short poll_one(int fd, short events, const deadline& dl, std::string_view command = {}) {
   pollfd p{fd, events, 0};
-  return poll_until(&p, 1, dl) == 0 ? short(0) : p.revents;
+  return poll_until(&p, 1, dl, command) == 0 ? short(0) : p.revents;
 }
 
 }  // namespace subprocess::detail

@@ -14,7 +14,6 @@
 #include <vector>
 
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 
 #include "syscall.hpp"
 #include "unique_fd.hpp"
@@ -49,7 +48,8 @@ class reaper {
     }
     without_fd_.push_back(pid);
     std::uint64_t one = 1;
-    (void)!sys::write(wake_.get(), &one, sizeof one);
+    // A lost wake-up would leave this child a zombie until the next adopt().
+    (void)!sys::no_eintr([&] { return sys::write(wake_.get(), &one, sizeof one); });
   }
 
   // Number of children not reaped yet (for tests).
@@ -64,16 +64,41 @@ class reaper {
     unique_fd pidfd;
   };
 
+  // Throws std::system_error if the thread or its fds cannot be created; nothing
+  // is kept then, and the next call tries again.
   void start() {
-    ep_.reset(sys::epoll_create());
-    wake_.reset(sys::eventfd(0, EFD_NONBLOCK));
-    if (!ep_ || !wake_) throw_errno(errno, "reaper: epoll/eventfd");
+    unique_fd ep(sys::epoll_create());
+    if (!ep) throw_errno(errno, "reaper: epoll_create");
+    unique_fd wake(sys::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake) throw_errno(errno, "reaper: eventfd");
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = ~std::uint64_t(0);
-    sys::epoll_ctl(ep_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
-    std::thread([this] { run(); }).detach();
+    if (sys::epoll_ctl(ep.get(), EPOLL_CTL_ADD, wake.get(), &ev) != 0)
+      throw_errno(errno, "reaper: epoll_ctl");
+    ep_ = std::move(ep);
+    wake_ = std::move(wake);
+    try {
+      std::thread([this] { run(); }).detach();
+    } catch (...) {
+      ep_.reset();
+      wake_.reset();
+      throw;
+    }
     started_ = true;
+  }
+
+  // Reaps pid if it has exited. True when it is gone (reaped now, or not ours any
+  // more); false while it runs. EINTR is retried: treating it as "gone" would
+  // drop a child that then stays a zombie.
+  static bool reap_if_exited(pid_t pid) noexcept {
+    int ws;
+    for (;;) {
+      pid_t r = sys::waitpid(pid, &ws, WNOHANG);
+      if (r == 0) return false;
+      if (r < 0 && errno == EINTR) continue;
+      return true;
+    }
   }
 
   void run() {
@@ -98,8 +123,7 @@ class reaper {
         auto pid = static_cast<pid_t>(evs[i].data.u64);
         for (auto it = with_fd_.begin(); it != with_fd_.end(); ++it) {
           if (it->pid != pid) continue;
-          int ws;
-          if (sys::waitpid(pid, &ws, WNOHANG) != 0) {  // reaped, or not ours any more
+          if (reap_if_exited(pid)) {
             sys::epoll_ctl(ep_.get(), EPOLL_CTL_DEL, it->pidfd.get(), nullptr);
             with_fd_.erase(it);
           }
@@ -107,8 +131,7 @@ class reaper {
         }
       }
       for (auto it = without_fd_.begin(); it != without_fd_.end();) {
-        int ws;
-        if (sys::waitpid(*it, &ws, WNOHANG) != 0)
+        if (reap_if_exited(*it))
           it = without_fd_.erase(it);
         else
           ++it;

@@ -11,7 +11,9 @@
 
 #include <csignal>
 #include <ctime>
+#include <string>
 
+#include "../error.hpp"
 #include "syscall.hpp"
 
 namespace subprocess::detail {
@@ -23,8 +25,14 @@ class sigpipe_guard {
     sigaddset(&set_, SIGPIPE);
     sigset_t pending;
     sigemptyset(&pending);
-    was_pending_ = ::sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+    was_pending_ = sys::sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
     restore_ = sys::thread_sigmask(SIG_BLOCK, &set_, &old_) == 0;
+    if (!restore_) errno_ = errno;
+  }
+  // Throws io_error if SIGPIPE could not be blocked: writing then could kill the
+  // whole process, which is worse than not writing.
+  void check(const std::string& command) const {
+    if (!restore_) throw io_error(errno_, command, "block SIGPIPE before writing");
   }
   // Call when a write failed with EPIPE.
   void saw_epipe() noexcept { epipe_ = true; }
@@ -32,7 +40,7 @@ class sigpipe_guard {
     int saved_errno = errno;
     if (epipe_ && !was_pending_) {
       timespec zero{0, 0};
-      while (::sigtimedwait(&set_, nullptr, &zero) == -1 && errno == EINTR) {
+      while (sys::sigtimedwait(&set_, nullptr, &zero) == -1 && errno == EINTR) {
       }
     }
     if (restore_) sys::thread_sigmask(SIG_SETMASK, &old_, nullptr);
@@ -43,6 +51,7 @@ class sigpipe_guard {
 
  private:
   sigset_t set_, old_;
+  int errno_ = 0;
   bool was_pending_ = false, restore_ = false, epipe_ = false;
 };
 

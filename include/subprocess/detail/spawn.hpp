@@ -24,10 +24,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -64,11 +61,15 @@ struct fd_move {
   int to;
 };
 
-enum class child_step : int { none, pidfd, setsid, setpgid, pdeathsig, dup, chdir, close_fds, exec };
+enum class child_step : int {
+  none, stack, sigmask, pidfd, setsid, setpgid, pdeathsig, dup, chdir, close_fds, exec
+};
 
 inline const char* step_name(child_step s) noexcept {
   switch (s) {
     case child_step::none: return "spawn";
+    case child_step::stack: return "allocate the child's stack";
+    case child_step::sigmask: return "block signals";
     case child_step::pidfd: return "pidfd_open";
     case child_step::setsid: return "setsid";
     case child_step::setpgid: return "setpgid";
@@ -249,11 +250,17 @@ inline bool posix_spawn_backend_available() noexcept {
 }
 
 // ThreadSanitizer intercepts clone() and treats it as fork(), which corrupts its
-// state when the child shares our memory; under TSan call glibc's clone directly.
-using clone_fn = int (*)(int (*)(void*), void*, int, void*, ...);
-inline clone_fn real_clone() noexcept {
+// state when the child shares our memory (and makes TSan abort the program when
+// it next starts a thread); under TSan call glibc's clone directly. Ask libc
+// itself: with gcc the TSan runtime is a shared library loaded before libc, so
+// dlsym(RTLD_NEXT) would find its interceptor again (clang links it statically).
+inline sys::clone_fn real_clone() noexcept {
 #if defined(SUBPROCESS_TSAN)
-  static clone_fn fn = reinterpret_cast<clone_fn>(::dlsym(RTLD_NEXT, "clone"));
+  static sys::clone_fn fn = [] {
+    void* libc = ::dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void* f = libc != nullptr ? ::dlsym(libc, "clone") : nullptr;
+    return reinterpret_cast<sys::clone_fn>(f != nullptr ? f : ::dlsym(RTLD_NEXT, "clone"));
+  }();
   return fn;
 #else
   return &::clone;
@@ -262,30 +269,36 @@ inline clone_fn real_clone() noexcept {
 
 inline bool spawn_clone(child_plan& plan, spawned& out, spawn_failure& fail) {
   constexpr std::size_t stack_size = 64 * 1024;
-  void* stack = ::mmap(nullptr, stack_size, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  void* stack = sys::mmap_anonymous(stack_size);
   if (stack == MAP_FAILED) {
-    fail = {errno, child_step::none};
+    fail = {errno, child_step::stack};
     return false;
   }
-  ::syscall(SYS_getpid);  // binds syscall() now, not lazily inside the child
+  (void)sys::getpid();  // binds syscall() now, not lazily inside the child
   plan.err = 0;
   plan.step = child_step::none;
-  // Block everything, glibc's internal signals too (hence the raw syscall).
+  // Block everything, glibc's internal signals too (hence the raw syscall). If that
+  // fails, do not clone: a handler could then run in the child on our memory.
   unsigned long all = ~0UL, old = 0;
-  ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof all);
+  if (sys::raw_sigprocmask(SIG_SETMASK, &all, &old) != 0) {
+    fail = {errno, child_step::sigmask};
+    sys::munmap(stack, stack_size);
+    return false;
+  }
   int pidfd = -1;
   pid_t pid = -1;
+  void* top = static_cast<char*>(stack) + stack_size;
 #if defined(CLONE_PIDFD)
-  pid = real_clone()(clone_child_main, static_cast<char*>(stack) + stack_size,
-                CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
+  pid = sys::clone(real_clone(), clone_child_main, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD,
+                   &plan, &pidfd);
   if (pid < 0 && errno == EINVAL)  // kernel < 5.2
 #endif
-    pid = real_clone()(clone_child_main, static_cast<char*>(stack) + stack_size,
-                  CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+    pid = sys::clone(real_clone(), clone_child_main, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan,
+                     nullptr);
   int clone_errno = errno;
-  ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, nullptr, sizeof old);
-  ::munmap(stack, stack_size);
+  // Restoring the old mask cannot fail: it is the mask we just read.
+  sys::raw_sigprocmask(SIG_SETMASK, &old, nullptr);
+  sys::munmap(stack, stack_size);
   if (pid < 0) {
     fail = {clone_errno, child_step::none};
     return false;
@@ -342,8 +355,9 @@ inline bool spawn_posix(const child_plan& plan, spawned& out, spawn_failure& fai
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
   if (e != 0) {
-    // glibc has already reaped a child whose exec failed.
-    fail = {e, child_step::exec};
+    // glibc has already reaped a child whose exec failed. EAGAIN and ENOMEM come
+    // from creating the child (process limit, memory), not from exec: say so.
+    fail = {e, e == EAGAIN || e == ENOMEM ? child_step::none : child_step::exec};
     return false;
   }
   out.pid = pid;

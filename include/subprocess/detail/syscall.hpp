@@ -6,7 +6,15 @@
 //
 // Building with SUBPROCESS_FAULT_INJECTION lets a test install fault_hook, which is
 // asked before every call and can make it fail with any errno (see
-// tests/fault_injection.cpp). Without the macro the seam compiles to plain calls.
+// tests/support/fault_injection.hpp and tests/test_fault_injection.cpp). Without the
+// macro the seam compiles to plain calls.
+//
+// The rule: every system call the library makes in the parent goes through here,
+// so a test can fail any of them. The only exceptions are the raw syscall()s made
+// by the vfork child in spawn.hpp, which shares our memory and must not run
+// anything but the kernel call (no hook, no sanitizer, no errno games).
+// When a new header needs a new kind of call, add a wrapper here and a `call`
+// enumerator (before count_) with its name in call_name().
 #pragma once
 
 #include <cerrno>
@@ -20,7 +28,9 @@
 #include <sys/signalfd.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -34,8 +44,20 @@ namespace subprocess::detail::sys {
 enum class call : unsigned char {
   read, write, poll, epoll_create, epoll_ctl, epoll_wait, waitid, waitpid, open, close, pipe2,
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
-  signalfd, timerfd, eventfd, madvise, count_
+  signalfd, timerfd, eventfd, madvise, access, stat, getcwd, readlink, getrlimit, mmap, munmap,
+  sigpending, sigtimedwait, count_
 };
+
+inline const char* call_name(call c) noexcept {
+  static constexpr const char* names[] = {
+      "read", "write", "poll", "epoll_create", "epoll_ctl", "epoll_wait", "waitid", "waitpid",
+      "open", "close", "pipe2", "socketpair", "dup", "fcntl", "pidfd_open", "pidfd_send_signal",
+      "kill", "posix_spawn", "clone", "sigmask", "signalfd", "timerfd", "eventfd", "madvise", "access",
+      "stat", "getcwd", "readlink", "getrlimit", "mmap", "munmap", "sigpending", "sigtimedwait"};
+  static_assert(sizeof names / sizeof names[0] == static_cast<std::size_t>(call::count_));
+  auto i = static_cast<std::size_t>(c);
+  return i < static_cast<std::size_t>(call::count_) ? names[i] : "?";
+}
 
 #if defined(SUBPROCESS_FAULT_INJECTION)
 // Returns 0 to let the call through, or the errno to fail it with.
@@ -104,8 +126,15 @@ inline int open(const char* path, int flags, mode_t mode = 0) noexcept {
   return ::open(path, flags | O_CLOEXEC, mode);
 }
 inline int close(int fd) noexcept {
-  // close() is never retried on EINTR: on Linux the fd is gone either way.
-  SUBPROCESS_FAULT_POINT(call::close);
+  // close() is never retried on EINTR: on Linux the fd is gone either way, so an
+  // injected failure closes it too (a fault must not invent an fd leak).
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  if (int e = injected(call::close)) {
+    ::close(fd);
+    errno = e;
+    return -1;
+  }
+#endif
   return ::close(fd);
 }
 inline int pipe2(int fds[2], int flags) noexcept {
@@ -186,5 +215,71 @@ inline int thread_sigmask(int how, const sigset_t* set, sigset_t* old) noexcept 
   }
   return 0;
 }
+
+// pthread_sigmask can only block the signals glibc lets users block; the clone back
+// end must block glibc's internal ones too, so it uses the raw system call.
+inline int raw_sigprocmask(int how, const unsigned long* set, unsigned long* old) noexcept {
+  SUBPROCESS_FAULT_POINT(call::sigmask);
+  return static_cast<int>(::syscall(SYS_rt_sigprocmask, how, set, old, sizeof(unsigned long)));
+}
+inline int sigpending(sigset_t* set) noexcept {
+  SUBPROCESS_FAULT_POINT(call::sigpending);
+  return ::sigpending(set);
+}
+inline int sigtimedwait(const sigset_t* set, siginfo_t* info, const timespec* timeout) noexcept {
+  SUBPROCESS_FAULT_POINT(call::sigtimedwait);
+  return ::sigtimedwait(set, info, timeout);
+}
+inline int access(const char* path, int mode) noexcept {
+  SUBPROCESS_FAULT_POINT(call::access);
+  return ::access(path, mode);
+}
+inline int stat(const char* path, struct stat* st) noexcept {
+  SUBPROCESS_FAULT_POINT(call::stat);
+  return ::stat(path, st);
+}
+// getcwd into buf; nullptr and errno on failure (ERANGE: buf too small).
+inline char* getcwd(char* buf, std::size_t n) noexcept {
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  if (int e = injected(call::getcwd)) {
+    errno = e;
+    return nullptr;
+  }
+#endif
+  return ::getcwd(buf, n);
+}
+inline ssize_t readlink(const char* path, char* buf, std::size_t n) noexcept {
+  SUBPROCESS_FAULT_POINT(call::readlink);
+  return ::readlink(path, buf, n);
+}
+inline int getrlimit(int resource, rlimit* rl) noexcept {
+  SUBPROCESS_FAULT_POINT(call::getrlimit);
+  return ::getrlimit(resource, rl);
+}
+// An anonymous private mapping (the clone back end's child stack). MAP_FAILED on failure.
+inline void* mmap_anonymous(std::size_t n) noexcept {
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  if (int e = injected(call::mmap)) {
+    errno = e;
+    return MAP_FAILED;
+  }
+#endif
+  return ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+}
+inline int munmap(void* p, std::size_t n) noexcept {
+  SUBPROCESS_FAULT_POINT(call::munmap);
+  return ::munmap(p, n);
+}
+// clone(CLONE_VM|CLONE_VFORK...) through `fn` (glibc's clone, or the real one under
+// TSan). The child runs child(arg) on `stack_top`; pidfd receives the pidfd when
+// CLONE_PIDFD is in flags.
+using clone_fn = int (*)(int (*)(void*), void*, int, void*, ...);
+inline pid_t clone(clone_fn fn, int (*child)(void*), void* stack_top, int flags, void* arg,
+                   int* pidfd) noexcept {
+  SUBPROCESS_FAULT_POINT(call::clone);
+  return pidfd != nullptr ? fn(child, stack_top, flags, arg, pidfd) : fn(child, stack_top, flags, arg);
+}
+// Cannot fail; here so that every call the library makes is in one place.
+inline pid_t getpid() noexcept { return static_cast<pid_t>(::syscall(SYS_getpid)); }
 
 }  // namespace subprocess::detail::sys

@@ -1,0 +1,569 @@
+// Fault injection: the library keeps its promises when system calls fail.
+// Built with -DSUBPROCESS_FAULT_INJECTION (see tests/support/fault_injection.hpp);
+// the leak listener still checks fds and children after every test case, and the
+// sweeps below also check them after every single injected fault.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <thread>
+
+#include <fcntl.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <subprocess/subprocess.hpp>
+
+#include "fault_injection.hpp"
+#include "testing.hpp"
+
+namespace sp = subprocess;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using clk = std::chrono::steady_clock;
+using testing::faults::call;
+using testing::faults::plan;
+using testing::faults::scope;
+
+namespace {
+
+const char* name(call c) {
+  return sp::detail::sys::call_name(c);
+}
+
+std::string numbered_lines(int n) {
+  std::string s;
+  for (int i = 0; i < n; ++i) s += "line " + std::to_string(i) + "\n";
+  return s;
+}
+
+struct temp_dir {
+  fs::path path;
+  temp_dir() {
+    std::string t = (fs::temp_directory_path() / "sp_fault_XXXXXX").string();
+    path = ::mkdtemp(t.data());
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+// What one attempt under a fault did.
+struct attempt {
+  bool ok = false;
+  bool spawn_error = false;
+  bool library_error = false;  // derived from subprocess::error
+  int code = 0;
+  std::string what;
+};
+
+attempt try_once(plan& p, const std::function<void()>& op) {
+  attempt a;
+  scope s(p);
+  try {
+    op();
+    a.ok = true;
+  } catch (const sp::spawn_error& e) {
+    a.spawn_error = a.library_error = true;
+    a.code = e.code().value();
+    a.what = e.what();
+  } catch (const sp::error& e) {
+    a.library_error = true;
+    a.code = e.code().value();
+    a.what = e.what();
+  } catch (const std::exception& e) {
+    a.what = std::string("not a subprocess::error: ") + e.what();
+  }
+  return a;
+}
+
+// Counts the calls `op` makes, per kind, with no fault injected.
+std::map<call, long> census(const std::function<void()>& op) {
+  plan p;
+  {
+    scope s(p);
+    op();
+  }
+  std::map<call, long> m;
+  for (std::size_t i = 0; i < testing::faults::n_kinds; ++i)
+    if (long n = p.calls(static_cast<call>(i))) m[static_cast<call>(i)] = n;
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("EINTR on every read, write, poll, open and wait is retried transparently") {
+  // Calls 1, 3, 5... of each kind fail with EINTR: every call is interrupted once
+  // and only its retry gets through.
+  plan p;
+  for (call c : {call::read, call::write, call::poll, call::waitpid, call::waitid, call::epoll_wait,
+                 call::open, call::sigtimedwait})
+    p.fail_every(c, 2, EINTR);
+  const std::string input = numbered_lines(30000);  // ~300 KB: many reads and writes
+
+  SECTION("run() with input, stdout and stderr") {
+    scope s(p);
+    auto r = sp::run(testing::helper({"cat", "err", "done"}), {.input = input, .timeout = 60s});
+    CHECK(r.success());
+    CHECK(r.out == input);
+    CHECK(r.err == "done\n");
+  }
+  SECTION("communicate() on a hand-spawned process") {
+    scope s(p);
+    auto q = sp::command{"sort", "-r"}.in(sp::pipe).out(sp::pipe).err(sp::pipe).spawn();
+    auto r = sp::communicate(q, "b\na\nc\n", {.timeout = 60s});
+    CHECK(r.out == "c\nb\na\n");
+    CHECK(r.success());
+  }
+  SECTION("wait() drains output; wait_for() honours its deadline") {
+    scope s(p);
+    auto w = testing::helper({"out-bytes", "300000"}).out(sp::pipe).spawn();
+    CHECK(w.wait().success());
+    CHECK(w.out().read_all().size() == 300000);
+    auto q = testing::helper({"sleep", "60000"}).spawn();
+    auto t0 = clk::now();
+    CHECK_FALSE(q.wait_for(200ms));
+    auto dt = clk::now() - t0;
+    CHECK(dt >= 200ms);
+    CHECK(dt < 3s);
+    q.kill();
+    CHECK(q.wait().signal() == SIGKILL);
+  }
+  SECTION("read_line, read_line_for and write_all") {
+    scope s(p);
+    auto e = testing::helper({"echo-lines"}).in(sp::pipe).out(sp::pipe).spawn();
+    for (int i = 0; i < 200; ++i) {
+      e.in().write_all("line " + std::to_string(i) + "\n");
+      auto l = e.out().read_line();
+      REQUIRE(l);
+      CHECK(*l == "line " + std::to_string(i));
+    }
+    auto t0 = clk::now();
+    CHECK_FALSE(e.out().read_line_for(150ms));
+    CHECK(clk::now() - t0 >= 150ms);
+    CHECK_FALSE(e.out().eof());
+    e.in().close();
+    CHECK_FALSE(e.out().read_line());
+    CHECK(e.wait().success());
+  }
+  SECTION("run() timeouts are still honoured") {
+    scope s(p);
+    auto t0 = clk::now();
+    CHECK_THROWS_AS(sp::run(testing::helper({"out", "x", "sleep", "60000"}), {.timeout = 300ms}),
+                    sp::timeout_error);
+    auto dt = clk::now() - t0;
+    CHECK(dt >= 300ms);
+    CHECK(dt < 3s);
+  }
+  SECTION("stdio files and .env files are opened and read despite EINTR") {
+    temp_dir d;
+    {
+      scope s(p);
+      auto r = sp::run(testing::helper({"out", "to file"}).out(sp::file(d.path / "out.txt")));
+      CHECK(r.success());
+      auto again = sp::run(sp::command{"cat"}.in(sp::file(d.path / "out.txt")));
+      CHECK(again.out == "to file\n");
+      CHECK(p.injected(call::open) >= 2);
+    }
+    CHECK(p.injected(call::read) > 0);
+  }
+  INFO("injected: read " << p.injected(call::read) << ", write " << p.injected(call::write)
+                         << ", poll " << p.injected(call::poll) << ", waitpid "
+                         << p.injected(call::waitpid));
+  CHECK(p.injected(call::read) > 0);
+  CHECK(p.injected(call::poll) + p.injected(call::waitpid) > 0);
+}
+
+TEST_CASE("EINTR in the reaper thread never drops a detached child (regression)") {
+  // Before the fix, the reaper took waitpid() == -1 (EINTR) for "gone" and
+  // forgot the child, which then stayed a zombie.
+  static plan p;  // static: the reaper thread may look at it after the scope ends
+  p.clear();
+  p.fail_every(call::waitpid, 1, EINTR, 5).fail_every(call::epoll_wait, 2, EINTR, 5);
+  auto child = testing::helper({"sleep", "100"}).spawn();
+  const pid_t pid = child.pid();
+  child.detach();  // the child runs 100 ms more: the faults below hit the reaper's waitpid
+  {
+    scope s(p, scope::all_threads);
+    for (int i = 0; i < 500 && sp::detail::reaper::instance().pending() > 0; ++i)
+      std::this_thread::sleep_for(10ms);
+  }
+  CHECK(sp::detail::reaper::instance().pending() == 0);
+  CHECK(p.injected(call::waitpid) > 0);
+  for (auto k : testing::children()) CHECK(k.pid != pid);
+}
+
+TEST_CASE("a storm of real signals without SA_RESTART changes nothing") {
+  // The same promise as above with the kernel's own EINTRs: SIGALRM every 200 us.
+  static std::atomic<long> alarms{0};
+  alarms = 0;
+  struct sigaction sa {
+  }, old{};
+  sa.sa_handler = [](int) { alarms.fetch_add(1, std::memory_order_relaxed); };
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: blocking calls fail with EINTR
+  REQUIRE(::sigaction(SIGALRM, &sa, &old) == 0);
+  struct storm {
+    storm() {
+      itimerval it{{0, 200}, {0, 200}};
+      ::setitimer(ITIMER_REAL, &it, nullptr);
+    }
+    ~storm() {
+      itimerval off{};
+      ::setitimer(ITIMER_REAL, &off, nullptr);
+    }
+  };
+  const std::string input = numbered_lines(30000);
+  {
+    storm s;
+    for (int i = 0; i < 5; ++i) {
+      auto r = sp::run(testing::helper({"sleep", "20", "cat"}), {.input = input, .timeout = 60s});
+      CHECK(r.out == input);
+    }
+    auto q = testing::helper({"sleep", "60000"}).spawn();
+    auto t0 = clk::now();
+    CHECK_FALSE(q.wait_for(300ms));
+    CHECK(clk::now() - t0 < 3s);
+    auto t1 = clk::now();
+    CHECK_THROWS_AS(sp::run(testing::helper({"sleep", "60000"}), {.timeout = 300ms}),
+                    sp::timeout_error);
+    CHECK(clk::now() - t1 < 3s);
+  }
+  ::sigaction(SIGALRM, &old, nullptr);
+  INFO("SIGALRMs delivered: " << alarms.load());
+  CHECK(alarms.load() > 100);
+}
+
+TEST_CASE("spurious EAGAIN from read and write is waited out, not an error") {
+  plan p;
+  p.fail_every(call::read, 2, EAGAIN).fail_every(call::write, 2, EAGAIN);
+  scope s(p);
+  const std::string input = numbered_lines(20000);
+  auto r = sp::run(testing::helper({"cat"}), {.input = input, .timeout = 60s});
+  CHECK(r.out == input);
+  auto e = testing::helper({"echo-lines"}).in(sp::pipe).out(sp::pipe).spawn();
+  e.in().write_all("hello\n");
+  CHECK(e.out().read_line() == "hello");
+  e.in().close();
+  CHECK(e.wait().success());
+  CHECK(p.injected(call::read) > 0);
+  CHECK(p.injected(call::write) > 0);
+}
+
+TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothing leaked") {
+  temp_dir d;
+  struct fd_pair {
+    int fds[2] = {-1, -1};
+    fd_pair() { REQUIRE(::pipe2(fds, O_CLOEXEC) == 0); }
+    ~fd_pair() {
+      ::close(fds[0]);
+      ::close(fds[1]);
+    }
+  } extra_pipe;
+  const int* extra = extra_pipe.fds;
+  // A relative program path with cwd() also exercises getcwd.
+  std::string rel = fs::relative(testing::helper_path()).string();
+  if (rel.find('/') == std::string::npos) rel = "./" + rel;
+  struct config {
+    std::string name;
+    std::function<sp::command()> make;
+  };
+  std::vector<config> configs = {
+      {"3 pipes + ipc + mapped fd, posix_spawn",
+       [&] {
+         return testing::helper({"count-stdin"})
+             .in(sp::pipe)
+             .out(sp::pipe)
+             .err(sp::pipe)
+             .ipc(3)
+             .map_fd(5, extra[0])
+             .backend(sp::spawn_backend::posix_spawn);
+       }},
+      {"3 pipes + ipc + mapped fd, clone_vfork",
+       [&] {
+         return testing::helper({"count-stdin"})
+             .in(sp::pipe)
+             .out(sp::pipe)
+             .err(sp::pipe)
+             .ipc(3)
+             .map_fd(5, extra[0])
+             .backend(sp::spawn_backend::clone_vfork);
+       }},
+      {"null + file + merge + cwd + env, posix_spawn",
+       [&] {
+         return sp::command{rel, "out", "x"}
+             .in(sp::null)
+             .out(sp::file(d.path / "o"))
+             .err(sp::merge_with_out)
+             .cwd(d.path)
+             .env(sp::environment::inherit().set("A", "1"))
+             .backend(sp::spawn_backend::posix_spawn);
+       }},
+      {"null + file + merge + cwd + group, clone_vfork",
+       [&] {
+         return sp::command{rel, "out", "x"}
+             .in(sp::null)
+             .out(sp::file(d.path / "o", sp::file_mode::append))
+             .err(sp::merge_with_out)
+             .cwd(d.path)
+             .new_process_group()
+             .backend(sp::spawn_backend::clone_vfork);
+       }},
+      {"program found in PATH, kill_on_parent_death",
+       [&] { return sp::command{"true"}.in(sp::pipe).out(sp::pipe).kill_on_parent_death(); }}};
+  // The errnos each kind is failed with, and which of its calls must stop the
+  // spawn when they fail (-1: all; 1: only the first, e.g. blocking signals before
+  // the clone, not restoring them after; 0: none, a failure may be tolerated).
+  struct kind_faults {
+    call kind;
+    std::vector<int> errs;
+    long must_fail;
+  };
+  const std::vector<kind_faults> kinds = {
+      {call::pipe2, {EMFILE, ENFILE}, -1},
+      {call::open, {EMFILE, ENFILE}, -1},
+      {call::dup, {EMFILE, ENFILE}, -1},
+      {call::socketpair, {EMFILE, ENFILE}, -1},
+      {call::pidfd_open, {EMFILE, ENFILE}, -1},
+      {call::clone, {ENOMEM, EAGAIN, EMFILE}, -1},
+      {call::posix_spawn, {ENOMEM, EAGAIN}, -1},
+      {call::mmap, {ENOMEM}, -1},
+      {call::sigmask, {EINVAL}, 1},
+      {call::fcntl, {EBADF, EINVAL}, -1},
+      {call::access, {EIO, ENOMEM}, -1},
+      {call::stat, {EIO, ENOMEM}, -1},
+      {call::getcwd, {ENOMEM}, -1},
+      {call::getrlimit, {EFAULT}, 0},
+      {call::munmap, {EINVAL}, 0},
+      {call::close, {EIO}, 0},
+  };
+  long faults = 0;
+  for (const auto& cfg : configs) {
+    auto op = [&] {
+      auto p = cfg.make().spawn();
+      p.in().close();
+      p.wait();
+    };
+    auto counts = census(op);
+    CHECK(counts.count(call::posix_spawn) + counts.count(call::clone) == 1);
+    for (const auto& k : kinds) {
+      auto it = counts.find(k.kind);
+      if (it == counts.end()) continue;
+      for (long n = 1; n <= it->second; ++n) {
+        for (int err : k.errs) {
+          auto fds_before = testing::open_fds();
+          plan p;
+          p.fail_nth(k.kind, n, err);
+          attempt a = try_once(p, op);
+          INFO(cfg.name << ": " << name(k.kind) << " call " << n << " of " << it->second
+                        << " fails with " << std::error_code(err, std::system_category()).message()
+                        << " -> " << (a.ok ? "ok" : a.what));
+          faults += p.injected(k.kind);
+          // Every must_fail kind is only called on the way to the child: its failure
+          // must stop the spawn with that errno. The others may be tolerated.
+          if (k.must_fail < 0 || n <= k.must_fail) {
+            CHECK(a.spawn_error);
+            CHECK(a.code == err);
+          } else {
+            CHECK((a.ok || a.spawn_error));
+          }
+          CHECK((a.ok || a.what.find("cannot start") != std::string::npos));
+          CHECK(testing::open_fds() == fds_before);
+          CHECK(testing::children().empty());
+        }
+      }
+    }
+  }
+  WARN("spawn-path faults injected: " << faults);
+  CHECK(faults > 50);
+}
+
+TEST_CASE("ENOMEM/EAGAIN from posix_spawn and clone: clear error, no half-started child") {
+  auto b = GENERATE(sp::spawn_backend::posix_spawn, sp::spawn_backend::clone_vfork);
+  const call k = b == sp::spawn_backend::posix_spawn ? call::posix_spawn : call::clone;
+  for (int err : {ENOMEM, EAGAIN}) {
+    sigset_t mask_before, mask_after;
+    ::pthread_sigmask(SIG_SETMASK, nullptr, &mask_before);
+    plan p;
+    p.fail_nth(k, 1, err);
+    scope s(p);
+    try {
+      testing::helper({"out", "x"}).in(sp::pipe).out(sp::pipe).err(sp::pipe).backend(b).spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.code().value() == err);
+      CHECK(e.step() == "spawn");
+      CHECK_THAT(e.what(), Catch::Contains("cannot start") && Catch::Contains("sp_helper"));
+    }
+    CHECK(testing::children().empty());  // at once: nothing to wait for
+    ::pthread_sigmask(SIG_SETMASK, nullptr, &mask_after);
+    for (int sig = 1; sig < NSIG; ++sig)
+      CHECK(sigismember(&mask_before, sig) == sigismember(&mask_after, sig));
+  }
+  SECTION("pidfd_open failing after posix_spawn: the child is killed and reaped") {
+    plan p;
+    p.fail_nth(call::pidfd_open, 1, EMFILE);
+    scope s(p);
+    try {
+      testing::helper({"sleep", "60000"}).backend(sp::spawn_backend::posix_spawn).spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.code() == std::errc::too_many_files_open);
+      CHECK(e.step() == "pidfd_open");
+    }
+    CHECK(testing::children().empty());
+  }
+}
+
+TEST_CASE("any single failing call in run(): a subprocess::error or the right result, no leak") {
+  const std::string input = "hello\n";
+  auto op = [&] {
+    auto r = sp::run(testing::helper({"cat", "err", "e"}), {.input = input, .timeout = 20s});
+    if (r.out != input || r.err != "e\n" || !r.success()) throw std::runtime_error("wrong result");
+  };
+  auto counts = census(op);
+  auto err_for = [](call c) {
+    switch (c) {
+      case call::pipe2:
+      case call::open:
+      case call::dup:
+      case call::pidfd_open:
+        return EMFILE;
+      case call::posix_spawn:
+      case call::clone:
+      case call::mmap:
+        return EAGAIN;
+      case call::poll:
+        return ENOMEM;
+      case call::waitpid:
+      case call::waitid:
+        return EINVAL;
+      case call::kill:
+      case call::pidfd_send_signal:
+        return EPERM;
+      case call::sigmask:
+        return EINVAL;
+      default:
+        return EIO;
+    }
+  };
+  long faults = 0, attempts = 0;
+  for (auto [kind, n_calls] : counts) {
+    for (long n = 1; n <= n_calls; ++n) {
+      auto fds_before = testing::open_fds();
+      plan p;
+      p.fail_nth(kind, n, err_for(kind));
+      auto t0 = clk::now();
+      attempt a = try_once(p, op);
+      INFO(name(kind) << " call " << n << " of " << n_calls << " -> " << (a.ok ? "ok" : a.what));
+      ++attempts;
+      faults += p.injected(kind);
+      CHECK((a.ok || a.library_error));
+      CHECK(clk::now() - t0 < 10s);
+      CHECK(testing::open_fds() == fds_before);
+      CHECK(testing::children().empty());
+    }
+  }
+  WARN("run() single-fault sweep: " << attempts << " attempts over " << counts.size()
+                                    << " kinds of call, " << faults << " faults injected");
+  CHECK(faults >= 20);
+}
+
+TEST_CASE("a failed waitpid does not disarm the destructor (regression)") {
+  // Before the fix any waitpid failure marked the child as reaped: signal() then
+  // refused to send and the destructor blocked forever on a child it never killed.
+  auto t0 = clk::now();
+  {
+    auto q = testing::helper({"sleep", "60000"}).spawn();
+    plan p;
+    p.fail_nth(call::waitpid, 1, EINVAL);
+    {
+      scope s(p);
+      CHECK_THROWS_AS(q.try_wait(), sp::error);
+    }
+    CHECK(q.signal(0));  // still ours, still signalled through its pidfd
+  }                      // destructor: SIGKILL and reap
+  CHECK(clk::now() - t0 < 5s);
+}
+
+TEST_CASE("if SIGPIPE cannot be blocked, writing is refused rather than risked (regression)") {
+  // A child that has exited: writing to its stdin raises SIGPIPE. Before the fix a
+  // failed pthread_sigmask was ignored and the write killed the whole test program.
+  auto q = testing::helper({"exit", "0"}).in(sp::pipe).spawn();
+  auto in = std::move(q.in());
+  q.wait();
+  plan p;
+  p.fail_every(call::sigmask, 1, EINVAL);
+  scope s(p);
+  try {
+    in.write_all("x");
+    FAIL("no exception");
+  } catch (const sp::io_error& e) {
+    CHECK_THAT(e.what(), Catch::Contains("SIGPIPE"));
+  }
+}
+
+TEST_CASE("communicate() refuses to write input when SIGPIPE cannot be blocked") {
+  auto q = testing::helper({"exit", "0"}).in(sp::pipe).out(sp::pipe).spawn();
+  CHECK(q.out().read_all().empty());  // EOF: it has exited
+  plan p;
+  p.fail_every(call::sigmask, 1, EINVAL);
+  scope s(p);
+  CHECK_THROWS_AS(sp::communicate(q, "x"), sp::io_error);
+}
+
+TEST_CASE("an injected close() failure still closes the fd (the seam models Linux)") {
+  auto before = testing::open_fds();
+  plan p;
+  p.fail_every(call::close, 1, EINTR);
+  {
+    scope s(p);
+    auto r = sp::run(testing::helper({"out", "x"}));
+    CHECK(r.out == "x\n");
+  }
+  CHECK(p.injected(call::close) > 3);
+  CHECK(testing::open_fds() == before);
+}
+
+TEST_CASE("kernels without pidfds: the fallbacks wait, time out and reap correctly") {
+  // pidfd_open failing with ENOSYS (kernel < 5.3) and clone rejecting CLONE_PIDFD
+  // with EINVAL (kernel < 5.2) put every process on the waitpid-polling paths.
+  auto b = GENERATE(sp::spawn_backend::posix_spawn, sp::spawn_backend::clone_vfork);
+  plan p;
+  p.fail_every(call::pidfd_open, 1, ENOSYS);
+  p.fail_every(call::clone, 2, EINVAL);  // the first try (with CLONE_PIDFD) of each spawn
+  scope s(p);
+  SECTION("run() with input and output") {
+    const std::string input = numbered_lines(20000);
+    auto r =
+        sp::run(testing::helper({"cat", "err", "e"}).backend(b), {.input = input, .timeout = 30s});
+    CHECK(r.out == input);
+    CHECK(r.err == "e\n");
+  }
+  SECTION("wait_for() honours its deadline, terminate() escalates") {
+    auto q = testing::helper({"ignore-term", "sleep", "60000"}).backend(b).spawn();
+    CHECK(q.pidfd() == -1);
+    auto t0 = clk::now();
+    CHECK_FALSE(q.wait_for(200ms));
+    CHECK(clk::now() - t0 < 3s);
+    CHECK(q.terminate(200ms).signal() == SIGKILL);
+  }
+  SECTION("run() timeouts") {
+    auto t0 = clk::now();
+    CHECK_THROWS_AS(sp::run(testing::helper({"sleep", "60000"}).backend(b), {.timeout = 300ms}),
+                    sp::timeout_error);
+    CHECK(clk::now() - t0 < 3s);
+  }
+  SECTION("detach(): the reaper polls for it") {
+    testing::helper({"sleep", "50"}).backend(b).spawn().detach();
+    for (int i = 0; i < 300 && sp::detail::reaper::instance().pending() > 0; ++i)
+      std::this_thread::sleep_for(10ms);
+    CHECK(sp::detail::reaper::instance().pending() == 0);
+  }
+  CHECK(p.injected(call::pidfd_open) + p.injected(call::clone) > 0);
+}
