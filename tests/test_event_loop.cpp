@@ -351,7 +351,18 @@ TEST_CASE("1 GiB through a transform stage with flat memory") {
   long growth_kib = peak_rss_kib() - before;
   CHECK(transformed == total);
   CHECK(reply == std::to_string(total) + "\n");
-  CHECK(growth_kib < 32 * 1024);
+  // AddressSanitizer keeps freed memory in quarantine (256 MiB by default), so each
+  // chunk the transform returned stays resident for a while under it.
+  long allowance_kib = 32 * 1024;
+#if defined(__SANITIZE_ADDRESS__)
+  allowance_kib += 256 * 1024;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  allowance_kib += 256 * 1024;
+#endif
+#endif
+  INFO("peak RSS grew by " << growth_kib << " KiB");
+  CHECK(growth_kib < allowance_kib);
   CHECK(src.wait().success());
   CHECK(dst.wait().success());
 }
