@@ -17,7 +17,9 @@
 #include <poll.h>
 #include <spawn.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,7 +33,7 @@ namespace subprocess::detail::sys {
 enum class call : unsigned char {
   read, write, poll, epoll_create, epoll_ctl, epoll_wait, waitid, waitpid, open, close, pipe2,
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
-  signalfd, timerfd, eventfd, count_
+  signalfd, timerfd, eventfd, recv, send, shutdown, fstat, count_
 };
 
 #if defined(SUBPROCESS_FAULT_INJECTION)
@@ -91,6 +93,27 @@ inline int epoll_wait(int ep, epoll_event* evs, int n, int timeout_ms) noexcept 
 inline int waitid(idtype_t type, id_t id, siginfo_t* info, int options) noexcept {
   SUBPROCESS_FAULT_POINT(call::waitid);
   return ::waitid(type, id, info, options);
+}
+// Sockets (the ipc channel). flags: MSG_DONTWAIT, MSG_NOSIGNAL...
+inline ssize_t recv(int fd, void* buf, std::size_t n, int flags) noexcept {
+  SUBPROCESS_FAULT_POINT(call::recv);
+  return ::recv(fd, buf, n, flags);
+}
+inline ssize_t send(int fd, const void* buf, std::size_t n, int flags) noexcept {
+  SUBPROCESS_FAULT_POINT(call::send);
+  return ::send(fd, buf, n, flags);
+}
+inline int shutdown(int fd, int how) noexcept {
+  SUBPROCESS_FAULT_POINT(call::shutdown);
+  return ::shutdown(fd, how);
+}
+inline int fstat(int fd, struct stat* st) noexcept {
+  SUBPROCESS_FAULT_POINT(call::fstat);
+  return ::fstat(fd, st);
+}
+inline int eventfd(unsigned initval, int flags) noexcept {
+  SUBPROCESS_FAULT_POINT(call::eventfd);
+  return ::eventfd(initval, flags | EFD_CLOEXEC);
 }
 inline pid_t waitpid(pid_t pid, int* status, int options) noexcept {
   SUBPROCESS_FAULT_POINT(call::waitpid);
