@@ -628,13 +628,14 @@ TEST_CASE("rpc: a client on a bare channel, and messages that are not answers") 
                                         cv.notify_all();
                                       },
                                   .on_error = {},
-                                  .exit_grace = 500ms});
+                                  .exit_grace = 500ms,
+                                  .name = "bare"});
   CHECK(wait_until_true(mu, cv, 5s, [&] { return !others.empty(); }));
   CHECK(others.at(0) == json{{"event", "ready"}});
   CHECK(c.call("add", {{"a", 2}, {"b", 3}}).get() == 5);
   auto dying = c.call("exit", {{"code", 0}});
   // Without the process the client cannot know the exit status, only the end.
-  CHECK_THROWS_WITH(dying.get(), Catch::Contains("closed the channel"));
+  CHECK_THROWS_WITH(dying.get(), Catch::Contains("'bare' closed the channel"));
   CHECK_FALSE(c.peer_status().has_value());
   p.wait();
 }

@@ -113,6 +113,7 @@
 #include "detail/buffer.hpp"
 #include "detail/poll.hpp"
 #include "detail/syscall.hpp"
+#include "command.hpp"  // command::ipc() opens the channels this header uses
 #include "detail/unique_fd.hpp"
 #include "error.hpp"
 #include "exit_status.hpp"
@@ -982,6 +983,9 @@ struct client_options {
   // After the channel ends, how long to wait for the peer process to exit so that
   // the failed calls can say how it ended (client(process&) only).
   std::chrono::milliseconds exit_grace = std::chrono::milliseconds(500);
+  // What the peer is called in error messages. Default: the channel's name (for
+  // client(process&), the command line).
+  std::string name = {};
 };
 
 // Calls methods of the process at the other end of a channel.
@@ -1019,13 +1023,13 @@ struct client_options {
 class client {
  public:
   explicit client(channel ch, client_options opts = {})
-      : ch_(std::move(ch)), opts_(std::move(opts)), name_(ch_.name()) {
+      : ch_(std::move(ch)), opts_(std::move(opts)), name_(opts_.name.empty() ? ch_.name() : opts_.name) {
     start();
   }
   // Takes p's channel and watches p's exit (through a copy of its pidfd). p must
   // outlive nothing here: the client keeps working after p is destroyed.
   explicit client(process& p, client_options opts = {})
-      : ch_(p), opts_(std::move(opts)), name_(ch_.name()) {
+      : ch_(p), opts_(std::move(opts)), name_(opts_.name.empty() ? ch_.name() : opts_.name) {
     if (p.pidfd() >= 0) pidfd_.reset(subprocess::detail::sys::dup_above(p.pidfd(), 3));
     start();
   }
@@ -1196,6 +1200,13 @@ class client {
 
   // ---- the reader thread
   void run() {
+    try {
+      loop();
+    } catch (const std::exception& e) {  // poll failed, out of memory...: fail loudly
+      fail_all(std::string("the client's reader failed: ") + e.what(), std::nullopt);
+    }
+  }
+  void loop() {
     namespace sys = subprocess::detail::sys;
     for (;;) {
       subprocess::detail::deadline dl;
