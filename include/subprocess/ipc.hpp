@@ -316,7 +316,8 @@ class channel {
     for (;;) {
       if (auto m = next_locked(s)) return m;
       if (s.peer_done || s.closed.load()) return std::nullopt;
-      if (read_locked(s) > 0 || s.peer_done) continue;
+      // Without a deadline, wait inside recv(); close() from another thread wakes it.
+      if (read_locked(s, !dl) > 0 || s.peer_done) continue;
       if (subprocess::detail::poll_one(s.fd.get(), POLLIN, dl) == 0) return std::nullopt;
     }
   }
@@ -412,7 +413,7 @@ class channel {
     subprocess::detail::byte_buffer rbuf;
     std::size_t scanned = 0;  // bytes of the current line already searched for '\n'
     bool peer_done = false;   // end of stream (or reset) seen
-    bool shut_down = false;   // we shut it down after an oversized message
+    std::atomic<bool> shut_down{false};  // we shut it down after an oversized message
     std::exception_ptr read_error;
     // write side (wmu)
     mutable std::mutex wmu;
@@ -514,14 +515,17 @@ class channel {
   static constexpr std::size_t read_budget = 4 * 1024 * 1024;
 
   // Reads what is available, up to the budget. Requires rmu.
-  static std::size_t read_locked(state& s) {
+  // block: the first recv waits for data (one system call instead of poll + recv;
+  // returns at once anyway if the fd itself is O_NONBLOCK).
+  static std::size_t read_locked(state& s, bool block = false) {
     namespace sys = subprocess::detail::sys;
     std::size_t total = 0;
+    int flags = block ? 0 : MSG_DONTWAIT;
     while (!s.peer_done && !s.closed.load()) {
       // A big message in progress: read in bigger steps (fewer system calls).
       std::size_t want = std::max(read_chunk, std::min(s.rbuf.size(), std::size_t{16} << 20));
       char* p = s.rbuf.prepare(want);
-      ssize_t r = sys::recv(s.fd.get(), p, want, MSG_DONTWAIT);
+      ssize_t r = sys::recv(s.fd.get(), p, want, std::exchange(flags, MSG_DONTWAIT));
       if (r > 0) {
         s.rbuf.commit(static_cast<std::size_t>(r));
         total += static_cast<std::size_t>(r);
