@@ -210,6 +210,45 @@ inline void dump_to(std::string& out, const json& j, const std::string& name) {
 
 }  // namespace detail
 
+namespace detail {
+// A lock that can be waited for with a deadline (std::timed_mutex semantics), built on
+// mutex + condition_variable: libstdc++'s timed_mutex uses pthread_mutex_clocklock,
+// which ThreadSanitizer does not understand.
+class timed_lock {
+ public:
+  void lock() {
+    std::unique_lock l(m_);
+    cv_.wait(l, [&] { return !held_; });
+    held_ = true;
+  }
+  bool try_lock() {
+    std::lock_guard l(m_);
+    if (held_) return false;
+    held_ = true;
+    return true;
+  }
+  template <class Clock, class Duration>
+  bool try_lock_until(const std::chrono::time_point<Clock, Duration>& t) {
+    std::unique_lock l(m_);
+    if (!cv_.wait_until(l, t, [&] { return !held_; })) return false;
+    held_ = true;
+    return true;
+  }
+  void unlock() {
+    {
+      std::lock_guard l(m_);
+      held_ = false;
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool held_ = false;
+};
+}  // namespace detail
+
 // A message already serialized for the wire (JSON + '\n'): encode once, send to many.
 class encoded {
  public:
@@ -409,7 +448,7 @@ class channel {
     std::string label;  // "ipc channel to 'cmd'"
     std::atomic<bool> closed{false};
     // read side (rmu)
-    mutable std::timed_mutex rmu;
+    mutable detail::timed_lock rmu;
     subprocess::detail::byte_buffer rbuf;
     std::size_t scanned = 0;  // bytes of the current line already searched for '\n'
     bool peer_done = false;   // end of stream (or reset) seen
