@@ -7,7 +7,10 @@
 #include <condition_variable>
 #include <csignal>
 #include <map>
+#include <cmath>
+#include <limits>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include <poll.h>
@@ -101,6 +104,210 @@ bool wait_until_true(std::mutex& mu, std::condition_variable& cv, std::chrono::m
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------
+// The JSON codec the channel uses must agree with nlohmann's parse() and dump().
+
+namespace {
+namespace codec = sp::detail::json_codec;
+
+struct random_json {
+  std::mt19937_64 rng;
+  explicit random_json(std::uint64_t seed) : rng(seed) {}
+  std::size_t below(std::size_t n) { return static_cast<std::size_t>(rng() % n); }
+  std::string text() {
+    static const std::vector<std::string> atoms = {
+        "a", "Z", "0", " ", "\"", "\\", "/", "\b", "\f", "\n", "\r", "\t", std::string(1, '\0'),
+        "\x01", "\x1f", "\x7f", "é", "ß", "✓", "日本", "🎉", "\xe2\x80\xa8", "\xef\xbf\xbf",
+        "\xf4\x8f\xbf\xbf", "plain ascii run of some length "};
+    std::string s;
+    for (std::size_t i = below(12); i > 0; --i) s += atoms[below(atoms.size())];
+    if (below(20) == 0) s += std::string(below(300), 'x');
+    return s;
+  }
+  json number() {
+    switch (below(8)) {
+      case 0: return static_cast<std::int64_t>(rng());
+      case 1: return static_cast<std::uint64_t>(rng());
+      case 2: return std::numeric_limits<std::int64_t>::min();
+      case 3: return std::numeric_limits<std::uint64_t>::max();
+      case 4: return static_cast<std::int64_t>(below(2000)) - 1000;
+      case 5: {
+        static const double specials[] = {0.1, -2.5, 1e300, -1e-300, 5e-324, 1.7976931348623157e308,
+                                          123456789.123456789, 1e21, 1e-7, 0.0};
+        return specials[below(std::size(specials))];
+      }
+      default: return std::ldexp(static_cast<double>(rng() % 1000000) - 500000.0, static_cast<int>(below(200)) - 100);
+    }
+  }
+  json value(int depth) {
+    switch (depth > 4 ? below(5) : below(7)) {
+      case 0: return nullptr;
+      case 1: return below(2) == 0;
+      case 2: return number();
+      case 3:
+      case 4: return text();
+      case 5: {
+        json a = json::array();
+        for (std::size_t i = below(5); i > 0; --i) a.push_back(value(depth + 1));
+        return a;
+      }
+      default: {
+        json o = json::object();
+        for (std::size_t i = below(5); i > 0; --i) o[text()] = value(depth + 1);
+        return o;
+      }
+    }
+  }
+  // A few random edits that tend to land on the interesting cases.
+  std::string mutate(std::string s) {
+    static const std::string chars = std::string("\"\\{}[],:0123456789-+.eEuntfal \t\r\n/bx", 37) +
+                                     std::string("\x00\x1f\x7f\x80\xbf\xc0\xc2\xe0\xed\xf0\xf4\xf5\xff", 13);
+    for (std::size_t k = below(3) + 1; k > 0; --k) {
+      std::size_t at = s.empty() ? 0 : below(s.size() + 1);
+      char c = below(4) == 0 ? static_cast<char>(rng()) : chars[below(chars.size())];
+      switch (below(3)) {
+        case 0: if (at < s.size()) s[at] = c; break;
+        case 1: s.insert(s.begin() + static_cast<std::ptrdiff_t>(at), c); break;
+        default: if (at < s.size()) s.erase(at, 1); break;
+      }
+    }
+    return s;
+  }
+};
+
+std::optional<json> nlohmann_parse(const std::string& t) {
+  try {
+    return json::parse(t);
+  } catch (const json::exception&) {  // parse_error, and out_of_range for 1e400
+    return std::nullopt;
+  }
+}
+std::optional<json> codec_parse(const std::string& t) {
+  try {
+    return codec::parse(t);
+  } catch (const codec::error&) {
+    return std::nullopt;
+  }
+}
+}  // namespace
+
+TEST_CASE("json codec: the channel's parse and dump agree with nlohmann's") {
+  SECTION("random documents: the same text, the same values") {
+    random_json gen(12345);
+    for (int i = 0; i < 3000; ++i) {
+      json v = gen.value(0);
+      std::string ours;
+      codec::dump(v, ours);
+      REQUIRE(ours == v.dump());
+      REQUIRE(codec::parse(ours) == v);
+    }
+  }
+  SECTION("mutated documents: accepted and rejected alike") {
+    random_json gen(777);
+    int accepted = 0, rejected = 0;
+    for (int i = 0; i < 20000; ++i) {
+      std::string text = gen.mutate(gen.value(0).dump());
+      if (text.find('\0') != std::string::npos) continue;  // nlohmann stops at a NUL; see below
+      auto a = nlohmann_parse(text), b = codec_parse(text);
+      INFO("text: " << sp::ipc::detail::sample_of(text, 200));
+      REQUIRE(a.has_value() == b.has_value());
+      if (a) {
+        REQUIRE(*a == *b);
+        ++accepted;
+      } else {
+        ++rejected;
+      }
+    }
+    CHECK(accepted > 1000);  // the mutations exercise both outcomes
+    CHECK(rejected > 1000);
+  }
+  SECTION("tricky cases") {
+    for (std::string t : {"0", "-0", "01", "-", "1.", ".5", "1e", "1e+", "1E-2", "1e400", "-1e400", "1e-400",
+                          "18446744073709551615", "18446744073709551616", "-9223372036854775808",
+                          "-9223372036854775809", "123456789012345678901234567890", "true", "tru", "nul",
+                          "\"\\u0000\"", "\"\\ud83c\\udf89\"", "\"\\ud83c\"", "\"\\udf89\"", "\"\\ud83c\\u0041\"",
+                          "\"\\uZZZZ\"", "\"\\x\"", "\"\xc0\x80\"", "\"\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\"",
+                          "\"\xe2\x82\"", "\"tab\there\"", "[1,]", "{\"a\":1,}", "{\"a\":1,\"a\":2}", "[1 2]",
+                          "1 2", "", "   ", " [ ] ", "{}", "[[[[]]]]", "\"\\/\"", "{\"a\"}", "{1:2}", "[\"a\"",
+                          "\"unterminated", "[1]\r"}) {
+      INFO("text: " << sp::ipc::detail::sample_of(t));
+      auto a = nlohmann_parse(t), b = codec_parse(t);
+      REQUIRE(a.has_value() == b.has_value());
+      if (a) {
+        CHECK(*a == *b);
+        CHECK(a->type() == b->type());
+      }
+    }
+  }
+  SECTION("a NUL byte after the value is refused (nlohmann would stop reading there)") {
+    CHECK_THROWS_AS(codec::parse(std::string("1\0garbage", 9)), codec::error);
+    CHECK_THROWS_AS(codec::parse(std::string("\"a\"\0", 4)), codec::error);
+    CHECK_THROWS_AS(codec::parse(std::string("\"\0\"", 3)), codec::error);  // a raw NUL in a string: a control character
+  }
+  SECTION("number types match: unsigned, signed, double") {
+    CHECK(codec::parse("5").is_number_unsigned());
+    CHECK(codec::parse("-5").is_number_integer());
+    CHECK_FALSE(codec::parse("-5").is_number_unsigned());
+    CHECK(codec::parse("5.0").is_number_float());
+    CHECK(codec::parse("18446744073709551616").is_number_float());
+  }
+  SECTION("dump refuses invalid UTF-8 where nlohmann does") {
+    random_json gen(99);
+    for (int i = 0; i < 5000; ++i) {
+      std::string raw = gen.mutate(gen.text());
+      json v = raw;
+      std::optional<std::string> a, b;
+      try {
+        a = v.dump();
+      } catch (const json::type_error&) {
+      }
+      try {
+        std::string out;
+        codec::dump(v, out);
+        b = out;
+      } catch (const codec::error&) {
+      }
+      REQUIRE(a == b);
+    }
+  }
+  SECTION("nesting is limited") {
+    std::string deep = std::string(2000, '[') + std::string(2000, ']');
+    CHECK_THROWS_WITH(codec::parse(deep), Catch::Contains("nested too deeply"));
+    std::string ok = std::string(1000, '[') + std::string(1000, ']');
+    CHECK(codec::parse(ok).is_array());
+  }
+}
+
+TEST_CASE("mapped_buffer: heap, then its own mapping grown with mremap") {
+  sp::detail::mapped_buffer b;
+  std::string expect;
+  b.append("0123456789");
+  b.consume(4);  // the live bytes no longer start at the front
+  expect = "456789";
+  // Grow across the 1 MiB threshold and then by remapping, with the data intact.
+  for (int round = 0; round < 5; ++round) {
+    std::string chunk(std::size_t{700} << 10, static_cast<char>('a' + round));
+    b.append(chunk);
+    expect += chunk;
+    REQUIRE(b.view() == expect);
+    b.consume(3);
+    expect.erase(0, 3);
+  }
+  CHECK(b.size() == expect.size());
+  b.truncate(5);
+  CHECK(b.view() == expect.substr(0, 5));
+  b.push_back('!');
+  CHECK(b.view() == expect.substr(0, 5) + "!");
+  b.clear();
+  b.shrink();  // gives the mapping back
+  CHECK(b.empty());
+  b.append("again");
+  CHECK(b.view() == "again");
+  sp::detail::mapped_buffer moved(std::move(b));
+  CHECK(moved.view() == "again");
+  CHECK(b.empty());  // NOLINT(bugprone-use-after-move): moved-from is empty
+}
 
 // ---------------------------------------------------------------------------------
 // The channel with a C++ child

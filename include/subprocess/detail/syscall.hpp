@@ -18,6 +18,7 @@
 #include <spawn.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -33,7 +34,7 @@ namespace subprocess::detail::sys {
 enum class call : unsigned char {
   read, write, poll, epoll_create, epoll_ctl, epoll_wait, waitid, waitpid, open, close, pipe2,
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
-  signalfd, timerfd, eventfd, recv, send, shutdown, fstat, count_
+  signalfd, timerfd, eventfd, recv, send, shutdown, fstat, mmap, mremap, munmap, count_
 };
 
 #if defined(SUBPROCESS_FAULT_INJECTION)
@@ -114,6 +115,29 @@ inline int fstat(int fd, struct stat* st) noexcept {
 inline int eventfd(unsigned initval, int flags) noexcept {
   SUBPROCESS_FAULT_POINT(call::eventfd);
   return ::eventfd(initval, flags | EFD_CLOEXEC);
+}
+// Anonymous memory for big buffers. mmap returns MAP_FAILED on failure.
+inline void* mmap_anonymous(std::size_t n) noexcept {
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  if (int e = injected(call::mmap)) {
+    errno = e;
+    return MAP_FAILED;
+  }
+#endif
+  return ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+}
+inline void* mremap(void* old, std::size_t old_n, std::size_t new_n) noexcept {
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  if (int e = injected(call::mremap)) {
+    errno = e;
+    return MAP_FAILED;
+  }
+#endif
+  return ::mremap(old, old_n, new_n, MREMAP_MAYMOVE);
+}
+inline int munmap(void* p, std::size_t n) noexcept {
+  SUBPROCESS_FAULT_POINT(call::munmap);
+  return ::munmap(p, n);
 }
 inline pid_t waitpid(pid_t pid, int* status, int options) noexcept {
   SUBPROCESS_FAULT_POINT(call::waitpid);
