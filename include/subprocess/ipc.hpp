@@ -48,8 +48,17 @@
 //     but several times faster on big strings. Nesting deeper than 1000 levels is a
 //     protocol error: recursing over such a value could exhaust a thread's stack.
 //
-// Blocking and non-blocking use. send(), receive(), receive_for() block (with poll,
-// never spinning). For an event loop, the same channel has a non-blocking core:
+// What it costs. A message is one send(2) on one side and usually one recv(2) on the
+// other, plus JSON: serializing and parsing a small message takes a fraction of a
+// microsecond, big strings go at about 1 GB/s (a 100 MiB message, one way, parsed:
+// ~0.25 s; Node: ~0.75 s). On the machine this was written on, a small message's
+// round trip costs what a raw socketpair ping-pong costs when the two processes run on
+// different cores (the cross-core wake-up dominates), and about 1.4x that when they
+// share a core. A channel keeps up to 64 KiB of buffer between messages; a bigger
+// buffer lives in its own mapping, grows without copying and is given back after use.
+//
+// Blocking and non-blocking use. send(), receive(), receive_for() block (in poll or
+// recv, never spinning). For an event loop, the same channel has a non-blocking core:
 //   fd()              the socket, to watch for readability (and writability)
 //   read_available()  reads what the socket holds now, never blocks
 //   try_receive()     the next complete message already read, or nullopt
