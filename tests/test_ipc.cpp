@@ -555,34 +555,41 @@ TEST_CASE("channel framing: split, joined, malformed, oversized, truncated") {
 
 TEST_CASE("channel framing: reassembly is linear in the message size") {
   // A 16 MiB message fed in 512-byte pieces, the channel reading after each piece.
-  // Each byte must be scanned for '\n' once. A reader that rescans its buffer on every
-  // read does work that grows with the square of the size: its last quarter then
-  // costs 7 times its first (measured: 15 s instead of 1 s in a debug build).
+  // Each byte must be scanned for '\n' once, so a piece costs the same at the end of
+  // the message as at its start. A reader that rescans its buffer on every read pays
+  // for the whole buffer on each piece: its median piece in the last quarter then
+  // costs about 7 times one in the first (measured: 15 s instead of 0.3 s in all).
+  // Medians, not totals, so that a hiccup of a busy machine does not decide.
   // Whitespace keeps the final JSON parse cheap.
   raw_pair rp({.max_message_size = std::size_t{64} << 20, .internal_messages = false, .name = {}});
-  const std::size_t size = std::size_t{16} << 20;
+  const std::size_t pieces = (std::size_t{16} << 20) / 512;
   const std::string piece(512, ' ');
+  std::vector<double> cost(pieces);
   rp.write("[");
   bool early = false;
-  double quarter[4] = {};
-  for (int q = 0; q < 4; ++q) {
+  auto start = clk::now();
+  for (std::size_t i = 0; i < pieces; ++i) {
     auto t0 = clk::now();
-    for (std::size_t sent = 0; sent < size / 4; sent += piece.size()) {
-      rp.write(piece);
-      while (rp.ch.read_available() == 0) sp::detail::poll_one(rp.ch.fd(), POLLIN, std::nullopt);
-      early = early || rp.ch.try_receive().has_value();
-    }
-    quarter[q] = std::chrono::duration<double>(clk::now() - t0).count();
+    rp.write(piece);
+    while (rp.ch.read_available() == 0) sp::detail::poll_one(rp.ch.fd(), POLLIN, std::nullopt);
+    early = early || rp.ch.try_receive().has_value();
+    cost[i] = std::chrono::duration<double, std::micro>(clk::now() - t0).count();
   }
+  double total = std::chrono::duration<double>(clk::now() - start).count();
   CHECK_FALSE(early);
   rp.write("1]\n");
   auto m = rp.ch.receive();
   REQUIRE(m);
   CHECK(*m == json::array({1}));
-  INFO("the 4 quarters took " << quarter[0] << ", " << quarter[1] << ", " << quarter[2] << ", "
-                              << quarter[3] << " s");
-  CHECK(quarter[3] < 4 * std::max(quarter[0], 0.01));
-  CHECK(quarter[0] + quarter[1] + quarter[2] + quarter[3] < 15.0);
+  auto median = [&](std::size_t from, std::size_t to) {
+    std::vector<double> v(cost.begin() + static_cast<std::ptrdiff_t>(from), cost.begin() + static_cast<std::ptrdiff_t>(to));
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+  };
+  double first = median(0, pieces / 4), last = median(pieces - pieces / 4, pieces);
+  INFO("median piece: first quarter " << first << " us, last quarter " << last << " us; all: " << total << " s");
+  CHECK(last < 3 * std::max(first, 1.0));
+  CHECK(total < 15.0);
 }
 
 // ---------------------------------------------------------------------------------
@@ -971,7 +978,7 @@ TEST_CASE("heartbeat: latency of each beat, and a stopped peer is noticed") {
     auto detected = *unresponsive_at - stopped_at;
     INFO("detected after " << std::chrono::duration_cast<std::chrono::milliseconds>(detected).count() << " ms");
     CHECK(detected >= timeout - 150ms);  // the last answer came at most one interval earlier
-    CHECK(detected <= timeout + 400ms);
+    CHECK(detected <= timeout + 1000ms);  // generous: a loaded machine delays threads
     CHECK(silence >= timeout);
     CHECK_FALSE(hb.responsive());
     std::size_t before;
