@@ -46,6 +46,7 @@ enum class errc {
   output_limit_exceeded,  // max_output reached (output_limit_error)
   channel_closed,         // the IPC peer went away
   protocol_error,         // a malformed or oversized IPC message
+  remote_error,           // the IPC peer answered a request with an error (JSON-RPC)
 };
 
 inline const std::error_category& category() noexcept {
@@ -57,6 +58,7 @@ inline const std::error_category& category() noexcept {
         case errc::output_limit_exceeded: return "output limit exceeded";
         case errc::channel_closed: return "channel closed";
         case errc::protocol_error: return "protocol error";
+        case errc::remote_error: return "remote error";
       }
       return "unknown subprocess error";
     }

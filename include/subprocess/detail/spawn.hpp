@@ -269,7 +269,7 @@ inline sys::clone_fn real_clone() noexcept {
 
 inline bool spawn_clone(child_plan& plan, spawned& out, spawn_failure& fail) {
   constexpr std::size_t stack_size = 64 * 1024;
-  void* stack = sys::mmap_anonymous(stack_size);
+  void* stack = sys::mmap_anonymous(stack_size, MAP_STACK);
   if (stack == MAP_FAILED) {
     fail = {errno, child_step::stack};
     return false;

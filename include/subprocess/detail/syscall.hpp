@@ -45,7 +45,7 @@ enum class call : unsigned char {
   read, write, poll, epoll_create, epoll_ctl, epoll_wait, waitid, waitpid, open, close, pipe2,
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
   signalfd, timerfd, eventfd, madvise, access, stat, getcwd, readlink, getrlimit, mmap, munmap,
-  sigpending, sigtimedwait, count_
+  sigpending, sigtimedwait, recv, send, shutdown, fstat, mremap, count_
 };
 
 inline const char* call_name(call c) noexcept {
@@ -53,7 +53,8 @@ inline const char* call_name(call c) noexcept {
       "read", "write", "poll", "epoll_create", "epoll_ctl", "epoll_wait", "waitid", "waitpid",
       "open", "close", "pipe2", "socketpair", "dup", "fcntl", "pidfd_open", "pidfd_send_signal",
       "kill", "posix_spawn", "clone", "sigmask", "signalfd", "timerfd", "eventfd", "madvise", "access",
-      "stat", "getcwd", "readlink", "getrlimit", "mmap", "munmap", "sigpending", "sigtimedwait"};
+      "stat", "getcwd", "readlink", "getrlimit", "mmap", "munmap", "sigpending", "sigtimedwait",
+      "recv", "send", "shutdown", "fstat", "mremap"};
   static_assert(sizeof names / sizeof names[0] == static_cast<std::size_t>(call::count_));
   auto i = static_cast<std::size_t>(c);
   return i < static_cast<std::size_t>(call::count_) ? names[i] : "?";
@@ -116,6 +117,32 @@ inline int epoll_wait(int ep, epoll_event* evs, int n, int timeout_ms) noexcept 
 inline int waitid(idtype_t type, id_t id, siginfo_t* info, int options) noexcept {
   SUBPROCESS_FAULT_POINT(call::waitid);
   return ::waitid(type, id, info, options);
+}
+// Sockets (the ipc channel). flags: MSG_DONTWAIT, MSG_NOSIGNAL...
+inline ssize_t recv(int fd, void* buf, std::size_t n, int flags) noexcept {
+  SUBPROCESS_FAULT_POINT(call::recv);
+  return ::recv(fd, buf, n, flags);
+}
+inline ssize_t send(int fd, const void* buf, std::size_t n, int flags) noexcept {
+  SUBPROCESS_FAULT_POINT(call::send);
+  return ::send(fd, buf, n, flags);
+}
+inline int shutdown(int fd, int how) noexcept {
+  SUBPROCESS_FAULT_POINT(call::shutdown);
+  return ::shutdown(fd, how);
+}
+inline int fstat(int fd, struct stat* st) noexcept {
+  SUBPROCESS_FAULT_POINT(call::fstat);
+  return ::fstat(fd, st);
+}
+inline void* mremap(void* old, std::size_t old_n, std::size_t new_n) noexcept {
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  if (int e = injected(call::mremap)) {
+    errno = e;
+    return MAP_FAILED;
+  }
+#endif
+  return ::mremap(old, old_n, new_n, MREMAP_MAYMOVE);
 }
 inline pid_t waitpid(pid_t pid, int* status, int options) noexcept {
   SUBPROCESS_FAULT_POINT(call::waitpid);
@@ -256,15 +283,16 @@ inline int getrlimit(int resource, rlimit* rl) noexcept {
   SUBPROCESS_FAULT_POINT(call::getrlimit);
   return ::getrlimit(resource, rl);
 }
-// An anonymous private mapping (the clone back end's child stack). MAP_FAILED on failure.
-inline void* mmap_anonymous(std::size_t n) noexcept {
+// An anonymous private read/write mapping (ipc buffers; with MAP_STACK, the clone
+// back end's child stack). MAP_FAILED on failure.
+inline void* mmap_anonymous(std::size_t n, int extra_flags = 0) noexcept {
 #if defined(SUBPROCESS_FAULT_INJECTION)
   if (int e = injected(call::mmap)) {
     errno = e;
     return MAP_FAILED;
   }
 #endif
-  return ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  return ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
 }
 inline int munmap(void* p, std::size_t n) noexcept {
   SUBPROCESS_FAULT_POINT(call::munmap);

@@ -1,0 +1,176 @@
+// ipc_helper - the ipc tests' sparring partner: a child that talks over the channel
+// its parent gave it (NODE_CHANNEL_FD), driven by its arguments. Kept apart from
+// sp_helper so that sp_helper stays free of nlohmann/json.
+//
+// It runs its arguments as actions, left to right, and exits 0 at the end:
+//
+//   print-env           print NODE_CHANNEL_FD and NODE_CHANNEL_SERIALIZATION_MODE
+//                       (or <unset>), one per line, to stdout
+//   connect             ipc::connect_to_parent(); on failure print the error to stdout
+//                       and exit 3
+//   print-cloexec       print "cloexec" or "inherit" for the channel fd (after connect)
+//   echo                send every message back until the end of the channel
+//   echo-n N            send back N messages, then go on with the next action
+//   send JSON           send one message
+//   serve               answer JSON-RPC until the end of the channel; methods:
+//                         add/subtract/multiply/divide {a, b}  (divide by 0: error -32602)
+//                         echo <params>      returns params
+//                         sleep {ms}         sleeps, then returns ms
+//                         exit {code}        exits at once with code, no answer
+//                         fail {}            throws std::runtime_error("boom")
+//                         big {n}            returns a string of n 'x'
+//                         count {}           returns how many calls it has answered
+//                         pid {}             returns getpid()
+//   raw TEXT            write TEXT to the channel as it is (\n, \\ and \xNN decoded)
+//   raw-bytes N C       write N bytes C (no newline)
+//   expect-eof          read and drop messages until the end of the channel
+//   receive-one         wait for one message (then go on)
+//   close               close the channel
+//   sleep MS            sleep MS milliseconds
+//   exit N              exit with code N now
+//   stop-self           raise SIGSTOP
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <subprocess/ipc.hpp>
+
+namespace ipc = subprocess::ipc;
+using json = ipc::json;
+
+namespace {
+
+std::string decode(const std::string& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '\\' || i + 1 == s.size()) {
+      out += s[i];
+      continue;
+    }
+    char c = s[++i];
+    if (c == 'n') {
+      out += '\n';
+    } else if (c == 'x' && i + 2 < s.size()) {
+      out += static_cast<char>(std::stoi(s.substr(i + 1, 2), nullptr, 16));
+      i += 2;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+void write_raw(int fd, const std::string& bytes) {
+  std::size_t off = 0;
+  while (off < bytes.size()) {
+    ssize_t n = ::send(fd, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      std::_Exit(errno == EPIPE ? 141 : 120);
+    }
+    off += static_cast<std::size_t>(n);
+  }
+}
+
+ipc::handler_map methods(int& answered) {
+  auto num = [](const json& p, const char* k) { return p.at(k).get<double>(); };
+  return {
+      {"add", [&, num](const json& p) -> json { ++answered; return num(p, "a") + num(p, "b"); }},
+      {"subtract", [&, num](const json& p) -> json { ++answered; return num(p, "a") - num(p, "b"); }},
+      {"multiply", [&, num](const json& p) -> json { ++answered; return num(p, "a") * num(p, "b"); }},
+      {"divide",
+       [&, num](const json& p) -> json {
+         ++answered;
+         if (num(p, "b") == 0) throw ipc::rpc_error(ipc::rpc_error::invalid_params, "division by zero", json{{"a", p["a"]}});
+         return num(p, "a") / num(p, "b");
+       }},
+      {"echo", [&](const json& p) -> json { ++answered; return p; }},
+      {"sleep",
+       [&](const json& p) -> json {
+         ++answered;
+         std::this_thread::sleep_for(std::chrono::milliseconds(p.at("ms").get<int>()));
+         return p.at("ms");
+       }},
+      {"exit", [](const json& p) -> json { std::fflush(stdout); std::_Exit(p.at("code").get<int>()); }},
+      {"fail", [](const json&) -> json { throw std::runtime_error("boom"); }},
+      {"big", [&](const json& p) -> json { ++answered; return std::string(p.at("n").get<std::size_t>(), 'x'); }},
+      {"count", [&](const json&) -> json { return ++answered; }},
+      {"pid", [&](const json&) -> json { ++answered; return ::getpid(); }},
+  };
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> a(argv + 1, argv + argc);
+  ipc::channel ch;
+  int answered = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const std::string& act = a[i];
+    auto next = [&] { return i + 1 < a.size() ? a[++i] : std::string(); };
+    if (act == "print-env") {
+      const char* fd = std::getenv("NODE_CHANNEL_FD");
+      const char* mode = std::getenv("NODE_CHANNEL_SERIALIZATION_MODE");
+      std::printf("%s\n%s\n", fd ? fd : "<unset>", mode ? mode : "<unset>");
+      std::fflush(stdout);
+    } else if (act == "connect") {
+      try {
+        ch = ipc::connect_to_parent();
+      } catch (const ipc::channel_error& e) {
+        std::printf("%s\n", e.what());
+        return 3;
+      }
+    } else if (act == "print-cloexec") {
+      int flags = ::fcntl(ch.fd(), F_GETFD);
+      std::printf("%s\n", (flags & FD_CLOEXEC) ? "cloexec" : "inherit");
+      std::fflush(stdout);
+    } else if (act == "echo") {
+      while (auto m = ch.receive()) ch.send(*m);
+    } else if (act == "echo-n") {
+      int n = std::stoi(next());
+      for (int k = 0; k < n; ++k)
+        if (auto m = ch.receive()) ch.send(*m);
+    } else if (act == "send") {
+      ch.send(json::parse(next()));
+    } else if (act == "serve") {
+      ipc::serve(ch, methods(answered));
+    } else if (act == "raw") {
+      write_raw(ch.fd(), decode(next()));
+    } else if (act == "raw-bytes") {
+      std::size_t n = std::stoul(next());
+      std::string c = next();
+      write_raw(ch.fd(), std::string(n, c.empty() ? 'x' : c[0]));
+    } else if (act == "expect-eof") {
+      for (;;) {
+        try {
+          if (!ch.receive()) break;
+        } catch (const ipc::channel_error&) {
+          if (ch.eof()) break;
+        }
+      }
+    } else if (act == "receive-one") {
+      (void)ch.receive();
+    } else if (act == "close") {
+      ch.close();
+    } else if (act == "sleep") {
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::stoi(next())));
+    } else if (act == "exit") {
+      std::fflush(stdout);
+      std::_Exit(std::stoi(next()));
+    } else if (act == "stop-self") {
+      std::raise(SIGSTOP);
+    } else {
+      std::fprintf(stderr, "ipc_helper: unknown action '%s'\n", act.c_str());
+      return 2;
+    }
+  }
+  return 0;
+}
