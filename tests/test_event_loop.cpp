@@ -351,14 +351,15 @@ TEST_CASE("1 GiB through a transform stage with flat memory") {
   long growth_kib = peak_rss_kib() - before;
   CHECK(transformed == total);
   CHECK(reply == std::to_string(total) + "\n");
-  // AddressSanitizer keeps freed memory in quarantine (256 MiB by default), so each
-  // chunk the transform returned stays resident for a while under it.
+  // AddressSanitizer keeps freed memory in quarantine (256 MiB by default, plus its
+  // shadow and allocator caches), so each chunk the transform returned stays resident
+  // for a while under it. Still far below the 1 GiB that went through.
   long allowance_kib = 32 * 1024;
 #if defined(__SANITIZE_ADDRESS__)
-  allowance_kib += 256 * 1024;
+  allowance_kib += 384 * 1024;
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
-  allowance_kib += 256 * 1024;
+  allowance_kib += 384 * 1024;
 #endif
 #endif
   INFO("peak RSS grew by " << growth_kib << " KiB");
