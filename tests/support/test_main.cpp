@@ -43,7 +43,12 @@ std::vector<child_info> children() {
     char state;
     int ppid;
     rest >> state >> ppid;
-    if (ppid == me) kids.push_back({std::atoi(e->d_name), state});
+    if (ppid != me) continue;
+    // A sanitizer's symbolizer (started by the runtime itself) is not the test's child.
+    std::string comm;
+    std::getline(std::ifstream(std::string("/proc/") + e->d_name + "/comm"), comm);
+    if (comm.find("symbolizer") != std::string::npos || comm == "addr2line") continue;
+    kids.push_back({std::atoi(e->d_name), state});
   }
   closedir(d);
   return kids;
