@@ -995,6 +995,70 @@ TEST_CASE("heartbeat: latency of each beat, and a stopped peer is noticed") {
   p.wait_for(5s);
 }
 
+TEST_CASE("serve: heartbeats are answered while a handler is busy") {
+  auto p = ipc_child({"connect", "serve"}).spawn();
+  ipc::client c(p);
+  SECTION("a heartbeat during a long handler; other requests keep their order") {
+    auto slow = c.call("sleep", {{"ms", 1200}}, 10s);
+    std::this_thread::sleep_for(100ms);  // let the handler start (the test only gets slower if not)
+    auto first = c.call("echo", {{"n", 1}}, 10s);
+    auto t0 = clk::now();
+    json beat = c.call("rpc.heartbeat", {{"beat", 1}}, 10s).get();
+    auto took = clk::now() - t0;
+    CHECK(beat["pid"] == p.pid());
+    INFO("heartbeat answered after " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+    CHECK(took < 700ms);  // not after the 1.2 s handler (typically ~20-40 ms)
+    auto second = c.call("echo", {{"n", 2}}, 10s);
+    CHECK(first.wait_for(0s) != std::future_status::ready);  // still behind the handler
+    CHECK(slow.get() == 1200);
+    CHECK(first.get() == json{{"n", 1}});
+    CHECK(second.get() == json{{"n", 2}});
+    // The handlers ran one at a time, in order: count = sleep, echo, echo, count.
+    CHECK(c.call("count", nullptr, 5s).get() == 4);
+  }
+  SECTION("ipc::heartbeat stays happy through a busy handler; SIGSTOP is still noticed") {
+    std::mutex mu;
+    std::condition_variable cv;
+    int beats = 0;
+    bool unresponsive = false;
+    ipc::heartbeat hb(c, {.interval = 50ms, .timeout = 400ms, .method = "rpc.heartbeat",
+                          .on_beat = [&](const ipc::beat&) {
+                            std::lock_guard lk(mu);
+                            ++beats;
+                            cv.notify_all();
+                          },
+                          .on_unresponsive = [&](std::chrono::milliseconds) {
+                            std::lock_guard lk(mu);
+                            unresponsive = true;
+                            cv.notify_all();
+                          }});
+    auto busy = c.call("sleep", {{"ms", 1500}}, 10s);
+    CHECK(busy.get() == 1500);
+    {
+      std::lock_guard lk(mu);
+      CHECK_FALSE(unresponsive);
+      CHECK(beats >= 10);  // ~30 at 50 ms over 1.5 s; generous for a loaded machine
+    }
+    auto stuck = c.call("sleep", {{"ms", 3000}}, 20s);
+    std::this_thread::sleep_for(100ms);
+    REQUIRE(p.signal(SIGSTOP));
+    CHECK(wait_until_true(mu, cv, 5s, [&] { return unresponsive; }));
+    hb.stop();
+    REQUIRE(p.signal(SIGCONT));
+    CHECK(stuck.get() == 3000);
+  }
+  SECTION("a notification read during a handler runs in its turn") {
+    auto slow = c.call("sleep", {{"ms", 600}}, 10s);
+    std::this_thread::sleep_for(100ms);
+    c.notify("add", {{"a", 1}, {"b", 1}});
+    CHECK(c.call("rpc.heartbeat", nullptr, 10s).get().contains("time"));
+    CHECK(slow.get() == 600);
+    CHECK(c.call("count", nullptr, 5s).get() == 3);  // sleep, the notification, count
+  }
+  c.close();
+  CHECK(p.wait_for(5s).has_value());
+}
+
 // ---------------------------------------------------------------------------------
 // broadcast and call_all
 

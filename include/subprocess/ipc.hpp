@@ -103,6 +103,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <future>
@@ -942,7 +943,7 @@ inline std::optional<json> answer(const json& req, const handler_map& handlers) 
     if (h != handlers.end()) {
       json result = h->second(params);
       reply = {{"jsonrpc", "2.0"}, {"id", id}, {"result", std::move(result)}};
-    } else if (method == "rpc.heartbeat") {  // built in: see ipc::heartbeat
+    } else if (method == "rpc.heartbeat") {  // built in (in a batch): see serve()
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::system_clock::now().time_since_epoch())
                     .count();
@@ -963,6 +964,173 @@ inline std::optional<json> answer(const json& req, const handler_map& handlers) 
   if (!has_id) return std::nullopt;
   return reply;
 }
+
+}  // namespace detail
+
+namespace detail {
+
+// Which heartbeat requests serve() answers by itself: "rpc.heartbeat" with an id,
+// when the handlers do not define that method.
+inline bool is_builtin_heartbeat(const json& m, bool builtin) {
+  if (!builtin || !m.is_object()) return false;
+  auto mit = m.find("method");
+  if (mit == m.end() || !mit->is_string() || mit->get_ref<const std::string&>() != "rpc.heartbeat")
+    return false;
+  auto idit = m.find("id");
+  return idit != m.end() && !idit->is_object() && !idit->is_array();
+}
+
+// serve()'s second thread: answers heartbeats while a handler runs.
+//
+// The serving thread reads and runs handlers as before; it only marks the time it
+// spends inside a handler (enter/leave: an uncontended mutex, no system call). The
+// watchdog sleeps, ticking every `tick` while requests are being handled and parking
+// (no ticks at all) after a second without any. When it sees the same handler still
+// running at two ticks in a row, it reads the channel itself (non-blocking core,
+// holding its mutex so that leave() cannot slip between a read and the hand-over):
+// heartbeat requests are answered at once, everything else is kept, in order, for
+// the serving thread, which takes it before reading the channel again.
+class serve_watchdog {
+ public:
+  struct item {
+    std::optional<json> message;         // a message, or
+    std::optional<channel_error> error;  // what reading it raised
+  };
+  static constexpr auto tick = std::chrono::milliseconds(20);
+  static constexpr int park_after = 50;                 // idle ticks (one second)
+  static constexpr std::size_t max_kept = 100000;       // a flooding peer waits
+
+  explicit serve_watchdog(channel& ch) : ch_(ch) {
+    try {
+      thread_ = std::thread([this] { run(); });
+    } catch (const std::system_error&) {
+      // No thread to spare: heartbeats are then answered between handlers only.
+    }
+  }
+  serve_watchdog(const serve_watchdog&) = delete;
+  serve_watchdog& operator=(const serve_watchdog&) = delete;
+  ~serve_watchdog() {
+    {
+      std::lock_guard l(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  void enter() {
+    bool wake;
+    {
+      std::lock_guard l(m_);
+      busy_ = true;
+      ++seq_;
+      wake = parked_;
+    }
+    if (wake) cv_.notify_one();
+  }
+  // Heartbeats the watchdog answered.
+  std::size_t beats_answered() const noexcept { return beats_.load(std::memory_order_relaxed); }
+  // Ends the handler; appends what the watchdog read meanwhile to `backlog`.
+  void leave(std::deque<item>& backlog) {
+    std::lock_guard l(m_);
+    busy_ = false;
+    for (auto& i : kept_) backlog.push_back(std::move(i));
+    kept_.clear();
+  }
+
+ private:
+  void run() {
+    std::unique_lock l(m_);
+    std::uint64_t seen = 0;
+    bool fresh = true;  // seen is not a handler we watched for a whole tick
+    int idle = 0;
+    while (!stop_) {
+      if (!busy_) {
+        if (++idle > park_after) {
+          parked_ = true;
+          cv_.wait(l, [&] { return stop_ || busy_; });
+          parked_ = false;
+          idle = 0;
+          fresh = true;  // a handler that just started gets a tick first
+          continue;
+        }
+        cv_.wait_for(l, tick);
+        continue;
+      }
+      idle = 0;
+      if (fresh || seq_ != seen) {
+        seen = seq_;
+        fresh = false;
+        cv_.wait_for(l, tick);
+        continue;
+      }
+      read_for_handler(l);
+    }
+  }
+
+  // Called with m_ held and the same handler running for a tick or more.
+  void read_for_handler(std::unique_lock<std::mutex>& l) {
+    std::vector<json> beats;
+    bool at_end = false;
+    if (kept_.size() < max_kept) {
+      ch_.read_available();
+      for (;;) {
+        std::optional<json> m;
+        try {
+          m = ch_.try_receive();
+        } catch (const channel_error& e) {
+          kept_.push_back({std::nullopt, e});
+          if (ch_.eof()) break;
+          continue;
+        }
+        if (!m) break;
+        if (is_builtin_heartbeat(*m, true))
+          beats.push_back(heartbeat_answer((*m)["id"]));
+        else
+          kept_.push_back({std::move(m), std::nullopt});
+      }
+      at_end = ch_.eof() || !ch_.is_open();
+    }
+    const bool full = kept_.size() >= max_kept;
+    l.unlock();
+    for (const auto& b : beats) {
+      try {
+        ch_.send(b);
+        beats_.fetch_add(1, std::memory_order_relaxed);
+      } catch (const channel_error&) {
+        // The peer is gone; the serving thread learns it from the channel.
+      }
+    }
+    if (at_end || full) {
+      // Nothing more to read for now (a socket at its end stays readable: no poll).
+      l.lock();
+      cv_.wait_for(l, tick, [&] { return stop_ || !busy_; });
+      return;
+    }
+    subprocess::detail::poll_one(ch_.fd(), POLLIN, subprocess::detail::clock::now() + tick);
+    l.lock();
+  }
+
+ public:
+  static json heartbeat_answer(const json& id) {
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::system_clock::now().time_since_epoch())
+                  .count();
+    return {{"jsonrpc", "2.0"}, {"id", id}, {"result", {{"time", ms}, {"pid", ::getpid()}}}};
+  }
+
+ private:
+  channel& ch_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  bool busy_ = false;    // the serving thread is inside a handler
+  bool parked_ = false;  // the watchdog sleeps without a timeout
+  std::uint64_t seq_ = 0;  // handlers entered
+  std::deque<item> kept_;  // read by the watchdog, for the serving thread
+  std::atomic<std::size_t> beats_{0};
+  std::thread thread_;
+};
 
 }  // namespace detail
 
@@ -988,11 +1156,28 @@ inline std::optional<json> answer(const json& req, const handler_map& handlers) 
 //   handler throws anything else    -32000 with the exception's what()
 //   a line that is not JSON         -32700 with id null, then serve() goes on
 //   not a request object            -32600 "Invalid Request"
-// Batches (a JSON array of requests) are answered with an array. "rpc.heartbeat" is
-// built in (answers {"time": ms since 1970, "pid": ...}) unless you handle it.
-// Notifications (no id) run their handler and get no answer. If the peer goes away
-// while an answer is being sent, serve() returns. Blocking; runs on the calling thread.
+// Batches (a JSON array of requests) are answered with an array. Notifications (no id)
+// run their handler and get no answer. If the peer goes away while an answer is being
+// sent, serve() returns. Blocking; handlers, on_message and on_error run on the
+// calling thread, one at a time.
+//
+// Heartbeats. "rpc.heartbeat" is built in (answers {"time": ms since 1970, "pid": ...})
+// unless you handle it yourself, and it is answered even while a handler is busy: a
+// worker in the middle of a 10-minute job still looks alive to ipc::heartbeat and to
+// worker_pool. For that, serve() runs a second thread for as long as it runs. It costs
+// nothing per request beyond an uncontended mutex: the thread ticks every 20 ms while
+// requests keep coming, sleeps for good after a second without any, and reads the
+// channel only when one handler has run for 20-40 ms; it answers heartbeats arriving
+// then within about 20 ms, and keeps every other message, in order, for the handlers.
+// What this does and does not tell the peer: a stopped (SIGSTOP), dead or wedged
+// process answers nothing; a handler stuck forever in a live process (a deadlock, an
+// endless loop) does not stop the heartbeats, so bound the time of a task on the
+// caller's side (worker_pool's task_timeout, a call's timeout). If you define
+// "rpc.heartbeat" yourself, it is an ordinary method: answered in turn, after the
+// handler that is running. If the thread cannot be started (no threads left),
+// serve() runs without it and heartbeats wait for the handler that is running.
 inline std::size_t serve(channel& ch, const handler_map& handlers, const serve_options& opts = {}) {
+  const bool builtin_heartbeat = handlers.find("rpc.heartbeat") == handlers.end();
   std::size_t answered = 0;
   auto send = [&](const json& m) {
     try {
@@ -1002,33 +1187,80 @@ inline std::size_t serve(channel& ch, const handler_map& handlers, const serve_o
       return false;  // the peer is gone
     }
   };
+  std::optional<detail::serve_watchdog> watchdog;
+  if (builtin_heartbeat) watchdog.emplace(ch);
+  std::deque<detail::serve_watchdog::item> backlog;  // read by the watchdog
+  auto done = [&] { return answered + (watchdog ? watchdog->beats_answered() : 0); };
+  // User code (handlers, on_message) runs between enter() and leave().
+  struct in_handler {
+    std::optional<detail::serve_watchdog>& w;
+    std::deque<detail::serve_watchdog::item>& backlog;
+    explicit in_handler(std::optional<detail::serve_watchdog>& wd,
+                        std::deque<detail::serve_watchdog::item>& b)
+        : w(wd), backlog(b) {
+      if (w) w->enter();
+    }
+    ~in_handler() {
+      if (w) w->leave(backlog);
+    }
+  };
+  auto on_bad_input = [&](const channel_error& e) {
+    if (e.code() == make_error_code(errc::protocol_error) && !ch.eof()) {
+      if (!send(detail::rpc_failure(nullptr, rpc_error::parse_error, "Parse error",
+                                    json{{"sample", e.sample()}})))
+        return false;
+    }
+    if (opts.on_error) {
+      in_handler h(watchdog, backlog);
+      opts.on_error(e);
+    }
+    return true;
+  };
   for (;;) {
     std::optional<json> m;
-    try {
-      m = ch.receive();
-    } catch (const channel_error& e) {
-      if (e.code() == make_error_code(errc::protocol_error) && !ch.eof()) {
-        if (!send(detail::rpc_failure(nullptr, rpc_error::parse_error, "Parse error",
-                                      json{{"sample", e.sample()}})))
-          return answered;
+    if (!backlog.empty()) {
+      auto item = std::move(backlog.front());
+      backlog.pop_front();
+      if (item.error) {
+        if (!on_bad_input(*item.error)) return done();
+        continue;
       }
-      if (opts.on_error) opts.on_error(e);
-      if (ch.eof()) return answered;
-      continue;
+      m = std::move(item.message);
+    } else {
+      try {
+        m = ch.receive();
+      } catch (const channel_error& e) {
+        if (!on_bad_input(e)) return done();
+        if (ch.eof()) return done();
+        continue;
+      }
+      if (!m) return done();
     }
-    if (!m) return answered;
     if (detail::is_request(*m)) {
       ++answered;
-      if (auto r = detail::answer(*m, handlers); r && !send(*r)) return answered;
+      if (detail::is_builtin_heartbeat(*m, builtin_heartbeat)) {
+        if (!send(detail::serve_watchdog::heartbeat_answer((*m)["id"]))) return done();
+        continue;
+      }
+      std::optional<json> r;
+      {
+        in_handler h(watchdog, backlog);
+        r = detail::answer(*m, handlers);
+      }
+      if (r && !send(*r)) return done();
     } else if (m->is_array() && !m->empty() &&
                std::any_of(m->begin(), m->end(), [](const json& x) { return detail::is_request(x); })) {
       json replies = json::array();
-      for (const auto& req : *m) {
-        ++answered;
-        if (auto r = detail::answer(req, handlers)) replies.push_back(std::move(*r));
+      {
+        in_handler h(watchdog, backlog);
+        for (const auto& req : *m) {
+          ++answered;
+          if (auto r = detail::answer(req, handlers)) replies.push_back(std::move(*r));
+        }
       }
-      if (!replies.empty() && !send(replies)) return answered;
+      if (!replies.empty() && !send(replies)) return done();
     } else if (opts.on_message) {
+      in_handler h(watchdog, backlog);
       opts.on_message(*m);
     }
   }
