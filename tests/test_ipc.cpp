@@ -535,6 +535,21 @@ TEST_CASE("channel framing: split, joined, malformed, oversized, truncated") {
     CHECK(got.size() == posted * (m.dump().size() + 1));
     CHECK(std::count(got.begin(), got.end(), '\n') == static_cast<long>(posted));
   }
+  SECTION("enqueue and enqueue_request queue without writing; one flush sends them all") {
+    raw_pair rp;
+    rp.ch.enqueue({{"a", 1}});
+    rp.ch.enqueue_request(7, "add", {{"a", 1}, {"b", 2}});
+    rp.ch.enqueue_request(8, "ping", nullptr);
+    CHECK(rp.ch.wants_write());
+    CHECK(rp.read_some(50ms).empty());  // nothing written yet
+    CHECK_THROWS_AS(rp.ch.enqueue_request(9, "add", 5), sp::argument_error);  // params
+    CHECK_THROWS_AS(rp.ch.enqueue_request(9, "add", json::array({"\xff"})), sp::argument_error);
+    CHECK(rp.ch.flush());
+    CHECK(rp.read_some() ==
+          "{\"a\":1}\n"
+          "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"add\",\"params\":{\"a\":1,\"b\":2}}\n"
+          "{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"ping\"}\n");
+  }
   SECTION("close() wakes a receive() blocked in another thread") {
     raw_pair rp;
     std::optional<json> got = json("not yet");

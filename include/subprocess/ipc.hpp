@@ -63,6 +63,8 @@
 //   read_available()  reads what the socket holds now, never blocks
 //   try_receive()     the next complete message already read, or nullopt
 //   post(msg)         sends what fits now and queues the rest; never blocks
+//   enqueue(msg)      queues only (enqueue many, flush once: one send(2) for all);
+//                     enqueue_request(id, method, params) queues a JSON-RPC request
 //   flush()           writes queued bytes that fit now; wants_write() says if any remain
 // On readable: read_available(), then try_receive() until it returns nullopt (the
 // buffer may hold many messages); eof() then says the peer is gone. On writable:
@@ -222,6 +224,32 @@ void dump_to(Out& out, const json& j, const std::string& name) {
   } catch (const json::type_error& e) {
     throw argument_error(name, std::string("cannot send this message (") + e.what() + ")");
   }
+}
+
+// A JSON-RPC request {"jsonrpc":"2.0","id":id,"method":...,"params":...} written
+// straight from its parts (no json object is built); params null: omitted; no id: a
+// notification. Appends no '\n'. params must be an object, an array or null.
+template <class Out>
+void append_request(Out& b, std::optional<std::uint64_t> id, std::string_view method,
+                    const json& params, const std::string& name) {
+  if (!(params.is_null() || params.is_array() || params.is_object()))
+    throw argument_error(name, "call '" + std::string(method) +
+                                   "': params must be an object, an array or null (JSON-RPC)");
+  b.append("{\"jsonrpc\":\"2.0\",");
+  if (id) {
+    char digits[24];
+    auto r = std::to_chars(digits, digits + sizeof digits, *id);
+    b.append("\"id\":");
+    b.append(digits, static_cast<std::size_t>(r.ptr - digits));
+    b.push_back(',');
+  }
+  b.append("\"method\":");
+  dump_to(b, json(std::string(method)), name);
+  if (!params.is_null()) {
+    b.append(",\"params\":");
+    dump_to(b, params, name);
+  }
+  b.push_back('}');
 }
 
 }  // namespace detail
@@ -449,6 +477,34 @@ class channel {
     rest.remove_prefix(write_now(s, rest));
     if (!rest.empty()) s.wbuf.append(rest);
     return rest.empty();
+  }
+  // Queues msg without writing anything: the next flush(), post() or send() writes
+  // it. To send many messages at once, enqueue() them and flush() once: one send(2)
+  // for all of them instead of one each. Never blocks; throws like post().
+  void enqueue(const json& msg) {
+    state& s = live("send");
+    std::lock_guard wl(s.wmu);
+    check_writable(s);
+    serialize(s, msg);
+  }
+  // The same for a JSON-RPC request, serialized straight from its parts (no json
+  // object is built, params are not copied): {"jsonrpc":"2.0","id":id,"method":
+  // method,"params":params}, params omitted when null. For callers that keep their
+  // own table of pending calls on an event loop (worker_pool does). Throws
+  // argument_error if params is not an object, an array or null, or holds invalid
+  // UTF-8 (nothing is queued then); channel_error like post().
+  void enqueue_request(std::uint64_t id, std::string_view method, const json& params) {
+    state& s = live("send");
+    std::lock_guard wl(s.wmu);
+    check_writable(s);
+    const std::size_t before = s.wbuf.size();
+    try {
+      detail::append_request(s.wbuf, id, method, params, s.opts.name);
+      s.wbuf.push_back('\n');
+    } catch (...) {
+      s.wbuf.truncate(before);
+      throw;
+    }
   }
   // Writes queued bytes that fit now; never blocks. True when the queue is empty.
   bool flush() {
@@ -1434,26 +1490,9 @@ class client {
 
   encoded request_text(std::string_view method, const json& params,
                        std::optional<std::uint64_t> id) const {
-    if (!(params.is_null() || params.is_array() || params.is_object()))
-      throw argument_error(name_, "call '" + std::string(method) +
-                                      "': params must be an object, an array or null (JSON-RPC)");
     encoded e;
-    auto& b = e.buf_;
-    b.append("{\"jsonrpc\":\"2.0\",");
-    if (id) {
-      char digits[24];
-      auto r = std::to_chars(digits, digits + sizeof digits, *id);
-      b.append("\"id\":");
-      b.append(digits, static_cast<std::size_t>(r.ptr - digits));
-      b.push_back(',');
-    }
-    b.append("\"method\":");
-    detail::dump_to(b, json(std::string(method)), name_);
-    if (!params.is_null()) {
-      b.append(",\"params\":");
-      detail::dump_to(b, params, name_);
-    }
-    b.append("}\n");
+    detail::append_request(e.buf_, id, method, params, name_);
+    e.buf_.push_back('\n');
     return e;
   }
 
