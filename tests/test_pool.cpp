@@ -182,6 +182,17 @@ TEST_CASE("pool: results, errors, and what submit() refuses") {
   }
 }
 
+TEST_CASE("pool: workers know their number; a pool can be moved") {
+  sp::worker_pool pool(helper_worker(), {.min_workers = 2});
+  std::set<std::string> ids;
+  for (auto& f : pool.broadcast("env", {{"name", "SUBPROCESS_WORKER_ID"}})) ids.insert(f.get().get<std::string>());
+  CHECK(ids == std::set<std::string>{"1", "2"});
+  sp::worker_pool moved = std::move(pool);
+  CHECK(moved.submit("square", {4}).get() == 16);
+  CHECK(moved.size() == 2);
+  CHECK_THROWS_AS(pool.submit("square", {1}), sp::argument_error);  // NOLINT: moved from on purpose
+}
+
 TEST_CASE("pool: bad options and programs are refused before anything runs") {
   CHECK_THROWS_AS(sp::worker_pool(sp::command{"/nonexistent/worker"}), sp::spawn_error);
   CHECK_THROWS_AS(sp::worker_pool(helper_worker(), {.min_workers = 3, .max_workers = 2}), sp::argument_error);

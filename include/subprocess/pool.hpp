@@ -19,7 +19,10 @@
 //
 // The pool adds .ipc() to the command itself (unless you chose a channel fd with
 // .ipc(fd)). Workers inherit stdin/stdout/stderr by default; sp::pipe is refused for
-// them (nobody would read the pipe, and a worker writing to it would stall).
+// them (nobody would read the pipe, and a worker writing to it would stall). Each
+// worker finds its number in the environment variable SUBPROCESS_WORKER_ID: 1, 2, 3...
+// in the order the pool started them, replacements included (to tell workers apart in
+// logs, or to seed a random generator per worker).
 //
 // Dispatch. A task goes to a worker with room: fewer than max_in_flight tasks of the
 // pool's in flight on it. least_busy (default) picks the worker with the fewest tasks
@@ -140,6 +143,7 @@
 #include <vector>
 
 #include "command.hpp"
+#include "environment.hpp"
 #include "error.hpp"
 #include "event_loop.hpp"
 #include "exit_status.hpp"
@@ -332,16 +336,17 @@ struct pool_stats {
 };
 
 // ---------------------------------------------------------------------------------
-// worker_pool
+// worker_pool: the public handle (below) owns a pool_core on the heap, so the pool can
+// be moved, and the I/O thread's `this` never changes.
 
-class worker_pool {
+namespace detail {
+
+class pool_core {
  public:
   using json = ipc::json;
 
-  // Starts min_workers workers running `worker`. Throws argument_error for bad
-  // options, spawn_error if the program cannot be started (nothing is left running).
-  explicit worker_pool(command worker, pool_options opts = {})
-      : cmd_(std::move(worker)), opts_(std::move(opts)) {
+  // The public operations of worker_pool (documented there).
+  pool_core(command worker, pool_options opts) : cmd_(std::move(worker)), opts_(std::move(opts)) {
     check_options();
     if (opts_.name.empty()) opts_.name = cmd_.to_string();
     if (!cmd_.ipc_fd()) cmd_.ipc();
@@ -356,12 +361,10 @@ class worker_pool {
       throw;
     }
   }
-  worker_pool(const worker_pool&) = delete;
-  worker_pool& operator=(const worker_pool&) = delete;
+  pool_core(const pool_core&) = delete;
+  pool_core& operator=(const pool_core&) = delete;
 
-  // shutdown(options.shutdown_grace, shutdown_mode::cancel). Must not run on the
-  // pool's I/O thread (from one of its callbacks): that aborts the program.
-  ~worker_pool() {
+  ~pool_core() {
     if (on_io_thread()) {
       std::fputs("subprocess::worker_pool destroyed from its own callback (on its I/O thread)\n", stderr);
       std::abort();
@@ -373,17 +376,12 @@ class worker_pool {
     }
   }
 
-  // Queues a call of `method` with `params` (an object, an array or null). The future
-  // holds the result or an error (see the header notes). Never blocks, except with
-  // max_queue full and queue_full_policy::block.
   std::future<json> submit(std::string_view method, json params = nullptr) {
     auto t = make_task(method, std::move(params));
     auto f = t->promise.get_future();
     enqueue(std::move(t));
     return f;
   }
-  // The same with a callback, called once with the result or the error (on the I/O
-  // thread; on the calling thread if the task is refused at once).
   void submit(std::string_view method, json params, ipc::reply_fn on_done) {
     if (!on_done) throw argument_error(opts_.name, "submit '" + std::string(method) + "': empty callback");
     auto t = make_task(method, std::move(params));
@@ -391,10 +389,6 @@ class worker_pool {
     enqueue(std::move(t));
   }
 
-  // Calls `method` once on every worker taking tasks right now, whatever its load:
-  // one future per worker (empty when there are none, or after shutdown). A broadcast
-  // call is not a task: it is not retried (its future fails with worker_crashed if
-  // that worker dies) and is not counted in stats().
   std::vector<std::future<json>> broadcast(std::string_view method, json params = nullptr) {
     check_params(method, params);
     std::vector<std::future<json>> out;
@@ -411,19 +405,15 @@ class worker_pool {
     return f.get();
   }
 
-  // Waits until every task submitted so far has been fulfilled.
   void wait_idle() {
     std::unique_lock l(mu_);
     idle_cv_.wait(l, [&] { return outstanding_.load() == 0; });
   }
-  // The same, giving up after `timeout`; false if tasks are still outstanding.
-  template <class Rep, class Period>
-  bool wait_idle_for(std::chrono::duration<Rep, Period> timeout) {
+  bool wait_idle_for(std::chrono::nanoseconds timeout) {
     std::unique_lock l(mu_);
     return idle_cv_.wait_for(l, timeout, [&] { return outstanding_.load() == 0; });
   }
 
-  // Counters and the current state (a consistent snapshot, taken under the lock).
   pool_stats stats() const {
     pool_stats s;
     std::lock_guard l(mu_);
@@ -453,33 +443,21 @@ class worker_pool {
     }
     return s;
   }
-  // The pids of the live worker processes (taking tasks or finishing their last ones).
   std::vector<pid_t> pids() const {
     std::lock_guard l(mu_);
     std::vector<pid_t> v;
     for (const auto& w : published_) v.push_back(w.pid);
     return v;
   }
-  // Workers taking tasks.
-  std::size_t size() const { return stats().size; }
-  // False once shutdown() has begun.
   bool accepting() const {
     std::lock_guard l(mu_);
     return accepting_;
   }
   const std::string& name() const noexcept { return opts_.name; }
 
-  // Stops accepting tasks, finishes or cancels the others (see the header notes),
-  // then stops every worker within `grace` (SIGKILL after it), all reaped. Returns
-  // when that is done. Idempotent; a second call waits for the first. Throws
-  // argument_error when called from a pool callback.
-  template <class Rep = long, class Period = std::ratio<1>>
-  void shutdown(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5),
-                shutdown_mode mode = shutdown_mode::finish) {
+  void shutdown(std::chrono::milliseconds g, shutdown_mode mode) {
     if (on_io_thread())
       throw argument_error(opts_.name, "worker_pool::shutdown called from a pool callback: it would wait for itself");
-    if (grace < grace.zero()) throw argument_error(opts_.name, "worker_pool::shutdown: negative grace period");
-    auto g = std::chrono::duration_cast<std::chrono::milliseconds>(grace);
     std::lock_guard sl(shutdown_mu_);
     if (!io_.joinable()) return;
     {
@@ -790,8 +768,13 @@ class worker_pool {
   // is reported, and retried after a backoff. Returns the worker or nullptr.
   worker* start_worker(bool replacing, bool initial = false) {
     auto w = std::make_unique<worker>();
+    w->serial = ++serial_;
     try {
-      w->proc = cmd_.spawn();
+      command c = cmd_;
+      environment env = cmd_.env() ? *cmd_.env() : environment::inherit();
+      env.set("SUBPROCESS_WORKER_ID", std::to_string(w->serial));
+      c.env(std::move(env));
+      w->proc = c.spawn();
       w->ch = ipc::channel(w->proc, {.max_message_size = opts_.max_message_size,
                                      .internal_messages = false,
                                      .name = opts_.name});
@@ -802,7 +785,6 @@ class worker_pool {
     }
     spawn_failing_ = false;
     spawn_error_.clear();
-    w->serial = ++serial_;
     w->pid = w->proc.pid();
     w->started = w->idle_since = w->last_heard = w->hb_sent = clock::now();
     worker* raw = w.get();
@@ -1497,6 +1479,84 @@ class worker_pool {
   shutdown_mode stop_mode_ = shutdown_mode::finish;
 
   std::thread io_;  // last: started after everything above exists
+};
+
+}  // namespace detail
+
+class worker_pool {
+ public:
+  using json = ipc::json;
+
+  // Starts min_workers workers running `worker`. Throws argument_error for bad
+  // options, spawn_error if the program cannot be started (nothing is left running).
+  explicit worker_pool(command worker, pool_options opts = {})
+      : core_(std::make_unique<detail::pool_core>(std::move(worker), std::move(opts))) {}
+  // Movable (the I/O thread works on state that stays where it is); a moved-from
+  // pool only accepts destruction and assignment.
+  worker_pool(worker_pool&&) noexcept = default;
+  worker_pool& operator=(worker_pool&&) noexcept = default;
+  // shutdown(options.shutdown_grace, shutdown_mode::cancel): queued tasks are
+  // cancelled, running ones get the grace period. Must not run on the pool's I/O
+  // thread (in one of its callbacks): that aborts the program.
+  ~worker_pool() = default;
+
+  // Queues a call of `method` with `params` (an object, an array or null). The future
+  // holds the result or an error (see the header notes). Never blocks, except with
+  // max_queue full and queue_full_policy::block. Throws argument_error for bad params.
+  std::future<json> submit(std::string_view method, json params = nullptr) {
+    return core().submit(method, std::move(params));
+  }
+  // The same with a callback, called exactly once with the result or the error (on
+  // the I/O thread; on the calling thread if the task is refused at once).
+  void submit(std::string_view method, json params, ipc::reply_fn on_done) {
+    core().submit(method, std::move(params), std::move(on_done));
+  }
+
+  // Calls `method` once on every worker taking tasks right now, whatever its load:
+  // one future per worker (none when there are no workers, or after shutdown). A
+  // broadcast call is not a task: it is not retried (its future fails with
+  // worker_crashed if that worker dies) and is not counted in stats().
+  std::vector<std::future<json>> broadcast(std::string_view method, json params = nullptr) {
+    return core().broadcast(method, std::move(params));
+  }
+
+  // Waits until every task submitted so far has been fulfilled.
+  void wait_idle() { core().wait_idle(); }
+  // The same, giving up after `timeout`; false if tasks are still outstanding.
+  template <class Rep, class Period>
+  bool wait_idle_for(std::chrono::duration<Rep, Period> timeout) {
+    return core().wait_idle_for(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+  }
+
+  // Counters and the current state, a consistent snapshot (see pool_stats).
+  pool_stats stats() const { return core().stats(); }
+  // The pids of the live worker processes (taking tasks, or finishing their last
+  // ones before being recycled).
+  std::vector<pid_t> pids() const { return core().pids(); }
+  // Workers taking tasks.
+  std::size_t size() const { return core().stats().size; }
+  // False once shutdown() has begun.
+  bool accepting() const { return core().accepting(); }
+  // The pool's name in errors (options.name, or the worker command line).
+  const std::string& name() const { return core().name(); }
+
+  // Stops accepting tasks, finishes them (shutdown_mode::finish) or cancels them
+  // (cancel), then stops every worker within `grace` (SIGKILL after it), all reaped:
+  // see the header notes. Returns when that is done. Idempotent; a second call waits
+  // for the first. Throws argument_error when called from a pool callback.
+  template <class Rep = long, class Period = std::ratio<1>>
+  void shutdown(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5),
+                shutdown_mode mode = shutdown_mode::finish) {
+    if (grace < grace.zero()) throw argument_error(name(), "worker_pool::shutdown: negative grace period");
+    core().shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(grace), mode);
+  }
+
+ private:
+  detail::pool_core& core() const {
+    if (!core_) throw argument_error("", "worker_pool: used after it was moved from");
+    return *core_;
+  }
+  std::unique_ptr<detail::pool_core> core_;
 };
 
 }  // namespace subprocess

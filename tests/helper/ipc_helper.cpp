@@ -26,6 +26,7 @@
 //                         spin {ms}          keeps the CPU busy for ms, returns getpid()
 //                         square [n]         returns n*n (also {"n": n})
 //                         stop {}            raises SIGSTOP (answers once continued)
+//                         env {name}         the variable's value, or null
 //   raw TEXT            write TEXT to the channel as it is (\n, \\ and \xNN decoded)
 //   raw-bytes N C       write N bytes C (no newline)
 //   expect-eof          read and drop messages until the end of the channel
@@ -133,6 +134,12 @@ ipc::handler_map methods(int& answered) {
          return n * n;
        }},
       {"stop", [&](const json&) -> json { ++answered; std::raise(SIGSTOP); return ::getpid(); }},
+      {"env",
+       [&](const json& p) -> json {
+         ++answered;
+         const char* v = std::getenv(p.at("name").get<std::string>().c_str());
+         return v ? json(v) : json(nullptr);
+       }},
   };
 }
 
