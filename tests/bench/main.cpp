@@ -47,6 +47,10 @@ std::vector<std::string>& versions() {
   static std::vector<std::string> v;
   return v;
 }
+std::map<std::string, role_fn>& roles() {
+  static std::map<std::string, role_fn> m;
+  return m;
+}
 std::vector<std::pair<int, plan_fn>>& plans() {
   static std::vector<std::pair<int, plan_fn>> v;
   return v;
@@ -287,7 +291,13 @@ double median(std::vector<double> v) {
 std::vector<double> values(const bench::benchmark& b, const bench::row* row, const result& r) {
   double bytes = double(row && row->param ? row->param : b.bytes);
   std::vector<double> v;
-  for (auto& s : r.samples) v.push_back(b.kind == bench::unit::latency ? s.ns / 1e3 : bytes / s.ns * 1e3);
+  for (auto& s : r.samples) {
+    switch (b.kind) {
+      case bench::unit::latency: v.push_back(s.ns / 1e3); break;
+      case bench::unit::throughput: v.push_back(bytes / s.ns * 1e3); break;
+      case bench::unit::rate: v.push_back(bytes / s.ns * 1e9); break;
+    }
+  }
   return v;
 }
 
@@ -309,6 +319,14 @@ std::string show_latency(double us) {
   return fmt("%.0f us", us);
 }
 std::string show(const bench::benchmark& b, double v) {
+  if (b.kind == bench::unit::rate) {
+    std::string digits = fmt("%.0f", v), grouped;  // 512,345 tasks/s
+    for (std::size_t i = 0; i < digits.size(); ++i) {
+      if (i > 0 && (digits.size() - i) % 3 == 0) grouped += ',';
+      grouped += digits[i];
+    }
+    return grouped + " " + b.rate_unit;
+  }
   return b.kind == bench::unit::latency ? show_latency(v) : fmt("%.0f MB/s", v);
 }
 
@@ -447,6 +465,8 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
             for (auto& s : r->samples) peak = std::max(peak, s.extra);
             val = peak / double(row->param ? row->param : b->bytes);
           }
+        } else if (g.base_bench.empty()) {
+          val = median_of(phases, st, g.bench, g.label);  // an absolute bound
         } else {
           auto a = median_of(phases, st, g.bench, g.label);
           auto b = median_of(phases, st, g.base_bench, g.base_label);
@@ -457,7 +477,10 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
           o << "- | not measured |\n";
           continue;
         }
-        o << fmt("%.2fx", *val) << " | ";
+        if (!g.rss && g.base_bench.empty())
+          o << show(*find_bench(phases, g.bench), *val) << " | ";
+        else
+          o << fmt("%.2fx", *val) << " | ";
         bool met = (!g.max_ratio || *val <= *g.max_ratio) && (!g.min_ratio || *val >= *g.min_ratio);
         o << (smoke ? "-" : met ? "yes" : "**no**") << " |\n";
       }
@@ -528,6 +551,19 @@ int drive(bool smoke, const std::set<std::string>& only) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 3 && std::string(argv[1]) == "--role") {
+    auto it = bench::roles().find(argv[2]);
+    if (it == bench::roles().end()) {
+      std::cerr << "subprocess_bench: unknown role " << argv[2] << "\n";
+      return 2;
+    }
+    try {
+      return it->second(argc, argv);
+    } catch (const std::exception& e) {
+      std::cerr << "subprocess_bench --role " << argv[2] << ": " << e.what() << "\n";
+      return 1;
+    }
+  }
   try {
     bool serve_mode = false, smoke = false;
     std::uint64_t touch = 0;

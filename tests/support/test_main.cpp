@@ -63,6 +63,39 @@ namespace {
 
 int leak_failures = 0;
 
+std::string link_of(const std::string& path) {
+  char buf[256] = {};
+  ssize_t n = readlink(path.c_str(), buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+}
+
+// A sanitizer starts a symbolizer the first time it symbolizes a stack (for a
+// report, or to match a suppression) and keeps it, with a pipe each way, for the
+// life of the process. Neither it nor its pipes belong to the test.
+bool sanitizer_helper(int pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/comm");
+  std::string comm;
+  std::getline(f, comm);
+  return comm.rfind("llvm-symbolizer", 0) == 0 || comm == "addr2line";
+}
+
+struct census {
+  std::vector<testing::child_info> kids;  // without sanitizer helpers
+  std::set<std::string> helper_pipes;     // "pipe:[ino]" of their stdin/stdout
+};
+
+census take_census() {
+  census c;
+  for (auto k : testing::children()) {
+    if (k.state != 'Z' && sanitizer_helper(k.pid)) {
+      for (int fd : {0, 1}) c.helper_pipes.insert(link_of("/proc/" + std::to_string(k.pid) + "/fd/" + std::to_string(fd)));
+      continue;
+    }
+    c.kids.push_back(k);
+  }
+  return c;
+}
+
 struct leak_listener : Catch::TestEventListenerBase {
   using TestEventListenerBase::TestEventListenerBase;
   std::set<int> before;
@@ -71,21 +104,25 @@ struct leak_listener : Catch::TestEventListenerBase {
 
   void testCaseEnded(const Catch::TestCaseStats& stats) override {
     // Detached children are reaped by a background thread; give it a moment.
-    auto kids = testing::children();
-    for (int i = 0; i < 100 && !kids.empty(); ++i) {
+    auto c = take_census();
+    for (int i = 0; i < 100 && !c.kids.empty(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      kids = testing::children();
+      c = take_census();
     }
+    auto& kids = c.kids;
     auto after = testing::open_fds();
+    for (auto it = after.begin(); it != after.end();) {
+      if (!before.count(*it) && c.helper_pipes.count(link_of("/proc/self/fd/" + std::to_string(*it))))
+        it = after.erase(it);
+      else
+        ++it;
+    }
     if (after == before && kids.empty()) return;
     ++leak_failures;
     std::fprintf(stderr, "\nLEAK in test case \"%s\":\n", stats.testInfo.name.c_str());
     for (int fd : after)
       if (!before.count(fd)) {
-        char buf[256] = {};
-        auto link = "/proc/self/fd/" + std::to_string(fd);
-        (void)!readlink(link.c_str(), buf, sizeof buf - 1);
-        std::fprintf(stderr, "  fd %d left open (%s)\n", fd, buf);
+        std::fprintf(stderr, "  fd %d left open (%s)\n", fd, link_of("/proc/self/fd/" + std::to_string(fd)).c_str());
       }
     for (int fd : before)
       if (!after.count(fd)) std::fprintf(stderr, "  fd %d was closed by the test\n", fd);
