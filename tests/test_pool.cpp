@@ -169,6 +169,8 @@ TEST_CASE("pool: results, errors, and what submit() refuses") {
     CHECK_THROWS_AS(pool.submit("square", 5), sp::argument_error);
     CHECK_THROWS_AS(pool.submit("square", json::array({"\xff"})), sp::argument_error);
     CHECK_THROWS_AS(pool.submit("square", {1}, ipc::reply_fn{}), sp::argument_error);
+    CHECK_THROWS_AS(pool.broadcast("pid", json::array({"\xff"})), sp::argument_error);
+    CHECK_THROWS_AS(pool.broadcast("pid", 1), sp::argument_error);
     CHECK(pool.stats().submitted == 0);
   }
   SECTION("broadcast reaches every worker once") {

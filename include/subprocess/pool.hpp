@@ -391,6 +391,7 @@ class pool_core {
 
   std::vector<std::future<json>> broadcast(std::string_view method, json params = nullptr) {
     check_params(method, params);
+    check_utf8(params);
     std::vector<std::future<json>> out;
     if (on_io_thread()) return do_broadcast(std::string(method), params);
     auto job = std::make_shared<std::promise<std::vector<std::future<json>>>>();
@@ -559,11 +560,15 @@ class pool_core {
 
   // ---- submitting (any thread) ----------------------------------------------------
 
-  task_ptr make_task(std::string_view method, json params) {
-    check_params(method, params);
-    // Strings must be valid UTF-8: found here, on the caller's thread, not later.
+  // Strings must be valid UTF-8: found here, on the caller's thread, not later.
+  void check_utf8(const json& params) const {
     std::string probe;
     ipc::detail::dump_to(probe, params, opts_.name);
+  }
+
+  task_ptr make_task(std::string_view method, json params) {
+    check_params(method, params);
+    check_utf8(params);
     auto t = std::make_unique<task>();
     t->method = std::string(method);
     t->params = std::move(params);
@@ -727,8 +732,10 @@ class pool_core {
       for (auto& t : queue_) all.push_back(std::move(t));
       queue_.clear();
     }
-    for (auto& w : workers_)
+    for (auto& w : workers_) {
+      forget(*w);
       for (auto& s : w->in_flight) all.push_back(std::move(s.t));
+    }
     for (auto& t : all) {
       if (!t) continue;
       auto e = std::make_exception_ptr(pool_error(pool_errc::cancelled, opts_.name,
@@ -789,12 +796,17 @@ class pool_core {
     w->started = w->idle_since = w->last_heard = w->hb_sent = clock::now();
     worker* raw = w.get();
     raw->events = EPOLLIN;
-    raw->watch = loop_.watch(raw->ch.fd(), EPOLLIN, [this, raw](std::uint32_t ev) {
-      guarded([&] { on_channel(*raw, ev); });
-    });
-    raw->exit_watch = loop_.on_exit(raw->proc, [this, raw](exit_status st) {
-      guarded([&] { on_exit(*raw, st); });
-    });
+    try {
+      raw->watch = loop_.watch(raw->ch.fd(), EPOLLIN, [this, raw](std::uint32_t ev) {
+        guarded([&] { on_channel(*raw, ev); });
+      });
+      raw->exit_watch = loop_.on_exit(raw->proc, [this, raw](exit_status st) {
+        guarded([&] { on_exit(*raw, st); });
+      });
+    } catch (...) {
+      forget(*raw);  // the process handle kills and reaps the child
+      throw;
+    }
     workers_.push_back(std::move(w));
     workers_started_.fetch_add(1);
     if (replacing) workers_replaced_.fetch_add(1);
@@ -970,6 +982,13 @@ class pool_core {
       schedule_kill(w, ms(1000));
       maintain();
     }
+  }
+
+  // Unregisters everything the loop holds about w (before w is destroyed).
+  void forget(worker& w) {
+    for (auto id : {w.watch, w.exit_watch, w.kill_timer})
+      if (id) loop_.remove(id);
+    w.watch = w.exit_watch = w.kill_timer = 0;
   }
 
   // w stopped taking tasks without the pool wanting fewer workers: one replacement.
@@ -1166,6 +1185,12 @@ class pool_core {
         owe(w);
         schedule_kill(w, ms(1000));
       }
+    } catch (const argument_error&) {
+      // Checked in submit(), so not expected: the task fails, the pool goes on.
+      task_ptr bad = std::move(w.in_flight.back().t);
+      w.in_flight.pop_back();
+      fail(std::move(bad), std::current_exception());
+      return;
     }
     if (!w.in_flight.back().t->broadcast && opts_.max_tasks_per_worker != 0 &&
         w.assigned >= opts_.max_tasks_per_worker && w.state == wstate::ready) {
@@ -1380,9 +1405,7 @@ class pool_core {
     std::vector<process*> procs;
     for (auto& w : workers_) {
       w->in_flight.clear();
-      for (auto id : {w->watch, w->exit_watch, w->kill_timer})
-        if (id) loop_.remove(id);
-      w->watch = w->exit_watch = w->kill_timer = 0;
+      forget(*w);
       w->ch.close();  // a serve() loop returns, a Node worker sees 'disconnect'
       if (w->proc.valid() && !w->proc.status()) procs.push_back(&w->proc);
     }
