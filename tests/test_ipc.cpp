@@ -222,6 +222,68 @@ TEST_CASE("json codec: the channel's parse and dump agree with nlohmann's") {
     CHECK(accepted > 1000);  // the mutations exercise both outcomes
     CHECK(rejected > 1000);
   }
+  SECTION("parse_rpc: the same acceptance and the same values as parse, without the envelope object") {
+    // Rebuilds the message parse() would give from the parts parse_rpc() decoded.
+    auto rebuild = [](const codec::rpc_parts& p) -> json {
+      if (p.k == codec::rpc_parts::kind::other) return p.whole;
+      json m = json::object();
+      if (p.has_id) m["id"] = p.id;
+      if (p.k == codec::rpc_parts::kind::request) {
+        m["method"] = p.method;
+        if (!p.params.is_null()) m["params"] = p.params;
+      } else if (!p.error.is_null()) {
+        m["error"] = p.error;
+      } else {
+        m["result"] = p.result;
+      }
+      return m;
+    };
+    auto without_envelope_noise = [](json m) {
+      if (m.is_object()) {
+        m.erase("jsonrpc");
+        if (m.contains("params") && m["params"].is_null()) m.erase("params");
+        if (m.contains("error") && m["error"].is_null() && m.contains("result")) m.erase("error");
+      }
+      return m;
+    };
+    random_json gen(4242);
+    int requests = 0, responses = 0, others = 0, rejected = 0;
+    for (int i = 0; i < 20000; ++i) {
+      json shaped;
+      switch (i % 4) {
+        case 0: shaped = {{"jsonrpc", "2.0"}, {"id", i}, {"method", gen.text()}, {"params", gen.value(1)}}; break;
+        case 1: shaped = {{"jsonrpc", "2.0"}, {"id", i}, {"result", gen.value(1)}}; break;
+        case 2: shaped = {{"jsonrpc", "2.0"}, {"id", gen.text()}, {"error", {{"code", -1}, {"message", gen.text()}}}}; break;
+        default: shaped = gen.value(0); break;
+      }
+      std::string text = i % 3 == 0 ? gen.mutate(shaped.dump()) : shaped.dump();
+      auto whole = codec_parse(text);
+      codec::rpc_parts p;
+      bool ok = true;
+      try {
+        codec::parse_rpc(text, p);
+      } catch (const codec::error&) {
+        ok = false;
+      }
+      INFO("text: " << sp::ipc::detail::sample_of(text, 200));
+      REQUIRE(ok == whole.has_value());
+      if (!ok) {
+        ++rejected;
+        continue;
+      }
+      if (p.k == codec::rpc_parts::kind::other) {
+        ++others;
+        REQUIRE(p.whole == *whole);
+      } else {
+        (p.k == codec::rpc_parts::kind::request ? requests : responses) += 1;
+        REQUIRE(rebuild(p) == without_envelope_noise(*whole));
+      }
+    }
+    CHECK(requests > 2000);
+    CHECK(responses > 2000);
+    CHECK(others > 2000);
+    CHECK(rejected > 1000);
+  }
   SECTION("tricky cases") {
     for (std::string t : {"0", "-0", "01", "-", "1.", ".5", "1e", "1e+", "1E-2", "1e400", "-1e400", "1e-400",
                           "18446744073709551615", "18446744073709551616", "-9223372036854775808",

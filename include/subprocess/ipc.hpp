@@ -396,21 +396,29 @@ class channel {
     return receive_until(subprocess::detail::clock::now() + timeout);
   }
   std::optional<json> receive_until(const subprocess::detail::deadline& dl) {
-    if (!s_) return std::nullopt;
-    state& s = *s_;
-    std::unique_lock rl(s.rmu, std::defer_lock);
-    if (dl) {
-      if (!rl.try_lock_until(*dl)) return std::nullopt;
-    } else {
-      rl.lock();
-    }
-    for (;;) {
-      if (auto m = next_locked(s)) return m;
-      if (s.peer_done || s.closed.load()) return std::nullopt;
-      // Without a deadline, wait inside recv(); close() from another thread wakes it.
-      if (read_locked(s, !dl) > 0 || s.peer_done) continue;
-      if (subprocess::detail::poll_one(s.fd.get(), POLLIN, dl) == 0) return std::nullopt;
-    }
+    std::optional<json> m;
+    wait_for_message(dl, [&](state& s) { return (m = next_locked(s)).has_value(); });
+    return m;
+  }
+
+  // ---- JSON-RPC without the cost of an object per envelope ---------------------------
+  // A request or an answer, decoded from its wire text without building a json object
+  // for the envelope (only params, result or error become json values), which makes
+  // small requests and answers several times cheaper to receive. serve() and
+  // worker_pool use these. k says what arrived: request (method, params, and id when
+  // has_id; a notification without), response (id, and result or error), or other
+  // (anything else, in whole: batches, plain messages, malformed requests). Errors,
+  // internal messages and the end of the channel behave as for receive().
+  using rpc_message = subprocess::detail::json_codec::rpc_parts;
+  // The next message (blocking); false at the end.
+  bool receive_rpc(rpc_message& out) {
+    return wait_for_message(std::nullopt, [&](state& s) { return next_rpc_locked(s, out); });
+  }
+  // The next complete message already read, never reading the socket; false if none.
+  bool try_receive_rpc(rpc_message& out) {
+    if (!s_) return false;
+    std::lock_guard rl(s_->rmu);
+    return next_rpc_locked(*s_, out);
   }
 
   // True once the peer has finished (closed its end or exited) and every message has
@@ -506,6 +514,36 @@ class channel {
       throw;
     }
   }
+  // The same for the answer to a request: {"jsonrpc":"2.0","id":id,"result":result},
+  // or, with is_error, {"jsonrpc":"2.0","id":id,"error":result}. For servers on an
+  // event loop (and serve()). Throws like enqueue_request().
+  void enqueue_response(const json& id, const json& result, bool is_error = false) {
+    state& s = live("send");
+    std::lock_guard wl(s.wmu);
+    check_writable(s);
+    const std::size_t before = s.wbuf.size();
+    try {
+      s.wbuf.append("{\"jsonrpc\":\"2.0\",\"id\":");
+      detail::dump_to(s.wbuf, id, s.opts.name);
+      s.wbuf.append(is_error ? ",\"error\":" : ",\"result\":");
+      detail::dump_to(s.wbuf, result, s.opts.name);
+      s.wbuf.append("}\n");
+    } catch (...) {
+      s.wbuf.truncate(before);
+      throw;
+    }
+  }
+  // Writes everything queued, waiting for room as send() does (and, like it, reading
+  // incoming bytes meanwhile: see "Deadlock freedom"). Throws channel_error if the
+  // peer is gone.
+  void flush_all() {
+    if (!s_ || s_->closed.load()) return;
+    state& s = *s_;
+    std::lock_guard wl(s.wmu);
+    if (s.wbuf.empty() && s.nacks.load() == 0) return;
+    check_writable(s);
+    flush_blocking(s);
+  }
   // Writes queued bytes that fit now; never blocks. True when the queue is empty.
   bool flush() {
     if (!s_ || s_->closed.load()) return true;
@@ -546,6 +584,27 @@ class channel {
     bool write_broken = false;     // EPIPE seen
     std::atomic<int> nacks{0};     // NODE_HANDLE_NACKs owed to the peer
   };
+
+  // Waits (in recv or poll) until next(state) takes a message; false at the end, or
+  // at the deadline.
+  template <class Next>
+  bool wait_for_message(const subprocess::detail::deadline& dl, Next&& next) {
+    if (!s_) return false;
+    state& s = *s_;
+    std::unique_lock rl(s.rmu, std::defer_lock);
+    if (dl) {
+      if (!rl.try_lock_until(*dl)) return false;
+    } else {
+      rl.lock();
+    }
+    for (;;) {
+      if (next(s)) return true;
+      if (s.peer_done || s.closed.load()) return false;
+      // Without a deadline, wait inside recv(); close() from another thread wakes it.
+      if (read_locked(s, !dl) > 0 || s.peer_done) continue;
+      if (subprocess::detail::poll_one(s.fd.get(), POLLIN, dl) == 0) return false;
+    }
+  }
 
   static subprocess::detail::unique_fd take(process& p) {
     auto fd = p.take_channel_fd();
@@ -703,8 +762,36 @@ class channel {
 
   // The next complete message in the buffer. Requires rmu.
   static std::optional<json> next_locked(state& s) {
+    json m;
+    if (!next_line_locked(s, [&](std::string_view line) {
+          m = subprocess::detail::json_codec::parse(line);
+          return !(!s.opts.internal_messages && detail::is_internal(m) && skip_internal(s, m));
+        }))
+      return std::nullopt;
+    return m;
+  }
+  // The same, decoded as JSON-RPC (see rpc_message). Requires rmu.
+  static bool next_rpc_locked(state& s, rpc_message& out) {
+    return next_line_locked(s, [&](std::string_view line) {
+      subprocess::detail::json_codec::parse_rpc(line, out);
+      return !(out.k == rpc_message::kind::other && !s.opts.internal_messages &&
+               detail::is_internal(out.whole) && skip_internal(s, out.whole));
+    });
+  }
+  // An internal message we pass over (always true; a NODE_HANDLE is answered).
+  static bool skip_internal(state& s, const json& m) {
+    if (m["cmd"] == "NODE_HANDLE") owe_nack(s);
+    return true;
+  }
+
+  // Framing: finds the next complete line and hands it to decode(line), which
+  // returns false to pass the message over. True once a message was decoded; false
+  // when no complete message is buffered. Throws for malformed, oversized and
+  // truncated messages (see the header notes). Requires rmu.
+  template <class Decode>
+  static bool next_line_locked(state& s, Decode&& decode) {
     for (;;) {
-      if (s.closed.load()) return std::nullopt;
+      if (s.closed.load()) return false;
       std::string_view b = s.rbuf.view();
       std::size_t nl = b.find('\n', s.scanned);
       if (nl == std::string_view::npos) {
@@ -725,13 +812,13 @@ class channel {
           }
           if (s.read_error) std::rethrow_exception(std::exchange(s.read_error, nullptr));
         }
-        return std::nullopt;
+        return false;
       }
       if (nl > s.opts.max_message_size) oversized(s, nl, true);
       std::string_view line = b.substr(0, nl);
-      json m;
+      bool keep;
       try {
-        m = subprocess::detail::json_codec::parse(line);
+        keep = decode(line);
       } catch (const subprocess::detail::json_codec::error& e) {
         std::string sample = detail::sample_of(line);
         s.rbuf.consume(nl + 1);
@@ -742,11 +829,7 @@ class channel {
       s.rbuf.consume(nl + 1);
       s.scanned = 0;
       if (nl >= (std::size_t{1} << 20) && s.rbuf.empty()) s.rbuf.shrink();
-      if (!s.opts.internal_messages && detail::is_internal(m)) {
-        if (m["cmd"] == "NODE_HANDLE") owe_nack(s);
-        continue;
-      }
-      return m;
+      if (keep) return true;
     }
   }
   // A NODE_HANDLE arrived but its fd was dropped (we never accept fds): tell Node,
@@ -979,7 +1062,44 @@ inline json rpc_failure(const json& id, int code, std::string message, const jso
 
 inline bool is_request(const json& m) { return m.is_object() && m.contains("method"); }
 
-// Answers one request; nullopt for a notification (no answer, even on error).
+inline json heartbeat_result() {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::system_clock::now().time_since_epoch())
+                .count();
+  return {{"time", ms}, {"pid", ::getpid()}};
+}
+
+// Runs the handler of `method`: its result, or (is_error) the error object to answer
+// with. Exceptions become error answers (see serve()).
+struct outcome {
+  json value;
+  bool is_error = false;
+};
+inline outcome run_handler(const std::string& method, const json& params, const handler_map& handlers) {
+  auto err = [](int code, std::string message, const json& data = nullptr) {
+    json e = {{"code", code}, {"message", std::move(message)}};
+    if (!data.is_null()) e["data"] = data;
+    return outcome{std::move(e), true};
+  };
+  auto h = handlers.find(method);
+  try {
+    if (h != handlers.end()) return {h->second(params), false};
+    if (method == "rpc.heartbeat") return {heartbeat_result(), false};  // built in: see serve()
+    return err(rpc_error::method_not_found, "Method not found: '" + method + "'");
+  } catch (const rpc_error& e) {
+    return err(e.rpc_code(), e.rpc_message(), e.data());
+  } catch (const json::exception& e) {
+    // Usually params["x"].get<int>() on the wrong shape.
+    return err(rpc_error::invalid_params, std::string("Invalid params: ") + e.what());
+  } catch (const std::exception& e) {
+    return err(rpc_error::server_error, e.what());
+  } catch (...) {
+    return err(rpc_error::internal_error, "unknown exception in handler");
+  }
+}
+
+// Answers one request given as a json object (batches, malformed requests);
+// nullopt for a notification (no answer, even on error).
 inline std::optional<json> answer(const json& req, const handler_map& handlers) {
   if (!req.is_object()) return rpc_failure(nullptr, rpc_error::invalid_request, "Invalid Request");
   auto idit = req.find("id");
@@ -989,36 +1109,11 @@ inline std::optional<json> answer(const json& req, const handler_map& handlers) 
   if (mit == req.end() || !mit->is_string() || (has_id && (id.is_object() || id.is_array())))
     return rpc_failure(has_id && !(id.is_object() || id.is_array()) ? id : json(nullptr),
                        rpc_error::invalid_request, "Invalid Request");
-  const auto& method = mit->get_ref<const std::string&>();
   static const json no_params = nullptr;
   auto pit = req.find("params");
-  const json& params = pit == req.end() ? no_params : *pit;
-  json reply;
-  auto h = handlers.find(method);
-  try {
-    if (h != handlers.end()) {
-      json result = h->second(params);
-      reply = {{"jsonrpc", "2.0"}, {"id", id}, {"result", std::move(result)}};
-    } else if (method == "rpc.heartbeat") {  // built in (in a batch): see serve()
-      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::system_clock::now().time_since_epoch())
-                    .count();
-      reply = {{"jsonrpc", "2.0"}, {"id", id}, {"result", {{"time", ms}, {"pid", ::getpid()}}}};
-    } else {
-      reply = rpc_failure(id, rpc_error::method_not_found, "Method not found: '" + method + "'");
-    }
-  } catch (const rpc_error& e) {
-    reply = rpc_failure(id, e.rpc_code(), e.rpc_message(), e.data());
-  } catch (const json::exception& e) {
-    // Usually params["x"].get<int>() on the wrong shape.
-    reply = rpc_failure(id, rpc_error::invalid_params, std::string("Invalid params: ") + e.what());
-  } catch (const std::exception& e) {
-    reply = rpc_failure(id, rpc_error::server_error, e.what());
-  } catch (...) {
-    reply = rpc_failure(id, rpc_error::internal_error, "unknown exception in handler");
-  }
+  outcome o = run_handler(mit->get_ref<const std::string&>(), pit == req.end() ? no_params : *pit, handlers);
   if (!has_id) return std::nullopt;
-  return reply;
+  return json{{"jsonrpc", "2.0"}, {"id", id}, {o.is_error ? "error" : "result", std::move(o.value)}};
 }
 
 }  // namespace detail
@@ -1027,13 +1122,8 @@ namespace detail {
 
 // Which heartbeat requests serve() answers by itself: "rpc.heartbeat" with an id,
 // when the handlers do not define that method.
-inline bool is_builtin_heartbeat(const json& m, bool builtin) {
-  if (!builtin || !m.is_object()) return false;
-  auto mit = m.find("method");
-  if (mit == m.end() || !mit->is_string() || mit->get_ref<const std::string&>() != "rpc.heartbeat")
-    return false;
-  auto idit = m.find("id");
-  return idit != m.end() && !idit->is_object() && !idit->is_array();
+inline bool is_builtin_heartbeat(const channel::rpc_message& m, bool builtin) {
+  return builtin && m.k == channel::rpc_message::kind::request && m.has_id && m.method == "rpc.heartbeat";
 }
 
 // serve()'s second thread: answers heartbeats while a handler runs.
@@ -1049,8 +1139,8 @@ inline bool is_builtin_heartbeat(const json& m, bool builtin) {
 class serve_watchdog {
  public:
   struct item {
-    std::optional<json> message;         // a message, or
-    std::optional<channel_error> error;  // what reading it raised
+    std::optional<channel::rpc_message> message;  // a message, or
+    std::optional<channel_error> error;           // what reading it raised
   };
   static constexpr auto tick = std::chrono::milliseconds(20);
   static constexpr int park_after = 50;                 // idle ticks (one second)
@@ -1126,22 +1216,21 @@ class serve_watchdog {
 
   // Called with m_ held and the same handler running for a tick or more.
   void read_for_handler(std::unique_lock<std::mutex>& l) {
-    std::vector<json> beats;
+    std::vector<json> beats;  // the ids to answer
     bool at_end = false;
     if (kept_.size() < max_kept) {
       ch_.read_available();
       for (;;) {
-        std::optional<json> m;
+        channel::rpc_message m;
         try {
-          m = ch_.try_receive();
+          if (!ch_.try_receive_rpc(m)) break;
         } catch (const channel_error& e) {
           kept_.push_back({std::nullopt, e});
           if (ch_.eof()) break;
           continue;
         }
-        if (!m) break;
-        if (is_builtin_heartbeat(*m, true))
-          beats.push_back(heartbeat_answer((*m)["id"]));
+        if (is_builtin_heartbeat(m, true))
+          beats.push_back(std::move(m.id));
         else
           kept_.push_back({std::move(m), std::nullopt});
       }
@@ -1149,9 +1238,10 @@ class serve_watchdog {
     }
     const bool full = kept_.size() >= max_kept;
     l.unlock();
-    for (const auto& b : beats) {
+    for (const auto& id : beats) {
       try {
-        ch_.send(b);
+        ch_.enqueue_response(id, heartbeat_result());
+        ch_.flush_all();
         beats_.fetch_add(1, std::memory_order_relaxed);
       } catch (const channel_error&) {
         // The peer is gone; the serving thread learns it from the channel.
@@ -1167,15 +1257,6 @@ class serve_watchdog {
     l.lock();
   }
 
- public:
-  static json heartbeat_answer(const json& id) {
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                  std::chrono::system_clock::now().time_since_epoch())
-                  .count();
-    return {{"jsonrpc", "2.0"}, {"id", id}, {"result", {{"time", ms}, {"pid", ::getpid()}}}};
-  }
-
- private:
   channel& ch_;
   std::mutex m_;
   std::condition_variable cv_;
@@ -1233,21 +1314,14 @@ class serve_watchdog {
 // handler that is running. If the thread cannot be started (no threads left),
 // serve() runs without it and heartbeats wait for the handler that is running.
 inline std::size_t serve(channel& ch, const handler_map& handlers, const serve_options& opts = {}) {
+  using kind = channel::rpc_message::kind;
   const bool builtin_heartbeat = handlers.find("rpc.heartbeat") == handlers.end();
   std::size_t answered = 0;
-  auto send = [&](const json& m) {
-    try {
-      ch.send(m);
-      return true;
-    } catch (const channel_error&) {
-      return false;  // the peer is gone
-    }
-  };
   std::optional<detail::serve_watchdog> watchdog;
   if (builtin_heartbeat) watchdog.emplace(ch);
   std::deque<detail::serve_watchdog::item> backlog;  // read by the watchdog
   auto done = [&] { return answered + (watchdog ? watchdog->beats_answered() : 0); };
-  // User code (handlers, on_message) runs between enter() and leave().
+  // User code (handlers, on_message, on_error) runs between enter() and leave().
   struct in_handler {
     std::optional<detail::serve_watchdog>& w;
     std::deque<detail::serve_watchdog::item>& backlog;
@@ -1260,10 +1334,41 @@ inline std::size_t serve(channel& ch, const handler_map& handlers, const serve_o
       if (w) w->leave(backlog);
     }
   };
+  // Answers are queued while more requests wait in the buffer, and written together
+  // (one send(2)) when the buffer is empty, or 1 ms after the first of them: a slow
+  // handler never holds back the answers before it.
+  using sclock = std::chrono::steady_clock;
+  bool queued = false;
+  sclock::time_point first_queued{};
+  auto flush = [&] {
+    if (!queued) return true;
+    queued = false;
+    try {
+      ch.flush_all();
+      return true;
+    } catch (const channel_error&) {
+      return false;  // the peer is gone
+    }
+  };
+  auto queue = [&](auto&& enqueue) {
+    try {
+      enqueue();
+    } catch (const channel_error&) {
+      return false;
+    }
+    if (!queued) {
+      queued = true;
+      first_queued = sclock::now();
+    } else if (sclock::now() - first_queued >= std::chrono::milliseconds(1)) {
+      return flush();
+    }
+    return true;
+  };
+  auto reply_json = [&](const json& m) { return queue([&] { ch.enqueue(m); }); };
   auto on_bad_input = [&](const channel_error& e) {
     if (e.code() == make_error_code(errc::protocol_error) && !ch.eof()) {
-      if (!send(detail::rpc_failure(nullptr, rpc_error::parse_error, "Parse error",
-                                    json{{"sample", e.sample()}})))
+      if (!reply_json(detail::rpc_failure(nullptr, rpc_error::parse_error, "Parse error",
+                                          json{{"sample", e.sample()}})))
         return false;
     }
     if (opts.on_error) {
@@ -1272,8 +1377,8 @@ inline std::size_t serve(channel& ch, const handler_map& handlers, const serve_o
     }
     return true;
   };
+  channel::rpc_message m;
   for (;;) {
-    std::optional<json> m;
     if (!backlog.empty()) {
       auto item = std::move(backlog.front());
       backlog.pop_front();
@@ -1281,43 +1386,71 @@ inline std::size_t serve(channel& ch, const handler_map& handlers, const serve_o
         if (!on_bad_input(*item.error)) return done();
         continue;
       }
-      m = std::move(item.message);
+      m = std::move(*item.message);
     } else {
       try {
-        m = ch.receive();
+        if (!ch.try_receive_rpc(m)) {  // nothing buffered: write the answers, then wait
+          if (!flush()) return done();
+          if (!ch.receive_rpc(m)) return done();
+        }
       } catch (const channel_error& e) {
         if (!on_bad_input(e)) return done();
-        if (ch.eof()) return done();
+        if (ch.eof()) {
+          flush();
+          return done();
+        }
         continue;
       }
-      if (!m) return done();
     }
-    if (detail::is_request(*m)) {
+    if (m.k == kind::request) {
       ++answered;
-      if (detail::is_builtin_heartbeat(*m, builtin_heartbeat)) {
-        if (!send(detail::serve_watchdog::heartbeat_answer((*m)["id"]))) return done();
+      if (detail::is_builtin_heartbeat(m, builtin_heartbeat)) {
+        if (!queue([&] { ch.enqueue_response(m.id, detail::heartbeat_result()); })) return done();
         continue;
       }
+      detail::outcome o;
+      {
+        in_handler h(watchdog, backlog);
+        o = detail::run_handler(m.method, m.params, handlers);
+      }
+      if (m.has_id) {
+        bool ok = queue([&] {
+          try {
+            ch.enqueue_response(m.id, o.value, o.is_error);
+          } catch (const argument_error& e) {  // a result that cannot be sent (invalid UTF-8)
+            ch.enqueue_response(m.id, json{{"code", rpc_error::internal_error}, {"message", e.what()}}, true);
+          }
+        });
+        if (!ok) return done();
+      }
+    } else if (m.k == kind::other && detail::is_request(m.whole)) {  // e.g. a method that is not a string
+      ++answered;
       std::optional<json> r;
       {
         in_handler h(watchdog, backlog);
-        r = detail::answer(*m, handlers);
+        r = detail::answer(m.whole, handlers);
       }
-      if (r && !send(*r)) return done();
-    } else if (m->is_array() && !m->empty() &&
-               std::any_of(m->begin(), m->end(), [](const json& x) { return detail::is_request(x); })) {
+      if (r && !reply_json(*r)) return done();
+    } else if (m.k == kind::other && m.whole.is_array() && !m.whole.empty() &&
+               std::any_of(m.whole.begin(), m.whole.end(), [](const json& x) { return detail::is_request(x); })) {
       json replies = json::array();
       {
         in_handler h(watchdog, backlog);
-        for (const auto& req : *m) {
+        for (const auto& req : m.whole) {
           ++answered;
           if (auto r = detail::answer(req, handlers)) replies.push_back(std::move(*r));
         }
       }
-      if (!replies.empty() && !send(replies)) return done();
+      if (!replies.empty() && !reply_json(replies)) return done();
     } else if (opts.on_message) {
+      json whole = m.k == kind::other ? std::move(m.whole)
+                                      : json{{"jsonrpc", "2.0"}, {"id", m.id}, {"result", m.result}};
+      if (m.k == kind::response && !m.error.is_null()) {
+        whole.erase("result");
+        whole["error"] = m.error;
+      }
       in_handler h(watchdog, backlog);
-      opts.on_message(*m);
+      opts.on_message(whole);
     }
   }
 }

@@ -560,10 +560,16 @@ class pool_core {
 
   // ---- submitting (any thread) ----------------------------------------------------
 
-  // Strings must be valid UTF-8: found here, on the caller's thread, not later.
+  // Strings must be valid UTF-8: found here, on the caller's thread, not later. (The
+  // serializer run into a sink that keeps nothing: no allocation.)
   void check_utf8(const json& params) const {
-    std::string probe;
-    ipc::detail::dump_to(probe, params, opts_.name);
+    struct discard {
+      void append(const char*, std::size_t) noexcept {}
+      void push_back(char) noexcept {}
+      std::size_t size() const noexcept { return 0; }
+      void reserve(std::size_t) noexcept {}
+    } sink;
+    if (!params.is_null()) ipc::detail::dump_to(sink, params, opts_.name);
   }
 
   task_ptr make_task(std::string_view method, json params) {
@@ -898,23 +904,21 @@ class pool_core {
 
   void drain(worker& w) {
     for (;;) {
-      std::optional<json> m;
       try {
-        m = w.ch.try_receive();
+        if (!w.ch.try_receive_rpc(msg_)) return;
       } catch (const ipc::channel_error&) {
         if (w.ch.eof()) return;
         continue;  // a malformed line: skipped (its task, if any, times out or is retried)
       }
-      if (!m) return;
-      incoming(w, std::move(*m));
+      incoming(w, msg_);
     }
   }
 
-  void incoming(worker& w, json m) {
-    if (m.is_object() && !m.contains("method")) {
-      auto idit = m.find("id");
-      if (idit != m.end() && idit->is_number_unsigned()) {
-        const auto id = idit->get<std::uint64_t>();
+  void incoming(worker& w, ipc::channel::rpc_message& m) {
+    using kind = ipc::channel::rpc_message::kind;
+    if (m.k == kind::response) {
+      if (m.id.is_number_unsigned()) {
+        const auto id = m.id.get<std::uint64_t>();
         if (id == w.hb_id) {
           w.hb_id = 0;
           crash_loop_ = 0;
@@ -932,7 +936,8 @@ class pool_core {
           w.idle_since = clock::now();
         else if (was_oldest)
           w.in_flight.front().since = clock::now();
-        if (auto e = m.find("error"); e != m.end() && !e->is_null()) {
+        if (!m.error.is_null()) {
+          const json* e = &m.error;
           int code = ipc::rpc_error::internal_error;
           std::string message = "(no message)";
           json data = nullptr;
@@ -948,14 +953,29 @@ class pool_core {
               opts_.name + " (worker " + std::to_string(w.pid) + ")", t->method, t->id));
           fail(std::move(t), err);
         } else {
-          auto r = m.find("result");
-          succeed(std::move(t), r != m.end() ? std::move(*r) : json(nullptr));
+          succeed(std::move(t), std::move(m.result));
         }
         if (w.state == wstate::draining && w.in_flight.empty()) close_worker(w, stop_why::recycled);
         return;
       }
     }
-    if (opts_.on_message) notes_.emplace_back(w.pid, std::move(m));  // delivered in settle()
+    if (!opts_.on_message) return;
+    json whole;  // the message as the worker sent it, less "jsonrpc"
+    if (m.k == kind::other) {
+      whole = std::move(m.whole);
+    } else {
+      whole = json::object();
+      if (m.has_id) whole["id"] = m.id;
+      if (m.k == kind::request) {
+        whole["method"] = m.method;
+        if (!m.params.is_null()) whole["params"] = std::move(m.params);
+      } else if (!m.error.is_null()) {
+        whole["error"] = std::move(m.error);
+      } else {
+        whole["result"] = std::move(m.result);
+      }
+    }
+    notes_.emplace_back(w.pid, std::move(whole));  // delivered in settle()
   }
 
   void succeed(task_ptr t, json result) {
@@ -1488,6 +1508,7 @@ class pool_core {
   std::vector<finished> done_;
   std::vector<pool_event> events_;
   std::vector<std::pair<pid_t, json>> notes_;  // on_message, delivered in settle()
+  ipc::channel::rpc_message msg_;               // reused for every message read
   std::uint64_t serial_ = 0, rpc_id_ = 0;
   std::size_t cursor_ = 0;
   std::size_t owed_ = 0;  // replacements owed for workers lost

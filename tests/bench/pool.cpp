@@ -7,7 +7,9 @@
 //   sp::worker_pool    workers are this binary (--role pool-worker) running
 //                      ipc::serve(); 100,000 submit() futures, then wait_idle();
 //                      max_in_flight 1 (a worker gets its next task once it answered)
-//                      and 64 (pipelined)
+//                      and 64 (pipelined); and the same with submit() callbacks
+//                      instead of futures (std::promise costs a futex call per task:
+//                      libstdc++ fulfils it through pthread_once)
 //   raw C++ loop       2 children (--role raw-square) on socketpairs, 8-byte binary
 //                      requests and answers, one in flight per worker, one poll()
 //                      loop: the floor for one-in-flight dispatch
@@ -19,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -75,7 +78,8 @@ int raw_worker(int, char**) {
 
 // ---- implementations
 
-std::vector<bench::sample> sp_pool(const bench::request& r, std::size_t max_in_flight) {
+// futures: submit() -> std::future per task; else submit(method, params, callback).
+std::vector<bench::sample> sp_pool(const bench::request& r, std::size_t max_in_flight, bool futures = true) {
   const std::uint64_t n = r.param;
   sp::worker_pool pool(sp::command::self({"--role", "pool-worker"}),
                        {.min_workers = 2, .max_in_flight = max_in_flight});
@@ -89,11 +93,21 @@ std::vector<bench::sample> sp_pool(const bench::request& r, std::size_t max_in_f
   fs.reserve(n);
   for (int it = 0; it < r.iterations; ++it) {
     fs.clear();
-    auto t0 = bench::clock::now();
-    for (std::uint64_t i = 0; i < n; ++i) fs.push_back(pool.submit("square", {i}));
-    pool.wait_idle();
     std::int64_t sum = 0;
-    for (auto& f : fs) sum += f.get().get<std::int64_t>();
+    std::atomic<std::int64_t> csum{0};
+    auto t0 = bench::clock::now();
+    if (futures) {
+      for (std::uint64_t i = 0; i < n; ++i) fs.push_back(pool.submit("square", {i}));
+      pool.wait_idle();
+      for (auto& f : fs) sum += f.get().get<std::int64_t>();
+    } else {
+      for (std::uint64_t i = 0; i < n; ++i)
+        pool.submit("square", {i}, [&csum](ipc::reply rep) {  // on the pool's I/O thread
+          csum.fetch_add(rep.value().get<std::int64_t>(), std::memory_order_relaxed);
+        });
+      pool.wait_idle();
+      sum = csum.load();
+    }
     out.push_back({double(bench::elapsed_ns(t0)), 0});
     if (sum != expected_sum(n)) throw std::runtime_error("worker_pool: wrong sum of squares");
   }
@@ -161,6 +175,8 @@ std::vector<bench::sample> raw_loop(const bench::request& r) {
   bench::register_role("raw-square", raw_worker);
   bench::register_impl("pool/sp_mif1", [](const bench::request& r) { return sp_pool(r, 1); });
   bench::register_impl("pool/sp_mif64", [](const bench::request& r) { return sp_pool(r, 64); });
+  bench::register_impl("pool/sp_mif1_cb", [](const bench::request& r) { return sp_pool(r, 1, false); });
+  bench::register_impl("pool/sp_mif64_cb", [](const bench::request& r) { return sp_pool(r, 64, false); });
   bench::register_impl("pool/raw", raw_loop);
   return true;
 }();
@@ -194,6 +210,8 @@ bench::phase pool_plan(const bench::plan_context& ctx) {
   const impl list[] = {
       {mif1_label, "cpp", "pool/sp_mif1"},
       {mif64_label, "cpp", "pool/sp_mif64"},
+      {"sp::worker_pool, max_in_flight 1 (callbacks)", "cpp", "pool/sp_mif1_cb"},
+      {"sp::worker_pool, max_in_flight 64 (callbacks)", "cpp", "pool/sp_mif64_cb"},
       {raw_label, "cpp", "pool/raw"},
       {py_label, "python", "pool/mp_pool"},
       {node_label, "node", "pool/fork2"},
