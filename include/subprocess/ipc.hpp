@@ -244,7 +244,12 @@ void append_request(Out& b, std::optional<std::uint64_t> id, std::string_view me
     b.push_back(',');
   }
   b.append("\"method\":");
-  dump_to(b, json(std::string(method)), name);
+  try {
+    subprocess::detail::json_codec::dump_string(method, b);  // no json string built for it
+  } catch (const subprocess::detail::json_codec::error& e) {
+    throw argument_error(name, std::string("cannot send a method name that is not valid UTF-8 (") +
+                                   e.what() + ")");
+  }
   if (!params.is_null()) {
     b.append(",\"params\":");
     dump_to(b, params, name);
@@ -255,41 +260,48 @@ void append_request(Out& b, std::optional<std::uint64_t> id, std::string_view me
 }  // namespace detail
 
 namespace detail {
-// A lock that can be waited for with a deadline (std::timed_mutex semantics), built on
-// mutex + condition_variable: libstdc++'s timed_mutex uses pthread_mutex_clocklock,
-// which ThreadSanitizer does not understand.
+// A lock that can be waited for with a deadline (std::timed_mutex semantics). Taking
+// and releasing it uncontended is one atomic exchange each; only a thread that has to
+// wait uses the mutex and condition variable. (Not std::timed_mutex: libstdc++ builds
+// it on pthread_mutex_clocklock, which ThreadSanitizer does not understand.)
 class timed_lock {
  public:
   void lock() {
+    if (try_lock()) return;
     std::unique_lock l(m_);
-    cv_.wait(l, [&] { return !held_; });
-    held_ = true;
+    waiters_.fetch_add(1);
+    cv_.wait(l, [&] { return try_lock(); });
+    waiters_.fetch_sub(1);
   }
   bool try_lock() {
-    std::lock_guard l(m_);
-    if (held_) return false;
-    held_ = true;
-    return true;
+    bool expected = false;
+    return held_.compare_exchange_strong(expected, true);
   }
   template <class Clock, class Duration>
   bool try_lock_until(const std::chrono::time_point<Clock, Duration>& t) {
+    if (try_lock()) return true;
     std::unique_lock l(m_);
-    if (!cv_.wait_until(l, t, [&] { return !held_; })) return false;
-    held_ = true;
-    return true;
+    waiters_.fetch_add(1);
+    bool ok = cv_.wait_until(l, t, [&] { return try_lock(); });
+    waiters_.fetch_sub(1);
+    return ok;
   }
   void unlock() {
-    {
+    held_.store(false);
+    // Sequentially consistent with the waiter's fetch_add and its try_lock: either it
+    // sees the lock free, or this sees it waiting (and it is asleep, or about to be,
+    // under m_ when notified).
+    if (waiters_.load() > 0) {
       std::lock_guard l(m_);
-      held_ = false;
+      cv_.notify_all();
     }
-    cv_.notify_one();
   }
 
  private:
+  std::atomic<bool> held_{false};
+  std::atomic<int> waiters_{0};
   std::mutex m_;
   std::condition_variable cv_;
-  bool held_ = false;
 };
 }  // namespace detail
 

@@ -156,8 +156,10 @@ class parser {
       if (p_ == end_ || *p_ != ':') fail("expected ':'");
       ++p_;
       if (key == "jsonrpc") {
-        json v = value();
-        if (!v.is_string()) return false;
+        ws();
+        if (p_ == end_ || *p_ != '"') return false;
+        key.clear();
+        string(key);  // checked, not kept ("2.0")
       } else if (key == "id") {
         out.id = value();
         out.has_id = true;
