@@ -64,8 +64,13 @@
 //   try_receive()     the next complete message already read, or nullopt
 //   post(msg)         sends what fits now and queues the rest; never blocks
 //   enqueue(msg)      queues only (enqueue many, flush once: one send(2) for all);
-//                     enqueue_request(id, method, params) queues a JSON-RPC request
+//                     enqueue_request(id, method, params) and enqueue_response(id,
+//                     result) queue a JSON-RPC request or answer from its parts
 //   flush()           writes queued bytes that fit now; wants_write() says if any remain
+//                     (flush_all() writes them all, waiting for room)
+//   try_receive_rpc() like try_receive() for JSON-RPC traffic: a request's or an
+//                     answer's envelope is decoded into a small struct instead of a
+//                     json object (receive_rpc() blocks)
 // On readable: read_available(), then try_receive() until it returns nullopt (the
 // buffer may hold many messages); eof() then says the peer is gone. On writable:
 // flush(). ipc::attach() below does exactly this for an event loop.
