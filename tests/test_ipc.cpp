@@ -1271,6 +1271,24 @@ TEST_CASE("attach: a channel driven by an event loop") {
   CHECK(p.wait().success());
 }
 
+TEST_CASE("attach: a channel in an sp::event_loop") {
+  auto p = ipc_child({"connect", "echo-n", "2", "close", "sleep", "50"}).spawn();
+  ipc::channel ch(p);
+  sp::event_loop loop;
+  std::vector<json> got;
+  bool closed = false;
+  auto a = ipc::attach(loop, ch, {.on_message = [&](json m) { got.push_back(std::move(m)); },
+                                  .on_error = {},
+                                  .on_close = [&] { closed = true; }});
+  a->send({{"n", 1}});
+  a->send({{"n", 2}});
+  for (int i = 0; i < 100 && !closed; ++i) loop.run_for(100ms);  // at most 10 s
+  CHECK(closed);
+  CHECK(got == std::vector<json>{{{"n", 1}}, {{"n", 2}}});
+  CHECK_FALSE(a->attached());
+  CHECK(p.wait().success());
+}
+
 // ---------------------------------------------------------------------------------
 // Interop with real Node.js
 
