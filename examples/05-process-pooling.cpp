@@ -47,7 +47,9 @@ long long ms_since(clk::time_point t0) {
 
 // ---- worker roles: what the child side runs ----------------------------------
 
-long long fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
+long long fib(int n) {
+  return n < 2 ? n : fib(n - 1) + fib(n - 2);
+}
 
 int worker_cpu() {
   auto parent = ipc::connect_to_parent();
@@ -87,7 +89,8 @@ int worker_unreliable(unsigned seed) {
 // ---- the lesson ---------------------------------------------------------------
 
 void round_robin_pool() {
-  section(1, "Basic Round-Robin Pool", "3 CPU workers; fib(30)..fib(35) handed out in turn, two per worker");
+  section(1, "Basic Round-Robin Pool",
+          "3 CPU workers; fib(30)..fib(35) handed out in turn, two per worker");
   sp::worker_pool pool(sp::command::self({"--worker", "cpu"}),
                        {.min_workers = 3,
                         .dispatch = sp::dispatch_policy::round_robin,
@@ -97,8 +100,8 @@ void round_robin_pool() {
   // Each future is its own task's answer, matched by its JSON-RPC id: no mix-ups.
   for (int id = 0; id < 6; ++id) {
     json r = results[static_cast<std::size_t>(id)].get();
-    fmt::print("   Task {}: fibonacci({}) = {} [Worker {}]\n", id, 30 + id, r["result"].get<long long>(),
-               r["pid"].get<int>());
+    fmt::print("   Task {}: fibonacci({}) = {} [Worker {}]\n", id, 30 + id,
+               r["result"].get<long long>(), r["pid"].get<int>());
   }
   fmt::print("   All 6 tasks completed\n");
 }  // the pool's destructor closes the channels and reaps the workers
@@ -116,14 +119,17 @@ void load_balanced_pool() {
                r["duration"].get<int>());
   }
   fmt::print("   All tasks done in {} ms (1500 ms of work on 2 workers)\n", ms_since(t0));
-  for (auto [pid, n] : pool.stats().tasks_per_worker) fmt::print("   Worker {}: {} tasks\n", pid, n);
+  for (auto [pid, n] : pool.stats().tasks_per_worker)
+    fmt::print("   Worker {}: {} tasks\n", pid, n);
 }
 
 void auto_scaling_pool() {
   section(3, "Auto-Scaling Pool", "2 to 4 slow workers: more when tasks wait, fewer when idle");
   auto on_event = [](const sp::pool_event& e) {  // runs on the pool's own thread
-    if (e.kind == sp::pool_event_kind::scaled_up) fmt::print("   Scaled UP to {} workers\n", e.workers);
-    if (e.kind == sp::pool_event_kind::scaled_down) fmt::print("   Scaled DOWN to {} workers\n", e.workers);
+    if (e.kind == sp::pool_event_kind::scaled_up)
+      fmt::print("   Scaled UP to {} workers\n", e.workers);
+    if (e.kind == sp::pool_event_kind::scaled_down)
+      fmt::print("   Scaled DOWN to {} workers\n", e.workers);
   };
   sp::worker_pool pool(sp::command::self({"--worker", "slow"}),
                        {.min_workers = 2,
@@ -134,7 +140,8 @@ void auto_scaling_pool() {
   auto burst = [&](int count, int duration) {  // submits them all, waits for all
     auto t0 = clk::now();
     std::vector<std::future<json>> results;
-    for (int i = 0; i < count; ++i) results.push_back(pool.submit("work", {{"duration", duration}}));
+    for (int i = 0; i < count; ++i)
+      results.push_back(pool.submit("work", {{"duration", duration}}));
     for (auto& r : results) r.get();
     return ms_since(t0);
   };
@@ -143,12 +150,15 @@ void auto_scaling_pool() {
   fmt::print("   Waiting for scale-down...\n");
   std::this_thread::sleep_for(500ms);
   took = burst(3, 200);  // tasks 9-11
-  fmt::print("   Second burst complete: 3 tasks of 200 ms in {} ms ({} workers)\n", took, pool.size());
+  fmt::print("   Second burst complete: 3 tasks of 200 ms in {} ms ({} workers)\n", took,
+             pool.size());
 }
 
 void resilient_pool(unsigned seed) {
-  section(4, "Resilient Pool with Error Recovery", "Workers crash 30% of the time; their tasks run again elsewhere");
-  fmt::print("   Random seed: {} (run `05-process-pooling {}` to repeat these crashes)\n", seed, seed);
+  section(4, "Resilient Pool with Error Recovery",
+          "Workers crash 30% of the time; their tasks run again elsewhere");
+  fmt::print("   Random seed: {} (run `05-process-pooling {}` to repeat these crashes)\n", seed,
+             seed);
   auto on_event = [](const sp::pool_event& e) {
     if (e.kind == sp::pool_event_kind::worker_crashed)
       fmt::print("   [Pool] Worker {} crashed! Replacing...\n", e.pid);
@@ -170,8 +180,8 @@ void resilient_pool(unsigned seed) {
   }
   if (completed == 10) fmt::print("   All tasks completed successfully!\n");
   auto st = pool.stats();
-  fmt::print("   Stats: Created={}, Crashed={}, Completed={}\n", st.workers_started, st.workers_crashed,
-             st.completed);
+  fmt::print("   Stats: Created={}, Crashed={}, Completed={}\n", st.workers_started,
+             st.workers_crashed, st.completed);
 }
 
 }  // namespace
@@ -181,7 +191,8 @@ int main(int argc, char** argv) {
     std::string role = argv[2];
     if (role == "cpu") return worker_cpu();
     if (role == "slow") return worker_slow();
-    if (role == "unreliable" && argc == 4) return worker_unreliable(static_cast<unsigned>(std::stoul(argv[3])));
+    if (role == "unreliable" && argc == 4)
+      return worker_unreliable(static_cast<unsigned>(std::stoul(argv[3])));
     fmt::print(stderr, "unknown worker role {}\n", role);
     return 2;
   }
@@ -195,8 +206,10 @@ int main(int argc, char** argv) {
   resilient_pool(seed);
   fmt::print("\n=== All Examples Completed ===\n");
   fmt::print("\nKey concepts:\n");
-  fmt::print("   - Round robin hands tasks out in turn; load balancing gives each to an idle worker\n");
-  fmt::print("   - Answers are matched to tasks by id, so a worker may hold several tasks at once\n");
+  fmt::print(
+      "   - Round robin hands tasks out in turn; load balancing gives each to an idle worker\n");
+  fmt::print(
+      "   - Answers are matched to tasks by id, so a worker may hold several tasks at once\n");
   fmt::print("   - Auto-scaling adds workers while tasks wait and retires idle ones\n");
   fmt::print("   - A crashed worker is replaced and its task runs again on another worker\n");
   fmt::print("   - Size a pool by the work: about one worker per core for CPU-bound tasks\n");

@@ -35,7 +35,9 @@ sp::command helper_worker(std::vector<std::string> extra = {}) {
   return sp::command(std::move(argv));
 }
 
-std::string script(const char* name) { return std::string(IPC_SCRIPTS_DIR) + "/" + name; }
+std::string script(const char* name) {
+  return std::string(IPC_SCRIPTS_DIR) + "/" + name;
+}
 
 bool have_node() {
   int err = 0;
@@ -43,12 +45,12 @@ bool have_node() {
   return !sp::detail::find_program("node", path ? path : "/bin:/usr/bin", err).empty();
 }
 
-#define REQUIRE_NODE()                                                  \
-  do {                                                                  \
-    if (!have_node()) {                                                 \
-      WARN("node is not installed: this Node pool test did not run");   \
-      return;                                                           \
-    }                                                                   \
+#define REQUIRE_NODE()                                                \
+  do {                                                                \
+    if (!have_node()) {                                               \
+      WARN("node is not installed: this Node pool test did not run"); \
+      return;                                                         \
+    }                                                                 \
   } while (0)
 
 // Waits (polling the pool's own snapshot, which has no fd to wait on) until pred().
@@ -89,14 +91,15 @@ struct event_log {
   }
   std::size_t count(sp::pool_event_kind k) {
     std::lock_guard l(mu);
-    return static_cast<std::size_t>(std::count_if(events.begin(), events.end(),
-                                                  [&](const sp::pool_event& e) { return e.kind == k; }));
+    return static_cast<std::size_t>(std::count_if(
+        events.begin(), events.end(), [&](const sp::pool_event& e) { return e.kind == k; }));
   }
   bool wait_for(sp::pool_event_kind k, std::size_t n, std::chrono::milliseconds t = 10s) {
     std::unique_lock l(mu);
     return cv.wait_for(l, t, [&] {
-      return static_cast<std::size_t>(std::count_if(events.begin(), events.end(),
-                                                     [&](const sp::pool_event& e) { return e.kind == k; })) >= n;
+      return static_cast<std::size_t>(
+                 std::count_if(events.begin(), events.end(),
+                               [&](const sp::pool_event& e) { return e.kind == k; })) >= n;
     });
   }
   std::vector<std::size_t> sizes(sp::pool_event_kind k) {
@@ -187,7 +190,8 @@ TEST_CASE("pool: results, errors, and what submit() refuses") {
 TEST_CASE("pool: workers know their number; a pool can be moved") {
   sp::worker_pool pool(helper_worker(), {.min_workers = 2});
   std::set<std::string> ids;
-  for (auto& f : pool.broadcast("env", {{"name", "SUBPROCESS_WORKER_ID"}})) ids.insert(f.get().get<std::string>());
+  for (auto& f : pool.broadcast("env", {{"name", "SUBPROCESS_WORKER_ID"}}))
+    ids.insert(f.get().get<std::string>());
   CHECK(ids == std::set<std::string>{"1", "2"});
   sp::worker_pool moved = std::move(pool);
   CHECK(moved.submit("square", {4}).get() == 16);
@@ -197,7 +201,8 @@ TEST_CASE("pool: workers know their number; a pool can be moved") {
 
 TEST_CASE("pool: bad options and programs are refused before anything runs") {
   CHECK_THROWS_AS(sp::worker_pool(sp::command{"/nonexistent/worker"}), sp::spawn_error);
-  CHECK_THROWS_AS(sp::worker_pool(helper_worker(), {.min_workers = 3, .max_workers = 2}), sp::argument_error);
+  CHECK_THROWS_AS(sp::worker_pool(helper_worker(), {.min_workers = 3, .max_workers = 2}),
+                  sp::argument_error);
   CHECK_THROWS_AS(sp::worker_pool(helper_worker(), {.max_in_flight = 0}), sp::argument_error);
   CHECK_THROWS_AS(sp::worker_pool(helper_worker(), {.task_timeout = -1ms}), sp::argument_error);
   CHECK_THROWS_AS(sp::worker_pool(helper_worker().out(sp::pipe)), sp::argument_error);
@@ -208,10 +213,9 @@ TEST_CASE("pool: bad options and programs are refused before anything runs") {
 TEST_CASE("pool: chaos: workers SIGKILLed at random while 2,000 tasks run") {
   constexpr int tasks = 2000;
   event_log log;
-  sp::worker_pool pool(helper_worker(), {.min_workers = 4,
-                                         .heartbeat_interval = 200ms,
-                                         .max_retries = 3,
-                                         .on_event = log.fn()});
+  sp::worker_pool pool(
+      helper_worker(),
+      {.min_workers = 4, .heartbeat_interval = 200ms, .max_retries = 3, .on_event = log.fn()});
   std::atomic<bool> stop{false};
   std::atomic<int> kills{0};
   std::thread killer([&] {
@@ -230,7 +234,8 @@ TEST_CASE("pool: chaos: workers SIGKILLed at random while 2,000 tasks run") {
   fs.reserve(tasks);
   // Tasks of 1 ms, so most kills hit a worker with a task in flight, and every 10th of
   // 15 ms: those die often enough to run out of retries now and then.
-  for (int i = 0; i < tasks; ++i) fs.push_back(pool.submit("work", {{"ms", i % 10 == 9 ? 15 : 1}, {"n", i}}));
+  for (int i = 0; i < tasks; ++i)
+    fs.push_back(pool.submit("work", {{"ms", i % 10 == 9 ? 15 : 1}, {"n", i}}));
   int ok = 0, failed = 0;
   for (int i = 0; i < tasks; ++i) {
     auto& f = fs[static_cast<std::size_t>(i)];
@@ -267,8 +272,9 @@ TEST_CASE("pool: chaos: workers SIGKILLed at random while 2,000 tasks run") {
   CHECK(st.workers_crashed >= 1);
   CHECK(st.workers_started == 4 + st.workers_replaced);
   WARN("chaos: " << tasks << " tasks, " << kills.load() << " kills, " << st.workers_crashed
-                 << " crashed workers, " << st.retried << " retries, " << failed << " failed (all 4 attempts died), "
-                 << st.workers_replaced << " replacements, " << took.count() << " ms");
+                 << " crashed workers, " << st.retried << " retries, " << failed
+                 << " failed (all 4 attempts died), " << st.workers_replaced << " replacements, "
+                 << took.count() << " ms");
   // Every future was fulfilled once: a second get() would throw future_error.
   CHECK_FALSE(fs[0].valid());
 }
@@ -301,7 +307,8 @@ TEST_CASE("pool: a hung worker (SIGSTOP) is found by the heartbeat and replaced"
     REQUIRE(::kill(victim, SIGSTOP) == 0);
     REQUIRE(log.wait_for(sp::pool_event_kind::worker_hung, 1, 10s));
     auto detected = clk::now() - stopped_at;
-    INFO("hung worker detected after " << std::chrono::duration_cast<std::chrono::milliseconds>(detected).count() << " ms");
+    INFO("hung worker detected after "
+         << std::chrono::duration_cast<std::chrono::milliseconds>(detected).count() << " ms");
     CHECK(detected < interval + timeout + 1000ms);  // generous margin for a loaded machine
     json r = f.get();
     CHECK(r["pid"] != victim);
@@ -326,10 +333,9 @@ TEST_CASE("pool: a hung worker (SIGSTOP) is found by the heartbeat and replaced"
 
 TEST_CASE("pool: task timeout fails the task and replaces its worker") {
   event_log log;
-  sp::worker_pool pool(helper_worker(), {.min_workers = 1,
-                                         .max_in_flight = 2,
-                                         .task_timeout = 300ms,
-                                         .on_event = log.fn()});
+  sp::worker_pool pool(
+      helper_worker(),
+      {.min_workers = 1, .max_in_flight = 2, .task_timeout = 300ms, .on_event = log.fn()});
   auto t0 = clk::now();
   auto slow = pool.submit("work", {{"ms", 5000}});
   auto behind = pool.submit("work", {{"ms", 10}});  // pipelined behind it on the same worker
@@ -394,14 +400,15 @@ TEST_CASE("pool: dispatch policies") {
     CHECK(used.size() == 3);  // one each, though each worker had room for 4
   }
   SECTION("round_robin cycles through the workers") {
-    sp::worker_pool pool(helper_worker(), {.min_workers = 3,
-                                           .dispatch = sp::dispatch_policy::round_robin,
-                                           .max_in_flight = 4});
+    sp::worker_pool pool(
+        helper_worker(),
+        {.min_workers = 3, .dispatch = sp::dispatch_policy::round_robin, .max_in_flight = 4});
     std::vector<std::future<json>> fs;
     for (int i = 0; i < 9; ++i) fs.push_back(pool.submit("work", {{"ms", 1}}));
     std::vector<pid_t> order;
     for (auto& f : fs) order.push_back(f.get()["pid"].get<pid_t>());
-    for (int i = 3; i < 9; ++i) CHECK(order[static_cast<std::size_t>(i)] == order[static_cast<std::size_t>(i - 3)]);
+    for (int i = 3; i < 9; ++i)
+      CHECK(order[static_cast<std::size_t>(i)] == order[static_cast<std::size_t>(i - 3)]);
     CHECK(std::set<pid_t>(order.begin(), order.end()).size() == 3);
   }
   SECTION("max_in_flight = 1 never gives a busy worker a second task") {
@@ -425,15 +432,18 @@ TEST_CASE("pool: max_in_flight > 1 pipelines requests to one worker") {
   for (auto& f : fs) f.get();
   std::vector<std::future<json>> many;
   for (int i = 0; i < 5000; ++i) many.push_back(pool.submit("square", {i}));
-  for (int i = 0; i < 5000; ++i) CHECK(many[static_cast<std::size_t>(i)].get() == static_cast<std::int64_t>(i) * i);
+  for (int i = 0; i < 5000; ++i)
+    CHECK(many[static_cast<std::size_t>(i)].get() == static_cast<std::int64_t>(i) * i);
 }
 
 TEST_CASE("pool: Node workers", "[node]") {
   REQUIRE_NODE();
   event_log log;
-  sp::worker_pool pool(sp::command{"node", script("rpc_worker.js")},
-                       {.min_workers = 2, .max_in_flight = 4, .heartbeat_interval = 100ms,
-                        .heartbeat_timeout = 2s, .on_event = log.fn()});
+  sp::worker_pool pool(sp::command{"node", script("rpc_worker.js")}, {.min_workers = 2,
+                                                                      .max_in_flight = 4,
+                                                                      .heartbeat_interval = 100ms,
+                                                                      .heartbeat_timeout = 2s,
+                                                                      .on_event = log.fn()});
   std::vector<std::future<json>> fs;
   for (int i = 0; i < 200; ++i) fs.push_back(pool.submit("add", {{"a", i}, {"b", 1}}));
   for (int i = 0; i < 200; ++i) CHECK(fs[static_cast<std::size_t>(i)].get() == i + 1);
@@ -527,8 +537,9 @@ TEST_CASE("pool: shutdown with work queued") {
 
 TEST_CASE("pool: max_queue, blocking or failing fast") {
   SECTION("fail: the future holds queue_full") {
-    sp::worker_pool pool(helper_worker(), {.min_workers = 1, .max_queue = 2,
-                                           .when_full = sp::queue_full_policy::fail});
+    sp::worker_pool pool(
+        helper_worker(),
+        {.min_workers = 1, .max_queue = 2, .when_full = sp::queue_full_policy::fail});
     auto a = pool.submit("work", {{"ms", 300}});
     REQUIRE(eventually([&] { return pool.stats().in_flight == 1; }));
     auto b = pool.submit("work", {{"ms", 1}});
@@ -571,7 +582,8 @@ TEST_CASE("pool: max_queue, blocking or failing fast") {
 
 TEST_CASE("pool: max_tasks_per_worker recycles workers") {
   event_log log;
-  sp::worker_pool pool(helper_worker(), {.min_workers = 2, .max_tasks_per_worker = 5, .on_event = log.fn()});
+  sp::worker_pool pool(helper_worker(),
+                       {.min_workers = 2, .max_tasks_per_worker = 5, .on_event = log.fn()});
   std::map<pid_t, int> per_pid;
   for (int round = 0; round < 4; ++round) {
     std::vector<std::future<json>> fs;
@@ -638,7 +650,8 @@ TEST_CASE("pool: workers that cannot be started later do not spin") {
 
 TEST_CASE("pool: workers that die at once are restarted with a backoff") {
   event_log log;
-  sp::worker_pool pool(sp::command{"sh", "-c", "exit 3"}, {.min_workers = 1, .max_retries = 1, .on_event = log.fn()});
+  sp::worker_pool pool(sp::command{"sh", "-c", "exit 3"},
+                       {.min_workers = 1, .max_retries = 1, .on_event = log.fn()});
   auto f = pool.submit("square", {3});
   auto e = pool_error_of(f);
   CHECK(e.kind() == sp::pool_errc::worker_crashed);
@@ -662,8 +675,9 @@ TEST_CASE("pool: events say what happened") {
   REQUIRE(log.wait_for(sp::pool_event_kind::worker_crashed, 1));
   REQUIRE(log.wait_for(sp::pool_event_kind::task_retried, 1));
   std::lock_guard l(log.mu);
-  auto crashed = std::find_if(log.events.begin(), log.events.end(),
-                              [](auto& e) { return e.kind == sp::pool_event_kind::worker_crashed; });
+  auto crashed = std::find_if(log.events.begin(), log.events.end(), [](auto& e) {
+    return e.kind == sp::pool_event_kind::worker_crashed;
+  });
   CHECK(crashed->pid == victim);
   REQUIRE(crashed->status);
   CHECK(crashed->status->signal() == SIGKILL);
@@ -697,4 +711,26 @@ TEST_CASE("pool: callbacks may submit more work; shutdown from one is refused") 
   CHECK(cv.wait_for(l, 10s, [&] { return chain == 20; }));
   l.unlock();
   CHECK_THAT(refused.get_future().get(), Catch::Contains("would wait for itself"));
+}
+
+TEST_CASE("pool: messages from workers that are not answers go to on_message") {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::pair<pid_t, json>> got;
+  sp::worker_pool pool(
+      sp::command{IPC_HELPER_PATH, "connect", "send", R"({"event":"ready"})", "send",
+                  R"({"jsonrpc":"2.0","method":"progress","params":{"done":1}})", "serve"},
+      {.min_workers = 1, .on_message = [&](pid_t pid, const json& m) {
+         std::lock_guard l(mu);
+         got.emplace_back(pid, m);
+         cv.notify_all();
+       }});
+  std::unique_lock l(mu);
+  REQUIRE(cv.wait_for(l, 10s, [&] { return got.size() == 2; }));
+  CHECK(got[0].first == pool.pids().at(0));
+  CHECK(got[0].second == json{{"event", "ready"}});
+  CHECK(got[1].second ==
+        json{{"method", "progress"}, {"params", {{"done", 1}}}});  // "jsonrpc" left out
+  l.unlock();
+  CHECK(pool.submit("square", {7}).get() == 49);  // and tasks still work
 }

@@ -196,12 +196,18 @@ inline const std::error_category& pool_category() noexcept {
     const char* name() const noexcept override { return "subprocess.pool"; }
     std::string message(int c) const override {
       switch (static_cast<pool_errc>(c)) {
-        case pool_errc::worker_crashed: return "worker crashed";
-        case pool_errc::task_timeout: return "task timed out";
-        case pool_errc::cancelled: return "task cancelled";
-        case pool_errc::shut_down: return "pool shut down";
-        case pool_errc::queue_full: return "queue full";
-        case pool_errc::no_workers: return "no workers";
+        case pool_errc::worker_crashed:
+          return "worker crashed";
+        case pool_errc::task_timeout:
+          return "task timed out";
+        case pool_errc::cancelled:
+          return "task cancelled";
+        case pool_errc::shut_down:
+          return "pool shut down";
+        case pool_errc::queue_full:
+          return "queue full";
+        case pool_errc::no_workers:
+          return "no workers";
       }
       return "unknown pool error";
     }
@@ -277,16 +283,26 @@ enum class pool_event_kind {
 
 inline const char* to_string(pool_event_kind k) noexcept {
   switch (k) {
-    case pool_event_kind::worker_started: return "worker_started";
-    case pool_event_kind::worker_stopped: return "worker_stopped";
-    case pool_event_kind::worker_crashed: return "worker_crashed";
-    case pool_event_kind::worker_hung: return "worker_hung";
-    case pool_event_kind::worker_recycled: return "worker_recycled";
-    case pool_event_kind::scaled_up: return "scaled_up";
-    case pool_event_kind::scaled_down: return "scaled_down";
-    case pool_event_kind::task_retried: return "task_retried";
-    case pool_event_kind::task_timed_out: return "task_timed_out";
-    case pool_event_kind::spawn_failed: return "spawn_failed";
+    case pool_event_kind::worker_started:
+      return "worker_started";
+    case pool_event_kind::worker_stopped:
+      return "worker_stopped";
+    case pool_event_kind::worker_crashed:
+      return "worker_crashed";
+    case pool_event_kind::worker_hung:
+      return "worker_hung";
+    case pool_event_kind::worker_recycled:
+      return "worker_recycled";
+    case pool_event_kind::scaled_up:
+      return "scaled_up";
+    case pool_event_kind::scaled_down:
+      return "scaled_down";
+    case pool_event_kind::task_retried:
+      return "task_retried";
+    case pool_event_kind::task_timed_out:
+      return "task_timed_out";
+    case pool_event_kind::spawn_failed:
+      return "spawn_failed";
   }
   return "unknown";
 }
@@ -351,11 +367,11 @@ struct pool_stats {
   std::uint64_t workers_replaced = 0;  // started in place of a crashed, hung or recycled one
   std::uint64_t workers_recycled = 0;  // retired after max_tasks_per_worker
   std::uint64_t workers_retired = 0;   // retired after idle_timeout
-  std::size_t size = 0;         // workers taking tasks
-  std::size_t busy = 0;         // of those, with a task in flight
-  std::size_t idle = 0;         // of those, with none
-  std::size_t queue_depth = 0;  // tasks waiting for a worker
-  std::size_t in_flight = 0;    // tasks sent and not answered yet
+  std::size_t size = 0;                // workers taking tasks
+  std::size_t busy = 0;                // of those, with a task in flight
+  std::size_t idle = 0;                // of those, with none
+  std::size_t queue_depth = 0;         // tasks waiting for a worker
+  std::size_t in_flight = 0;           // tasks sent and not answered yet
   // Tasks answered by each live worker (retired or dead workers are dropped).
   std::map<pid_t, std::uint64_t> tasks_per_worker = {};
 };
@@ -391,7 +407,8 @@ class pool_core {
 
   ~pool_core() {
     if (on_io_thread()) {
-      std::fputs("subprocess::worker_pool destroyed from its own callback (on its I/O thread)\n", stderr);
+      std::fputs("subprocess::worker_pool destroyed from its own callback (on its I/O thread)\n",
+                 stderr);
       std::abort();
     }
     try {
@@ -408,7 +425,8 @@ class pool_core {
     return f;
   }
   void submit(std::string_view method, json params, ipc::reply_fn on_done) {
-    if (!on_done) throw argument_error(opts_.name, "submit '" + std::string(method) + "': empty callback");
+    if (!on_done)
+      throw argument_error(opts_.name, "submit '" + std::string(method) + "': empty callback");
     auto t = make_task(method, std::move(params));
     t->fn = std::move(on_done);
     enqueue(std::move(t));
@@ -483,7 +501,9 @@ class pool_core {
 
   void shutdown(std::chrono::milliseconds g, shutdown_mode mode) {
     if (on_io_thread())
-      throw argument_error(opts_.name, "worker_pool::shutdown called from a pool callback: it would wait for itself");
+      throw argument_error(
+          opts_.name,
+          "worker_pool::shutdown called from a pool callback: it would wait for itself");
     std::lock_guard sl(shutdown_mu_);
     if (!io_.joinable()) return;
     {
@@ -571,14 +591,16 @@ class pool_core {
     if (opts_.max_message_size == 0) throw bad("max_message_size must be positive");
     for (const auto* s : {&cmd_.in(), &cmd_.out(), &cmd_.err()})
       if (*s && std::holds_alternative<pipe_t>(**s))
-        throw bad("a worker's stdin, stdout and stderr cannot be sp::pipe (nobody would read or "
-                  "write it); use inherit, null or a file");
+        throw bad(
+            "a worker's stdin, stdout and stderr cannot be sp::pipe (nobody would read or "
+            "write it); use inherit, null or a file");
   }
 
   void check_params(std::string_view method, const json& params) const {
     if (!(params.is_null() || params.is_array() || params.is_object()))
-      throw argument_error(opts_.name, "submit '" + std::string(method) +
-                                           "': params must be an object, an array or null (JSON-RPC)");
+      throw argument_error(opts_.name,
+                           "submit '" + std::string(method) +
+                               "': params must be an object, an array or null (JSON-RPC)");
   }
 
   bool on_io_thread() const noexcept { return io_id_.load() == std::this_thread::get_id(); }
@@ -693,7 +715,8 @@ class pool_core {
 
   ms choose_tick() const {
     ms t = ms(100);
-    if (opts_.heartbeat_interval > ms::zero()) t = std::min({t, opts_.heartbeat_interval / 2, opts_.heartbeat_timeout / 4});
+    if (opts_.heartbeat_interval > ms::zero())
+      t = std::min({t, opts_.heartbeat_interval / 2, opts_.heartbeat_timeout / 4});
     if (opts_.task_timeout > ms::zero()) t = std::min(t, opts_.task_timeout / 5);
     if (opts_.max_workers > opts_.min_workers) t = std::min(t, opts_.idle_timeout / 4);
     return std::clamp(t, ms(2), ms(100));
@@ -769,10 +792,11 @@ class pool_core {
     }
     for (auto& t : all) {
       if (!t) continue;
-      auto e = std::make_exception_ptr(pool_error(pool_errc::cancelled, opts_.name,
-                                                  "task " + std::to_string(t->id) + " ('" + t->method +
-                                                      "') cancelled: the pool's I/O thread failed: " + why,
-                                                  t->method, t->id, t->attempts));
+      auto e = std::make_exception_ptr(
+          pool_error(pool_errc::cancelled, opts_.name,
+                     "task " + std::to_string(t->id) + " ('" + t->method +
+                         "') cancelled: the pool's I/O thread failed: " + why,
+                     t->method, t->id, t->attempts));
       if (!t->broadcast) {
         failed_.fetch_add(1);
         cancelled_.fetch_add(1);
@@ -831,9 +855,8 @@ class pool_core {
       raw->watch = loop_.watch(raw->ch.fd(), EPOLLIN, [this, raw](std::uint32_t ev) {
         guarded([&] { on_channel(*raw, ev); });
       });
-      raw->exit_watch = loop_.on_exit(raw->proc, [this, raw](exit_status st) {
-        guarded([&] { on_exit(*raw, st); });
-      });
+      raw->exit_watch = loop_.on_exit(
+          raw->proc, [this, raw](exit_status st) { guarded([&] { on_exit(*raw, st); }); });
     } catch (...) {
       forget(*raw);  // the process handle kills and reaps the child
       throw;
@@ -853,7 +876,8 @@ class pool_core {
     emit(pool_event_kind::spawn_failed, nullptr, "cannot start a worker: " + why);
     retry_after(backoff_);
     backoff_ = std::min(backoff_ * 2, ms(5000));
-    if (live() == 0) fail_queue(pool_errc::no_workers, "failed: no worker could be started: " + why);
+    if (live() == 0)
+      fail_queue(pool_errc::no_workers, "failed: no worker could be started: " + why);
   }
 
   // Schedules one more look at the pool's size (replacements, scale-up).
@@ -871,7 +895,8 @@ class pool_core {
   void maintain() {
     if (stopping_ && stop_mode_ == shutdown_mode::cancel) return;
     if (spawn_failing_ && retry_timer_) return;  // backing off
-    while (live() < opts_.min_workers || (owed_ > 0 && queued() > 0 && live() < opts_.max_workers)) {
+    while (live() < opts_.min_workers ||
+           (owed_ > 0 && queued() > 0 && live() < opts_.max_workers)) {
       if (crash_loop_ > 1) {  // workers keep dying young without answering: slow down
         auto d = std::min(ms(100) * (1 << std::min(crash_loop_ - 2, 6)), ms(5000));
         auto since = clock::now() - last_early_death_;
@@ -967,8 +992,10 @@ class pool_core {
           std::string message = "(no message)";
           json data = nullptr;
           if (e->is_object()) {
-            if (auto c = e->find("code"); c != e->end() && c->is_number_integer()) code = c->get<int>();
-            if (auto s = e->find("message"); s != e->end() && s->is_string()) message = s->get<std::string>();
+            if (auto c = e->find("code"); c != e->end() && c->is_number_integer())
+              code = c->get<int>();
+            if (auto s = e->find("message"); s != e->end() && s->is_string())
+              message = s->get<std::string>();
             if (auto d = e->find("data"); d != e->end()) data = *d;
           } else {
             message = e->dump();
@@ -1110,14 +1137,17 @@ class pool_core {
         ++crash_loop_;
         last_early_death_ = now;
       }
-      emit(pool_event_kind::worker_crashed, &w, "worker " + std::to_string(w.pid) + " " + st.to_string(), 0, st);
+      emit(pool_event_kind::worker_crashed, &w,
+           "worker " + std::to_string(w.pid) + " " + st.to_string(), 0, st);
       owe(w);
     } else if (w.why == stop_why::hung || w.why == stop_why::timed_out) {
       // Reported when it was killed.
     } else {
-      emit(pool_event_kind::worker_stopped, &w, "worker " + std::to_string(w.pid) + " " + st.to_string(), 0, st);
+      emit(pool_event_kind::worker_stopped, &w,
+           "worker " + std::to_string(w.pid) + " " + st.to_string(), 0, st);
     }
-    std::string what = w.why_text.empty() ? st.to_string() : w.why_text + " (" + st.to_string() + ")";
+    std::string what =
+        w.why_text.empty() ? st.to_string() : w.why_text + " (" + st.to_string() + ")";
     const bool charge = w.why != stop_why::timed_out;  // victims of another task's timeout
     std::vector<task_ptr> again;
     for (auto& s : w.in_flight) {
@@ -1143,7 +1173,8 @@ class pool_core {
       std::lock_guard l(mu_);
       for (auto it = again.rbegin(); it != again.rend(); ++it) queue_.push_front(std::move(*it));
     }
-    auto it = std::find_if(workers_.begin(), workers_.end(), [&](const auto& p) { return p.get() == &w; });
+    auto it = std::find_if(workers_.begin(), workers_.end(),
+                           [&](const auto& p) { return p.get() == &w; });
     if (it != workers_.end()) workers_.erase(it);  // &w is gone from here on
     maintain();
   }
@@ -1165,10 +1196,11 @@ class pool_core {
 
   void fail_cancelled(task_ptr t, const std::string& where) {
     cancelled_.fetch_add(1);
-    auto e = std::make_exception_ptr(pool_error(
-        pool_errc::cancelled, opts_.name,
-        "task " + std::to_string(t->id) + " ('" + t->method + "') cancelled: pool shut down" + where,
-        t->method, t->id, t->attempts));
+    auto e =
+        std::make_exception_ptr(pool_error(pool_errc::cancelled, opts_.name,
+                                           "task " + std::to_string(t->id) + " ('" + t->method +
+                                               "') cancelled: pool shut down" + where,
+                                           t->method, t->id, t->attempts));
     fail(std::move(t), e);
   }
 
@@ -1243,7 +1275,8 @@ class pool_core {
       workers_recycled_.fetch_add(1);
       owe(w);  // pump() starts the replacement
       emit(pool_event_kind::worker_recycled, &w,
-           "worker " + std::to_string(w.pid) + " recycled after " + std::to_string(w.assigned) + " tasks");
+           "worker " + std::to_string(w.pid) + " recycled after " + std::to_string(w.assigned) +
+               " tasks");
     }
   }
 
@@ -1254,7 +1287,8 @@ class pool_core {
     } else {
       std::size_t room = 0;
       for (const auto& w : workers_)
-        if (w->state == wstate::ready) room += opts_.max_in_flight - std::min(opts_.max_in_flight, w->in_flight.size());
+        if (w->state == wstate::ready)
+          room += opts_.max_in_flight - std::min(opts_.max_in_flight, w->in_flight.size());
       std::size_t left = 0;
       if (room > 0) {
         batch_.clear();
@@ -1272,7 +1306,8 @@ class pool_core {
           worker* w = pick();
           if (!w) {  // a worker stopped taking tasks meanwhile (recycled): keep the rest
             std::lock_guard l(mu_);
-            for (std::size_t k = batch_.size(); k > i; --k) queue_.push_front(std::move(batch_[k - 1]));
+            for (std::size_t k = batch_.size(); k > i; --k)
+              queue_.push_front(std::move(batch_[k - 1]));
             left = queue_.size();
             break;
           }
@@ -1301,7 +1336,8 @@ class pool_core {
     const auto now = clock::now();
     if (scaled_once_ && now - last_scale_up_ < opts_.scale_up_cooldown) {
       if (!cooldown_timer_) {
-        auto d = std::chrono::duration_cast<ms>(opts_.scale_up_cooldown - (now - last_scale_up_)) + ms(1);
+        auto d = std::chrono::duration_cast<ms>(opts_.scale_up_cooldown - (now - last_scale_up_)) +
+                 ms(1);
         cooldown_timer_ = loop_.after(d, [this] { guarded([this] { cooldown_timer_ = 0; }); });
       }
       return;
@@ -1352,7 +1388,8 @@ class pool_core {
         if (w.hb_id != 0 && w.last_heard >= w.hb_sent) w.hb_id = 0;  // heard from it since: alive
         if (w.hb_id != 0 && now - w.hb_sent > opts_.heartbeat_timeout) {
           auto silent = std::chrono::duration_cast<ms>(now - w.hb_sent).count();
-          hung.emplace_back(&w, "killed: no answer to a heartbeat for " + std::to_string(silent) + " ms");
+          hung.emplace_back(
+              &w, "killed: no answer to a heartbeat for " + std::to_string(silent) + " ms");
           continue;
         }
         if (w.hb_id == 0 && now - std::max(w.last_heard, w.hb_sent) >= opts_.heartbeat_interval) {
@@ -1382,12 +1419,13 @@ class pool_core {
     t->attempts.push_back({w.pid, std::nullopt, "timed out; the worker was killed"});
     if (!t->broadcast) timed_out_.fetch_add(1);
     const auto limit = std::to_string(opts_.task_timeout.count());
-    const std::string what = "task " + std::to_string(t->id) + " ('" + t->method + "') timed out after " +
-                             limit + " ms on worker " + std::to_string(w.pid);
+    const std::string what = "task " + std::to_string(t->id) + " ('" + t->method +
+                             "') timed out after " + limit + " ms on worker " +
+                             std::to_string(w.pid);
     emit(pool_event_kind::task_timed_out, &w, what, t->id);
     auto e = std::make_exception_ptr(pool_error(pool_errc::task_timeout, opts_.name,
-                                                what + "; the worker was killed and replaced", t->method,
-                                                t->id, t->attempts));
+                                                what + "; the worker was killed and replaced",
+                                                t->method, t->id, t->attempts));
     const std::uint64_t id = t->id;
     fail(std::move(t), e);
     kill_worker(w, stop_why::timed_out, "killed: task " + std::to_string(id) + " timed out");
@@ -1400,12 +1438,15 @@ class pool_core {
       worker* oldest = nullptr;
       for (auto& wp : workers_) {
         worker& w = *wp;
-        if (w.state != wstate::ready || !w.in_flight.empty() || now - w.idle_since < opts_.idle_timeout) continue;
+        if (w.state != wstate::ready || !w.in_flight.empty() ||
+            now - w.idle_since < opts_.idle_timeout)
+          continue;
         if (!oldest || w.idle_since < oldest->idle_since) oldest = &w;
       }
       if (!oldest) return;
       close_worker(*oldest, stop_why::retired);
-      emit(pool_event_kind::scaled_down, oldest, "scaled down to " + std::to_string(live()) + " workers");
+      emit(pool_event_kind::scaled_down, oldest,
+           "scaled down to " + std::to_string(live()) + " workers");
     }
   }
 
@@ -1422,7 +1463,12 @@ class pool_core {
       cooldown_timer_ = 0;
       if (mode == shutdown_mode::cancel) {
         fail_queue(pool_errc::cancelled, "");
-        stop_timer_ = loop_.after(grace, [this] { guarded([this] { stop_timer_ = 0; final_stop(); }); });
+        stop_timer_ = loop_.after(grace, [this] {
+          guarded([this] {
+            stop_timer_ = 0;
+            final_stop();
+          });
+        });
       }
     });
   }
@@ -1533,7 +1579,7 @@ class pool_core {
   std::vector<finished> done_;
   std::vector<pool_event> events_;
   std::vector<std::pair<pid_t, json>> notes_;  // on_message, delivered in settle()
-  ipc::channel::rpc_message msg_;               // reused for every message read
+  ipc::channel::rpc_message msg_;              // reused for every message read
   std::uint64_t serial_ = 0, rpc_id_ = 0;
   std::size_t cursor_ = 0;
   std::size_t owed_ = 0;  // replacements owed for workers lost
@@ -1616,7 +1662,8 @@ class worker_pool {
   template <class Rep = long, class Period = std::ratio<1>>
   void shutdown(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5),
                 shutdown_mode mode = shutdown_mode::finish) {
-    if (grace < grace.zero()) throw argument_error(name(), "worker_pool::shutdown: negative grace period");
+    if (grace < grace.zero())
+      throw argument_error(name(), "worker_pool::shutdown: negative grace period");
     core().shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(grace), mode);
   }
 

@@ -79,7 +79,8 @@ int raw_worker(int, char**) {
 // ---- implementations
 
 // futures: submit() -> std::future per task; else submit(method, params, callback).
-std::vector<bench::sample> sp_pool(const bench::request& r, std::size_t max_in_flight, bool futures = true) {
+std::vector<bench::sample> sp_pool(const bench::request& r, std::size_t max_in_flight,
+                                   bool futures = true) {
   const std::uint64_t n = r.param;
   sp::worker_pool pool(sp::command::self({"--role", "pool-worker"}),
                        {.min_workers = 2, .max_in_flight = max_in_flight});
@@ -124,7 +125,8 @@ std::vector<bench::sample> raw_loop(const bench::request& r) {
   std::vector<child> kids;
   for (int k = 0; k < 2; ++k) {
     int sv[2];
-    if (sp::detail::sys::socketpair(AF_UNIX, SOCK_STREAM, sv) != 0) throw std::runtime_error("socketpair");
+    if (sp::detail::sys::socketpair(AF_UNIX, SOCK_STREAM, sv) != 0)
+      throw std::runtime_error("socketpair");
     sp::detail::unique_fd mine(sv[0]), theirs(sv[1]);
     auto p = sp::command::self({"--role", "raw-square"}).map_fd(3, theirs.get()).spawn();
     kids.push_back({std::move(p), std::move(mine)});
@@ -175,8 +177,10 @@ std::vector<bench::sample> raw_loop(const bench::request& r) {
   bench::register_role("raw-square", raw_worker);
   bench::register_impl("pool/sp_mif1", [](const bench::request& r) { return sp_pool(r, 1); });
   bench::register_impl("pool/sp_mif64", [](const bench::request& r) { return sp_pool(r, 64); });
-  bench::register_impl("pool/sp_mif1_cb", [](const bench::request& r) { return sp_pool(r, 1, false); });
-  bench::register_impl("pool/sp_mif64_cb", [](const bench::request& r) { return sp_pool(r, 64, false); });
+  bench::register_impl("pool/sp_mif1_cb",
+                       [](const bench::request& r) { return sp_pool(r, 1, false); });
+  bench::register_impl("pool/sp_mif64_cb",
+                       [](const bench::request& r) { return sp_pool(r, 64, false); });
   bench::register_impl("pool/raw", raw_loop);
   return true;
 }();
@@ -185,7 +189,8 @@ std::vector<bench::sample> raw_loop(const bench::request& r) {
 
 const char* const mif1_label = "sp::worker_pool, max_in_flight 1 (futures)";
 const char* const mif64_label = "sp::worker_pool, max_in_flight 64 (futures)";
-const char* const raw_label = "raw C++ loop: socketpairs, 8-byte messages, one in flight per worker";
+const char* const raw_label =
+    "raw C++ loop: socketpairs, 8-byte messages, one in flight per worker";
 const char* const py_label = "Python multiprocessing.Pool(2).imap_unordered, chunksize 1";
 const char* const node_label = "Node, 2 fork()ed workers, all tasks sent up front";
 
@@ -225,20 +230,21 @@ bench::phase pool_plan(const bench::plan_context& ctx) {
     r.param = tasks;
     b.rows.push_back(r);
   }
-  b.note = "a task squares a number; each implementation starts its 2 workers and warms up before "
-           "timing; a sample is all tasks, from the first handed over to the last answer, answers "
-           "checked. The worker_pool rows are JSON-RPC over the ipc channel (one request and one "
-           "answer object per task), with heartbeats on; the raw loop moves 8 bytes each way.";
+  b.note =
+      "a task squares a number; each implementation starts its 2 workers and warms up before "
+      "timing; a sample is all tasks, from the first handed over to the last answer, answers "
+      "checked. The worker_pool rows are JSON-RPC over the ipc channel (one request and one "
+      "answer object per task), with heartbeats on; the raw loop moves 8 bytes each way.";
   ph.benchmarks.push_back(b);
   using G = bench::goal;
-  ph.goals.push_back(G{"6. worker_pool, max_in_flight 1 >= 0.9x the raw one-in-flight loop", "pool", mif1_label,
-                       "pool", raw_label, std::nullopt, 0.9, false});
-  ph.goals.push_back(G{"6. worker_pool, max_in_flight 64 >= 500,000 tasks/s", "pool", mif64_label, "", "",
-                       std::nullopt, 500000.0, false});
-  ph.goals.push_back(G{"6. worker_pool, max_in_flight 64 >= 3x Node", "pool", mif64_label, "pool", node_label,
-                       std::nullopt, 3.0, false});
-  ph.goals.push_back(G{"6. worker_pool, max_in_flight 64 >= 7x Python", "pool", mif64_label, "pool", py_label,
-                       std::nullopt, 7.0, false});
+  ph.goals.push_back(G{"6. worker_pool, max_in_flight 1 >= 0.9x the raw one-in-flight loop", "pool",
+                       mif1_label, "pool", raw_label, std::nullopt, 0.9, false});
+  ph.goals.push_back(G{"6. worker_pool, max_in_flight 64 >= 500,000 tasks/s", "pool", mif64_label,
+                       "", "", std::nullopt, 500000.0, false});
+  ph.goals.push_back(G{"6. worker_pool, max_in_flight 64 >= 3x Node", "pool", mif64_label, "pool",
+                       node_label, std::nullopt, 3.0, false});
+  ph.goals.push_back(G{"6. worker_pool, max_in_flight 64 >= 7x Python", "pool", mif64_label, "pool",
+                       py_label, std::nullopt, 7.0, false});
   return ph;
 }
 
