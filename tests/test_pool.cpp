@@ -734,3 +734,19 @@ TEST_CASE("pool: messages from workers that are not answers go to on_message") {
   l.unlock();
   CHECK(pool.submit("square", {7}).get() == 49);  // and tasks still work
 }
+
+TEST_CASE("pool: min_workers = 0 starts a worker on demand and retires it when idle") {
+  event_log log;
+  sp::worker_pool pool(helper_worker(), {.min_workers = 0,
+                                         .max_workers = 2,
+                                         .idle_timeout = 200ms,
+                                         .on_event = log.fn()});
+  CHECK(pool.size() == 0);
+  auto t0 = clk::now();
+  CHECK(pool.submit("square", {6}).get() == 36);
+  CHECK(clk::now() - t0 < 2s);  // dispatched to the new worker at once (no tick to wait for)
+  CHECK(pool.stats().workers_started == 1);
+  CHECK(eventually([&] { return pool.stats().size == 0; }, 5s));
+  CHECK(log.wait_for(sp::pool_event_kind::scaled_down, 1));
+  CHECK(log.wait_for(sp::pool_event_kind::worker_stopped, 1));
+}

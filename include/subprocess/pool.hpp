@@ -1282,49 +1282,53 @@ class pool_core {
 
   void pump() {
     if (stop_now_) return;
-    if (stopping_ && stop_mode_ == shutdown_mode::cancel) {
-      // Nothing new is sent; the queue was cancelled.
-    } else {
-      std::size_t room = 0;
-      for (const auto& w : workers_)
-        if (w->state == wstate::ready)
-          room += opts_.max_in_flight - std::min(opts_.max_in_flight, w->in_flight.size());
-      std::size_t left = 0;
-      if (room > 0) {
-        batch_.clear();
-        {
-          std::lock_guard l(mu_);
-          while (room > 0 && !queue_.empty()) {
-            batch_.push_back(std::move(queue_.front()));
-            queue_.pop_front();
-            --room;
-          }
-          left = queue_.size();
-          if (blocked_ && !batch_.empty()) space_cv_.notify_all();
-        }
-        for (std::size_t i = 0; i < batch_.size(); ++i) {
-          worker* w = pick();
-          if (!w) {  // a worker stopped taking tasks meanwhile (recycled): keep the rest
-            std::lock_guard l(mu_);
-            for (std::size_t k = batch_.size(); k > i; --k)
-              queue_.push_front(std::move(batch_[k - 1]));
-            left = queue_.size();
-            break;
-          }
-          send(*w, std::move(batch_[i]));
-          touched_.push_back(w);
-        }
-        batch_.clear();
-        for (worker* w : touched_) flush(*w);
-        touched_.clear();
-      } else {
-        left = queued();
-      }
+    // A worker started here (scale-up, replacement) gets the waiting tasks at once: one
+    // more pass then.
+    for (int pass = 0; pass < 2 && !(stopping_ && stop_mode_ == shutdown_mode::cancel); ++pass) {
+      const std::uint64_t started_before = serial_;
+      const std::size_t left = dispatch();
       if (left > 0) scale_up(left);
       if (live() < opts_.min_workers) maintain();
+      if (serial_ == started_before || left == 0) break;
     }
     if (spawn_failing_ && live() == 0 && !(stopping_ && stop_mode_ == shutdown_mode::cancel))
       fail_queue(pool_errc::no_workers, "failed: no worker could be started: " + spawn_error_);
+  }
+
+  // Hands queued tasks to workers with room; returns how many are still waiting.
+  std::size_t dispatch() {
+    std::size_t room = 0;
+    for (const auto& w : workers_)
+      if (w->state == wstate::ready)
+        room += opts_.max_in_flight - std::min(opts_.max_in_flight, w->in_flight.size());
+    if (room == 0) return queued();
+    std::size_t left = 0;
+    batch_.clear();
+    {
+      std::lock_guard l(mu_);
+      while (room > 0 && !queue_.empty()) {
+        batch_.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+        --room;
+      }
+      left = queue_.size();
+      if (blocked_ && !batch_.empty()) space_cv_.notify_all();
+    }
+    for (std::size_t i = 0; i < batch_.size(); ++i) {
+      worker* w = pick();
+      if (!w) {  // a worker stopped taking tasks meanwhile (recycled): keep the rest
+        std::lock_guard l(mu_);
+        for (std::size_t k = batch_.size(); k > i; --k) queue_.push_front(std::move(batch_[k - 1]));
+        left = queue_.size();
+        break;
+      }
+      send(*w, std::move(batch_[i]));
+      touched_.push_back(w);
+    }
+    batch_.clear();
+    for (worker* w : touched_) flush(*w);
+    touched_.clear();
+    return left;
   }
 
   void scale_up(std::size_t waiting) {
