@@ -139,6 +139,7 @@
 
 #include "command.hpp"
 #include "detail/buffer.hpp"
+#include "detail/eventfd.hpp"
 #include "detail/poll.hpp"
 #include "detail/sigpipe.hpp"
 #include "detail/syscall.hpp"
@@ -353,14 +354,10 @@ inline unique_fd make_eventfd() {
   if (!fd) throw_errno(errno, "eventfd");
   return fd;
 }
-inline void eventfd_signal(int fd) noexcept {
-  std::uint64_t one = 1;
-  (void)!sys::write(fd, &one, sizeof one);
-}
-inline void eventfd_clear(int fd) noexcept {
-  std::uint64_t v;
-  (void)!sys::read(fd, &v, sizeof v);
-}
+// A lost signal would leave a pump or the supervisor asleep for good (see
+// detail/eventfd.hpp): EINTR is retried.
+inline void eventfd_signal(int fd) noexcept { eventfd_notify(fd); }
+inline void eventfd_clear(int fd) noexcept { eventfd_drain(fd); }
 
 // Waits until fd has `events`, or throws pump_stopped when stop_fd becomes readable.
 inline void wait_or_stop(int fd, short events, int stop_fd) {
@@ -1187,7 +1184,7 @@ inline unique_fd open_for_pipeline(const file& f, bool for_output, const std::st
   int flags = m == file_mode::read       ? O_RDONLY
               : m == file_mode::truncate ? O_WRONLY | O_CREAT | O_TRUNC
                                          : O_WRONLY | O_CREAT | O_APPEND;
-  unique_fd fd(sys::open(f.path.c_str(), flags, 0666));
+  unique_fd fd(sys::no_eintr([&] { return sys::open(f.path.c_str(), flags, 0666); }));
   if (!fd)
     throw spawn_error(errno, cmd, for_output ? "open output file" : "open input file",
                       "'" + f.path.string() + "'");

@@ -15,6 +15,7 @@
 
 #include <sys/epoll.h>
 
+#include "eventfd.hpp"
 #include "syscall.hpp"
 #include "unique_fd.hpp"
 
@@ -47,9 +48,8 @@ class reaper {
       }
     }
     without_fd_.push_back(pid);
-    std::uint64_t one = 1;
     // A lost wake-up would leave this child a zombie until the next adopt().
-    (void)!sys::no_eintr([&] { return sys::write(wake_.get(), &one, sizeof one); });
+    eventfd_notify(wake_.get());
   }
 
   // Number of children not reaped yet (for tests).
@@ -116,8 +116,7 @@ class reaper {
       std::lock_guard lock(mu_);
       for (int i = 0; i < n; ++i) {
         if (evs[i].data.u64 == ~std::uint64_t(0)) {
-          std::uint64_t v;
-          (void)!sys::read(wake_.get(), &v, sizeof v);
+          eventfd_drain(wake_.get());
           continue;
         }
         auto pid = static_cast<pid_t>(evs[i].data.u64);
