@@ -395,7 +395,7 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
         drain.push_back(nullptr);
       }
       for (pipe_reader* r : {&t.p->out(), &t.p->err()}) {
-        if (!r->is_open() || r->eof()) continue;
+        if (!r->is_open() || r->input_ended()) continue;  // not eof(): see process.hpp, add_drains
         fds.push_back({r->fd(), POLLIN, 0});
         drain.push_back(r);
       }
@@ -675,7 +675,7 @@ inline forward_result forward_impl(signal_set& set, std::vector<process*> ps, cl
         timer = true;
       }
       for (pipe_reader* r : {&t.p->out(), &t.p->err()}) {
-        if (!r->is_open() || r->eof()) continue;
+        if (!r->is_open() || r->input_ended()) continue;  // not eof(): see process.hpp, add_drains
         fds.push_back({r->fd(), POLLIN, 0});
         drains.push_back(r);
       }
@@ -700,7 +700,7 @@ inline forward_result forward_impl(signal_set& set, std::vector<process*> ps, cl
   // already reached every child in our foreground process group.
   const int sig = res.received->signal;
   if (res.received->from_kernel() && (sig == SIGINT || sig == SIGQUIT)) {
-    const pid_t ours = ::getpgrp();
+    const pid_t ours = sys::getpgrp();
     for (auto& t : ts)
       if (!t.p->status() && sys::getpgid(t.p->pid()) == ours) t.skip_polite = true;
   }
