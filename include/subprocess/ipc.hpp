@@ -123,6 +123,7 @@
 #include <nlohmann/json.hpp>
 #include <sys/epoll.h>
 
+#include "detail/eventfd.hpp"
 #include "detail/json_codec.hpp"
 #include "detail/mapped_buffer.hpp"
 #include "detail/poll.hpp"
@@ -946,7 +947,7 @@ inline std::optional<json> answer(const json& req, const handler_map& handlers) 
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::system_clock::now().time_since_epoch())
                     .count();
-      reply = {{"jsonrpc", "2.0"}, {"id", id}, {"result", {{"time", ms}, {"pid", ::getpid()}}}};
+      reply = {{"jsonrpc", "2.0"}, {"id", id}, {"result", {{"time", ms}, {"pid", subprocess::detail::sys::getpid()}}}};
     } else {
       reply = rpc_failure(id, rpc_error::method_not_found, "Method not found: '" + method + "'");
     }
@@ -1111,7 +1112,10 @@ class client {
   // outlive nothing here: the client keeps working after p is destroyed.
   explicit client(process& p, client_options opts = {})
       : ch_(p), opts_(std::move(opts)), name_(opts_.name.empty() ? ch_.name() : opts_.name) {
-    if (p.pidfd() >= 0) pidfd_.reset(subprocess::detail::sys::dup_above(p.pidfd(), 3));
+    if (p.pidfd() >= 0) {
+      pidfd_.reset(subprocess::detail::sys::dup_above(p.pidfd(), 3));
+      if (!pidfd_) subprocess::detail::throw_errno(errno, "ipc client: dup the pidfd of '" + name_ + "'");
+    }
     start();
   }
   client(const client&) = delete;
@@ -1259,9 +1263,10 @@ class client {
     if (wake_reader) wake();
   }
 
+  // A lost wake-up would leave the reader asleep past a call's deadline, or close()
+  // waiting for it forever: eventfd_notify retries EINTR.
   void wake() {
-    std::uint64_t one = 1;
-    if (wake_) (void)!subprocess::detail::sys::write(wake_.get(), &one, sizeof one);
+    if (wake_) subprocess::detail::eventfd_notify(wake_.get());
   }
 
   static std::exception_ptr gone_error(const std::string& method, std::uint64_t id,
@@ -1311,10 +1316,7 @@ class client {
       fds[n++] = {wake_.get(), POLLIN, 0};
       if (pidfd_) fds[n++] = {pidfd_.get(), POLLIN, 0};
       subprocess::detail::poll_until(fds, n, dl);
-      if (fds[1].revents) {
-        std::uint64_t v;
-        (void)!sys::read(wake_.get(), &v, sizeof v);
-      }
+      if (fds[1].revents) subprocess::detail::eventfd_drain(wake_.get());
       if (fds[0].revents & POLLOUT) {
         try {
           ch_.flush();
@@ -1427,8 +1429,11 @@ class client {
     if (!pidfd_) return std::nullopt;
     siginfo_t si{};
     // 3 is P_PIDFD (Linux 5.4); spelled out for older C libraries.
-    if (subprocess::detail::sys::waitid(static_cast<idtype_t>(3), static_cast<id_t>(pidfd_.get()),
-                                        &si, WEXITED | WNOWAIT | WNOHANG) != 0 ||
+    namespace sys = subprocess::detail::sys;
+    if (sys::no_eintr([&] {
+          return sys::waitid(static_cast<idtype_t>(3), static_cast<id_t>(pidfd_.get()), &si,
+                             WEXITED | WNOWAIT | WNOHANG);
+        }) != 0 ||
         si.si_pid == 0)
       return std::nullopt;
     if (si.si_code == CLD_EXITED) return subprocess::exit_status::exited(si.si_status);
@@ -1653,8 +1658,12 @@ struct channel_callbacks {
 
 // Watches a channel in an event loop: any Loop with
 //   id watch(int fd, std::uint32_t epoll_events, fn(std::uint32_t revents))
-//   void unwatch(id)
-// (level-triggered, unwatch allowed from inside a callback), such as sp::event_loop.
+//   void unwatch(id)   or   void remove(id)
+// (level-triggered, unwatch allowed from inside a callback), such as sp::event_loop:
+//
+//   sp::event_loop loop;
+//   auto a = sp::ipc::attach(loop, ch, {.on_message = [&](sp::ipc::json m) { ... }});
+//   loop.run();   // returns once the peer has gone (on_close) and nothing else is left
 // Messages go to on_message on the loop's thread; send() never blocks: what the socket
 // cannot take now is written when it becomes writable. The channel must outlive the
 // attachment. Do not destroy the attachment from one of its callbacks; detach() it.
@@ -1676,7 +1685,7 @@ class attachment {
   }
   // Stops watching (the channel stays open).
   void detach() {
-    if (watching_) loop_.unwatch(id_);
+    if (watching_) unwatch();
     watching_ = false;
   }
   bool attached() const noexcept { return watching_; }
@@ -1685,8 +1694,15 @@ class attachment {
   using id_type = decltype(std::declval<Loop&>().watch(
       0, std::uint32_t{}, std::declval<std::function<void(std::uint32_t)>>()));
 
+  void unwatch() {
+    if constexpr (requires(Loop& l, id_type i) { l.unwatch(i); })
+      loop_.unwatch(id_);
+    else
+      loop_.remove(id_);  // sp::event_loop
+  }
   void watch(bool out) {
-    if (watching_) loop_.unwatch(id_);
+    if (watching_) unwatch();
+    watching_ = false;  // stays false if watch() throws (epoll_ctl: ENOMEM, ENOSPC)
     std::uint32_t ev = EPOLLIN | (out ? std::uint32_t{EPOLLOUT} : 0u);
     id_ = loop_.watch(ch_.fd(), ev, std::function<void(std::uint32_t)>(
                                         [this](std::uint32_t revents) { ready(revents); }));
