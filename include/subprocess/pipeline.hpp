@@ -1048,8 +1048,9 @@ class running_pipeline {
     std::lock_guard lk(st.mu);
     return st.signal_all_locked(sig);
   }
-  // SIGTERM to every stage (the whole group); if the pipeline has not finished
-  // after `grace`, SIGKILL and the transforms are stopped. Then as wait().
+  // SIGTERM to every stage (the whole group), followed by SIGCONT so that a stopped
+  // stage runs its handler too; if the pipeline has not finished after `grace`,
+  // SIGKILL and the transforms are stopped. Then as wait().
   template <class Rep = long, class Period = std::ratio<1>>
   pipeline_result terminate(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5)) {
     if (grace < grace.zero()) throw argument_error(command_line(), "negative grace period for terminate");
@@ -1057,10 +1058,12 @@ class running_pipeline {
     {
       std::unique_lock lk(st.mu);
       if (!st.finished) {
-        if (st.commands == 0)
+        if (st.commands == 0) {
           st.abort_locked(SIGTERM);
-        else
+        } else {
           st.signal_all_locked(SIGTERM);
+          st.signal_all_locked(SIGCONT);  // SIGTERM stays pending in a stopped stage
+        }
         if (!st.cv.wait_for(lk, grace, [&] { return st.finished; })) st.abort_locked(SIGKILL);
       }
     }

@@ -262,8 +262,11 @@ class process {
 
   // Output pipes the process owns are drained while waiting (see the header notes).
   int add_drains(pollfd* fds, int n) {
+    // input_ended(), not eof(): drained bytes stay buffered for the caller, and a
+    // pipe at end of file polls readable (POLLHUP) at once, for ever: watching it
+    // again would spin until the child exits.
     for (pipe_reader* r : {&out_, &err_})
-      if (r->is_open() && !r->eof()) fds[n++] = pollfd{r->fd(), POLLIN, 0};
+      if (r->is_open() && !r->input_ended()) fds[n++] = pollfd{r->fd(), POLLIN, 0};
     return n;
   }
   void drain_ready(const pollfd* fds, int n) {
