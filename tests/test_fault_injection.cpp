@@ -13,6 +13,7 @@
 #include <thread>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -566,4 +567,37 @@ TEST_CASE("kernels without pidfds: the fallbacks wait, time out and reap correct
     CHECK(sp::detail::reaper::instance().pending() == 0);
   }
   CHECK(p.injected(call::pidfd_open) + p.injected(call::clone) > 0);
+}
+
+TEST_CASE("a pipe that never stops being readable cannot hold a deadline (regression)") {
+  // poll() says readable and every read() says EAGAIN: the deterministic model of a
+  // child writing faster than we read, where poll() never times out. Before the fix
+  // run(), wait_for() and read_line_for() only noticed their deadline when poll()
+  // timed out, so they ran on for as long as the output kept coming (here: until
+  // the plan's 50 million faults ran out, tens of seconds).
+  // Each op gets a child of its own whose output waits in the pipe.
+  auto child = [] {
+    auto q = testing::helper({"out-bytes", "1000", "sleep", "60000"}).out(sp::pipe).spawn();
+    REQUIRE(sp::detail::poll_one(q.out().fd(), POLLIN, clk::now() + 10s) != 0);
+    return q;
+  };
+  auto timed = [](const std::function<void()>& op) {
+    plan p;
+    p.fail_every(call::read, 1, EAGAIN, 50'000'000);
+    scope s(p);
+    auto t0 = clk::now();
+    op();
+    auto dt = clk::now() - t0;
+    CHECK(dt >= 300ms);
+    CHECK(dt < 3s);
+    CHECK(p.injected(call::read) > 0);
+  };
+  auto a = child();
+  timed([&] { CHECK_FALSE(a.wait_for(300ms)); });
+  auto b = child();
+  timed([&] { CHECK_FALSE(b.out().read_line_for(300ms)); });
+  timed([&] {
+    CHECK_THROWS_AS(sp::run(testing::helper({"out-bytes", "1000", "sleep", "60000"}), {.timeout = 300ms}),
+                    sp::timeout_error);
+  });
 }

@@ -273,7 +273,9 @@ class process {
     for (int i = 0; i < n; ++i) {
       if (fds[i].revents == 0) continue;
       pipe_reader& r = fds[i].fd == out_.fd() ? out_ : err_;
-      while (r.fill() > 0) {
+      // A bounded amount per wake-up: a child writing faster than we read must not
+      // keep us here past the deadline.
+      for (int round = 0; round < 4 && r.fill() > 0; ++round) {
       }
     }
   }
@@ -282,12 +284,15 @@ class process {
     for (;;) {
       pollfd fds[3] = {{pidfd_.get(), POLLIN, 0}, {}, {}};
       int n = add_drains(fds, 1);
-      if (detail::poll_until(fds, static_cast<nfds_t>(n), dl, command_) == 0) return std::nullopt;
+      int ready = detail::poll_until(fds, static_cast<nfds_t>(n), dl, command_);
       drain_ready(fds + 1, n - 1);
       if (fds[0].revents != 0) {
         reap(true);  // exited: this returns at once
         return status_;
       }
+      // Not only when poll() times out: a pipe that never stops being readable (a
+      // child flooding its output) would otherwise keep us past the deadline.
+      if (ready == 0 || (dl && detail::clock::now() >= *dl)) return std::nullopt;
     }
   }
   // Kernels without pidfds: poll the pipes with a growing timeout, try waitpid.

@@ -416,7 +416,7 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
     }
     for (std::size_t k = 0; k < fds.size(); ++k)
       if (fds[k].revents != 0 && drain[k] != nullptr)
-        while (drain[k]->fill() > 0) {
+        for (int round = 0; round < 4 && drain[k]->fill() > 0; ++round) {  // bounded: see wait()
         }
     if (interrupt_slot >= 0 && fds[interrupt_slot].revents != 0 && on_interrupt()) dl = clock::now();
     for (std::size_t i = 0; i < ts.size(); ++i) {
@@ -689,7 +689,7 @@ inline forward_result forward_impl(signal_set& set, std::vector<process*> ps, cl
     poll_until(fds.data(), static_cast<nfds_t>(fds.size()), wake);
     for (std::size_t i = 1; i < fds.size(); ++i)
       if (fds[i].revents != 0 && drains[i] != nullptr)
-        while (drains[i]->fill() > 0) {
+        for (int round = 0; round < 4 && drains[i]->fill() > 0; ++round) {  // bounded: see wait()
         }
   }
   if (!res.received) {  // nothing to forward: just collect the statuses
