@@ -961,3 +961,31 @@ TEST_CASE("any single failing call in signal handling and shutdown: right result
   CHECK(f > 20);
   tally_by_area.add("sweep: signals", f);
 }
+
+TEST_CASE("a socket or signalfd that never stops being readable cannot hold a deadline (regression)") {
+  // poll() says readable and every recv()/read() says EAGAIN: the deterministic model
+  // of a peer sending faster than we read. Before the fix receive_for() and
+  // signal_set::wait_for() only noticed their deadline when poll() timed out.
+  auto timed = [](call kind, const std::function<void()>& op) {
+    plan& p = new_plan();
+    p.fail_every(kind, 1, EAGAIN, 50'000'000);
+    scope s(p);
+    auto t0 = clk::now();
+    op();
+    auto dt = clk::now() - t0;
+    CHECK(dt >= 300ms);
+    CHECK(dt < 3s);
+    CHECK(p.injected(kind) > 0);
+    tally_by_area.add("EAGAIN while readable (deadline regressions)", p.injected(kind));
+  };
+  auto c = ipc_child({"connect", "raw-bytes", "1000", "x", "expect-eof"}).spawn();
+  ipc::channel ch(c);
+  REQUIRE(sp::detail::poll_one(ch.fd(), POLLIN, clk::now() + 10s) != 0);  // bytes wait
+  timed(call::recv, [&] { CHECK_FALSE(ch.receive_for(300ms)); });
+  sp::signal_set set{SIGUSR1};
+  REQUIRE(::pthread_kill(::pthread_self(), SIGUSR1) == 0);
+  timed(call::read, [&] { CHECK_FALSE(set.wait_for(300ms)); });
+  CHECK(set.wait_for(5s));  // still there
+  ch.close();
+  CHECK(c.wait_for(10s) == sp::exit_status::exited(0));
+}

@@ -376,9 +376,12 @@ class channel {
     } else {
       rl.lock();
     }
-    for (;;) {
+    for (bool tried = false;; tried = true) {
       if (auto m = next_locked(s)) return m;
       if (s.peer_done || s.closed.load()) return std::nullopt;
+      // After one look at the socket the deadline holds, even while bytes keep coming
+      // (a peer sending a long message faster than we read).
+      if (tried && dl && subprocess::detail::clock::now() >= *dl) return std::nullopt;
       // Without a deadline, wait inside recv(); close() from another thread wakes it.
       if (read_locked(s, !dl) > 0 || s.peer_done) continue;
       if (subprocess::detail::poll_one(s.fd.get(), POLLIN, dl) == 0) return std::nullopt;

@@ -594,8 +594,10 @@ class signal_set {
     return wait_until(detail::clock::now() + timeout);
   }
   std::optional<signal_info> wait_until(const detail::deadline& dl) {
-    for (;;) {
+    for (bool tried = false;; tried = true) {
       if (auto s = try_read()) return s;
+      // Readable but nothing to read (another thread took it): the deadline still holds.
+      if (tried && dl && detail::clock::now() >= *dl) return std::nullopt;
       if (detail::poll_one(fd_.get(), POLLIN, dl) == 0) return std::nullopt;
     }
   }
