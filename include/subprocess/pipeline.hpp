@@ -782,8 +782,16 @@ inline exit_status status_from_siginfo(const siginfo_t& info) noexcept {
 inline void pipeline_state::check_exit(std::size_t k) {
   stage_slot& s = stages[k];
   siginfo_t info{};
-  int r = sys::no_eintr([&] { return sys::waitid(P_PID, static_cast<id_t>(s.pid), &info,
-                                                 WEXITED | WNOHANG | WNOWAIT); });
+  // Through the pidfd when there is one: a pid can be reused once reaped elsewhere.
+  const int pidfd = s.proc.pidfd();
+  int r = sys::no_eintr([&] {
+    return pidfd >= 0 ? sys::waitid_pidfd(pidfd, &info, WEXITED | WNOHANG | WNOWAIT)
+                      : sys::waitid(P_PID, static_cast<id_t>(s.pid), &info, WEXITED | WNOHANG | WNOWAIT);
+  });
+  if (r < 0 && errno == EINVAL && pidfd >= 0)  // no P_PIDFD (Linux 5.3)
+    r = sys::no_eintr([&] {
+      return sys::waitid(P_PID, static_cast<id_t>(s.pid), &info, WEXITED | WNOHANG | WNOWAIT);
+    });
   if (r < 0) {
     std::error_code ec(errno, std::system_category());
     throw error(ec, s.command, "waitid for '" + s.command + "' failed: " + ec.message());

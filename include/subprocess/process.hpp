@@ -238,21 +238,40 @@ class process {
     return true;
   }
 
-  // waitpid for our own pid only. blocking=false: WNOHANG.
+  // Reaps our own child only. blocking=false: WNOHANG. Through the pidfd when there
+  // is one: if someone else reaped the child (a waitpid(-1) elsewhere, SIGCHLD set to
+  // SIG_IGN) and its pid went to another process, waitpid(pid) would wait for (and
+  // reap) that one; waitid(P_PIDFD) fails with ECHILD instead.
   void reap(bool blocking) {
     int ws = 0;
-    for (;;) {
-      pid_t r = detail::sys::waitpid(pid_, &ws, blocking ? 0 : WNOHANG);
-      if (r == pid_) break;
-      if (r == 0) return;  // still running
-      if (errno == EINTR) continue;
+    for (bool by_pidfd = static_cast<bool>(pidfd_);;) {
+      if (by_pidfd) {
+        siginfo_t info{};
+        if (detail::sys::waitid_pidfd(pidfd_.get(), &info, WEXITED | (blocking ? 0 : WNOHANG)) == 0) {
+          if (info.si_pid == 0) return;  // still running
+          status_ = info.si_code == CLD_EXITED ? exit_status::exited(info.si_status)
+                                               : exit_status::signaled(info.si_status, info.si_code == CLD_DUMPED);
+          reaped_.store(true, std::memory_order_release);
+          return;
+        }
+        if (errno == EINTR) continue;
+        if (errno == EINVAL) {  // a kernel without P_PIDFD (5.3): by pid, then
+          by_pidfd = false;
+          continue;
+        }
+      } else {
+        pid_t r = detail::sys::waitpid(pid_, &ws, blocking ? 0 : WNOHANG);
+        if (r == pid_) break;
+        if (r == 0) return;  // still running
+        if (errno == EINTR) continue;
+      }
       int e = errno;
       // ECHILD: someone else reaped it, the pid may be reused: never signal it
       // again. Any other failure changes nothing: the child is still ours, and the
       // destructor must still be able to kill it.
       if (e == ECHILD) reaped_.store(true, std::memory_order_release);
       throw error(std::error_code(e, std::system_category()), command_,
-                  "waitpid for '" + command_ + "' failed" +
+                  "waiting for '" + command_ + "' failed" +
                       (e == ECHILD ? " (was it reaped by other code calling waitpid(-1)?)" : "") +
                       ": " + std::error_code(e, std::system_category()).message());
     }

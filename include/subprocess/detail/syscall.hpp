@@ -120,6 +120,12 @@ inline int waitid(idtype_t type, id_t id, siginfo_t* info, int options) noexcept
   SUBPROCESS_FAULT_POINT(call::waitid);
   return ::waitid(type, id, info, options);
 }
+// waitid(P_PIDFD, pidfd, ...) (Linux 5.4; EINVAL before): waits for exactly the
+// process behind the pidfd, never for whoever got its pid after it was reaped.
+inline int waitid_pidfd(int pidfd, siginfo_t* info, int options) noexcept {
+  return sys::waitid(static_cast<idtype_t>(3 /* P_PIDFD, spelled out for older C libraries */),
+                     static_cast<id_t>(pidfd), info, options);
+}
 // Sockets (the ipc channel). flags: MSG_DONTWAIT, MSG_NOSIGNAL...
 inline ssize_t recv(int fd, void* buf, std::size_t n, int flags) noexcept {
   SUBPROCESS_FAULT_POINT(call::recv);
