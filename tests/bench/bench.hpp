@@ -65,6 +65,16 @@ inline bool register_impl(std::string key, impl_fn fn) {
   return true;
 }
 
+// Child roles of the C++ binary: `subprocess_bench --role <name> ...` runs fn(argc,
+// argv) instead of the driver or the server. For modules whose implementation starts
+// workers of its own (command::self({"--role", name})).
+using role_fn = std::function<int(int argc, char** argv)>;
+std::map<std::string, role_fn>& roles();
+inline bool register_role(std::string name, role_fn fn) {
+  roles().emplace(std::move(name), std::move(fn));
+  return true;
+}
+
 // Versions of the peer libraries compiled in ("Boost 1.81.0"), for the table header.
 std::vector<std::string>& versions();
 inline bool register_version(std::string v) {
@@ -96,7 +106,10 @@ struct row {
   std::string skip_reason{};
 };
 
-enum class unit { latency, throughput };
+// latency: time per iteration; throughput: bytes per second (MB/s); rate: items per
+// second (an iteration handles `bytes` items, or the row's param; unit name in
+// benchmark::rate_unit).
+enum class unit { latency, throughput, rate };
 
 struct benchmark {
   std::string id;     // short name used in goals
@@ -107,11 +120,14 @@ struct benchmark {
   std::vector<row> rows;
   bool show_extra = false;      // capture: show peak RSS growth (extra) per row
   std::string note{};           // printed under the table
+  std::string rate_unit{"items/s"};  // unit::rate: what is counted
 };
 
 // A goal: row `label` of benchmark `bench` against row `base_label` of
 // `base_bench`; met when ratio (throughput: ours/base; latency: ours/base) is
 // <= max_ratio (latency) or >= min_ratio (throughput). For rss, extra / bytes.
+// With base_bench empty (and not rss): the row's own median in the table's unit,
+// against max_ratio/min_ratio as absolute bounds.
 struct goal {
   std::string text;
   std::string bench, label;

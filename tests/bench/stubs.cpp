@@ -1,8 +1,8 @@
-// tests/bench/stubs.cpp - figures 4-6 (pipelines, ipc, pool): placeholders.
+// tests/bench/stubs.cpp - figures 4-5 (pipelines, ipc): placeholders.
 //
-// pipeline.hpp, ipc.hpp and pool.hpp are written on other branches. Each of these
-// benchmarks will be its own module file (pipeline.cpp, ipc.cpp, pool.cpp) built
-// like spawn.cpp and capture.cpp: server-side implementations registered with
+// pipeline.hpp and ipc.hpp are written on other branches. Each of these
+// benchmarks will be its own module file (pipeline.cpp, ipc.cpp) built like
+// spawn.cpp, capture.cpp and pool.cpp: server-side implementations registered with
 // bench::register_impl, a plan registered with bench::register_plan, and handlers
 // in peers/peer.py and peers/peer.js for the Python and Node peers. Until then the
 // table says so instead of showing numbers. When a module lands, delete its line
@@ -25,9 +25,6 @@ bench::phase not_built(const char* name, const char* title) {
     }) &&
     bench::register_plan(40, [](const bench::plan_context&) {
       return not_built("ipc", "5. ipc round trips and a 100 MiB message (vs socketpair, Node, Python)");
-    }) &&
-    bench::register_plan(50, [](const bench::plan_context&) {
-      return not_built("pool", "6. worker pool, 2 workers, trivial tasks (vs raw C++, Node, Python)");
     });
 
 }  // namespace

@@ -21,6 +21,12 @@
 //                         big {n}            returns a string of n 'x'
 //                         count {}           returns how many calls it has answered
 //                         pid {}             returns getpid()
+//                         work {ms, n?}      sleeps ms, returns {"pid": getpid(), "ms": ms,
+//                                            "n": n} (the pool tests' slow task)
+//                         spin {ms}          keeps the CPU busy for ms, returns getpid()
+//                         square [n]         returns n*n (also {"n": n})
+//                         stop {}            raises SIGSTOP (answers once continued)
+//                         env {name}         the variable's value, or null
 //   raw TEXT            write TEXT to the channel as it is (\n, \\ and \xNN decoded)
 //   raw-bytes N C       write N bytes C (no newline)
 //   expect-eof          read and drop messages until the end of the channel
@@ -29,12 +35,14 @@
 //   sleep MS            sleep MS milliseconds
 //   exit N              exit with code N now
 //   stop-self           raise SIGSTOP
+//   ignore-term         ignore SIGTERM from now on (a worker that must be SIGKILLed)
 //   grandchild-pid      fork a grandchild that sleeps forever holding every fd (the
 //                       channel too); print its pid to stdout
 //   flood-lines         write "garbage\n" to the channel until it breaks
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
@@ -108,6 +116,34 @@ ipc::handler_map methods(int& answered) {
       {"big", [&](const json& p) -> json { ++answered; return std::string(p.at("n").get<std::size_t>(), 'x'); }},
       {"count", [&](const json&) -> json { return ++answered; }},
       {"pid", [&](const json&) -> json { ++answered; return ::getpid(); }},
+      {"work",
+       [&](const json& p) -> json {
+         ++answered;
+         int ms = p.at("ms").get<int>();
+         std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+         return {{"pid", ::getpid()}, {"ms", ms}, {"n", p.value("n", json(nullptr))}};
+       }},
+      {"spin",
+       [&](const json& p) -> json {
+         ++answered;
+         auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(p.at("ms").get<int>());
+         volatile std::uint64_t x = 0;
+         while (std::chrono::steady_clock::now() < end) x = x + 1;
+         return ::getpid();
+       }},
+      {"square",
+       [&](const json& p) -> json {
+         ++answered;
+         auto n = (p.is_array() ? p.at(0) : p.at("n")).get<std::int64_t>();
+         return n * n;
+       }},
+      {"stop", [&](const json&) -> json { ++answered; std::raise(SIGSTOP); return ::getpid(); }},
+      {"env",
+       [&](const json& p) -> json {
+         ++answered;
+         const char* v = std::getenv(p.at("name").get<std::string>().c_str());
+         return v ? json(v) : json(nullptr);
+       }},
   };
 }
 
@@ -190,6 +226,8 @@ int main(int argc, char** argv) {
       std::string lines;
       for (int k = 0; k < 4096; ++k) lines += "garbage\n";
       for (;;) write_raw(ch.fd(), lines);  // exits 141 when the parent is gone
+    } else if (act == "ignore-term") {
+      std::signal(SIGTERM, SIG_IGN);
     } else {
       std::fprintf(stderr, "ipc_helper: unknown action '%s'\n", act.c_str());
       return 2;

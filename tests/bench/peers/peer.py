@@ -62,8 +62,30 @@ def capture(both):
     return run
 
 
+def _square(x):
+    return x * x
+
+
+def pool_square(iterations, n):
+    # Imported here: the other benchmarks do not pay for it.
+    import multiprocessing as mp
+    samples = []
+    expected = sum(i * i for i in range(n))
+    with mp.Pool(2) as pool:
+        for _ in pool.imap_unordered(_square, range(1000), chunksize=1):  # warm up
+            pass
+        for _ in range(iterations):
+            t0 = time.perf_counter_ns()
+            total = sum(pool.imap_unordered(_square, range(n), chunksize=1))
+            samples.append(str(time.perf_counter_ns() - t0))
+            if total != expected:
+                raise RuntimeError("wrong sum of squares")
+    return samples
+
+
 IMPLS = {
     "spawn/run": spawn_run,
+    "pool/mp_pool": pool_square,
     "capture/capture_output": capture(True),
     "capture/stdout_pipe": capture(False),
 }
