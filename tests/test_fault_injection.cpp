@@ -13,6 +13,7 @@
 #include <thread>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -184,7 +185,7 @@ TEST_CASE("EINTR in the reaper thread never drops a detached child (regression)"
   // forgot the child, which then stayed a zombie.
   static plan p;  // static: the reaper thread may look at it after the scope ends
   p.clear();
-  p.fail_every(call::waitpid, 1, EINTR, 5).fail_every(call::epoll_wait, 2, EINTR, 5);
+  p.fail_every(call::waitpid, 1, EINTR, 5).fail_every(call::waitid, 1, EINTR, 5).fail_every(call::epoll_wait, 2, EINTR, 5);
   auto child = testing::helper({"sleep", "100"}).spawn();
   const pid_t pid = child.pid();
   child.detach();  // the child runs 100 ms more: the faults below hit the reaper's waitpid
@@ -194,7 +195,7 @@ TEST_CASE("EINTR in the reaper thread never drops a detached child (regression)"
       std::this_thread::sleep_for(10ms);
   }
   CHECK(sp::detail::reaper::instance().pending() == 0);
-  CHECK(p.injected(call::waitpid) > 0);
+  CHECK(p.injected(call::waitpid) + p.injected(call::waitid) > 0);  // waitid: through the pidfd
   for (auto k : testing::children()) CHECK(k.pid != pid);
 }
 
@@ -474,14 +475,16 @@ TEST_CASE("any single failing call in run(): a subprocess::error or the right re
   CHECK(faults >= 20);
 }
 
-TEST_CASE("a failed waitpid does not disarm the destructor (regression)") {
+TEST_CASE("a failed wait does not disarm the destructor (regression)") {
   // Before the fix any waitpid failure marked the child as reaped: signal() then
   // refused to send and the destructor blocked forever on a child it never killed.
   auto t0 = clk::now();
   {
     auto q = testing::helper({"sleep", "60000"}).spawn();
     plan p;
-    p.fail_nth(call::waitpid, 1, EINVAL);
+    // waitid: through the pidfd; waitpid: without one. EIO stands for any failure
+    // other than ECHILD (which means someone else reaped it).
+    p.fail_nth(call::waitid, 1, EIO).fail_nth(call::waitpid, 1, EIO);
     {
       scope s(p);
       CHECK_THROWS_AS(q.try_wait(), sp::error);
@@ -566,4 +569,37 @@ TEST_CASE("kernels without pidfds: the fallbacks wait, time out and reap correct
     CHECK(sp::detail::reaper::instance().pending() == 0);
   }
   CHECK(p.injected(call::pidfd_open) + p.injected(call::clone) > 0);
+}
+
+TEST_CASE("a pipe that never stops being readable cannot hold a deadline (regression)") {
+  // poll() says readable and every read() says EAGAIN: the deterministic model of a
+  // child writing faster than we read, where poll() never times out. Before the fix
+  // run(), wait_for() and read_line_for() only noticed their deadline when poll()
+  // timed out, so they ran on for as long as the output kept coming (here: until
+  // the plan's 50 million faults ran out, tens of seconds).
+  // Each op gets a child of its own whose output waits in the pipe.
+  auto child = [] {
+    auto q = testing::helper({"out-bytes", "1000", "sleep", "60000"}).out(sp::pipe).spawn();
+    REQUIRE(sp::detail::poll_one(q.out().fd(), POLLIN, clk::now() + 10s) != 0);
+    return q;
+  };
+  auto timed = [](const std::function<void()>& op) {
+    plan p;
+    p.fail_every(call::read, 1, EAGAIN, 50'000'000);
+    scope s(p);
+    auto t0 = clk::now();
+    op();
+    auto dt = clk::now() - t0;
+    CHECK(dt >= 300ms);
+    CHECK(dt < 3s);
+    CHECK(p.injected(call::read) > 0);
+  };
+  auto a = child();
+  timed([&] { CHECK_FALSE(a.wait_for(300ms)); });
+  auto b = child();
+  timed([&] { CHECK_FALSE(b.out().read_line_for(300ms)); });
+  timed([&] {
+    CHECK_THROWS_AS(sp::run(testing::helper({"out-bytes", "1000", "sleep", "60000"}), {.timeout = 300ms}),
+                    sp::timeout_error);
+  });
 }

@@ -12,6 +12,9 @@
 #include <subprocess/subprocess.hpp>
 
 #include "../tests/fuzz/properties.hpp"
+#if defined(SP_FUZZ_IPC)
+#include "../tests/fuzz/properties_ipc.hpp"
+#endif
 #include "testing.hpp"
 
 namespace sp = subprocess;
@@ -55,6 +58,10 @@ TEST_CASE("fuzz corpora and regression inputs still pass their properties") {
   CHECK(replay("env_parse", fuzz::check_env_parse) >= 10);
   CHECK(replay("env_expand", fuzz::check_env_expand) >= 10);
   CHECK(replay("shell_quote", fuzz::check_shell_quote) >= 10);
+#if defined(SP_FUZZ_IPC)
+  CHECK(replay("json_decode", fuzz::check_json_decode) >= 10);
+  CHECK(replay("ipc_framing", fuzz::check_ipc_framing) >= 10);
+#endif
 }
 
 TEST_CASE("regression: deeply nested ${X:-...} defaults are an error, not a stack overflow") {

@@ -1,7 +1,11 @@
 #include <catch2/catch.hpp>
 
 #include <csignal>
+#include <fstream>
+#include <optional>
 #include <thread>
+
+#include <sys/wait.h>
 
 #include <subprocess/subprocess.hpp>
 
@@ -68,6 +72,44 @@ TEST_CASE("signals go through the pidfd and never after the reap") {
   CHECK(p.wait().signal() == SIGTERM);
   // Reaped: its pid may belong to someone else now. Nothing is sent.
   CHECK_FALSE(p.signal(SIGKILL));
+}
+
+TEST_CASE("a recycled pid is never signalled or waited for") {
+  // The race pidfds close: a child is reaped behind the library's back (a
+  // waitpid(-1) elsewhere, or SIGCHLD set to SIG_IGN), its pid goes to a new process,
+  // and then the old handle is used. Here the new process gets the very same pid on
+  // purpose (root can choose the next pid through /proc/sys/kernel/ns_last_pid).
+  auto a = testing::helper({"sleep", "60000"}).spawn();
+  const pid_t pid = a.pid();
+  REQUIRE(a.pidfd() >= 0);
+  REQUIRE(::kill(pid, SIGKILL) == 0);
+  siginfo_t info{};
+  REQUIRE(::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED) == 0);  // reaped by "someone else"
+  std::optional<sp::process> b;
+  for (int attempt = 0; attempt < 100 && !b; ++attempt) {
+    std::ofstream last("/proc/sys/kernel/ns_last_pid");
+    if (!(last << (pid - 1) << std::flush)) break;
+    last.close();
+    auto c = testing::helper({"sleep", "60000"}).spawn();
+    if (c.pid() == pid) b = std::move(c);  // else another process took it first: again
+  }
+  if (!b) {
+    WARN("skipped: cannot choose the next pid (needs root, or another process keeps taking it)");
+    CHECK_FALSE(a.signal(SIGKILL));
+    a.detach();  // the reaper finds it gone
+    return;
+  }
+  // The old handle now names a live, unrelated process by number.
+  CHECK_FALSE(a.signal(SIGKILL));  // the pidfd knows its process is gone: nothing sent
+  CHECK(testing::alive(pid));
+  CHECK_THROWS_AS(a.try_wait(), sp::error);  // it cannot be waited for (ECHILD)...
+  CHECK(testing::alive(pid));
+  CHECK_FALSE(b->try_wait());  // ...and b was not reaped in its place
+  { auto gone = std::move(a); }  // the destructor neither kills nor reaps b
+  CHECK(testing::alive(pid));
+  CHECK_FALSE(b->wait_for(100ms));
+  b->kill();
+  CHECK(b->wait().signal() == SIGKILL);
 }
 
 TEST_CASE("signal from another thread while one thread waits") {

@@ -72,6 +72,7 @@
 #include <sys/eventfd.h>
 
 #include "detail/buffer.hpp"
+#include "detail/eventfd.hpp"
 #include "detail/poll.hpp"
 #include "detail/sigpipe.hpp"
 #include "detail/syscall.hpp"
@@ -222,12 +223,17 @@ class event_loop {
     id i = next_id_++;
     exits_.emplace(i, e);
     auto check = [this, i] { check_exit(i); };
-    if (p.status()) {
-      e->poll_timer = after(std::chrono::milliseconds(0), check);  // reaped already
-    } else if (p.pidfd() < 0) {
-      e->poll_timer = every(std::chrono::milliseconds(20), check);  // no pidfd: old kernel
-    } else {
-      e->watch = watch(p.pidfd(), EPOLLIN, [check](std::uint32_t) { check(); });
+    try {
+      if (p.status()) {
+        e->poll_timer = after(std::chrono::milliseconds(0), check);  // reaped already
+      } else if (p.pidfd() < 0) {
+        e->poll_timer = every(std::chrono::milliseconds(20), check);  // no pidfd: old kernel
+      } else {
+        e->watch = watch(p.pidfd(), EPOLLIN, [check](std::uint32_t) { check(); });
+      }
+    } catch (...) {
+      exits_.erase(i);  // a half-registered exit watch would keep run() going forever
+      throw;
     }
     return i;
   }
@@ -347,7 +353,12 @@ class event_loop {
     s->self = next_id_++;
     streams_.emplace(s->self, s);
     id self = s->self;
-    s->watch = watch(r.fd(), EPOLLIN, [this, self](std::uint32_t) { on_stream_ready(self); });
+    try {
+      s->watch = watch(r.fd(), EPOLLIN, [this, self](std::uint32_t) { on_stream_ready(self); });
+    } catch (...) {
+      streams_.erase(self);  // epoll_ctl failed (ENOMEM, ENOSPC): nothing registered
+      throw;
+    }
     // Data already buffered in the reader (from an earlier read_line) is delivered too.
     if (!r.buffered().empty() || r.eof()) post([this, self] { deliver_stream(self, false); });
     return s;
@@ -492,10 +503,9 @@ class event_loop {
     }
   }
 
-  void wake() {
-    std::uint64_t one = 1;
-    (void)!detail::sys::write(wake_.get(), &one, sizeof one);
-  }
+  // A lost wake-up would leave run_forever() asleep with a posted callback or a
+  // stop() waiting: eventfd_notify retries EINTR.
+  void wake() { detail::eventfd_notify(wake_.get()); }
 
   // Watches with no events (idle writers, paused streams) do not keep run() going.
   bool has_work() const {
@@ -543,8 +553,7 @@ class event_loop {
       for (int k = 0; k < n; ++k) {
         id i = evs[k].data.u64;
         if (i == 0) {
-          std::uint64_t v;
-          (void)!detail::sys::read(wake_.get(), &v, sizeof v);
+          detail::eventfd_drain(wake_.get());
           continue;
         }
         auto it = watches_.find(i);

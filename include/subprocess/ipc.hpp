@@ -131,6 +131,7 @@
 #include <nlohmann/json.hpp>
 #include <sys/epoll.h>
 
+#include "detail/eventfd.hpp"
 #include "detail/json_codec.hpp"
 #include "detail/mapped_buffer.hpp"
 #include "detail/poll.hpp"
@@ -614,9 +615,12 @@ class channel {
     } else {
       rl.lock();
     }
-    for (;;) {
+    for (bool tried = false;; tried = true) {
       if (next(s)) return true;
       if (s.peer_done || s.closed.load()) return false;
+      // After one look at the socket the deadline holds, even while bytes keep coming
+      // (a peer sending a long message faster than we read).
+      if (tried && dl && subprocess::detail::clock::now() >= *dl) return false;
       // Without a deadline, wait inside recv(); close() from another thread wakes it.
       if (read_locked(s, !dl) > 0 || s.peer_done) continue;
       if (subprocess::detail::poll_one(s.fd.get(), POLLIN, dl) == 0) return false;
@@ -1083,7 +1087,7 @@ inline json heartbeat_result() {
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                 std::chrono::system_clock::now().time_since_epoch())
                 .count();
-  return {{"time", ms}, {"pid", ::getpid()}};
+  return {{"time", ms}, {"pid", subprocess::detail::sys::getpid()}};
 }
 
 // Runs the handler of `method`: its result, or (is_error) the error object to answer
@@ -1556,7 +1560,10 @@ class client {
   // outlive nothing here: the client keeps working after p is destroyed.
   explicit client(process& p, client_options opts = {})
       : ch_(p), opts_(std::move(opts)), name_(opts_.name.empty() ? ch_.name() : opts_.name) {
-    if (p.pidfd() >= 0) pidfd_.reset(subprocess::detail::sys::dup_above(p.pidfd(), 3));
+    if (p.pidfd() >= 0) {
+      pidfd_.reset(subprocess::detail::sys::dup_above(p.pidfd(), 3));
+      if (!pidfd_) subprocess::detail::throw_errno(errno, "ipc client: dup the pidfd of '" + name_ + "'");
+    }
     start();
   }
   client(const client&) = delete;
@@ -1687,9 +1694,10 @@ class client {
     if (wake_reader) wake();
   }
 
+  // A lost wake-up would leave the reader asleep past a call's deadline, or close()
+  // waiting for it forever: eventfd_notify retries EINTR.
   void wake() {
-    std::uint64_t one = 1;
-    if (wake_) (void)!subprocess::detail::sys::write(wake_.get(), &one, sizeof one);
+    if (wake_) subprocess::detail::eventfd_notify(wake_.get());
   }
 
   static std::exception_ptr gone_error(const std::string& method, std::uint64_t id,
@@ -1739,10 +1747,7 @@ class client {
       fds[n++] = {wake_.get(), POLLIN, 0};
       if (pidfd_) fds[n++] = {pidfd_.get(), POLLIN, 0};
       subprocess::detail::poll_until(fds, n, dl);
-      if (fds[1].revents) {
-        std::uint64_t v;
-        (void)!sys::read(wake_.get(), &v, sizeof v);
-      }
+      if (fds[1].revents) subprocess::detail::eventfd_drain(wake_.get());
       if (fds[0].revents & POLLOUT) {
         try {
           ch_.flush();
@@ -1855,8 +1860,11 @@ class client {
     if (!pidfd_) return std::nullopt;
     siginfo_t si{};
     // 3 is P_PIDFD (Linux 5.4); spelled out for older C libraries.
-    if (subprocess::detail::sys::waitid(static_cast<idtype_t>(3), static_cast<id_t>(pidfd_.get()),
-                                        &si, WEXITED | WNOWAIT | WNOHANG) != 0 ||
+    namespace sys = subprocess::detail::sys;
+    if (sys::no_eintr([&] {
+          return sys::waitid(static_cast<idtype_t>(3), static_cast<id_t>(pidfd_.get()), &si,
+                             WEXITED | WNOWAIT | WNOHANG);
+        }) != 0 ||
         si.si_pid == 0)
       return std::nullopt;
     if (si.si_code == CLD_EXITED) return subprocess::exit_status::exited(si.si_status);
@@ -2082,7 +2090,11 @@ struct channel_callbacks {
 // Watches a channel in an event loop: any Loop with
 //   id watch(int fd, std::uint32_t epoll_events, fn(std::uint32_t revents))
 //   void unwatch(id)
-// (level-triggered, unwatch allowed from inside a callback), such as sp::event_loop.
+// (level-triggered, unwatch allowed from inside a callback), such as sp::event_loop:
+//
+//   sp::event_loop loop;
+//   auto a = sp::ipc::attach(loop, ch, {.on_message = [&](sp::ipc::json m) { ... }});
+//   loop.run();   // returns once the peer has gone (on_close) and nothing else is left
 // Messages go to on_message on the loop's thread; send() never blocks: what the socket
 // cannot take now is written when it becomes writable. The channel must outlive the
 // attachment. Do not destroy the attachment from one of its callbacks; detach() it.
@@ -2115,6 +2127,7 @@ class attachment {
 
   void watch(bool out) {
     if (watching_) loop_.unwatch(id_);
+    watching_ = false;  // stays false if watch() throws (epoll_ctl: ENOMEM, ENOSPC)
     std::uint32_t ev = EPOLLIN | (out ? std::uint32_t{EPOLLOUT} : 0u);
     id_ = loop_.watch(ch_.fd(), ev, std::function<void(std::uint32_t)>(
                                         [this](std::uint32_t revents) { ready(revents); }));

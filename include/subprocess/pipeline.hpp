@@ -139,6 +139,7 @@
 
 #include "command.hpp"
 #include "detail/buffer.hpp"
+#include "detail/eventfd.hpp"
 #include "detail/poll.hpp"
 #include "detail/sigpipe.hpp"
 #include "detail/syscall.hpp"
@@ -353,14 +354,10 @@ inline unique_fd make_eventfd() {
   if (!fd) throw_errno(errno, "eventfd");
   return fd;
 }
-inline void eventfd_signal(int fd) noexcept {
-  std::uint64_t one = 1;
-  (void)!sys::write(fd, &one, sizeof one);
-}
-inline void eventfd_clear(int fd) noexcept {
-  std::uint64_t v;
-  (void)!sys::read(fd, &v, sizeof v);
-}
+// A lost signal would leave a pump or the supervisor asleep for good (see
+// detail/eventfd.hpp): EINTR is retried.
+inline void eventfd_signal(int fd) noexcept { eventfd_notify(fd); }
+inline void eventfd_clear(int fd) noexcept { eventfd_drain(fd); }
 
 // Waits until fd has `events`, or throws pump_stopped when stop_fd becomes readable.
 inline void wait_or_stop(int fd, short events, int stop_fd) {
@@ -785,8 +782,16 @@ inline exit_status status_from_siginfo(const siginfo_t& info) noexcept {
 inline void pipeline_state::check_exit(std::size_t k) {
   stage_slot& s = stages[k];
   siginfo_t info{};
-  int r = sys::no_eintr([&] { return sys::waitid(P_PID, static_cast<id_t>(s.pid), &info,
-                                                 WEXITED | WNOHANG | WNOWAIT); });
+  // Through the pidfd when there is one: a pid can be reused once reaped elsewhere.
+  const int pidfd = s.proc.pidfd();
+  int r = sys::no_eintr([&] {
+    return pidfd >= 0 ? sys::waitid_pidfd(pidfd, &info, WEXITED | WNOHANG | WNOWAIT)
+                      : sys::waitid(P_PID, static_cast<id_t>(s.pid), &info, WEXITED | WNOHANG | WNOWAIT);
+  });
+  if (r < 0 && errno == EINVAL && pidfd >= 0)  // no P_PIDFD (Linux 5.3)
+    r = sys::no_eintr([&] {
+      return sys::waitid(P_PID, static_cast<id_t>(s.pid), &info, WEXITED | WNOHANG | WNOWAIT);
+    });
   if (r < 0) {
     std::error_code ec(errno, std::system_category());
     throw error(ec, s.command, "waitid for '" + s.command + "' failed: " + ec.message());
@@ -1051,8 +1056,9 @@ class running_pipeline {
     std::lock_guard lk(st.mu);
     return st.signal_all_locked(sig);
   }
-  // SIGTERM to every stage (the whole group); if the pipeline has not finished
-  // after `grace`, SIGKILL and the transforms are stopped. Then as wait().
+  // SIGTERM to every stage (the whole group), followed by SIGCONT so that a stopped
+  // stage runs its handler too; if the pipeline has not finished after `grace`,
+  // SIGKILL and the transforms are stopped. Then as wait().
   template <class Rep = long, class Period = std::ratio<1>>
   pipeline_result terminate(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5)) {
     if (grace < grace.zero()) throw argument_error(command_line(), "negative grace period for terminate");
@@ -1060,10 +1066,12 @@ class running_pipeline {
     {
       std::unique_lock lk(st.mu);
       if (!st.finished) {
-        if (st.commands == 0)
+        if (st.commands == 0) {
           st.abort_locked(SIGTERM);
-        else
+        } else {
           st.signal_all_locked(SIGTERM);
+          st.signal_all_locked(SIGCONT);  // SIGTERM stays pending in a stopped stage
+        }
         if (!st.cv.wait_for(lk, grace, [&] { return st.finished; })) st.abort_locked(SIGKILL);
       }
     }
@@ -1187,7 +1195,7 @@ inline unique_fd open_for_pipeline(const file& f, bool for_output, const std::st
   int flags = m == file_mode::read       ? O_RDONLY
               : m == file_mode::truncate ? O_WRONLY | O_CREAT | O_TRUNC
                                          : O_WRONLY | O_CREAT | O_APPEND;
-  unique_fd fd(sys::open(f.path.c_str(), flags, 0666));
+  unique_fd fd(sys::no_eintr([&] { return sys::open(f.path.c_str(), flags, 0666); }));
   if (!fd)
     throw spawn_error(errno, cmd, for_output ? "open output file" : "open input file",
                       "'" + f.path.string() + "'");

@@ -238,21 +238,40 @@ class process {
     return true;
   }
 
-  // waitpid for our own pid only. blocking=false: WNOHANG.
+  // Reaps our own child only. blocking=false: WNOHANG. Through the pidfd when there
+  // is one: if someone else reaped the child (a waitpid(-1) elsewhere, SIGCHLD set to
+  // SIG_IGN) and its pid went to another process, waitpid(pid) would wait for (and
+  // reap) that one; waitid(P_PIDFD) fails with ECHILD instead.
   void reap(bool blocking) {
     int ws = 0;
-    for (;;) {
-      pid_t r = detail::sys::waitpid(pid_, &ws, blocking ? 0 : WNOHANG);
-      if (r == pid_) break;
-      if (r == 0) return;  // still running
-      if (errno == EINTR) continue;
+    for (bool by_pidfd = static_cast<bool>(pidfd_);;) {
+      if (by_pidfd) {
+        siginfo_t info{};
+        if (detail::sys::waitid_pidfd(pidfd_.get(), &info, WEXITED | (blocking ? 0 : WNOHANG)) == 0) {
+          if (info.si_pid == 0) return;  // still running
+          status_ = info.si_code == CLD_EXITED ? exit_status::exited(info.si_status)
+                                               : exit_status::signaled(info.si_status, info.si_code == CLD_DUMPED);
+          reaped_.store(true, std::memory_order_release);
+          return;
+        }
+        if (errno == EINTR) continue;
+        if (errno == EINVAL) {  // a kernel without P_PIDFD (5.3): by pid, then
+          by_pidfd = false;
+          continue;
+        }
+      } else {
+        pid_t r = detail::sys::waitpid(pid_, &ws, blocking ? 0 : WNOHANG);
+        if (r == pid_) break;
+        if (r == 0) return;  // still running
+        if (errno == EINTR) continue;
+      }
       int e = errno;
       // ECHILD: someone else reaped it, the pid may be reused: never signal it
       // again. Any other failure changes nothing: the child is still ours, and the
       // destructor must still be able to kill it.
       if (e == ECHILD) reaped_.store(true, std::memory_order_release);
       throw error(std::error_code(e, std::system_category()), command_,
-                  "waitpid for '" + command_ + "' failed" +
+                  "waiting for '" + command_ + "' failed" +
                       (e == ECHILD ? " (was it reaped by other code calling waitpid(-1)?)" : "") +
                       ": " + std::error_code(e, std::system_category()).message());
     }
@@ -262,15 +281,20 @@ class process {
 
   // Output pipes the process owns are drained while waiting (see the header notes).
   int add_drains(pollfd* fds, int n) {
+    // input_ended(), not eof(): drained bytes stay buffered for the caller, and a
+    // pipe at end of file polls readable (POLLHUP) at once, for ever: watching it
+    // again would spin until the child exits.
     for (pipe_reader* r : {&out_, &err_})
-      if (r->is_open() && !r->eof()) fds[n++] = pollfd{r->fd(), POLLIN, 0};
+      if (r->is_open() && !r->input_ended()) fds[n++] = pollfd{r->fd(), POLLIN, 0};
     return n;
   }
   void drain_ready(const pollfd* fds, int n) {
     for (int i = 0; i < n; ++i) {
       if (fds[i].revents == 0) continue;
       pipe_reader& r = fds[i].fd == out_.fd() ? out_ : err_;
-      while (r.fill() > 0) {
+      // A bounded amount per wake-up: a child writing faster than we read must not
+      // keep us here past the deadline.
+      for (int round = 0; round < 4 && r.fill() > 0; ++round) {
       }
     }
   }
@@ -279,12 +303,15 @@ class process {
     for (;;) {
       pollfd fds[3] = {{pidfd_.get(), POLLIN, 0}, {}, {}};
       int n = add_drains(fds, 1);
-      if (detail::poll_until(fds, static_cast<nfds_t>(n), dl, command_) == 0) return std::nullopt;
+      int ready = detail::poll_until(fds, static_cast<nfds_t>(n), dl, command_);
       drain_ready(fds + 1, n - 1);
       if (fds[0].revents != 0) {
         reap(true);  // exited: this returns at once
         return status_;
       }
+      // Not only when poll() times out: a pipe that never stops being readable (a
+      // child flooding its output) would otherwise keep us past the deadline.
+      if (ready == 0 || (dl && detail::clock::now() >= *dl)) return std::nullopt;
     }
   }
   // Kernels without pidfds: poll the pipes with a growing timeout, try waitpid.

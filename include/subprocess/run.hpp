@@ -225,6 +225,7 @@ inline run_result communicate(process& p, std::string_view input = {},
     guard.emplace();
     guard->check(res.command);
   }
+  bool was_late = false;
   for (;;) {
     pollfd fds[4];
     int n = 0, in_i = -1, pid_i = -1, cap_i[2] = {-1, -1};
@@ -257,7 +258,12 @@ inline run_result communicate(process& p, std::string_view input = {},
       if (!wake || soon < *wake) wake = soon;
     }
     int ready = detail::poll_until(fds, static_cast<nfds_t>(n), wake, res.command);
-    if (ready == 0 && dl && detail::clock::now() >= *dl) {
+    // Past the deadline, what poll() reported is handled once more (a child that
+    // finished right at the deadline still succeeds), then it is a timeout, whether or
+    // not poll() timed out: a pipe that never stops being readable (a child writing
+    // faster than we read) must not keep run() past its timeout.
+    const bool late = dl && detail::clock::now() >= *dl;
+    if (late && (ready == 0 || was_late)) {
       bool had_exited = p.status().has_value();
       // Exited, but its pipes are still held: by its own process group, if it has one
       // (the group id stays reserved while members live), which the timeout covers too.
@@ -277,6 +283,7 @@ inline run_result communicate(process& p, std::string_view input = {},
                                            ", but a process it started still holds its output open"
                                      : std::string());
     }
+    was_late = late;
     if (in_i >= 0 && fds[in_i].revents != 0) {
       try {
         ssize_t w = in.write_raw(input, *guard);

@@ -395,7 +395,7 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
         drain.push_back(nullptr);
       }
       for (pipe_reader* r : {&t.p->out(), &t.p->err()}) {
-        if (!r->is_open() || r->eof()) continue;
+        if (!r->is_open() || r->input_ended()) continue;  // not eof(): see process.hpp, add_drains
         fds.push_back({r->fd(), POLLIN, 0});
         drain.push_back(r);
       }
@@ -416,7 +416,7 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
     }
     for (std::size_t k = 0; k < fds.size(); ++k)
       if (fds[k].revents != 0 && drain[k] != nullptr)
-        while (drain[k]->fill() > 0) {
+        for (int round = 0; round < 4 && drain[k]->fill() > 0; ++round) {  // bounded: see wait()
         }
     if (interrupt_slot >= 0 && fds[interrupt_slot].revents != 0 && on_interrupt()) dl = clock::now();
     for (std::size_t i = 0; i < ts.size(); ++i) {
@@ -594,8 +594,10 @@ class signal_set {
     return wait_until(detail::clock::now() + timeout);
   }
   std::optional<signal_info> wait_until(const detail::deadline& dl) {
-    for (;;) {
+    for (bool tried = false;; tried = true) {
       if (auto s = try_read()) return s;
+      // Readable but nothing to read (another thread took it): the deadline still holds.
+      if (tried && dl && detail::clock::now() >= *dl) return std::nullopt;
       if (detail::poll_one(fd_.get(), POLLIN, dl) == 0) return std::nullopt;
     }
   }
@@ -675,7 +677,7 @@ inline forward_result forward_impl(signal_set& set, std::vector<process*> ps, cl
         timer = true;
       }
       for (pipe_reader* r : {&t.p->out(), &t.p->err()}) {
-        if (!r->is_open() || r->eof()) continue;
+        if (!r->is_open() || r->input_ended()) continue;  // not eof(): see process.hpp, add_drains
         fds.push_back({r->fd(), POLLIN, 0});
         drains.push_back(r);
       }
@@ -689,7 +691,7 @@ inline forward_result forward_impl(signal_set& set, std::vector<process*> ps, cl
     poll_until(fds.data(), static_cast<nfds_t>(fds.size()), wake);
     for (std::size_t i = 1; i < fds.size(); ++i)
       if (fds[i].revents != 0 && drains[i] != nullptr)
-        while (drains[i]->fill() > 0) {
+        for (int round = 0; round < 4 && drains[i]->fill() > 0; ++round) {  // bounded: see wait()
         }
   }
   if (!res.received) {  // nothing to forward: just collect the statuses
@@ -700,7 +702,7 @@ inline forward_result forward_impl(signal_set& set, std::vector<process*> ps, cl
   // already reached every child in our foreground process group.
   const int sig = res.received->signal;
   if (res.received->from_kernel() && (sig == SIGINT || sig == SIGQUIT)) {
-    const pid_t ours = ::getpgrp();
+    const pid_t ours = sys::getpgrp();
     for (auto& t : ts)
       if (!t.p->status() && sys::getpgid(t.p->pid()) == ours) t.skip_polite = true;
   }

@@ -195,6 +195,7 @@ class pipe_reader {
       ssize_t r = fill();
       if (r > 0) return true;
       if (r == 0) return false;
+      if (dl && detail::clock::now() >= *dl) return false;  // even if poll keeps saying "ready"
       if (!wait_readable(dl)) return false;
     }
   }

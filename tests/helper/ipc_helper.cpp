@@ -36,6 +36,10 @@
 //   exit N              exit with code N now
 //   stop-self           raise SIGSTOP
 //   ignore-term         ignore SIGTERM from now on (a worker that must be SIGKILLed)
+//   grandchild-pid      fork a grandchild that sleeps forever holding every fd (the
+//                       channel too); print its pid to stdout
+//   flood-lines         write "garbage\n" to the channel until it breaks
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
@@ -203,6 +207,25 @@ int main(int argc, char** argv) {
       std::_Exit(std::stoi(next()));
     } else if (act == "stop-self") {
       std::raise(SIGSTOP);
+    } else if (act == "grandchild-pid") {
+      int sync[2];
+      if (::pipe(sync) != 0) return 4;
+      pid_t g = ::fork();
+      if (g == 0) {
+        ::close(sync[1]);  // tells the parent the grandchild is set up
+        for (;;) ::pause();
+      }
+      ::close(sync[1]);
+      char c;
+      while (::read(sync[0], &c, 1) < 0 && errno == EINTR) {
+      }
+      ::close(sync[0]);
+      std::printf("%d\n", static_cast<int>(g));
+      std::fflush(stdout);
+    } else if (act == "flood-lines") {
+      std::string lines;
+      for (int k = 0; k < 4096; ++k) lines += "garbage\n";
+      for (;;) write_raw(ch.fd(), lines);  // exits 141 when the parent is gone
     } else if (act == "ignore-term") {
       std::signal(SIGTERM, SIG_IGN);
     } else {

@@ -68,11 +68,11 @@ class plan {
 
   // The nth call (1-based) of `kind` fails with err.
   plan& fail_nth(call kind, long n, int err) { return add({kind, err, n, 0, 1}); }
-  // Calls 1, 1+period, 1+2*period... of `kind` fail with err, at most `times`
-  // times (-1: no limit). period 2 interrupts every call once and lets its retry
-  // through; period 1 fails every call.
-  plan& fail_every(call kind, long period, int err, long times = -1) {
-    return add({kind, err, 1, period, times});
+  // Calls first, first+period, first+2*period... of `kind` fail with err, at most
+  // `times` times (-1: no limit). period 2 interrupts every call once and lets its
+  // retry through; period 1 fails every call.
+  plan& fail_every(call kind, long period, int err, long times = -1, long first = 1) {
+    return add({kind, err, first, period, times});
   }
   // Forget the rules and the counts.
   void clear() noexcept {

@@ -103,7 +103,11 @@ class mapped_buffer {
       data_ = d;
       cap_ = cap;
     } else if (mapped_) {
-      if (begin_ > 0) std::memmove(data_, data_ + begin_, live);
+      if (begin_ > 0) {
+        std::memmove(data_, data_ + begin_, live);
+        begin_ = 0;  // now, so that a failed mremap leaves the bytes where view() looks
+        end_ = live;
+      }
       void* p = sys::mremap(data_, cap_, cap);
       if (p == MAP_FAILED) throw std::bad_alloc();
       data_ = static_cast<char*>(p);

@@ -13,6 +13,7 @@
 // before we look again, which needs the pid counter to wrap within the grace period.
 #pragma once
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,19 +27,37 @@ namespace subprocess::detail {
 
 // Is there a process in group `pgid` that has not exited? A group whose only
 // members we may not signal (EPERM) counts as empty: we could not stop them anyway.
+// When /proc cannot be read to the end (out of fds, an error), the answer is yes:
+// trusting kill() only costs waiting until the deadline and a SIGKILL to the group,
+// while a wrong no would leave a live member behind unkilled.
 inline bool group_has_live_members(pid_t pgid) {
   if (sys::kill(-pgid, 0) != 0) return false;
-  DIR* proc = ::opendir("/proc");
-  if (proc == nullptr) return true;  // no /proc: trust kill()
-  bool live = false;
+  DIR* proc;
+  while ((proc = sys::opendir("/proc")) == nullptr && errno == EINTR) {
+  }
+  if (proc == nullptr) return true;  // no /proc, or no fd left: trust kill()
+  struct closer {
+    DIR* d;
+    ~closer() { sys::closedir(d); }
+  } close_proc{proc};
   char path[sizeof "/proc//stat" + sizeof(dirent::d_name)];
   char buf[512];
-  while (dirent* e = ::readdir(proc)) {
+  for (;;) {
+    errno = 0;
+    dirent* e = sys::readdir(proc);
+    if (e == nullptr) {
+      if (errno == EINTR) continue;
+      return errno != 0;  // 0: the end, nobody alive found; else unsure: yes
+    }
     if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
     std::snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-    unique_fd fd(sys::open(path, O_RDONLY));
-    if (!fd) continue;  // it went away meanwhile
+    unique_fd fd(sys::no_eintr([&] { return sys::open(path, O_RDONLY); }));
+    if (!fd) {
+      if (errno == ENOENT || errno == ESRCH) continue;  // it went away meanwhile
+      return true;
+    }
     ssize_t n = sys::no_eintr([&] { return sys::read(fd.get(), buf, sizeof buf - 1); });
+    if (n < 0 && errno != ESRCH) return true;
     if (n <= 0) continue;
     buf[n] = '\0';
     // "pid (comm) S ppid pgrp ...": comm may contain anything, so parse after the last ')'.
@@ -46,15 +65,10 @@ inline bool group_has_live_members(pid_t pgid) {
     if (rp == nullptr || rp[1] != ' ') continue;
     char state = rp[2];
     char* end = nullptr;
-    std::strtol(rp + 3, &end, 10);                // ppid
-    long pgrp = std::strtol(end, nullptr, 10);    // pgrp
-    if (pgrp == pgid && state != 'Z' && state != 'X') {
-      live = true;
-      break;
-    }
+    std::strtol(rp + 3, &end, 10);              // ppid
+    long pgrp = std::strtol(end, nullptr, 10);  // pgrp
+    if (pgrp == pgid && state != 'Z' && state != 'X') return true;
   }
-  ::closedir(proc);
-  return live;
 }
 
 }  // namespace subprocess::detail

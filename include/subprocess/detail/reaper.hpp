@@ -15,6 +15,7 @@
 
 #include <sys/epoll.h>
 
+#include "eventfd.hpp"
 #include "syscall.hpp"
 #include "unique_fd.hpp"
 
@@ -47,9 +48,8 @@ class reaper {
       }
     }
     without_fd_.push_back(pid);
-    std::uint64_t one = 1;
     // A lost wake-up would leave this child a zombie until the next adopt().
-    (void)!sys::no_eintr([&] { return sys::write(wake_.get(), &one, sizeof one); });
+    eventfd_notify(wake_.get());
   }
 
   // Number of children not reaped yet (for tests).
@@ -91,9 +91,21 @@ class reaper {
   // Reaps pid if it has exited. True when it is gone (reaped now, or not ours any
   // more); false while it runs. EINTR is retried: treating it as "gone" would
   // drop a child that then stays a zombie.
-  static bool reap_if_exited(pid_t pid) noexcept {
+  // With a pidfd, waits through it: never for a process that got the pid after ours
+  // was reaped by someone else (see process::reap).
+  static bool reap_if_exited(pid_t pid, int pidfd = -1) noexcept {
     int ws;
-    for (;;) {
+    for (bool by_pidfd = pidfd >= 0;;) {
+      if (by_pidfd) {
+        siginfo_t info{};
+        if (sys::waitid_pidfd(pidfd, &info, WEXITED | WNOHANG) == 0) return info.si_pid != 0;
+        if (errno == EINTR) continue;
+        if (errno == EINVAL) {  // no P_PIDFD (Linux 5.3)
+          by_pidfd = false;
+          continue;
+        }
+        return true;  // ECHILD: gone
+      }
       pid_t r = sys::waitpid(pid, &ws, WNOHANG);
       if (r == 0) return false;
       if (r < 0 && errno == EINTR) continue;
@@ -116,14 +128,13 @@ class reaper {
       std::lock_guard lock(mu_);
       for (int i = 0; i < n; ++i) {
         if (evs[i].data.u64 == ~std::uint64_t(0)) {
-          std::uint64_t v;
-          (void)!sys::read(wake_.get(), &v, sizeof v);
+          eventfd_drain(wake_.get());
           continue;
         }
         auto pid = static_cast<pid_t>(evs[i].data.u64);
         for (auto it = with_fd_.begin(); it != with_fd_.end(); ++it) {
           if (it->pid != pid) continue;
-          if (reap_if_exited(pid)) {
+          if (reap_if_exited(pid, it->pidfd.get())) {
             sys::epoll_ctl(ep_.get(), EPOLL_CTL_DEL, it->pidfd.get(), nullptr);
             with_fd_.erase(it);
           }

@@ -20,7 +20,9 @@
 #include <cerrno>
 #include <csignal>
 #include <cstddef>
+#include <cstdint>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <spawn.h>
@@ -45,7 +47,7 @@ enum class call : unsigned char {
   read, write, poll, epoll_create, epoll_ctl, epoll_wait, waitid, waitpid, open, close, pipe2,
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
   signalfd, timerfd, eventfd, madvise, access, stat, getcwd, readlink, getrlimit, mmap, munmap,
-  sigpending, sigtimedwait, recv, send, shutdown, fstat, mremap, count_
+  sigpending, sigtimedwait, recv, send, shutdown, fstat, mremap, eventfd_write, count_
 };
 
 inline const char* call_name(call c) noexcept {
@@ -54,7 +56,7 @@ inline const char* call_name(call c) noexcept {
       "open", "close", "pipe2", "socketpair", "dup", "fcntl", "pidfd_open", "pidfd_send_signal",
       "kill", "posix_spawn", "clone", "sigmask", "signalfd", "timerfd", "eventfd", "madvise", "access",
       "stat", "getcwd", "readlink", "getrlimit", "mmap", "munmap", "sigpending", "sigtimedwait",
-      "recv", "send", "shutdown", "fstat", "mremap"};
+      "recv", "send", "shutdown", "fstat", "mremap", "eventfd_write"};
   static_assert(sizeof names / sizeof names[0] == static_cast<std::size_t>(call::count_));
   auto i = static_cast<std::size_t>(c);
   return i < static_cast<std::size_t>(call::count_) ? names[i] : "?";
@@ -117,6 +119,12 @@ inline int epoll_wait(int ep, epoll_event* evs, int n, int timeout_ms) noexcept 
 inline int waitid(idtype_t type, id_t id, siginfo_t* info, int options) noexcept {
   SUBPROCESS_FAULT_POINT(call::waitid);
   return ::waitid(type, id, info, options);
+}
+// waitid(P_PIDFD, pidfd, ...) (Linux 5.4; EINVAL before): waits for exactly the
+// process behind the pidfd, never for whoever got its pid after it was reaped.
+inline int waitid_pidfd(int pidfd, siginfo_t* info, int options) noexcept {
+  return sys::waitid(static_cast<idtype_t>(3 /* P_PIDFD, spelled out for older C libraries */),
+                     static_cast<id_t>(pidfd), info, options);
 }
 // Sockets (the ipc channel). flags: MSG_DONTWAIT, MSG_NOSIGNAL...
 inline ssize_t recv(int fd, void* buf, std::size_t n, int flags) noexcept {
@@ -209,6 +217,13 @@ inline int eventfd(unsigned initval, int flags) noexcept {
   SUBPROCESS_FAULT_POINT(call::eventfd);
   return ::eventfd(initval, flags | EFD_CLOEXEC);
 }
+// write(2) of 8 bytes to an eventfd: a kind of its own, because an eventfd write
+// fails with EAGAIN only when the counter is full (the fd is readable then anyway),
+// unlike a pipe write; tests can fail the two independently (see detail/eventfd.hpp).
+inline ssize_t eventfd_write(int fd, std::uint64_t value) noexcept {
+  SUBPROCESS_FAULT_POINT(call::eventfd_write);
+  return ::write(fd, &value, sizeof value);
+}
 inline int kill(pid_t pid, int sig) noexcept {
   SUBPROCESS_FAULT_POINT(call::kill);
   return ::kill(pid, sig);
@@ -227,6 +242,8 @@ inline int signalfd(int fd, const sigset_t* mask, int flags) noexcept {
   return ::signalfd(fd, mask, flags | SFD_CLOEXEC);
 }
 inline pid_t getpgid(pid_t pid) noexcept { return ::getpgid(pid); }
+// Cannot fail.
+inline pid_t getpgrp() noexcept { return ::getpgrp(); }
 inline int thread_sigmask(int how, const sigset_t* set, sigset_t* old) noexcept {
   // pthread_sigmask returns an errno value; map it to the -1/errno convention.
 #if defined(SUBPROCESS_FAULT_INJECTION)
@@ -274,6 +291,37 @@ inline char* getcwd(char* buf, std::size_t n) noexcept {
   }
 #endif
   return ::getcwd(buf, n);
+}
+// Directory listing (a scan of /proc). opendir opens an fd (fails like open),
+// readdir reads entries with getdents64 (fails like read: nullptr with errno set; at
+// the end nullptr with errno unchanged), closedir closes the fd.
+inline DIR* opendir(const char* path) noexcept {
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  if (int e = injected(call::open)) {
+    errno = e;
+    return nullptr;
+  }
+#endif
+  return ::opendir(path);
+}
+inline dirent* readdir(DIR* d) noexcept {
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  if (int e = injected(call::read)) {
+    errno = e;
+    return nullptr;
+  }
+#endif
+  return ::readdir(d);
+}
+inline int closedir(DIR* d) noexcept {
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  if (int e = injected(call::close)) {
+    ::closedir(d);  // like close(): the directory is gone either way
+    errno = e;
+    return -1;
+  }
+#endif
+  return ::closedir(d);
 }
 inline ssize_t readlink(const char* path, char* buf, std::size_t n) noexcept {
   SUBPROCESS_FAULT_POINT(call::readlink);

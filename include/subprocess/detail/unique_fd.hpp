@@ -5,6 +5,7 @@
 #include <system_error>
 #include <utility>
 
+#include "../error.hpp"
 #include "syscall.hpp"
 
 namespace subprocess::detail {
@@ -34,8 +35,11 @@ class unique_fd {
   int fd_ = -1;
 };
 
+// A failed system call as a subprocess::error (the base of everything the library
+// throws; it is a std::system_error): "what: Too many open files", code() the errno.
 [[noreturn]] inline void throw_errno(int err, const std::string& what) {
-  throw std::system_error(err, std::system_category(), what);
+  std::error_code ec(err, std::system_category());
+  throw error(ec, "", what + ": " + ec.message());
 }
 
 // Both ends close-on-exec; the caller decides which end goes to a child.
