@@ -9,7 +9,9 @@
 //
 // Protocol (one line each way, on fds 3 and 4 so the children we spawn can inherit
 // 0-2 harmlessly; fds 0 and 1 of a server are /dev/null):
-//   driver -> server   "<module>/<impl> <iterations> <param>\n"
+//   driver -> server   "<module>/<impl> <iterations> <param>[ <arg>]\n"
+//                      arg: one module-specific word (ipc: the placement, "split" or
+//                      "same"); absent when the row has none
 //   server -> driver   "ok <sample> <sample> ...\n"   a sample is "<ns>" or "<ns>:<extra>"
 //                      "skip <reason>\n"             not available (never faked)
 //                      "fail <message>\n"            it ran and went wrong
@@ -17,7 +19,10 @@
 // was asked to hold (--touch-mib N), so the 2 GiB parent is set up before timing.
 //
 // A module is one .cpp file: it registers server-side implementations with
-// register_impl() and driver-side benchmark descriptions with register_plan().
+// register_impl() and driver-side benchmark descriptions with register_plan(). A
+// module whose implementations need a child process of their own (the ipc echo
+// peer) registers it with register_child(): `subprocess_bench --child <name> args...`
+// runs it, so command::self() starts it.
 // Adding ipc, pool or pipeline benchmarks = adding one file; nothing else changes.
 #pragma once
 
@@ -49,6 +54,7 @@ struct sample {
 struct request {
   int iterations = 1;
   std::uint64_t param = 0;  // module-specific (capture: bytes)
+  std::string arg{};        // module-specific word, may be empty (ipc: placement)
 };
 
 // Thrown by an implementation that cannot run here ("not installed"): reported as
@@ -62,6 +68,15 @@ using impl_fn = std::function<std::vector<sample>(const request&)>;
 std::map<std::string, impl_fn>& impls();
 inline bool register_impl(std::string key, impl_fn fn) {
   impls().emplace(std::move(key), std::move(fn));
+  return true;
+}
+
+// A child role: `subprocess_bench --child <name> args...` calls fn(args) and exits
+// with what it returns.
+using child_fn = std::function<int(const std::vector<std::string>& args)>;
+std::map<std::string, child_fn>& children();
+inline bool register_child(std::string name, child_fn fn) {
+  children().emplace(std::move(name), std::move(fn));
   return true;
 }
 
@@ -92,11 +107,16 @@ struct row {
   std::string key;  // "<module>/<impl>" sent to the server
   int iterations = 1;  // per round
   std::uint64_t param = 0;
+  std::string arg{};  // sent after param when not empty
   // Set when the row cannot run at all (e.g. "not built yet"); no server is asked.
   std::string skip_reason{};
 };
 
-enum class unit { latency, throughput };
+// latency: a sample is the time of one operation (table: us/ms, lower is better);
+// throughput: a sample is the time to move `bytes` (MB/s, higher is better);
+// rate: a sample is the mean time of one operation in a batch (operations per
+// second, higher is better).
+enum class unit { latency, throughput, rate };
 
 struct benchmark {
   std::string id;     // short name used in goals
@@ -105,19 +125,23 @@ struct benchmark {
   std::uint64_t bytes = 0;      // throughput: bytes moved per iteration
   std::string baseline;         // label of the row all ratios are against
   std::vector<row> rows;
-  bool show_extra = false;      // capture: show peak RSS growth (extra) per row
+  bool show_extra = false;      // capture: show peak RSS growth (extra) per row, against bytes
+  bool show_peak_rss = false;   // pipeline: show peak RSS growth (extra) per row, in MiB
   std::string note{};           // printed under the table
 };
 
 // A goal: row `label` of benchmark `bench` against row `base_label` of
-// `base_bench`; met when ratio (throughput: ours/base; latency: ours/base) is
-// <= max_ratio (latency) or >= min_ratio (throughput). For rss, extra / bytes.
+// `base_bench`; met when ratio = median / (base median * base_scale), each in the
+// unit the table shows (us, MB/s, operations/s), is <= max_ratio (latency) or
+// >= min_ratio (throughput, rate). base_scale states proportionality: "4x the bytes
+// in at most 1.25x 4x the time" is base_scale 4, max_ratio 1.25. For rss, extra / bytes.
 struct goal {
   std::string text;
   std::string bench, label;
   std::string base_bench, base_label;  // empty for the rss goal
   std::optional<double> max_ratio{}, min_ratio{};
   bool rss = false;
+  double base_scale = 1.0;
 };
 
 struct plan_context {

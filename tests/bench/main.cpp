@@ -4,7 +4,9 @@
 //   subprocess_bench --smoke         tiny sizes, one round: checks that every
 //                                    implementation runs; no timing claims
 //   subprocess_bench --only spawn,capture   run only these phases
+//   subprocess_bench --verbose              also each request's wall time (stderr)
 //   subprocess_bench --serve --touch-mib N  (internal) a C++ peer server
+//   subprocess_bench --child NAME args...   (internal) a child role of a module
 //
 // See bench.hpp for the protocol. Samples are collected in interleaved rounds: in
 // each round every implementation runs a short batch, in a rotating order, so a
@@ -41,6 +43,10 @@ namespace bench {
 
 std::map<std::string, impl_fn>& impls() {
   static std::map<std::string, impl_fn> m;
+  return m;
+}
+std::map<std::string, child_fn>& children() {
+  static std::map<std::string, child_fn> m;
   return m;
 }
 std::vector<std::string>& versions() {
@@ -128,7 +134,7 @@ int serve(std::uint64_t touch_mib) {
     std::istringstream is(line);
     std::string key;
     bench::request req;
-    is >> key >> req.iterations >> req.param;
+    is >> key >> req.iterations >> req.param >> req.arg;
     std::string reply;
     auto it = bench::impls().find(key);
     if (it == bench::impls().end()) {
@@ -138,8 +144,12 @@ int serve(std::uint64_t touch_mib) {
         auto samples = it->second(req);
         reply = "ok";
         for (auto& s : samples) {
-          reply += " " + fmt_num(s.ns);
-          if (s.extra != 0) reply += ":" + fmt_num(s.extra);
+          reply += ' ';  // (not " " + ...: g++ 12 -O3 warns falsely about it, -Wrestrict)
+          reply += fmt_num(s.ns);
+          if (s.extra != 0) {
+            reply += ':';
+            reply += fmt_num(s.extra);
+          }
         }
       } catch (const bench::skipped& e) {
         reply = std::string("skip ") + e.what();
@@ -171,6 +181,7 @@ struct result {
 };
 
 std::string peers_dir = SUBPROCESS_BENCH_PEERS_DIR;
+bool verbose = false;  // --verbose: each request's wall time on stderr
 
 std::unique_ptr<server> start_server(const bench::server_spec& s, std::chrono::seconds timeout) {
   auto srv = std::make_unique<server>();
@@ -228,7 +239,8 @@ void ask(server& srv, const bench::row& r, result& out, std::chrono::seconds tim
     return;
   }
   try {
-    srv.req.write_all(r.key + " " + std::to_string(r.iterations) + " " + std::to_string(r.param) + "\n");
+    srv.req.write_all(r.key + " " + std::to_string(r.iterations) + " " + std::to_string(r.param) +
+                      (r.arg.empty() ? "" : " " + r.arg) + "\n");
   } catch (const sp::io_error& e) {
     srv.dead = std::string("server died: ") + e.what();
     out.fail = srv.dead;
@@ -282,12 +294,19 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-// Per-sample figure in the unit the table shows: microseconds, or MB/s.
-// A row's own param, when set, is its byte count (a row may move a different size).
+// Per-sample figure in the unit the table shows: microseconds, MB/s, or operations
+// per second. A throughput row's own param, when set, is its byte count (a row may
+// move a different size).
 std::vector<double> values(const bench::benchmark& b, const bench::row* row, const result& r) {
   double bytes = double(row && row->param ? row->param : b.bytes);
   std::vector<double> v;
-  for (auto& s : r.samples) v.push_back(b.kind == bench::unit::latency ? s.ns / 1e3 : bytes / s.ns * 1e3);
+  for (auto& s : r.samples) {
+    switch (b.kind) {
+      case bench::unit::latency: v.push_back(s.ns / 1e3); break;
+      case bench::unit::throughput: v.push_back(bytes / s.ns * 1e3); break;
+      case bench::unit::rate: v.push_back(1e9 / s.ns); break;
+    }
+  }
   return v;
 }
 
@@ -308,8 +327,17 @@ std::string show_latency(double us) {
   if (us >= 1000) return fmt("%.2f ms", us / 1000);
   return fmt("%.0f us", us);
 }
+std::string show_rate(double per_s) {
+  if (per_s >= 10000) return fmt("%.1fk/s", per_s / 1000);
+  return fmt("%.0f/s", per_s);
+}
 std::string show(const bench::benchmark& b, double v) {
-  return b.kind == bench::unit::latency ? show_latency(v) : fmt("%.0f MB/s", v);
+  switch (b.kind) {
+    case bench::unit::latency: return show_latency(v);
+    case bench::unit::throughput: return fmt("%.0f MB/s", v);
+    case bench::unit::rate: return show_rate(v);
+  }
+  return "?";
 }
 
 std::string read_first(const char* path, const char* key) {
@@ -426,6 +454,11 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
           o << "; peak RSS growth " << fmt("%.0f MiB", peak / 1048576.0) << " = "
             << fmt("%.2fx", peak / bytes) << " the output";
         }
+        if (b.show_peak_rss) {
+          double peak = 0;
+          for (auto& s : res->samples) peak = std::max(peak, s.extra);
+          o << "; peak RSS growth " << fmt("%.1f MiB", peak / 1048576.0);
+        }
         o << " |\n";
       }
     }
@@ -450,7 +483,7 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
         } else {
           auto a = median_of(phases, st, g.bench, g.label);
           auto b = median_of(phases, st, g.base_bench, g.base_label);
-          if (a && b && *b > 0) val = *a / *b;
+          if (a && b && *b > 0) val = *a / (*b * g.base_scale);
         }
         o << "| " << g.text << " | ";
         if (!val) {
@@ -512,8 +545,12 @@ int drive(bool smoke, const std::set<std::string>& only) {
         auto [b, r] = order[(k + static_cast<std::size_t>(round)) % order.size()];
         auto& res = st.results[b->id][r->label];
         if (!res.skip.empty() || !res.fail.empty()) continue;
+        auto t0 = bench::clock::now();
         ask(*servers[r->server], *r, res, req_timeout);
         if (!res.fail.empty()) std::cerr << "bench: " << r->label << ": FAILED: " << res.fail << "\n";
+        if (verbose)
+          std::cerr << "bench:     " << fmt("%.2f s ", double(bench::elapsed_ns(t0)) / 1e9) << b->id << ": "
+                    << r->label << "\n";
       }
     }
     for (auto& [spec, srv] : servers) stop_server(*srv);
@@ -529,6 +566,14 @@ int drive(bool smoke, const std::set<std::string>& only) {
 
 int main(int argc, char** argv) {
   try {
+    if (argc >= 3 && std::string(argv[1]) == "--child") {
+      auto it = bench::children().find(argv[2]);
+      if (it == bench::children().end()) {
+        std::cerr << "subprocess_bench: unknown child role " << argv[2] << "\n";
+        return 2;
+      }
+      return it->second(std::vector<std::string>(argv + 3, argv + argc));
+    }
     bool serve_mode = false, smoke = false;
     std::uint64_t touch = 0;
     std::set<std::string> only;
@@ -538,6 +583,8 @@ int main(int argc, char** argv) {
         serve_mode = true;
       } else if (a == "--touch-mib" && i + 1 < argc) {
         touch = std::stoull(argv[++i]);
+      } else if (a == "--verbose") {
+        verbose = true;
       } else if (a == "--smoke") {
         smoke = true;
       } else if (a == "--peers" && i + 1 < argc) {
@@ -547,7 +594,7 @@ int main(int argc, char** argv) {
         std::string w;
         while (std::getline(ss, w, ',')) only.insert(w);
       } else {
-        std::cerr << "usage: subprocess_bench [--smoke] [--only phase,...] [--peers dir]\n";
+        std::cerr << "usage: subprocess_bench [--smoke] [--only phase,...] [--peers dir] [--verbose]\n";
         return 2;
       }
     }
