@@ -125,9 +125,9 @@ class parser {
       case '{': return object();
       case '[': return array();
       case '"': {
-        std::string s;
-        string(s);
-        return json(std::move(s));
+        json s(json::value_t::string);  // the string is parsed straight into the value
+        string(s.get_ref<std::string&>());
+        return s;
       }
       case 't': literal("true"); return json(true);
       case 'f': literal("false"); return json(false);
@@ -151,7 +151,7 @@ class parser {
   json object() {
     enter();
     ++p_;
-    json obj = json::object();
+    json obj(json::value_t::object);
     auto& o = obj.get_ref<json::object_t&>();
     ws();
     if (p_ < end_ && *p_ == '}') {
@@ -168,7 +168,12 @@ class parser {
       if (p_ == end_ || *p_ != ':') fail("expected ':'");
       ++p_;
       json v = value();
-      o.insert_or_assign(std::move(key), std::move(v));  // a repeated key: the last wins
+      // Keys in order (as nlohmann writes them) go at the end without a search; a
+      // repeated key keeps the last value.
+      if (o.empty() || o.rbegin()->first < key)
+        o.emplace_hint(o.end(), std::move(key), std::move(v));
+      else
+        o.insert_or_assign(std::move(key), std::move(v));
       ws();
       if (p_ == end_) fail("unexpected end of input");
       if (*p_ == ',') {
@@ -339,6 +344,17 @@ class parser {
 
   void string(std::string& out) {
     ++p_;  // the opening quote
+    {
+      // The common case, a string without escapes or non-ASCII bytes: one exact copy.
+      const char* run = p_;
+      p_ = plain_run(p_, end_);
+      if (p_ < end_ && *p_ == '"') {
+        out.assign(run, p_);
+        ++p_;
+        return;
+      }
+      out.assign(run, p_);
+    }
     for (;;) {
       const char* run = p_;
       p_ = plain_run(p_, end_);
