@@ -86,8 +86,9 @@
 // On top of channels:
 //   ipc::serve(ch, handlers)      answer JSON-RPC 2.0 requests (the child side)
 //   ipc::client                   call(method, params, timeout) -> std::future<json>,
-//                                 notify(); pending calls fail on timeout or when the
-//                                 peer exits, carrying its exit status
+//                                 call_sync(...) -> json, notify(); pending calls fail
+//                                 on timeout or when the peer exits, carrying its exit
+//                                 status
 //   ipc::heartbeat                pings a client's peer, measures latency, reports
 //                                 a peer that stops answering
 //   ipc::broadcast(channels, msg) one message to many channels
@@ -118,6 +119,7 @@
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -266,6 +268,11 @@ class timed_lock {
 
 // A message already serialized for the wire (JSON + '\n'): encode once, send to many.
 // Made by channel::encode(). Move-only.
+namespace detail {
+struct answer_text;
+struct request_reader;
+}
+
 class encoded {
  public:
   std::string_view bytes() const noexcept { return buf_.view(); }
@@ -274,6 +281,7 @@ class encoded {
  private:
   friend class channel;
   friend class client;
+  friend struct detail::answer_text;
   encoded() = default;
   subprocess::detail::mapped_buffer buf_;
 };
@@ -707,6 +715,7 @@ class channel {
 
   std::unique_ptr<state> s_;
   friend class client;
+  friend struct detail::request_reader;
 };
 
 // ---------------------------------------------------------------------------------
@@ -922,47 +931,157 @@ inline json rpc_failure(const json& id, int code, std::string message, const jso
 
 inline bool is_request(const json& m) { return m.is_object() && m.contains("method"); }
 
-// Answers one request; nullopt for a notification (no answer, even on error).
-inline std::optional<json> answer(const json& req, const handler_map& handlers) {
-  if (!req.is_object()) return rpc_failure(nullptr, rpc_error::invalid_request, "Invalid Request");
-  auto idit = req.find("id");
-  const bool has_id = idit != req.end();
-  json id = has_id ? *idit : json(nullptr);
-  auto mit = req.find("method");
-  if (mit == req.end() || !mit->is_string() || (has_id && (id.is_object() || id.is_array())))
-    return rpc_failure(has_id && !(id.is_object() || id.is_array()) ? id : json(nullptr),
-                       rpc_error::invalid_request, "Invalid Request");
-  const auto& method = mit->get_ref<const std::string&>();
-  static const json no_params = nullptr;
-  auto pit = req.find("params");
-  const json& params = pit == req.end() ? no_params : *pit;
-  json reply;
+// What one request gets: a result, or an error answer (built whole), or nothing (a
+// notification; even a failing one gets no answer).
+struct outcome {
+  bool answer = false;
+  json id = nullptr;
+  std::optional<json> result{};  // success
+  json failure = nullptr;        // else the whole error answer
+};
+
+// Runs the handler of `method` (o.id set) and puts what it gave into o.
+inline void handle_call(outcome& o, std::string_view method, const json& params, const handler_map& handlers) {
+  const json& id = o.id;
   auto h = handlers.find(method);
   try {
     if (h != handlers.end()) {
-      json result = h->second(params);
-      reply = {{"jsonrpc", "2.0"}, {"id", id}, {"result", std::move(result)}};
+      o.result = h->second(params);
     } else if (method == "rpc.heartbeat") {  // built in: see ipc::heartbeat
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::system_clock::now().time_since_epoch())
                     .count();
-      reply = {{"jsonrpc", "2.0"}, {"id", id}, {"result", {{"time", ms}, {"pid", ::getpid()}}}};
+      o.result = json{{"time", ms}, {"pid", ::getpid()}};
     } else {
-      reply = rpc_failure(id, rpc_error::method_not_found, "Method not found: '" + method + "'");
+      o.failure = rpc_failure(id, rpc_error::method_not_found, "Method not found: '" + std::string(method) + "'");
     }
   } catch (const rpc_error& e) {
-    reply = rpc_failure(id, e.rpc_code(), e.rpc_message(), e.data());
+    o.failure = rpc_failure(id, e.rpc_code(), e.rpc_message(), e.data());
   } catch (const json::exception& e) {
     // Usually params["x"].get<int>() on the wrong shape.
-    reply = rpc_failure(id, rpc_error::invalid_params, std::string("Invalid params: ") + e.what());
+    o.failure = rpc_failure(id, rpc_error::invalid_params, std::string("Invalid params: ") + e.what());
   } catch (const std::exception& e) {
-    reply = rpc_failure(id, rpc_error::server_error, e.what());
+    o.failure = rpc_failure(id, rpc_error::server_error, e.what());
   } catch (...) {
-    reply = rpc_failure(id, rpc_error::internal_error, "unknown exception in handler");
+    o.failure = rpc_failure(id, rpc_error::internal_error, "unknown exception in handler");
   }
-  if (!has_id) return std::nullopt;
-  return reply;
 }
+
+inline outcome handle(const json& req, const handler_map& handlers) {
+  outcome o;
+  o.answer = true;
+  if (!req.is_object()) {
+    o.failure = rpc_failure(nullptr, rpc_error::invalid_request, "Invalid Request");
+    return o;
+  }
+  auto idit = req.find("id");
+  const bool has_id = idit != req.end();
+  if (has_id) o.id = *idit;
+  const json& id = o.id;
+  auto mit = req.find("method");
+  if (mit == req.end() || !mit->is_string() || (has_id && (id.is_object() || id.is_array()))) {
+    o.failure = rpc_failure(has_id && !(id.is_object() || id.is_array()) ? id : json(nullptr),
+                            rpc_error::invalid_request, "Invalid Request");
+    return o;
+  }
+  static const json no_params = nullptr;
+  auto pit = req.find("params");
+  handle_call(o, mit->get_ref<const std::string&>(), pit == req.end() ? no_params : *pit, handlers);
+  o.answer = has_id;
+  return o;
+}
+
+// Answers one request; nullopt for a notification (no answer, even on error).
+inline std::optional<json> answer(const json& req, const handler_map& handlers) {
+  outcome o = handle(req, handlers);
+  if (!o.answer) return std::nullopt;
+  if (o.result) return json{{"jsonrpc", "2.0"}, {"id", std::move(o.id)}, {"result", std::move(*o.result)}};
+  return std::move(o.failure);
+}
+
+// A success answer written straight as text (what dumping the answer object gives,
+// without building it): {"id":...,"jsonrpc":"2.0","result":...}.
+struct answer_text {
+  static encoded make(const json& id, const json& result, const std::string& name) {
+    encoded e;
+    auto& b = e.buf_;
+    b.append("{\"id\":");
+    dump_to(b, id, name);
+    b.append(",\"jsonrpc\":\"2.0\",\"result\":");
+    dump_to(b, result, name);
+    b.append("}\n");
+    return e;
+  }
+};
+
+// A request in the form ipc::client writes, {"id":N,"jsonrpc":"2.0","method":"name",
+// "params":P} (params optional), taken apart as text: only P is parsed.
+struct plain_request {
+  std::uint64_t id = 0;
+  std::string method;
+  json params = nullptr;
+};
+
+struct request_reader {
+  // What channel::receive() does, recognising plain requests on the way: a plain
+  // request, any other message (parsed), or monostate at the end. Throws like
+  // receive().
+  static std::variant<std::monostate, plain_request, json> next(channel& ch) {
+    if (!ch.s_) return std::monostate{};
+    channel::state& s = *ch.s_;
+    std::lock_guard rl(s.rmu);
+    for (;;) {
+      if (!s.closed.load())
+        if (auto r = take(s)) return std::move(*r);
+      if (auto m = channel::next_locked(s)) return std::move(*m);
+      if (s.peer_done || s.closed.load()) return std::monostate{};
+      if (channel::read_locked(s, true) > 0 || s.peer_done) continue;
+      if (subprocess::detail::poll_one(s.fd.get(), POLLIN, std::nullopt) == 0) return std::monostate{};
+    }
+  }
+
+ private:
+  // Anything unexpected is left to the general path, which reports what is wrong.
+  static std::optional<plain_request> take(channel::state& s) {
+    static constexpr std::string_view head = "{\"id\":", middle = ",\"jsonrpc\":\"2.0\",\"method\":\"",
+                                      params = ",\"params\":";
+    const std::string_view b = s.rbuf.view();
+    if (b.substr(0, head.size()) != head) return std::nullopt;
+    const std::size_t nl = b.find('\n', std::max(s.scanned, head.size()));
+    if (nl == std::string_view::npos || nl > s.opts.max_message_size) return std::nullopt;
+    const std::string_view line = b.substr(0, nl);
+    const char* p = line.data() + head.size();
+    const char* end = line.data() + line.size();
+    if (p == end || *p < '0' || *p > '9' || (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9'))
+      return std::nullopt;  // not a plain unsigned id (JSON has no leading zeros)
+    plain_request r;
+    auto n = std::from_chars(p, end, r.id);
+    if (n.ec != std::errc()) return std::nullopt;
+    p = n.ptr;
+    auto rest = [&] { return std::string_view(p, static_cast<std::size_t>(end - p)); };
+    if (rest().substr(0, middle.size()) != middle) return std::nullopt;
+    p += middle.size();
+    const char* name = p;
+    p = subprocess::detail::json_codec::plain_run(p, end);  // no escapes, ASCII only
+    if (p == end || *p != '"') return std::nullopt;
+    r.method.assign(name, p);
+    ++p;
+    if (rest() != "}") {
+      if (rest().substr(0, params.size()) != params || end[-1] != '}') return std::nullopt;
+      p += params.size();
+      try {
+        r.params = subprocess::detail::json_codec::parse(std::string_view(p, static_cast<std::size_t>(end - 1 - p)),
+                                                         subprocess::detail::json_codec::default_max_depth - 1);
+      } catch (const subprocess::detail::json_codec::error&) {
+        return std::nullopt;
+      }
+    }
+    s.rbuf.consume(nl + 1);
+    s.scanned = 0;
+    if (nl >= (std::size_t{1} << 20) && s.rbuf.empty()) s.rbuf.shrink();
+    return r;
+  }
+};
 
 }  // namespace detail
 
@@ -1005,7 +1124,24 @@ inline std::size_t serve(channel& ch, const handler_map& handlers, const serve_o
   for (;;) {
     std::optional<json> m;
     try {
-      m = ch.receive();
+      auto item = detail::request_reader::next(ch);
+      if (auto* r = std::get_if<detail::plain_request>(&item)) {
+        ++answered;
+        detail::outcome o;
+        o.id = r->id;
+        detail::handle_call(o, r->method, r->params, handlers);
+        if (o.result) {
+          try {
+            ch.send_encoded(detail::answer_text::make(o.id, *o.result, ch.name()));
+          } catch (const channel_error&) {
+            return answered;  // the peer is gone
+          }
+        } else if (!send(o.failure)) {
+          return answered;
+        }
+        continue;
+      }
+      if (auto* j = std::get_if<json>(&item)) m = std::move(*j);
     } catch (const channel_error& e) {
       if (e.code() == make_error_code(errc::protocol_error) && !ch.eof()) {
         if (!send(detail::rpc_failure(nullptr, rpc_error::parse_error, "Parse error",
@@ -1019,7 +1155,17 @@ inline std::size_t serve(channel& ch, const handler_map& handlers, const serve_o
     if (!m) return answered;
     if (detail::is_request(*m)) {
       ++answered;
-      if (auto r = detail::answer(*m, handlers); r && !send(*r)) return answered;
+      detail::outcome o = detail::handle(*m, handlers);
+      if (!o.answer) continue;
+      if (o.result) {
+        try {
+          ch.send_encoded(detail::answer_text::make(o.id, *o.result, ch.name()));
+        } catch (const channel_error&) {
+          return answered;  // the peer is gone
+        }
+      } else if (!send(o.failure)) {
+        return answered;
+      }
     } else if (m->is_array() && !m->empty() &&
                std::any_of(m->begin(), m->end(), [](const json& x) { return detail::is_request(x); })) {
       json replies = json::array();
@@ -1073,6 +1219,7 @@ struct client_options {
 //
 //   auto p = sp::command::self({"--worker"}).ipc().spawn();
 //   sp::ipc::client calc(p);                                // takes p's channel
+//   json sum = calc.call_sync("add", {{"a", 5}, {"b", 3}}, 5s);   // 8, or throws
 //   std::future<json> f = calc.call("add", {{"a", 5}, {"b", 3}}, 5s);
 //   f.get();                        // 8, or throws rpc_error / call_timeout_error /
 //                                   // channel_error (the peer exited: e.status())
@@ -1082,13 +1229,26 @@ struct client_options {
 //   });                                                     // reader thread
 //
 // How it works. Calls write their request at once from the calling thread (never
-// blocking: what the socket cannot take now is queued and written by the reader
-// thread) and register the id; any number of calls may be in flight, from any number
-// of threads. One reader thread per client, owned by it, polls the socket, the
-// client's own wake-up eventfd and (with client(process&)) the peer's pidfd; it
-// matches answers to calls by id, fulfils futures, runs callbacks, and fails calls
-// whose timeout passed. Costs per call: one send(2) in the caller, one future handoff;
-// the reader thread sleeps in poll() when nothing happens.
+// blocking: what the socket cannot take now is queued and written later) and
+// register the id; any number of calls may be in flight, from any number of threads.
+// One reader thread per client, owned by it, polls the socket, the client's own
+// wake-up eventfd and (with client(process&)) the peer's pidfd; it matches answers to
+// calls by id, fulfils futures, runs callbacks, and fails calls whose timeout passed.
+// The reader thread sleeps in poll() when nothing happens.
+//
+// call() or call_sync()? call() returns at once; the answer reaches your future
+// through the reader thread: one thread hand-off per call. call_sync() waits on the
+// calling thread, and that thread reads the socket itself while it waits: no
+// hand-off, so a caller that waits for each answer anyway (one call at a time) goes
+// about as fast as a raw socket ping-pong. Where the two processes share a CPU the
+// difference is large (a hand-off is one more context switch: call().get() makes
+// about half the round trips per second of call_sync() there). Both may be mixed, from
+// any threads: while a call_sync() is reading, the answers it reads for other calls
+// go to their futures, and callbacks and messages that are not answers are passed to
+// the reader thread, so callbacks still run there and in order. One consequence:
+// for a few milliseconds after a call_sync() returns, the reader thread leaves the
+// socket to the next call_sync() (so a loop of them never wakes it), so a message
+// that is not an answer may wait that long for on_message.
 //
 // When the peer goes away. Every pending call fails with channel_error
 // (errc::channel_closed) saying why: "'worker' exited with code 1", "killed by
@@ -1127,7 +1287,7 @@ class client {
   }
   std::future<json> call(std::string_view method, json params, std::chrono::milliseconds timeout) {
     pending_call pc;
-    auto f = pc.promise.get_future();
+    auto f = pc.promise.emplace().get_future();
     start_call(method, std::move(params), timeout, std::move(pc));
     return f;
   }
@@ -1139,6 +1299,58 @@ class client {
     pc.fn = std::move(on_reply);
     start_call(method, std::move(params), timeout, std::move(pc));
   }
+
+  // Calls `method` and waits for the answer on this thread, which reads the socket
+  // itself meanwhile (see "call() or call_sync()" above). Returns the result; throws
+  // what call(...).get() would throw: rpc_error, call_timeout_error, channel_error.
+  json call_sync(std::string_view method, json params = nullptr) {
+    return call_sync(method, std::move(params), opts_.timeout);
+  }
+  json call_sync(std::string_view method, json params, std::chrono::milliseconds timeout) {
+    if (timeout <= std::chrono::milliseconds::zero())
+      throw argument_error(name_, "call '" + std::string(method) + "': the timeout must be positive");
+    const std::uint64_t id = next_id_.fetch_add(1);
+    encoded line = request_text(method, params, id);
+    sync_slot slot;
+    slot.method = std::string(method);
+    slot.timeout = timeout;
+    const subprocess::detail::deadline dl =
+        timeout == no_timeout ? subprocess::detail::deadline{} : clock::now() + timeout;
+    {
+      std::lock_guard lk(mu_);
+      if (closed_ || stop_)
+        std::rethrow_exception(gone_error(std::string(method), id, why_.empty() ? "the client was closed" : why_,
+                                          status_, name_));
+      pending_call pc;
+      pc.method = std::string(method);
+      pc.timeout = timeout;
+      pc.sync = &slot;
+      pending_.emplace(id, std::move(pc));
+      ++sync_pending_;
+      ++sync_callers_;
+    }
+    // From here on `slot` is known to other threads: leave only once it is done.
+    struct leave {
+      client& c;
+      std::uint64_t id;
+      sync_slot& slot;
+      ~leave() { c.end_sync(id, slot); }
+    } guard{*this, id, slot};
+    bool queued = false;
+    try {
+      queued = !ch_.post_encoded(line);
+    } catch (const channel_error&) {
+      // The peer is gone: reading says so, with the reason.
+    }
+    if (queued) {  // whoever reads also writes what is queued
+      signal(direct_wake_);
+      wake();
+    }
+    wait_for(slot, id, dl);
+    if (slot.r.error) std::rethrow_exception(slot.r.error);
+    return std::move(slot.r.result);
+  }
+
   // Sends a notification (a request without id: no answer). Throws channel_error if
   // the peer is gone.
   void notify(std::string_view method, json params = nullptr) {
@@ -1149,7 +1361,10 @@ class client {
         throw channel_error(errc::channel_closed, name_,
                             "notify '" + std::string(method) + "': " + why_, {}, status_);
     }
-    if (!ch_.post_encoded(line)) wake();
+    if (!ch_.post_encoded(line)) {
+      signal(direct_wake_);
+      wake();
+    }
   }
 
   // Stops the reader thread, fails pending calls ("the client was closed") and
@@ -1184,19 +1399,52 @@ class client {
 
  private:
   using clock = subprocess::detail::clock;
+  // How long the reader thread leaves the socket to call_sync() after the last one
+  // returned (see "call() or call_sync()").
+  static constexpr std::chrono::milliseconds sync_linger{5};
+  // How long call_sync() may sit in recv() before it looks at anything else.
+  static constexpr std::chrono::milliseconds recv_period{50};
+
+  // Where a call_sync() caller waits for its answer (on its stack).
+  struct sync_slot {
+    std::string method;
+    std::chrono::milliseconds timeout{0};
+    std::thread::id owner = std::this_thread::get_id();
+    std::atomic<bool> done{false};  // set under mu_, read without it
+    reply r;                        // (mu_) until done
+  };
   struct pending_call {
     std::string method;
     std::chrono::milliseconds timeout{0};
     std::optional<clock::time_point> deadline;
-    std::promise<json> promise;
-    reply_fn fn;  // empty: fulfil the promise
+    // call() with a future. Only then: a promise allocates its shared state, and one
+    // destroyed unfulfilled stores a broken_promise exception.
+    std::optional<std::promise<json>> promise;
+    reply_fn fn;
+    sync_slot* sync = nullptr;  // call_sync(): complete this instead
   };
+  // An answer recognised without building its envelope (see take_answer()).
+  struct result_item {
+    std::uint64_t id;
+    json result;
+  };
+  // A message read from the channel, or the error reading it.
+  using incoming_item = std::variant<json, result_item, channel_error>;
 
   void start() {
     namespace sys = subprocess::detail::sys;
     if (!ch_.is_open()) throw argument_error(name_, "ipc client: the channel is not open");
     wake_.reset(sys::eventfd(0, EFD_NONBLOCK));
     if (!wake_) subprocess::detail::throw_errno(errno, "ipc client: eventfd");
+    direct_wake_.reset(sys::eventfd(0, EFD_NONBLOCK));
+    if (!direct_wake_) subprocess::detail::throw_errno(errno, "ipc client: eventfd");
+    // call_sync() waits in recv() itself when it can (one system call per answer, as
+    // a raw ping-pong makes), looking at its deadline and the pidfd every recv_period.
+    // Only on a blocking socket, and the client owns it: no one else's recv changes.
+    const int fl = sys::fcntl(ch_.fd(), F_GETFL);
+    const timeval tv{0, static_cast<suseconds_t>(std::chrono::microseconds(recv_period).count())};
+    timed_recv_ = fl >= 0 && !(fl & O_NONBLOCK) &&
+                  sys::setsockopt(ch_.fd(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0;
     reader_ = std::thread([this] { run(); });
   }
 
@@ -1205,9 +1453,11 @@ class client {
     if (!(params.is_null() || params.is_array() || params.is_object()))
       throw argument_error(name_, "call '" + std::string(method) +
                                       "': params must be an object, an array or null (JSON-RPC)");
+    // Keys in sorted order, as nlohmann writes objects: the receiving parser then
+    // appends each key without a search.
     encoded e;
     auto& b = e.buf_;
-    b.append("{\"jsonrpc\":\"2.0\",");
+    b.push_back('{');
     if (id) {
       char digits[24];
       auto r = std::to_chars(digits, digits + sizeof digits, *id);
@@ -1215,8 +1465,12 @@ class client {
       b.append(digits, static_cast<std::size_t>(r.ptr - digits));
       b.push_back(',');
     }
-    b.append("\"method\":");
-    detail::dump_to(b, json(std::string(method)), name_);
+    b.append("\"jsonrpc\":\"2.0\",\"method\":");
+    try {
+      subprocess::detail::json_codec::dump_string(method, b);
+    } catch (const subprocess::detail::json_codec::error& e) {
+      throw argument_error(name_, std::string("call: the method name is not valid UTF-8 (") + e.what() + ")");
+    }
     if (!params.is_null()) {
       b.append(",\"params\":");
       detail::dump_to(b, params, name_);
@@ -1240,17 +1494,24 @@ class client {
       if (closed_ || stop_) {
         auto err = gone_error(pc.method, id, why_.empty() ? "the client was closed" : why_, status_);
         lk.unlock();
-        complete(pc, reply{nullptr, err});
+        if (pc.fn)
+          call_quietly([&] { pc.fn(reply{nullptr, err}); });
+        else
+          pc.promise->set_exception(err);
         return;
       }
       if (pc.deadline) {
         deadlines_.emplace(*pc.deadline, id);
         if (!armed_ || *pc.deadline < *armed_) wake_reader = true;
       }
+      if (!watching_) wake_reader = true;  // it left the socket to call_sync()
       pending_.emplace(id, std::move(pc));
     }
     try {
-      if (!ch_.post_encoded(line)) wake_reader = true;
+      if (!ch_.post_encoded(line)) {
+        wake_reader = true;
+        signal(direct_wake_);
+      }
     } catch (const channel_error&) {
       // The peer is gone: the reader sees the end of the channel and fails this call
       // with the reason (and the exit status).
@@ -1259,9 +1520,23 @@ class client {
     if (wake_reader) wake();
   }
 
-  void wake() {
+  static void signal(const subprocess::detail::unique_fd& fd) {
     std::uint64_t one = 1;
-    if (wake_) (void)!subprocess::detail::sys::write(wake_.get(), &one, sizeof one);
+    if (fd) (void)!subprocess::detail::sys::write(fd.get(), &one, sizeof one);
+  }
+  static void clear(const subprocess::detail::unique_fd& fd) {
+    std::uint64_t v;
+    (void)!subprocess::detail::sys::read(fd.get(), &v, sizeof v);
+  }
+  void wake() { signal(wake_); }
+
+  template <class F>
+  static void call_quietly(F&& f) noexcept {
+    try {
+      f();
+    } catch (...) {
+      // A callback must not throw; there is nobody to tell.
+    }
   }
 
   static std::exception_ptr gone_error(const std::string& method, std::uint64_t id,
@@ -1273,48 +1548,236 @@ class client {
         "call '" + method + "' (id " + std::to_string(id) + ") got no reply: " + why, {}, st));
   }
 
-  static void complete(pending_call& pc, reply r) {
-    if (pc.fn) {
-      try {
-        pc.fn(std::move(r));
-      } catch (...) {
-        // A callback must not throw; there is nobody to tell.
+  // Removes a pending call. Requires mu_.
+  std::optional<pending_call> take_locked(std::uint64_t id) {
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return std::nullopt;
+    if (it->second.deadline) deadlines_.erase({*it->second.deadline, id});
+    if (it->second.sync) --sync_pending_;
+    std::optional<pending_call> pc(std::move(it->second));
+    pending_.erase(it);
+    return pc;
+  }
+
+  // Runs f on the reader thread: now if this is it (or it has finished), else it is
+  // queued for it, in order. `direct`: read by a call_sync() caller, which holds the
+  // read lock: always queued (even on the reader thread, inside a callback), so that
+  // a callback never runs with the read lock held.
+  void on_reader(std::function<void()> f, bool direct) {
+    bool queued = false, first = false;
+    {
+      std::lock_guard lk(mu_);
+      if (!reader_exited_ && (direct || std::this_thread::get_id() != reader_id_)) {
+        first = deferred_.empty();
+        deferred_.push_back(std::move(f));
+        queued = true;
       }
+    }
+    if (!queued)
+      call_quietly(f);
+    else if (first)
+      wake();
+  }
+  void run_deferred() {
+    std::vector<std::function<void()>> todo;
+    {
+      std::lock_guard lk(mu_);
+      todo.swap(deferred_);
+    }
+    for (auto& f : todo) call_quietly(f);
+  }
+
+  // Completes a call. Callbacks run on the reader thread.
+  void complete(pending_call& pc, reply r, bool direct = false) {
+    if (pc.sync) {
+      const bool mine = pc.sync->owner == std::this_thread::get_id();
+      {
+        std::lock_guard lk(mu_);
+        pc.sync->r = std::move(r);
+        pc.sync->done.store(true);
+      }
+      if (!mine) {  // its caller may be waiting in poll() as the one reading the socket
+        sync_cv_.notify_all();
+        signal(direct_wake_);
+      }
+    } else if (pc.fn) {
+      on_reader([fn = std::move(pc.fn), r = std::move(r)]() mutable { fn(std::move(r)); }, direct);
     } else if (r.error) {
-      pc.promise.set_exception(r.error);
+      pc.promise->set_exception(r.error);
     } else {
-      pc.promise.set_value(std::move(r.result));
+      pc.promise->set_value(std::move(r.result));
     }
   }
 
-  // ---- the reader thread
-  void run() {
+  // ---- reading, by the reader thread or by a caller inside call_sync()
+
+  // A success answer in the form serve() writes, {"id":N,"jsonrpc":"2.0","result":R}:
+  // only R is parsed; the envelope is checked as text instead of being built as an
+  // object and taken apart again. Anything else (or anything odd) is left to the
+  // general path, which reports what is wrong. Requires the read lock.
+  static bool take_answer(channel::state& s, std::vector<incoming_item>& out) {
+    static constexpr std::string_view head = "{\"id\":", middle = ",\"jsonrpc\":\"2.0\",\"result\":";
+    const std::string_view b = s.rbuf.view();
+    if (b.substr(0, head.size()) != head) return false;
+    const std::size_t nl = b.find('\n', std::max(s.scanned, head.size()));
+    if (nl == std::string_view::npos || nl > s.opts.max_message_size) return false;
+    const std::string_view line = b.substr(0, nl);
+    const char* p = line.data() + head.size();
+    const char* end = line.data() + line.size();
+    if (p == end || *p < '0' || *p > '9' || (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9'))
+      return false;  // not a plain unsigned id (JSON has no leading zeros)
+    std::uint64_t id = 0;
+    auto r = std::from_chars(p, end, id);
+    if (r.ec != std::errc()) return false;
+    p = r.ptr;
+    if (std::string_view(p, static_cast<std::size_t>(end - p)).substr(0, middle.size()) != middle) return false;
+    p += middle.size();
+    if (end - p < 2 || end[-1] != '}') return false;
+    json result;
     try {
-      loop();
-    } catch (const std::exception& e) {  // poll failed, out of memory...: fail loudly
-      fail_all(std::string("the client's reader failed: ") + e.what(), std::nullopt);
+      result = subprocess::detail::json_codec::parse(std::string_view(p, static_cast<std::size_t>(end - 1 - p)),
+                                                     subprocess::detail::json_codec::default_max_depth - 1);
+    } catch (const subprocess::detail::json_codec::error&) {
+      return false;
+    }
+    s.rbuf.consume(nl + 1);
+    s.scanned = 0;
+    if (nl >= (std::size_t{1} << 20) && s.rbuf.empty()) s.rbuf.shrink();
+    out.emplace_back(result_item{id, std::move(result)});
+    return true;
+  }
+
+  // Takes the complete messages (and errors) buffered now. Requires the read lock.
+  static void take_messages(channel::state& s, std::vector<incoming_item>& out) {
+    for (;;) {
+      if (!s.closed.load() && take_answer(s, out)) continue;
+      try {
+        auto m = channel::next_locked(s);
+        if (!m) return;
+        out.emplace_back(std::move(*m));
+      } catch (const channel_error& e) {
+        out.emplace_back(e);
+        if (s.peer_done && s.rbuf.empty()) return;
+      }
     }
   }
-  void loop() {
-    namespace sys = subprocess::detail::sys;
+  static bool at_end(const channel::state& s) {
+    return s.closed.load() || (s.peer_done && s.rbuf.empty() && !s.read_error);
+  }
+
+  void dispatch(std::vector<incoming_item>& items, bool direct) {
+    for (auto& item : items) {
+      if (auto* e = std::get_if<channel_error>(&item)) {
+        if (opts_.on_error) on_reader([this, e = *e] { opts_.on_error(e); }, direct);
+      } else if (auto* a = std::get_if<result_item>(&item)) {
+        answered(a->id, reply{std::move(a->result), nullptr}, direct);
+      } else {
+        incoming(std::move(std::get<json>(item)), direct);
+      }
+    }
+    items.clear();
+  }
+
+  // The reader thread's read: only when no call_sync() caller is reading (nullopt
+  // if one is). Returns the bytes read.
+  std::optional<std::size_t> read_some() {
+    channel::state& s = *ch_.s_;
+    std::vector<incoming_item> items;
+    std::size_t n = 0;
+    {
+      std::unique_lock rl(s.rmu, std::try_to_lock);
+      if (!rl.owns_lock()) return std::nullopt;
+      n = channel::read_locked(s);
+      take_messages(s, items);
+    }
+    dispatch(items, false);
+    return n;
+  }
+  // Reads until the socket is empty; false if a call_sync() caller is reading.
+  bool drain() {
     for (;;) {
-      subprocess::detail::deadline dl;
-      {
-        std::lock_guard lk(mu_);
-        if (stop_ || closed_) return;
-        if (!deadlines_.empty()) dl = deadlines_.begin()->first;
-        armed_ = dl;
+      auto n = read_some();
+      if (!n) return false;
+      if (*n == 0) return true;
+    }
+  }
+  // The channel ended and every message was taken (a call_sync() caller reading:
+  // false, it will see the end itself).
+  bool ended() {
+    channel::state& s = *ch_.s_;
+    std::unique_lock rl(s.rmu, std::try_to_lock);
+    return rl.owns_lock() && at_end(s);
+  }
+
+  // A call_sync() caller waits for its answer: it reads the socket itself while no
+  // other caller does, else it waits to be told.
+  void wait_for(sync_slot& slot, std::uint64_t id, const subprocess::detail::deadline& dl) {
+    std::unique_lock lk(mu_);
+    for (;;) {
+      if (slot.done.load()) return;
+      if (dl && clock::now() >= *dl) {
+        if (take_locked(id)) {
+          slot.r = reply{nullptr,
+                         std::make_exception_ptr(call_timeout_error(name_, slot.method, id, slot.timeout))};
+          slot.done.store(true);
+          return;
+        }
+        sync_cv_.wait(lk, [&] { return slot.done.load(); });  // being completed right now
+        return;
+      }
+      if (!direct_active_ && !closed_) {
+        direct_active_ = true;
+        lk.unlock();
+        try {
+          read_until(slot, dl);
+        } catch (...) {
+          lk.lock();
+          direct_active_ = false;
+          sync_cv_.notify_all();
+          throw;
+        }
+        lk.lock();
+        direct_active_ = false;
+        sync_cv_.notify_all();  // another caller may read now
+        continue;
+      }
+      if (dl)
+        sync_cv_.wait_until(lk, *dl);
+      else
+        sync_cv_.wait(lk);
+    }
+  }
+  void read_until(const sync_slot& slot, const subprocess::detail::deadline& dl) {
+    channel::state& s = *ch_.s_;
+    std::unique_lock rl(s.rmu, std::defer_lock);
+    if (dl) {
+      if (!rl.try_lock_until(*dl)) return;
+    } else {
+      rl.lock();
+    }
+    std::vector<incoming_item> items;
+    for (;;) {
+      take_messages(s, items);
+      dispatch(items, true);
+      if (slot.done.load()) return;
+      if (at_end(s)) {
+        rl.unlock();
+        if (!s.closed.load()) peer_gone(wait_status());
+        return;
+      }
+      if (dl && clock::now() >= *dl) return;
+      if (timed_recv_ && (!dl || *dl - clock::now() > 2 * recv_period) && !ch_.wants_write()) {
+        // The common case: wait in recv() (the peer dying, close(), the deadline are
+        // noticed within recv_period, see start()).
+        if (channel::read_locked(s, true) > 0 || s.peer_done) continue;
       }
       pollfd fds[3];
       nfds_t n = 0;
-      fds[n++] = {ch_.fd(), static_cast<short>(POLLIN | (ch_.wants_write() ? POLLOUT : 0)), 0};
-      fds[n++] = {wake_.get(), POLLIN, 0};
+      fds[n++] = {s.fd.get(), static_cast<short>(POLLIN | (ch_.wants_write() ? POLLOUT : 0)), 0};
+      fds[n++] = {direct_wake_.get(), POLLIN, 0};
       if (pidfd_) fds[n++] = {pidfd_.get(), POLLIN, 0};
       subprocess::detail::poll_until(fds, n, dl);
-      if (fds[1].revents) {
-        std::uint64_t v;
-        (void)!sys::read(wake_.get(), &v, sizeof v);
-      }
+      if (fds[1].revents) clear(direct_wake_);
       if (fds[0].revents & POLLOUT) {
         try {
           ch_.flush();
@@ -1322,17 +1785,105 @@ class client {
           // The peer is gone; reading says so in a moment.
         }
       }
-      if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-        ch_.read_available();
-        dispatch();
-      }
+      if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) channel::read_locked(s);
       if (n == 3 && fds[2].revents) {  // the peer process exited
-        while (ch_.read_available() > 0) dispatch();  // answers it sent before dying
-        dispatch();
+        while (channel::read_locked(s) > 0) {
+          take_messages(s, items);
+          dispatch(items, true);
+        }
+        take_messages(s, items);
+        dispatch(items, true);
+        rl.unlock();
         peer_gone(peek_status());
         return;
       }
-      if (ch_.eof()) {
+    }
+  }
+
+  // Back from call_sync(): the slot must not be referenced by anyone once we leave.
+  void end_sync(std::uint64_t id, sync_slot& slot) noexcept {
+    std::unique_lock lk(mu_);
+    if (!slot.done.load() && !take_locked(id))
+      sync_cv_.wait(lk, [&] { return slot.done.load(); });  // someone is completing it
+    --sync_callers_;
+    last_sync_end_ = clock::now();
+    // Other calls need the reader thread watching the socket again.
+    const bool wake_reader = !watching_ && (pending_.size() > sync_pending_ || exit_seen_);
+    lk.unlock();
+    if (wake_reader) wake();
+  }
+
+  // ---- the reader thread
+  void run() {
+    {
+      std::lock_guard lk(mu_);
+      reader_id_ = std::this_thread::get_id();
+    }
+    try {
+      loop();
+    } catch (const std::exception& e) {  // poll failed, out of memory...: fail loudly
+      fail_all(std::string("the client's reader failed: ") + e.what(), std::nullopt);
+    }
+    std::vector<std::function<void()>> rest;
+    {
+      std::lock_guard lk(mu_);
+      reader_exited_ = true;  // from now on callbacks run where they complete
+      rest.swap(deferred_);
+    }
+    for (auto& f : rest) call_quietly(f);
+  }
+  void loop() {
+    for (;;) {
+      run_deferred();
+      subprocess::detail::deadline dl;
+      bool watch, exited;
+      const bool queued = ch_.wants_write();
+      {
+        std::lock_guard lk(mu_);
+        if (stop_ || closed_) return;
+        if (!deadlines_.empty()) dl = deadlines_.begin()->first;
+        const auto now = clock::now();
+        const bool syncing = sync_callers_ > 0 || direct_active_;
+        const bool lingering = pending_.size() == sync_pending_ && last_sync_end_ &&
+                               now < *last_sync_end_ + sync_linger;
+        watch = !syncing && (!lingering || queued);
+        if (!watch) {  // look again soon: the socket must not stay unwatched
+          auto again = (syncing ? now : *last_sync_end_) + sync_linger;
+          if (!dl || again < *dl) dl = again;
+        }
+        armed_ = dl;
+        watching_ = watch;
+        exited = exit_seen_;
+      }
+      if (exited && drain()) {  // the peer exited while a call_sync() caller was reading
+        peer_gone(peek_status());
+        return;
+      }
+      pollfd fds[3];
+      nfds_t n = 0;
+      fds[n++] = {watch ? ch_.fd() : -1, static_cast<short>(POLLIN | (queued ? POLLOUT : 0)), 0};
+      fds[n++] = {wake_.get(), POLLIN, 0};
+      if (pidfd_ && !exited) fds[n++] = {pidfd_.get(), POLLIN, 0};
+      subprocess::detail::poll_until(fds, n, dl);
+      if (fds[1].revents) clear(wake_);
+      if (fds[0].revents & POLLOUT) {
+        try {
+          ch_.flush();
+        } catch (const channel_error&) {
+          // The peer is gone; reading says so in a moment.
+        }
+      }
+      if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) read_some();
+      if (n == 3 && fds[2].revents) {  // the peer process exited
+        if (drain()) {  // answers it sent before dying
+          peer_gone(peek_status());
+          return;
+        }
+        std::lock_guard lk(mu_);  // a call_sync() caller is reading: it sees it too
+        exit_seen_ = true;
+        continue;
+      }
+      if (watch && ended()) {
         peer_gone(wait_status());
         return;
       }
@@ -1340,41 +1891,11 @@ class client {
     }
   }
 
-  void dispatch() {
-    for (;;) {
-      std::optional<json> m;
-      try {
-        m = ch_.try_receive();
-      } catch (const channel_error& e) {
-        if (opts_.on_error) {
-          try {
-            opts_.on_error(e);
-          } catch (...) {
-          }
-        }
-        if (ch_.eof()) return;
-        continue;
-      }
-      if (!m) return;
-      incoming(std::move(*m));
-    }
-  }
-
-  void incoming(json m) {
+  void incoming(json m, bool direct) {
     if (m.is_object() && !m.contains("method")) {
       auto idit = m.find("id");
       if (idit != m.end() && idit->is_number_unsigned()) {
         const auto id = idit->get<std::uint64_t>();
-        std::optional<pending_call> pc;
-        {
-          std::lock_guard lk(mu_);
-          if (auto it = pending_.find(id); it != pending_.end()) {
-            if (it->second.deadline) deadlines_.erase({*it->second.deadline, id});
-            pc = std::move(it->second);
-            pending_.erase(it);
-          }
-        }
-        if (!pc) return;  // the answer to a call that timed out: dropped
         if (auto e = m.find("error"); e != m.end() && !e->is_null()) {
           int code = rpc_error::internal_error;
           std::string message = "(no message)";
@@ -1386,22 +1907,37 @@ class client {
           } else {
             message = e->dump();
           }
-          complete(*pc, reply{nullptr, std::make_exception_ptr(rpc_error(code, std::move(message),
-                                                                         std::move(data), name_,
-                                                                         pc->method, id))});
+          answered_error(id, code, std::move(message), std::move(data), direct);
         } else {
           auto r = m.find("result");
-          complete(*pc, reply{r != m.end() ? std::move(*r) : json(nullptr), nullptr});
+          answered(id, reply{r != m.end() ? std::move(*r) : json(nullptr), nullptr}, direct);
         }
         return;
       }
     }
-    if (opts_.on_message) {
-      try {
-        opts_.on_message(m);
-      } catch (...) {
-      }
+    if (opts_.on_message) on_reader([this, m = std::move(m)] { opts_.on_message(m); }, direct);
+  }
+
+  // An answer for call `id` arrived. An answer to a call that timed out is dropped.
+  void answered(std::uint64_t id, reply r, bool direct) {
+    std::optional<pending_call> pc;
+    {
+      std::lock_guard lk(mu_);
+      pc = take_locked(id);
     }
+    if (pc) complete(*pc, std::move(r), direct);
+  }
+  void answered_error(std::uint64_t id, int code, std::string message, json data, bool direct) {
+    std::optional<pending_call> pc;
+    {
+      std::lock_guard lk(mu_);
+      pc = take_locked(id);
+    }
+    if (pc)
+      complete(*pc,
+               reply{nullptr, std::make_exception_ptr(rpc_error(code, std::move(message), std::move(data), name_,
+                                                                pc->method, id))},
+               direct);
   }
 
   void expire(clock::time_point now) {
@@ -1410,11 +1946,10 @@ class client {
       std::lock_guard lk(mu_);
       while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
         auto id = deadlines_.begin()->second;
-        deadlines_.erase(deadlines_.begin());
-        if (auto it = pending_.find(id); it != pending_.end()) {
-          late.emplace_back(id, std::move(it->second));
-          pending_.erase(it);
-        }
+        if (auto pc = take_locked(id))
+          late.emplace_back(id, std::move(*pc));
+        else
+          deadlines_.erase(deadlines_.begin());
       }
     }
     for (auto& [id, pc] : late)
@@ -1458,7 +1993,9 @@ class client {
       }
       calls.swap(pending_);
       deadlines_.clear();
+      sync_pending_ = 0;
     }
+    wake();  // the reader thread stops (when this is not it)
     for (auto& [id, pc] : calls) complete(pc, reply{nullptr, gone_error(pc.method, id, why_, status_, name_)});
   }
 
@@ -1466,8 +2003,10 @@ class client {
   client_options opts_;
   std::string name_;
   subprocess::detail::unique_fd pidfd_;
-  subprocess::detail::unique_fd wake_;
+  subprocess::detail::unique_fd wake_;         // -> the reader thread
+  subprocess::detail::unique_fd direct_wake_;  // -> the call_sync() caller reading
   mutable std::mutex mu_;
+  std::condition_variable sync_cv_;  // call_sync() callers: an answer, or the reading is free
   std::unordered_map<std::uint64_t, pending_call> pending_;
   std::set<std::pair<clock::time_point, std::uint64_t>> deadlines_;
   std::atomic<std::uint64_t> next_id_{1};
@@ -1476,6 +2015,18 @@ class client {
   bool closed_ = false;
   std::string why_;
   std::optional<subprocess::exit_status> status_;
+  // call_sync() (all mu_)
+  std::size_t sync_pending_ = 0;    // entries of pending_ that are call_sync()s
+  std::size_t sync_callers_ = 0;    // threads inside call_sync()
+  bool direct_active_ = false;      // one of them reads the socket
+  bool watching_ = true;            // the reader thread polls the socket
+  bool exit_seen_ = false;          // the reader saw the pidfd while a caller read
+  std::optional<clock::time_point> last_sync_end_;
+  // the reader thread's queue (mu_)
+  std::vector<std::function<void()>> deferred_;
+  std::thread::id reader_id_;
+  bool reader_exited_ = false;
+  bool timed_recv_ = false;  // set once in start()
   std::thread reader_;
 };
 
