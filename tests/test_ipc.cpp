@@ -338,6 +338,37 @@ TEST_CASE("channel: a C++ parent and a C++ child exchange messages") {
     ch.close();
     CHECK(p.wait().success());
   }
+  SECTION("big strings are sent from the message itself: escapes, unicode, several, in order") {
+    // send() does not copy long plain runs of a string; what arrives must be the same.
+    auto p = ipc_child({"connect", "echo"}).spawn();
+    ipc::channel ch(p);
+    std::string mixed(300 << 10, 'a');
+    mixed[0] = '"';
+    mixed[100 << 10] = '\n';
+    mixed.replace(200 << 10, 2, "\xc3\xa9");  // é
+    mixed.back() = '\\';
+    const json big = {{"a", mixed},
+                      {"b", json::array({std::string(1 << 20, 'b'), "small", std::string(65536, 'c')})},
+                      {std::string(70000, 'k'), {{"inner", std::string(65535, 'd')}}}};
+    ch.post({{"first", 1}});  // queued bytes go first
+    ch.send(big);
+    ch.send({{"last", 1}});
+    for (int i = 0; i < 4; ++i) ch.send(big);  // more than the socket holds: send() waits
+    auto m = ch.receive();
+    REQUIRE(m);
+    CHECK(*m == json{{"first", 1}});
+    m = ch.receive();
+    REQUIRE(m);
+    CHECK(*m == big);
+    CHECK(ch.receive() == json{{"last", 1}});
+    for (int i = 0; i < 4; ++i) {
+      m = ch.receive();
+      REQUIRE(m);
+      CHECK(*m == big);
+    }
+    ch.close();
+    CHECK(p.wait().success());
+  }
   SECTION("both sides send a lot before reading: no deadlock") {
     // The child echoes each message at once while we are still sending; neither side
     // reads for a while. send() reads ahead while it waits, so both make progress.
@@ -398,6 +429,35 @@ TEST_CASE("channel: a C++ parent and a C++ child exchange messages") {
 
 // ---------------------------------------------------------------------------------
 // Framing, against a raw socket we control byte by byte
+
+TEST_CASE("channel framing: send() writes exactly the compact JSON and a newline") {
+  raw_pair rp;
+  std::string text;
+  std::thread reader([&] {
+    char buf[65536];
+    for (;;) {
+      ssize_t n = ::recv(rp.peer.get(), buf, sizeof buf, 0);
+      if (n <= 0) return;
+      text.append(buf, static_cast<std::size_t>(n));
+    }
+  });
+  std::string s1(200000, 'x'), s2(100000, 'y');
+  s2[5] = '\t';
+  s2[99999] = '"';
+  const json msgs[] = {json{{"k", s1}}, json::array({s2, 1, s1}), json(s1 + "\xe2\x82\xac" + s2), json{{"small", 1}}};
+  std::string want;
+  for (const auto& m : msgs) {
+    rp.ch.send(m);
+    want += m.dump() + "\n";
+  }
+  CHECK_THROWS_AS(rp.ch.send(json{{"bad", std::string(100000, 'z') + "\xff"}}), sp::argument_error);
+  rp.ch.send(json{{"after", true}});  // nothing of the refused message was sent
+  want += "{\"after\":true}\n";
+  rp.ch.close();
+  reader.join();
+  CHECK(text.size() == want.size());
+  CHECK(text == want);
+}
 
 TEST_CASE("channel framing: split, joined, malformed, oversized, truncated") {
   SECTION("messages split at every byte and joined in one write") {

@@ -350,8 +350,21 @@ class channel {
     std::lock_guard wl(s.wmu);
     check_writable(s);
     flush_blocking(s);
-    serialize(s, msg);  // straight into the (empty) queue: no allocation per message
-    flush_blocking(s);
+    // Straight into the (empty) queue: no allocation per message. Long runs of plain
+    // characters in strings are not copied: msg lives until we return, so they are
+    // sent from it (a 100 MiB string is scanned once, never copied or faulted in).
+    gather g{s.wbuf, {}, 0};
+    try {
+      detail::dump_to(g, msg, s.opts.name);
+      s.wbuf.push_back('\n');
+    } catch (...) {
+      s.wbuf.clear();
+      throw;
+    }
+    if (g.borrowed.empty())
+      flush_blocking(s);
+    else
+      write_gathered(s, g);
   }
   // The same with a message encoded once (for sending it to many channels).
   void send_encoded(const encoded& msg) {
@@ -534,6 +547,91 @@ class channel {
     throw channel_error(std::error_code(err, std::system_category()), s.opts.name,
                         s.label + ": send failed: " +
                             std::error_code(err, std::system_category()).message());
+  }
+
+  // A message being serialized for send(): owned bytes go to the queue; a long plain
+  // run of a string is recorded as a piece of the message itself, placed before the
+  // queue's byte `at`.
+  struct gather {
+    subprocess::detail::mapped_buffer& buf;
+    struct piece {
+      std::size_t at;
+      const char* p;
+      std::size_t n;
+    };
+    std::vector<piece> borrowed;
+    std::size_t borrowed_bytes;
+    static constexpr std::size_t borrow_min = 64 * 1024;
+
+    void append(const char* p, std::size_t n) { buf.append(p, n); }
+    void append_borrowed(const char* p, std::size_t n) {
+      if (n < borrow_min) return buf.append(p, n);
+      borrowed.push_back({buf.size(), p, n});
+      borrowed_bytes += n;
+    }
+    void push_back(char c) { buf.push_back(c); }
+    std::size_t size() const noexcept { return buf.size() + borrowed_bytes; }
+    void reserve(std::size_t) noexcept {}  // long strings are not copied
+  };
+  // Writes the queue with the borrowed pieces in their places, waiting for room;
+  // empties the queue.
+  static void write_gathered(state& s, const gather& g) {
+    namespace sys = subprocess::detail::sys;
+    constexpr std::size_t max_iov = 64;
+    const std::string_view own = s.wbuf.view();
+    std::size_t piece = 0;     // next borrowed piece
+    std::size_t own_pos = 0;   // bytes of the queue written
+    std::size_t piece_pos = 0; // bytes of borrowed[piece] written
+    for (;;) {
+      iovec iov[max_iov];
+      std::size_t n = 0, o = own_pos, k = piece, kp = piece_pos;
+      while (n < max_iov) {
+        const std::size_t own_end = k < g.borrowed.size() ? g.borrowed[k].at : own.size();
+        if (o < own_end) {
+          iov[n++] = {const_cast<char*>(own.data() + o), own_end - o};
+          o = own_end;
+        } else if (k < g.borrowed.size()) {
+          iov[n++] = {const_cast<char*>(g.borrowed[k].p + kp), g.borrowed[k].n - kp};
+          ++k;
+          kp = 0;
+        } else {
+          break;
+        }
+      }
+      if (n == 0) break;
+      msghdr m{};
+      m.msg_iov = iov;
+      m.msg_iovlen = n;
+      ssize_t w = sys::sendmsg(s.fd.get(), &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          wait_writable(s);
+          continue;
+        }
+        throw_send_error(s, errno);
+      }
+      // Advance over what was written.
+      auto left = static_cast<std::size_t>(w);
+      while (left > 0) {
+        const std::size_t own_end = piece < g.borrowed.size() ? g.borrowed[piece].at : own.size();
+        if (own_pos < own_end) {
+          const std::size_t t = std::min(left, own_end - own_pos);
+          own_pos += t;
+          left -= t;
+        } else {
+          const std::size_t t = std::min(left, g.borrowed[piece].n - piece_pos);
+          piece_pos += t;
+          left -= t;
+          if (piece_pos == g.borrowed[piece].n) {
+            ++piece;
+            piece_pos = 0;
+          }
+        }
+      }
+    }
+    s.wbuf.clear();
+    s.wbuf.shrink();
   }
 
   // One send(2) attempt: bytes written, 0 if the socket is full. Throws on errors.

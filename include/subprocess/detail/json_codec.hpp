@@ -25,6 +25,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pages.hpp"
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -349,7 +351,12 @@ class parser {
       const char* run = p_;
       p_ = plain_run(p_, end_);
       if (p_ < end_ && *p_ == '"') {
-        out.assign(run, p_);
+        const auto n = static_cast<std::size_t>(p_ - run);
+        if (n >= (std::size_t{1} << 20)) {  // fresh memory: make it present in one go
+          out.reserve(n);
+          populate_pages(out.data(), n);
+        }
+        out.assign(run, n);
         ++p_;
         return;
       }
@@ -391,10 +398,20 @@ inline json parse(std::string_view text, std::size_t max_depth = default_max_dep
 }
 
 // Output for dump(): std::string, or anything with append(const char*, size_t),
-// push_back(char), size() and reserve(total).
+// push_back(char), size() and reserve(total). An output that also has
+// append_borrowed(const char*, size_t) gets the plain runs of strings that way: the
+// bytes belong to the value being dumped, so it may refer to them instead of copying
+// while the value lives (the ipc channel sends big strings straight from it).
 template <class Out>
 void put(Out& out, std::string_view s) {
   out.append(s.data(), s.size());
+}
+template <class Out>
+void put_run(Out& out, const char* p, std::size_t n) {
+  if constexpr (requires { out.append_borrowed(p, n); })
+    out.append_borrowed(p, n);
+  else
+    out.append(p, n);
 }
 
 // A JSON string literal, escaped as nlohmann's dump() does. Throws
@@ -409,7 +426,7 @@ void dump_string(std::string_view s, Out& out) {
   for (;;) {
     const char* run = p;
     p = plain_run(p, end);
-    out.append(run, static_cast<std::size_t>(p - run));
+    put_run(out, run, static_cast<std::size_t>(p - run));
     if (p == end) break;
     const auto c = static_cast<unsigned char>(*p);
     switch (c) {

@@ -127,6 +127,11 @@ inline ssize_t send(int fd, const void* buf, std::size_t n, int flags) noexcept 
   SUBPROCESS_FAULT_POINT(call::send);
   return ::send(fd, buf, n, flags);
 }
+// Gathered send (several buffers in one call); fails like send().
+inline ssize_t sendmsg(int fd, const msghdr* m, int flags) noexcept {
+  SUBPROCESS_FAULT_POINT(call::send);
+  return ::sendmsg(fd, m, flags);
+}
 inline int shutdown(int fd, int how) noexcept {
   SUBPROCESS_FAULT_POINT(call::shutdown);
   return ::shutdown(fd, how);
