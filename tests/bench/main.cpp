@@ -144,7 +144,8 @@ int serve(std::uint64_t touch_mib) {
         auto samples = it->second(req);
         reply = "ok";
         for (auto& s : samples) {
-          reply += ' ';  // (not " " + ...: g++ 12 -O3 warns falsely about it, -Wrestrict)
+          // (appending piecewise: g++ 12 -O3 warns falsely (-Wrestrict) on "x" + string&&)
+          reply += ' ';
           reply += fmt_num(s.ns);
           if (s.extra != 0) {
             reply += ':';
