@@ -1341,16 +1341,16 @@ struct client_options {
 // call() or call_sync()? call() returns at once; the answer reaches your future
 // through the reader thread: one thread hand-off per call. call_sync() waits on the
 // calling thread, and that thread reads the socket itself while it waits: no
-// hand-off, so a caller that waits for each answer anyway (one call at a time) goes
-// about as fast as a raw socket ping-pong. Where the two processes share a CPU the
-// difference is large (a hand-off is one more context switch: call().get() makes
-// about half the round trips per second of call_sync() there). Both may be mixed, from
-// any threads: while a call_sync() is reading, the answers it reads for other calls
-// go to their futures, and callbacks and messages that are not answers are passed to
-// the reader thread, so callbacks still run there and in order. One consequence:
-// for a few milliseconds after a call_sync() returns, the reader thread leaves the
-// socket to the next call_sync() (so a loop of them never wakes it), so a message
-// that is not an answer may wait that long for on_message.
+// hand-off, so a caller that waits for each answer anyway (one call at a time) comes
+// close to a raw socket ping-pong (only the JSON costs more). Where the two processes
+// share a CPU the difference is large (a hand-off is one more context switch:
+// call().get() makes 40-60% of the round trips per second of call_sync() there).
+// Both may be mixed, from any threads: while a call_sync() is reading, the answers it
+// reads for other calls go to their futures, and callbacks and messages that are not
+// answers are passed to the reader thread, so callbacks still run there and in
+// order. One consequence: for a few milliseconds after a call_sync() returns, the
+// reader thread leaves the socket to the next call_sync() (so a loop of them never
+// wakes it), so a message that is not an answer may wait that long for on_message.
 //
 // When the peer goes away. Every pending call fails with channel_error
 // (errc::channel_closed) saying why: "'worker' exited with code 1", "killed by
