@@ -222,6 +222,68 @@ TEST_CASE("json codec: the channel's parse and dump agree with nlohmann's") {
     CHECK(accepted > 1000);  // the mutations exercise both outcomes
     CHECK(rejected > 1000);
   }
+  SECTION("parse_rpc: the same acceptance and the same values as parse, without the envelope object") {
+    // Rebuilds the message parse() would give from the parts parse_rpc() decoded.
+    auto rebuild = [](const codec::rpc_parts& p) -> json {
+      if (p.k == codec::rpc_parts::kind::other) return p.whole;
+      json m = json::object();
+      if (p.has_id) m["id"] = p.id;
+      if (p.k == codec::rpc_parts::kind::request) {
+        m["method"] = p.method;
+        if (!p.params.is_null()) m["params"] = p.params;
+      } else if (!p.error.is_null()) {
+        m["error"] = p.error;
+      } else {
+        m["result"] = p.result;
+      }
+      return m;
+    };
+    auto without_envelope_noise = [](json m) {
+      if (m.is_object()) {
+        m.erase("jsonrpc");
+        if (m.contains("params") && m["params"].is_null()) m.erase("params");
+        if (m.contains("error") && m["error"].is_null() && m.contains("result")) m.erase("error");
+      }
+      return m;
+    };
+    random_json gen(4242);
+    int requests = 0, responses = 0, others = 0, rejected = 0;
+    for (int i = 0; i < 20000; ++i) {
+      json shaped;
+      switch (i % 4) {
+        case 0: shaped = {{"jsonrpc", "2.0"}, {"id", i}, {"method", gen.text()}, {"params", gen.value(1)}}; break;
+        case 1: shaped = {{"jsonrpc", "2.0"}, {"id", i}, {"result", gen.value(1)}}; break;
+        case 2: shaped = {{"jsonrpc", "2.0"}, {"id", gen.text()}, {"error", {{"code", -1}, {"message", gen.text()}}}}; break;
+        default: shaped = gen.value(0); break;
+      }
+      std::string text = i % 3 == 0 ? gen.mutate(shaped.dump()) : shaped.dump();
+      auto whole = codec_parse(text);
+      codec::rpc_parts p;
+      bool ok = true;
+      try {
+        codec::parse_rpc(text, p);
+      } catch (const codec::error&) {
+        ok = false;
+      }
+      INFO("text: " << sp::ipc::detail::sample_of(text, 200));
+      REQUIRE(ok == whole.has_value());
+      if (!ok) {
+        ++rejected;
+        continue;
+      }
+      if (p.k == codec::rpc_parts::kind::other) {
+        ++others;
+        REQUIRE(p.whole == *whole);
+      } else {
+        (p.k == codec::rpc_parts::kind::request ? requests : responses) += 1;
+        REQUIRE(rebuild(p) == without_envelope_noise(*whole));
+      }
+    }
+    CHECK(requests > 2000);
+    CHECK(responses > 2000);
+    CHECK(others > 2000);
+    CHECK(rejected > 1000);
+  }
   SECTION("tricky cases") {
     for (std::string t : {"0", "-0", "01", "-", "1.", ".5", "1e", "1e+", "1E-2", "1e400", "-1e400", "1e-400",
                           "18446744073709551615", "18446744073709551616", "-9223372036854775808",
@@ -594,6 +656,21 @@ TEST_CASE("channel framing: split, joined, malformed, oversized, truncated") {
     CHECK_FALSE(rp.ch.wants_write());
     CHECK(got.size() == posted * (m.dump().size() + 1));
     CHECK(std::count(got.begin(), got.end(), '\n') == static_cast<long>(posted));
+  }
+  SECTION("enqueue and enqueue_request queue without writing; one flush sends them all") {
+    raw_pair rp;
+    rp.ch.enqueue({{"a", 1}});
+    rp.ch.enqueue_request(7, "add", {{"a", 1}, {"b", 2}});
+    rp.ch.enqueue_request(8, "ping", nullptr);
+    CHECK(rp.ch.wants_write());
+    CHECK(rp.read_some(50ms).empty());  // nothing written yet
+    CHECK_THROWS_AS(rp.ch.enqueue_request(9, "add", 5), sp::argument_error);  // params
+    CHECK_THROWS_AS(rp.ch.enqueue_request(9, "add", json::array({"\xff"})), sp::argument_error);
+    CHECK(rp.ch.flush());
+    CHECK(rp.read_some() ==
+          "{\"a\":1}\n"
+          "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"add\",\"params\":{\"a\":1,\"b\":2}}\n"
+          "{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"ping\"}\n");
   }
   SECTION("close() wakes a receive() blocked in another thread") {
     raw_pair rp;
@@ -980,8 +1057,9 @@ TEST_CASE("rpc: call_sync() waits on the calling thread") {
 }
 
 TEST_CASE("rpc: answers and requests written in other shapes than ours") {
-  // The client and serve() recognise each other's messages as text; anything else
-  // (another key order, extra keys, escapes, spaces) must go the general way.
+  // The client and serve() decode JSON-RPC envelopes without building an object
+  // (json_codec::parse_rpc); other key orders, extra keys (the general way), escapes
+  // and spaces must give the same answers.
   SECTION("answers") {
     auto p = ipc_child({"connect",
                         "receive-one", "raw", R"({"jsonrpc":"2.0","result":{"a":1},"id":1}\n)",
@@ -1234,6 +1312,70 @@ TEST_CASE("heartbeat: latency of each beat, and a stopped peer is noticed") {
   p.wait_for(5s);
 }
 
+TEST_CASE("serve: heartbeats are answered while a handler is busy") {
+  auto p = ipc_child({"connect", "serve"}).spawn();
+  ipc::client c(p);
+  SECTION("a heartbeat during a long handler; other requests keep their order") {
+    auto slow = c.call("sleep", {{"ms", 1200}}, 10s);
+    std::this_thread::sleep_for(100ms);  // let the handler start (the test only gets slower if not)
+    auto first = c.call("echo", {{"n", 1}}, 10s);
+    auto t0 = clk::now();
+    json beat = c.call("rpc.heartbeat", {{"beat", 1}}, 10s).get();
+    auto took = clk::now() - t0;
+    CHECK(beat["pid"] == p.pid());
+    INFO("heartbeat answered after " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+    CHECK(took < 700ms);  // not after the 1.2 s handler (typically ~20-40 ms)
+    auto second = c.call("echo", {{"n", 2}}, 10s);
+    CHECK(first.wait_for(0s) != std::future_status::ready);  // still behind the handler
+    CHECK(slow.get() == 1200);
+    CHECK(first.get() == json{{"n", 1}});
+    CHECK(second.get() == json{{"n", 2}});
+    // The handlers ran one at a time, in order: count = sleep, echo, echo, count.
+    CHECK(c.call("count", nullptr, 5s).get() == 4);
+  }
+  SECTION("ipc::heartbeat stays happy through a busy handler; SIGSTOP is still noticed") {
+    std::mutex mu;
+    std::condition_variable cv;
+    int beats = 0;
+    bool unresponsive = false;
+    ipc::heartbeat hb(c, {.interval = 50ms, .timeout = 400ms, .method = "rpc.heartbeat",
+                          .on_beat = [&](const ipc::beat&) {
+                            std::lock_guard lk(mu);
+                            ++beats;
+                            cv.notify_all();
+                          },
+                          .on_unresponsive = [&](std::chrono::milliseconds) {
+                            std::lock_guard lk(mu);
+                            unresponsive = true;
+                            cv.notify_all();
+                          }});
+    auto busy = c.call("sleep", {{"ms", 1500}}, 10s);
+    CHECK(busy.get() == 1500);
+    {
+      std::lock_guard lk(mu);
+      CHECK_FALSE(unresponsive);
+      CHECK(beats >= 10);  // ~30 at 50 ms over 1.5 s; generous for a loaded machine
+    }
+    auto stuck = c.call("sleep", {{"ms", 3000}}, 20s);
+    std::this_thread::sleep_for(100ms);
+    REQUIRE(p.signal(SIGSTOP));
+    CHECK(wait_until_true(mu, cv, 5s, [&] { return unresponsive; }));
+    hb.stop();
+    REQUIRE(p.signal(SIGCONT));
+    CHECK(stuck.get() == 3000);
+  }
+  SECTION("a notification read during a handler runs in its turn") {
+    auto slow = c.call("sleep", {{"ms", 600}}, 10s);
+    std::this_thread::sleep_for(100ms);
+    c.notify("add", {{"a", 1}, {"b", 1}});
+    CHECK(c.call("rpc.heartbeat", nullptr, 10s).get().contains("time"));
+    CHECK(slow.get() == 600);
+    CHECK(c.call("count", nullptr, 5s).get() == 3);  // sleep, the notification, count
+  }
+  c.close();
+  CHECK(p.wait_for(5s).has_value());
+}
+
 // ---------------------------------------------------------------------------------
 // broadcast and call_all
 
@@ -1366,6 +1508,24 @@ TEST_CASE("attach: a channel driven by an event loop") {
   CHECK(got[3] == json{{"bye", true}});
   CHECK_FALSE(a->attached());
   CHECK(loop.watched() == 0);
+  CHECK(p.wait().success());
+}
+
+TEST_CASE("attach: a channel in an sp::event_loop") {
+  auto p = ipc_child({"connect", "echo-n", "2", "close", "sleep", "50"}).spawn();
+  ipc::channel ch(p);
+  sp::event_loop loop;
+  std::vector<json> got;
+  bool closed = false;
+  auto a = ipc::attach(loop, ch, {.on_message = [&](json m) { got.push_back(std::move(m)); },
+                                  .on_error = {},
+                                  .on_close = [&] { closed = true; }});
+  a->send({{"n", 1}});
+  a->send({{"n", 2}});
+  for (int i = 0; i < 100 && !closed; ++i) loop.run_for(100ms);  // at most 10 s
+  CHECK(closed);
+  CHECK(got == std::vector<json>{{{"n", 1}}, {{"n", 2}}});
+  CHECK_FALSE(a->attached());
   CHECK(p.wait().success());
 }
 

@@ -180,6 +180,9 @@ class event_loop {
     }
   }
 
+  // remove() by the name adapters such as ipc::attach() expect of a loop.
+  void unwatch(id i) { remove(i); }
+
   // ---- streams ----------------------------------------------------------------
 
   // fn(chunk) for output as it arrives. The chunk is valid during the call only.

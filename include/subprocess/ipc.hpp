@@ -67,7 +67,14 @@
 //   read_available()  reads what the socket holds now, never blocks
 //   try_receive()     the next complete message already read, or nullopt
 //   post(msg)         sends what fits now and queues the rest; never blocks
+//   enqueue(msg)      queues only (enqueue many, flush once: one send(2) for all);
+//                     enqueue_request(id, method, params) and enqueue_response(id,
+//                     result) queue a JSON-RPC request or answer from its parts
 //   flush()           writes queued bytes that fit now; wants_write() says if any remain
+//                     (flush_all() writes them all, waiting for room)
+//   try_receive_rpc() like try_receive() for JSON-RPC traffic: a request's or an
+//                     answer's envelope is decoded into a small struct instead of a
+//                     json object (receive_rpc() blocks)
 // On readable: read_available(), then try_receive() until it returns nullopt (the
 // buffer may hold many messages); eof() then says the peer is gone. On writable:
 // flush(). ipc::attach() below does exactly this for an event loop.
@@ -108,6 +115,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <future>
@@ -229,54 +237,87 @@ void dump_to(Out& out, const json& j, const std::string& name) {
   }
 }
 
+// A JSON-RPC request {"jsonrpc":"2.0","id":id,"method":...,"params":...} written
+// straight from its parts (no json object is built); params null: omitted; no id: a
+// notification. Appends no '\n'. params must be an object, an array or null.
+template <class Out>
+void append_request(Out& b, std::optional<std::uint64_t> id, std::string_view method,
+                    const json& params, const std::string& name) {
+  if (!(params.is_null() || params.is_array() || params.is_object()))
+    throw argument_error(name, "call '" + std::string(method) +
+                                   "': params must be an object, an array or null (JSON-RPC)");
+  b.append("{\"jsonrpc\":\"2.0\",");
+  if (id) {
+    char digits[24];
+    auto r = std::to_chars(digits, digits + sizeof digits, *id);
+    b.append("\"id\":");
+    b.append(digits, static_cast<std::size_t>(r.ptr - digits));
+    b.push_back(',');
+  }
+  b.append("\"method\":");
+  try {
+    subprocess::detail::json_codec::dump_string(method, b);  // no json string built for it
+  } catch (const subprocess::detail::json_codec::error& e) {
+    throw argument_error(name, std::string("cannot send a method name that is not valid UTF-8 (") +
+                                   e.what() + ")");
+  }
+  if (!params.is_null()) {
+    b.append(",\"params\":");
+    dump_to(b, params, name);
+  }
+  b.push_back('}');
+}
+
 }  // namespace detail
 
 namespace detail {
-// A lock that can be waited for with a deadline (std::timed_mutex semantics), built on
-// mutex + condition_variable: libstdc++'s timed_mutex uses pthread_mutex_clocklock,
-// which ThreadSanitizer does not understand.
+// A lock that can be waited for with a deadline (std::timed_mutex semantics). Taking
+// and releasing it uncontended is one atomic exchange each; only a thread that has to
+// wait uses the mutex and condition variable. (Not std::timed_mutex: libstdc++ builds
+// it on pthread_mutex_clocklock, which ThreadSanitizer does not understand.)
 class timed_lock {
  public:
   void lock() {
+    if (try_lock()) return;
     std::unique_lock l(m_);
-    cv_.wait(l, [&] { return !held_; });
-    held_ = true;
+    waiters_.fetch_add(1);
+    cv_.wait(l, [&] { return try_lock(); });
+    waiters_.fetch_sub(1);
   }
   bool try_lock() {
-    std::lock_guard l(m_);
-    if (held_) return false;
-    held_ = true;
-    return true;
+    bool expected = false;
+    return held_.compare_exchange_strong(expected, true);
   }
   template <class Clock, class Duration>
   bool try_lock_until(const std::chrono::time_point<Clock, Duration>& t) {
+    if (try_lock()) return true;
     std::unique_lock l(m_);
-    if (!cv_.wait_until(l, t, [&] { return !held_; })) return false;
-    held_ = true;
-    return true;
+    waiters_.fetch_add(1);
+    bool ok = cv_.wait_until(l, t, [&] { return try_lock(); });
+    waiters_.fetch_sub(1);
+    return ok;
   }
   void unlock() {
-    {
+    held_.store(false);
+    // Sequentially consistent with the waiter's fetch_add and its try_lock: either it
+    // sees the lock free, or this sees it waiting (and it is asleep, or about to be,
+    // under m_ when notified).
+    if (waiters_.load() > 0) {
       std::lock_guard l(m_);
-      held_ = false;
+      cv_.notify_all();
     }
-    cv_.notify_one();
   }
 
  private:
+  std::atomic<bool> held_{false};
+  std::atomic<int> waiters_{0};
   std::mutex m_;
   std::condition_variable cv_;
-  bool held_ = false;
 };
 }  // namespace detail
 
 // A message already serialized for the wire (JSON + '\n'): encode once, send to many.
 // Made by channel::encode(). Move-only.
-namespace detail {
-struct answer_text;
-struct request_reader;
-}
-
 class encoded {
  public:
   std::string_view bytes() const noexcept { return buf_.view(); }
@@ -285,7 +326,6 @@ class encoded {
  private:
   friend class channel;
   friend class client;
-  friend struct detail::answer_text;
   encoded() = default;
   subprocess::detail::mapped_buffer buf_;
 };
@@ -392,21 +432,29 @@ class channel {
     return receive_until(subprocess::detail::clock::now() + timeout);
   }
   std::optional<json> receive_until(const subprocess::detail::deadline& dl) {
-    if (!s_) return std::nullopt;
-    state& s = *s_;
-    std::unique_lock rl(s.rmu, std::defer_lock);
-    if (dl) {
-      if (!rl.try_lock_until(*dl)) return std::nullopt;
-    } else {
-      rl.lock();
-    }
-    for (;;) {
-      if (auto m = next_locked(s)) return m;
-      if (s.peer_done || s.closed.load()) return std::nullopt;
-      // Without a deadline, wait inside recv(); close() from another thread wakes it.
-      if (read_locked(s, !dl) > 0 || s.peer_done) continue;
-      if (subprocess::detail::poll_one(s.fd.get(), POLLIN, dl) == 0) return std::nullopt;
-    }
+    std::optional<json> m;
+    wait_for_message(dl, [&](state& s) { return (m = next_locked(s)).has_value(); });
+    return m;
+  }
+
+  // ---- JSON-RPC without the cost of an object per envelope ---------------------------
+  // A request or an answer, decoded from its wire text without building a json object
+  // for the envelope (only params, result or error become json values), which makes
+  // small requests and answers several times cheaper to receive. serve() and
+  // worker_pool use these. k says what arrived: request (method, params, and id when
+  // has_id; a notification without), response (id, and result or error), or other
+  // (anything else, in whole: batches, plain messages, malformed requests). Errors,
+  // internal messages and the end of the channel behave as for receive().
+  using rpc_message = subprocess::detail::json_codec::rpc_parts;
+  // The next message (blocking); false at the end.
+  bool receive_rpc(rpc_message& out) {
+    return wait_for_message(std::nullopt, [&](state& s) { return next_rpc_locked(s, out); });
+  }
+  // The next complete message already read, never reading the socket; false if none.
+  bool try_receive_rpc(rpc_message& out) {
+    if (!s_) return false;
+    std::lock_guard rl(s_->rmu);
+    return next_rpc_locked(*s_, out);
   }
 
   // True once the peer has finished (closed its end or exited) and every message has
@@ -474,6 +522,64 @@ class channel {
     if (!rest.empty()) s.wbuf.append(rest);
     return rest.empty();
   }
+  // Queues msg without writing anything: the next flush(), post() or send() writes
+  // it. To send many messages at once, enqueue() them and flush() once: one send(2)
+  // for all of them instead of one each. Never blocks; throws like post().
+  void enqueue(const json& msg) {
+    state& s = live("send");
+    std::lock_guard wl(s.wmu);
+    check_writable(s);
+    serialize(s, msg);
+  }
+  // The same for a JSON-RPC request, serialized straight from its parts (no json
+  // object is built, params are not copied): {"jsonrpc":"2.0","id":id,"method":
+  // method,"params":params}, params omitted when null. For callers that keep their
+  // own table of pending calls on an event loop (worker_pool does). Throws
+  // argument_error if params is not an object, an array or null, or holds invalid
+  // UTF-8 (nothing is queued then); channel_error like post().
+  void enqueue_request(std::uint64_t id, std::string_view method, const json& params) {
+    state& s = live("send");
+    std::lock_guard wl(s.wmu);
+    check_writable(s);
+    const std::size_t before = s.wbuf.size();
+    try {
+      detail::append_request(s.wbuf, id, method, params, s.opts.name);
+      s.wbuf.push_back('\n');
+    } catch (...) {
+      s.wbuf.truncate(before);
+      throw;
+    }
+  }
+  // The same for the answer to a request: {"jsonrpc":"2.0","id":id,"result":result},
+  // or, with is_error, {"jsonrpc":"2.0","id":id,"error":result}. For servers on an
+  // event loop (and serve()). Throws like enqueue_request().
+  void enqueue_response(const json& id, const json& result, bool is_error = false) {
+    state& s = live("send");
+    std::lock_guard wl(s.wmu);
+    check_writable(s);
+    const std::size_t before = s.wbuf.size();
+    try {
+      s.wbuf.append("{\"jsonrpc\":\"2.0\",\"id\":");
+      detail::dump_to(s.wbuf, id, s.opts.name);
+      s.wbuf.append(is_error ? ",\"error\":" : ",\"result\":");
+      detail::dump_to(s.wbuf, result, s.opts.name);
+      s.wbuf.append("}\n");
+    } catch (...) {
+      s.wbuf.truncate(before);
+      throw;
+    }
+  }
+  // Writes everything queued, waiting for room as send() does (and, like it, reading
+  // incoming bytes meanwhile: see "Deadlock freedom"). Throws channel_error if the
+  // peer is gone.
+  void flush_all() {
+    if (!s_ || s_->closed.load()) return;
+    state& s = *s_;
+    std::lock_guard wl(s.wmu);
+    if (s.wbuf.empty() && s.nacks.load() == 0) return;
+    check_writable(s);
+    flush_blocking(s);
+  }
   // Writes queued bytes that fit now; never blocks. True when the queue is empty.
   bool flush() {
     if (!s_ || s_->closed.load()) return true;
@@ -514,6 +620,27 @@ class channel {
     bool write_broken = false;     // EPIPE seen
     std::atomic<int> nacks{0};     // NODE_HANDLE_NACKs owed to the peer
   };
+
+  // Waits (in recv or poll) until next(state) takes a message; false at the end, or
+  // at the deadline.
+  template <class Next>
+  bool wait_for_message(const subprocess::detail::deadline& dl, Next&& next) {
+    if (!s_) return false;
+    state& s = *s_;
+    std::unique_lock rl(s.rmu, std::defer_lock);
+    if (dl) {
+      if (!rl.try_lock_until(*dl)) return false;
+    } else {
+      rl.lock();
+    }
+    for (;;) {
+      if (next(s)) return true;
+      if (s.peer_done || s.closed.load()) return false;
+      // Without a deadline, wait inside recv(); close() from another thread wakes it.
+      if (read_locked(s, !dl) > 0 || s.peer_done) continue;
+      if (subprocess::detail::poll_one(s.fd.get(), POLLIN, dl) == 0) return false;
+    }
+  }
 
   static subprocess::detail::unique_fd take(process& p) {
     auto fd = p.take_channel_fd();
@@ -756,8 +883,36 @@ class channel {
 
   // The next complete message in the buffer. Requires rmu.
   static std::optional<json> next_locked(state& s) {
+    json m;
+    if (!next_line_locked(s, [&](std::string_view line) {
+          m = subprocess::detail::json_codec::parse(line);
+          return !(!s.opts.internal_messages && detail::is_internal(m) && skip_internal(s, m));
+        }))
+      return std::nullopt;
+    return m;
+  }
+  // The same, decoded as JSON-RPC (see rpc_message). Requires rmu.
+  static bool next_rpc_locked(state& s, rpc_message& out) {
+    return next_line_locked(s, [&](std::string_view line) {
+      subprocess::detail::json_codec::parse_rpc(line, out);
+      return !(out.k == rpc_message::kind::other && !s.opts.internal_messages &&
+               detail::is_internal(out.whole) && skip_internal(s, out.whole));
+    });
+  }
+  // An internal message we pass over (always true; a NODE_HANDLE is answered).
+  static bool skip_internal(state& s, const json& m) {
+    if (m["cmd"] == "NODE_HANDLE") owe_nack(s);
+    return true;
+  }
+
+  // Framing: finds the next complete line and hands it to decode(line), which
+  // returns false to pass the message over. True once a message was decoded; false
+  // when no complete message is buffered. Throws for malformed, oversized and
+  // truncated messages (see the header notes). Requires rmu.
+  template <class Decode>
+  static bool next_line_locked(state& s, Decode&& decode) {
     for (;;) {
-      if (s.closed.load()) return std::nullopt;
+      if (s.closed.load()) return false;
       std::string_view b = s.rbuf.view();
       std::size_t nl = b.find('\n', s.scanned);
       if (nl == std::string_view::npos) {
@@ -778,13 +933,13 @@ class channel {
           }
           if (s.read_error) std::rethrow_exception(std::exchange(s.read_error, nullptr));
         }
-        return std::nullopt;
+        return false;
       }
       if (nl > s.opts.max_message_size) oversized(s, nl, true);
       std::string_view line = b.substr(0, nl);
-      json m;
+      bool keep;
       try {
-        m = subprocess::detail::json_codec::parse(line);
+        keep = decode(line);
       } catch (const subprocess::detail::json_codec::error& e) {
         std::string sample = detail::sample_of(line);
         s.rbuf.consume(nl + 1);
@@ -795,11 +950,7 @@ class channel {
       s.rbuf.consume(nl + 1);
       s.scanned = 0;
       if (nl >= (std::size_t{1} << 20) && s.rbuf.empty()) s.rbuf.shrink();
-      if (!s.opts.internal_messages && detail::is_internal(m)) {
-        if (m["cmd"] == "NODE_HANDLE") owe_nack(s);
-        continue;
-      }
-      return m;
+      if (keep) return true;
     }
   }
   // A NODE_HANDLE arrived but its fd was dropped (we never accept fds): tell Node,
@@ -817,7 +968,6 @@ class channel {
 
   std::unique_ptr<state> s_;
   friend class client;
-  friend struct detail::request_reader;
 };
 
 // ---------------------------------------------------------------------------------
@@ -1033,156 +1183,211 @@ inline json rpc_failure(const json& id, int code, std::string message, const jso
 
 inline bool is_request(const json& m) { return m.is_object() && m.contains("method"); }
 
-// What one request gets: a result, or an error answer (built whole), or nothing (a
-// notification; even a failing one gets no answer).
-struct outcome {
-  bool answer = false;
-  json id = nullptr;
-  std::optional<json> result{};  // success
-  json failure = nullptr;        // else the whole error answer
-};
+inline json heartbeat_result() {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::system_clock::now().time_since_epoch())
+                .count();
+  return {{"time", ms}, {"pid", ::getpid()}};
+}
 
-// Runs the handler of `method` (o.id set) and puts what it gave into o.
-inline void handle_call(outcome& o, std::string_view method, const json& params, const handler_map& handlers) {
-  const json& id = o.id;
+// Runs the handler of `method`: its result, or (is_error) the error object to answer
+// with. Exceptions become error answers (see serve()).
+struct outcome {
+  json value;
+  bool is_error = false;
+};
+inline outcome run_handler(const std::string& method, const json& params, const handler_map& handlers) {
+  auto err = [](int code, std::string message, const json& data = nullptr) {
+    json e = {{"code", code}, {"message", std::move(message)}};
+    if (!data.is_null()) e["data"] = data;
+    return outcome{std::move(e), true};
+  };
   auto h = handlers.find(method);
   try {
-    if (h != handlers.end()) {
-      o.result = h->second(params);
-    } else if (method == "rpc.heartbeat") {  // built in: see ipc::heartbeat
-      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::system_clock::now().time_since_epoch())
-                    .count();
-      o.result = json{{"time", ms}, {"pid", ::getpid()}};
-    } else {
-      o.failure = rpc_failure(id, rpc_error::method_not_found, "Method not found: '" + std::string(method) + "'");
-    }
+    if (h != handlers.end()) return {h->second(params), false};
+    if (method == "rpc.heartbeat") return {heartbeat_result(), false};  // built in: see serve()
+    return err(rpc_error::method_not_found, "Method not found: '" + method + "'");
   } catch (const rpc_error& e) {
-    o.failure = rpc_failure(id, e.rpc_code(), e.rpc_message(), e.data());
+    return err(e.rpc_code(), e.rpc_message(), e.data());
   } catch (const json::exception& e) {
     // Usually params["x"].get<int>() on the wrong shape.
-    o.failure = rpc_failure(id, rpc_error::invalid_params, std::string("Invalid params: ") + e.what());
+    return err(rpc_error::invalid_params, std::string("Invalid params: ") + e.what());
   } catch (const std::exception& e) {
-    o.failure = rpc_failure(id, rpc_error::server_error, e.what());
+    return err(rpc_error::server_error, e.what());
   } catch (...) {
-    o.failure = rpc_failure(id, rpc_error::internal_error, "unknown exception in handler");
+    return err(rpc_error::internal_error, "unknown exception in handler");
   }
 }
 
-inline outcome handle(const json& req, const handler_map& handlers) {
-  outcome o;
-  o.answer = true;
-  if (!req.is_object()) {
-    o.failure = rpc_failure(nullptr, rpc_error::invalid_request, "Invalid Request");
-    return o;
-  }
+// Answers one request given as a json object (batches, malformed requests);
+// nullopt for a notification (no answer, even on error).
+inline std::optional<json> answer(const json& req, const handler_map& handlers) {
+  if (!req.is_object()) return rpc_failure(nullptr, rpc_error::invalid_request, "Invalid Request");
   auto idit = req.find("id");
   const bool has_id = idit != req.end();
-  if (has_id) o.id = *idit;
-  const json& id = o.id;
+  json id = has_id ? *idit : json(nullptr);
   auto mit = req.find("method");
-  if (mit == req.end() || !mit->is_string() || (has_id && (id.is_object() || id.is_array()))) {
-    o.failure = rpc_failure(has_id && !(id.is_object() || id.is_array()) ? id : json(nullptr),
-                            rpc_error::invalid_request, "Invalid Request");
-    return o;
-  }
+  if (mit == req.end() || !mit->is_string() || (has_id && (id.is_object() || id.is_array())))
+    return rpc_failure(has_id && !(id.is_object() || id.is_array()) ? id : json(nullptr),
+                       rpc_error::invalid_request, "Invalid Request");
   static const json no_params = nullptr;
   auto pit = req.find("params");
-  handle_call(o, mit->get_ref<const std::string&>(), pit == req.end() ? no_params : *pit, handlers);
-  o.answer = has_id;
-  return o;
+  outcome o = run_handler(mit->get_ref<const std::string&>(), pit == req.end() ? no_params : *pit, handlers);
+  if (!has_id) return std::nullopt;
+  return json{{"jsonrpc", "2.0"}, {"id", id}, {o.is_error ? "error" : "result", std::move(o.value)}};
 }
 
-// Answers one request; nullopt for a notification (no answer, even on error).
-inline std::optional<json> answer(const json& req, const handler_map& handlers) {
-  outcome o = handle(req, handlers);
-  if (!o.answer) return std::nullopt;
-  if (o.result) return json{{"jsonrpc", "2.0"}, {"id", std::move(o.id)}, {"result", std::move(*o.result)}};
-  return std::move(o.failure);
+}  // namespace detail
+
+namespace detail {
+
+// Which heartbeat requests serve() answers by itself: "rpc.heartbeat" with an id,
+// when the handlers do not define that method.
+inline bool is_builtin_heartbeat(const channel::rpc_message& m, bool builtin) {
+  return builtin && m.k == channel::rpc_message::kind::request && m.has_id && m.method == "rpc.heartbeat";
 }
 
-// A success answer written straight as text (what dumping the answer object gives,
-// without building it): {"id":...,"jsonrpc":"2.0","result":...}.
-struct answer_text {
-  static encoded make(const json& id, const json& result, const std::string& name) {
-    encoded e;
-    auto& b = e.buf_;
-    b.append("{\"id\":");
-    dump_to(b, id, name);
-    b.append(",\"jsonrpc\":\"2.0\",\"result\":");
-    dump_to(b, result, name);
-    b.append("}\n");
-    return e;
-  }
-};
+// serve()'s second thread: answers heartbeats while a handler runs.
+//
+// The serving thread reads and runs handlers as before; it only marks the time it
+// spends inside a handler (enter/leave: an uncontended mutex, no system call). The
+// watchdog sleeps, ticking every `tick` while requests are being handled and parking
+// (no ticks at all) after a second without any. When it sees the same handler still
+// running at two ticks in a row, it reads the channel itself (non-blocking core,
+// holding its mutex so that leave() cannot slip between a read and the hand-over):
+// heartbeat requests are answered at once, everything else is kept, in order, for
+// the serving thread, which takes it before reading the channel again.
+class serve_watchdog {
+ public:
+  struct item {
+    std::optional<channel::rpc_message> message;  // a message, or
+    std::optional<channel_error> error;           // what reading it raised
+  };
+  static constexpr auto tick = std::chrono::milliseconds(20);
+  static constexpr int park_after = 50;                 // idle ticks (one second)
+  static constexpr std::size_t max_kept = 100000;       // a flooding peer waits
 
-// A request in the form ipc::client writes, {"id":N,"jsonrpc":"2.0","method":"name",
-// "params":P} (params optional), taken apart as text: only P is parsed.
-struct plain_request {
-  std::uint64_t id = 0;
-  std::string method;
-  json params = nullptr;
-};
-
-struct request_reader {
-  // What channel::receive() does, recognising plain requests on the way: a plain
-  // request, any other message (parsed), or monostate at the end. Throws like
-  // receive().
-  static std::variant<std::monostate, plain_request, json> next(channel& ch) {
-    if (!ch.s_) return std::monostate{};
-    channel::state& s = *ch.s_;
-    std::lock_guard rl(s.rmu);
-    for (;;) {
-      if (!s.closed.load())
-        if (auto r = take(s)) return std::move(*r);
-      if (auto m = channel::next_locked(s)) return std::move(*m);
-      if (s.peer_done || s.closed.load()) return std::monostate{};
-      if (channel::read_locked(s, true) > 0 || s.peer_done) continue;
-      if (subprocess::detail::poll_one(s.fd.get(), POLLIN, std::nullopt) == 0) return std::monostate{};
+  explicit serve_watchdog(channel& ch) : ch_(ch) {
+    try {
+      thread_ = std::thread([this] { run(); });
+    } catch (const std::system_error&) {
+      // No thread to spare: heartbeats are then answered between handlers only.
     }
+  }
+  serve_watchdog(const serve_watchdog&) = delete;
+  serve_watchdog& operator=(const serve_watchdog&) = delete;
+  ~serve_watchdog() {
+    {
+      std::lock_guard l(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  void enter() {
+    bool wake;
+    {
+      std::lock_guard l(m_);
+      busy_ = true;
+      ++seq_;
+      wake = parked_;
+    }
+    if (wake) cv_.notify_one();
+  }
+  // Heartbeats the watchdog answered.
+  std::size_t beats_answered() const noexcept { return beats_.load(std::memory_order_relaxed); }
+  // Ends the handler; appends what the watchdog read meanwhile to `backlog`.
+  void leave(std::deque<item>& backlog) {
+    std::lock_guard l(m_);
+    busy_ = false;
+    for (auto& i : kept_) backlog.push_back(std::move(i));
+    kept_.clear();
   }
 
  private:
-  // Anything unexpected is left to the general path, which reports what is wrong.
-  static std::optional<plain_request> take(channel::state& s) {
-    static constexpr std::string_view head = "{\"id\":", middle = ",\"jsonrpc\":\"2.0\",\"method\":\"",
-                                      params = ",\"params\":";
-    const std::string_view b = s.rbuf.view();
-    if (b.substr(0, head.size()) != head) return std::nullopt;
-    const std::size_t nl = b.find('\n', std::max(s.scanned, head.size()));
-    if (nl == std::string_view::npos || nl > s.opts.max_message_size) return std::nullopt;
-    const std::string_view line = b.substr(0, nl);
-    const char* p = line.data() + head.size();
-    const char* end = line.data() + line.size();
-    if (p == end || *p < '0' || *p > '9' || (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9'))
-      return std::nullopt;  // not a plain unsigned id (JSON has no leading zeros)
-    plain_request r;
-    auto n = std::from_chars(p, end, r.id);
-    if (n.ec != std::errc()) return std::nullopt;
-    p = n.ptr;
-    auto rest = [&] { return std::string_view(p, static_cast<std::size_t>(end - p)); };
-    if (rest().substr(0, middle.size()) != middle) return std::nullopt;
-    p += middle.size();
-    const char* name = p;
-    p = subprocess::detail::json_codec::plain_run(p, end);  // no escapes, ASCII only
-    if (p == end || *p != '"') return std::nullopt;
-    r.method.assign(name, p);
-    ++p;
-    if (rest() != "}") {
-      if (rest().substr(0, params.size()) != params || end[-1] != '}') return std::nullopt;
-      p += params.size();
+  void run() {
+    std::unique_lock l(m_);
+    std::uint64_t seen = 0;
+    bool fresh = true;  // seen is not a handler we watched for a whole tick
+    int idle = 0;
+    while (!stop_) {
+      if (!busy_) {
+        if (++idle > park_after) {
+          parked_ = true;
+          cv_.wait(l, [&] { return stop_ || busy_; });
+          parked_ = false;
+          idle = 0;
+          fresh = true;  // a handler that just started gets a tick first
+          continue;
+        }
+        cv_.wait_for(l, tick);
+        continue;
+      }
+      idle = 0;
+      if (fresh || seq_ != seen) {
+        seen = seq_;
+        fresh = false;
+        cv_.wait_for(l, tick);
+        continue;
+      }
+      read_for_handler(l);
+    }
+  }
+
+  // Called with m_ held and the same handler running for a tick or more.
+  void read_for_handler(std::unique_lock<std::mutex>& l) {
+    std::vector<json> beats;  // the ids to answer
+    bool at_end = false;
+    if (kept_.size() < max_kept) {
+      ch_.read_available();
+      for (;;) {
+        channel::rpc_message m;
+        try {
+          if (!ch_.try_receive_rpc(m)) break;
+        } catch (const channel_error& e) {
+          kept_.push_back({std::nullopt, e});
+          if (ch_.eof()) break;
+          continue;
+        }
+        if (is_builtin_heartbeat(m, true))
+          beats.push_back(std::move(m.id));
+        else
+          kept_.push_back({std::move(m), std::nullopt});
+      }
+      at_end = ch_.eof() || !ch_.is_open();
+    }
+    const bool full = kept_.size() >= max_kept;
+    l.unlock();
+    for (const auto& id : beats) {
       try {
-        r.params = subprocess::detail::json_codec::parse(std::string_view(p, static_cast<std::size_t>(end - 1 - p)),
-                                                         subprocess::detail::json_codec::default_max_depth - 1);
-      } catch (const subprocess::detail::json_codec::error&) {
-        return std::nullopt;
+        ch_.enqueue_response(id, heartbeat_result());
+        ch_.flush_all();
+        beats_.fetch_add(1, std::memory_order_relaxed);
+      } catch (const channel_error&) {
+        // The peer is gone; the serving thread learns it from the channel.
       }
     }
-    s.rbuf.consume(nl + 1);
-    s.scanned = 0;
-    if (nl >= (std::size_t{1} << 20) && s.rbuf.empty()) s.rbuf.shrink();
-    return r;
+    if (at_end || full) {
+      // Nothing more to read for now (a socket at its end stays readable: no poll).
+      l.lock();
+      cv_.wait_for(l, tick, [&] { return stop_ || !busy_; });
+      return;
+    }
+    subprocess::detail::poll_one(ch_.fd(), POLLIN, subprocess::detail::clock::now() + tick);
+    l.lock();
   }
+
+  channel& ch_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  bool busy_ = false;    // the serving thread is inside a handler
+  bool parked_ = false;  // the watchdog sleeps without a timeout
+  std::uint64_t seq_ = 0;  // handlers entered
+  std::deque<item> kept_;  // read by the watchdog, for the serving thread
+  std::atomic<std::size_t> beats_{0};
+  std::thread thread_;
 };
 
 }  // namespace detail
@@ -1209,75 +1414,171 @@ struct request_reader {
 //   handler throws anything else    -32000 with the exception's what()
 //   a line that is not JSON         -32700 with id null, then serve() goes on
 //   not a request object            -32600 "Invalid Request"
-// Batches (a JSON array of requests) are answered with an array. "rpc.heartbeat" is
-// built in (answers {"time": ms since 1970, "pid": ...}) unless you handle it.
-// Notifications (no id) run their handler and get no answer. If the peer goes away
-// while an answer is being sent, serve() returns. Blocking; runs on the calling thread.
+// Batches (a JSON array of requests) are answered with an array. Notifications (no id)
+// run their handler and get no answer. If the peer goes away while an answer is being
+// sent, serve() returns. Blocking; handlers, on_message and on_error run on the
+// calling thread, one at a time.
+//
+// Cost. Requests are decoded without building a json object for their envelope
+// (channel::receive_rpc), answers are written from their parts (enqueue_response),
+// and the answers to requests that arrived together are written together, with one
+// send(2), as soon as no further request is waiting in the buffer, and never more than
+// 1 ms after the first of them was ready. A peer that pipelines requests (worker_pool
+// with max_in_flight > 1) thus costs a fraction of a system call per request.
+//
+// Heartbeats. "rpc.heartbeat" is built in (answers {"time": ms since 1970, "pid": ...})
+// unless you handle it yourself, and it is answered even while a handler is busy: a
+// worker in the middle of a 10-minute job still looks alive to ipc::heartbeat and to
+// worker_pool. For that, serve() runs a second thread for as long as it runs. It costs
+// nothing per request beyond an uncontended mutex: the thread ticks every 20 ms while
+// requests keep coming, sleeps for good after a second without any, and reads the
+// channel only when one handler has run for 20-40 ms; it answers heartbeats arriving
+// then within about 20 ms, and keeps every other message, in order, for the handlers.
+// What this does and does not tell the peer: a stopped (SIGSTOP), dead or wedged
+// process answers nothing; a handler stuck forever in a live process (a deadlock, an
+// endless loop) does not stop the heartbeats, so bound the time of a task on the
+// caller's side (worker_pool's task_timeout, a call's timeout). If you define
+// "rpc.heartbeat" yourself, it is an ordinary method: answered in turn, after the
+// handler that is running. If the thread cannot be started (no threads left),
+// serve() runs without it and heartbeats wait for the handler that is running.
 inline std::size_t serve(channel& ch, const handler_map& handlers, const serve_options& opts = {}) {
+  using kind = channel::rpc_message::kind;
+  const bool builtin_heartbeat = handlers.find("rpc.heartbeat") == handlers.end();
   std::size_t answered = 0;
-  auto send = [&](const json& m) {
+  std::optional<detail::serve_watchdog> watchdog;
+  if (builtin_heartbeat) watchdog.emplace(ch);
+  std::deque<detail::serve_watchdog::item> backlog;  // read by the watchdog
+  auto done = [&] { return answered + (watchdog ? watchdog->beats_answered() : 0); };
+  // User code (handlers, on_message, on_error) runs between enter() and leave().
+  struct in_handler {
+    std::optional<detail::serve_watchdog>& w;
+    std::deque<detail::serve_watchdog::item>& backlog;
+    explicit in_handler(std::optional<detail::serve_watchdog>& wd,
+                        std::deque<detail::serve_watchdog::item>& b)
+        : w(wd), backlog(b) {
+      if (w) w->enter();
+    }
+    ~in_handler() {
+      if (w) w->leave(backlog);
+    }
+  };
+  // Answers are queued while more requests wait in the buffer, and written together
+  // (one send(2)) when the buffer is empty, or 1 ms after the first of them: a slow
+  // handler never holds back the answers before it.
+  using sclock = std::chrono::steady_clock;
+  bool queued = false;
+  sclock::time_point first_queued{};
+  auto flush = [&] {
+    if (!queued) return true;
+    queued = false;
     try {
-      ch.send(m);
+      ch.flush_all();
       return true;
     } catch (const channel_error&) {
       return false;  // the peer is gone
     }
   };
-  for (;;) {
-    std::optional<json> m;
+  auto queue = [&](auto&& enqueue) {
     try {
-      auto item = detail::request_reader::next(ch);
-      if (auto* r = std::get_if<detail::plain_request>(&item)) {
-        ++answered;
-        detail::outcome o;
-        o.id = r->id;
-        detail::handle_call(o, r->method, r->params, handlers);
-        if (o.result) {
-          try {
-            ch.send_encoded(detail::answer_text::make(o.id, *o.result, ch.name()));
-          } catch (const channel_error&) {
-            return answered;  // the peer is gone
-          }
-        } else if (!send(o.failure)) {
-          return answered;
+      enqueue();
+    } catch (const channel_error&) {
+      return false;
+    }
+    if (!queued) {
+      queued = true;
+      first_queued = sclock::now();
+    } else if (sclock::now() - first_queued >= std::chrono::milliseconds(1)) {
+      return flush();
+    }
+    return true;
+  };
+  auto reply_json = [&](const json& m) { return queue([&] { ch.enqueue(m); }); };
+  auto on_bad_input = [&](const channel_error& e) {
+    if (e.code() == make_error_code(errc::protocol_error) && !ch.eof()) {
+      if (!reply_json(detail::rpc_failure(nullptr, rpc_error::parse_error, "Parse error",
+                                          json{{"sample", e.sample()}})))
+        return false;
+    }
+    if (opts.on_error) {
+      in_handler h(watchdog, backlog);
+      opts.on_error(e);
+    }
+    return true;
+  };
+  channel::rpc_message m;
+  for (;;) {
+    if (!backlog.empty()) {
+      auto item = std::move(backlog.front());
+      backlog.pop_front();
+      if (item.error) {
+        if (!on_bad_input(*item.error)) return done();
+        continue;
+      }
+      m = std::move(*item.message);
+    } else {
+      try {
+        if (!ch.try_receive_rpc(m)) {  // nothing buffered: write the answers, then wait
+          if (!flush()) return done();
+          if (!ch.receive_rpc(m)) return done();
+        }
+      } catch (const channel_error& e) {
+        if (!on_bad_input(e)) return done();
+        if (ch.eof()) {
+          flush();
+          return done();
         }
         continue;
       }
-      if (auto* j = std::get_if<json>(&item)) m = std::move(*j);
-    } catch (const channel_error& e) {
-      if (e.code() == make_error_code(errc::protocol_error) && !ch.eof()) {
-        if (!send(detail::rpc_failure(nullptr, rpc_error::parse_error, "Parse error",
-                                      json{{"sample", e.sample()}})))
-          return answered;
-      }
-      if (opts.on_error) opts.on_error(e);
-      if (ch.eof()) return answered;
-      continue;
     }
-    if (!m) return answered;
-    if (detail::is_request(*m)) {
+    if (m.k == kind::request) {
       ++answered;
-      detail::outcome o = detail::handle(*m, handlers);
-      if (!o.answer) continue;
-      if (o.result) {
-        try {
-          ch.send_encoded(detail::answer_text::make(o.id, *o.result, ch.name()));
-        } catch (const channel_error&) {
-          return answered;  // the peer is gone
-        }
-      } else if (!send(o.failure)) {
-        return answered;
+      if (detail::is_builtin_heartbeat(m, builtin_heartbeat)) {
+        if (!queue([&] { ch.enqueue_response(m.id, detail::heartbeat_result()); })) return done();
+        continue;
       }
-    } else if (m->is_array() && !m->empty() &&
-               std::any_of(m->begin(), m->end(), [](const json& x) { return detail::is_request(x); })) {
+      detail::outcome o;
+      {
+        in_handler h(watchdog, backlog);
+        o = detail::run_handler(m.method, m.params, handlers);
+      }
+      if (m.has_id) {
+        bool ok = queue([&] {
+          try {
+            ch.enqueue_response(m.id, o.value, o.is_error);
+          } catch (const argument_error& e) {  // a result that cannot be sent (invalid UTF-8)
+            ch.enqueue_response(m.id, json{{"code", rpc_error::internal_error}, {"message", e.what()}}, true);
+          }
+        });
+        if (!ok) return done();
+      }
+    } else if (m.k == kind::other && detail::is_request(m.whole)) {  // e.g. a method that is not a string
+      ++answered;
+      std::optional<json> r;
+      {
+        in_handler h(watchdog, backlog);
+        r = detail::answer(m.whole, handlers);
+      }
+      if (r && !reply_json(*r)) return done();
+    } else if (m.k == kind::other && m.whole.is_array() && !m.whole.empty() &&
+               std::any_of(m.whole.begin(), m.whole.end(), [](const json& x) { return detail::is_request(x); })) {
       json replies = json::array();
-      for (const auto& req : *m) {
-        ++answered;
-        if (auto r = detail::answer(req, handlers)) replies.push_back(std::move(*r));
+      {
+        in_handler h(watchdog, backlog);
+        for (const auto& req : m.whole) {
+          ++answered;
+          if (auto r = detail::answer(req, handlers)) replies.push_back(std::move(*r));
+        }
       }
-      if (!replies.empty() && !send(replies)) return answered;
+      if (!replies.empty() && !reply_json(replies)) return done();
     } else if (opts.on_message) {
-      opts.on_message(*m);
+      json whole = m.k == kind::other ? std::move(m.whole)
+                                      : json{{"jsonrpc", "2.0"}, {"id", m.id}, {"result", m.result}};
+      if (m.k == kind::response && !m.error.is_null()) {
+        whole.erase("result");
+        whole["error"] = m.error;
+      }
+      in_handler h(watchdog, backlog);
+      opts.on_message(whole);
     }
   }
 }
@@ -1525,13 +1826,14 @@ class client {
     reply_fn fn;
     sync_slot* sync = nullptr;  // call_sync(): complete this instead
   };
-  // An answer recognised without building its envelope (see take_answer()).
-  struct result_item {
+  // An answer to a call, decoded without building its envelope (see take_messages()).
+  struct answer_item {
     std::uint64_t id;
     json result;
+    json error;  // null: a success
   };
   // A message read from the channel, or the error reading it.
-  using incoming_item = std::variant<json, result_item, channel_error>;
+  using incoming_item = std::variant<json, answer_item, channel_error>;
 
   void start() {
     namespace sys = subprocess::detail::sys;
@@ -1552,32 +1854,9 @@ class client {
 
   encoded request_text(std::string_view method, const json& params,
                        std::optional<std::uint64_t> id) const {
-    if (!(params.is_null() || params.is_array() || params.is_object()))
-      throw argument_error(name_, "call '" + std::string(method) +
-                                      "': params must be an object, an array or null (JSON-RPC)");
-    // Keys in sorted order, as nlohmann writes objects: the receiving parser then
-    // appends each key without a search.
     encoded e;
-    auto& b = e.buf_;
-    b.push_back('{');
-    if (id) {
-      char digits[24];
-      auto r = std::to_chars(digits, digits + sizeof digits, *id);
-      b.append("\"id\":");
-      b.append(digits, static_cast<std::size_t>(r.ptr - digits));
-      b.push_back(',');
-    }
-    b.append("\"jsonrpc\":\"2.0\",\"method\":");
-    try {
-      subprocess::detail::json_codec::dump_string(method, b);
-    } catch (const subprocess::detail::json_codec::error& e) {
-      throw argument_error(name_, std::string("call: the method name is not valid UTF-8 (") + e.what() + ")");
-    }
-    if (!params.is_null()) {
-      b.append(",\"params\":");
-      detail::dump_to(b, params, name_);
-    }
-    b.append("}\n");
+    detail::append_request(e.buf_, id, method, params, name_);
+    e.buf_.push_back('\n');
     return e;
   }
 
@@ -1713,50 +1992,28 @@ class client {
 
   // ---- reading, by the reader thread or by a caller inside call_sync()
 
-  // A success answer in the form serve() writes, {"id":N,"jsonrpc":"2.0","result":R}:
-  // only R is parsed; the envelope is checked as text instead of being built as an
-  // object and taken apart again. Anything else (or anything odd) is left to the
-  // general path, which reports what is wrong. Requires the read lock.
-  static bool take_answer(channel::state& s, std::vector<incoming_item>& out) {
-    static constexpr std::string_view head = "{\"id\":", middle = ",\"jsonrpc\":\"2.0\",\"result\":";
-    const std::string_view b = s.rbuf.view();
-    if (b.substr(0, head.size()) != head) return false;
-    const std::size_t nl = b.find('\n', std::max(s.scanned, head.size()));
-    if (nl == std::string_view::npos || nl > s.opts.max_message_size) return false;
-    const std::string_view line = b.substr(0, nl);
-    const char* p = line.data() + head.size();
-    const char* end = line.data() + line.size();
-    if (p == end || *p < '0' || *p > '9' || (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9'))
-      return false;  // not a plain unsigned id (JSON has no leading zeros)
-    std::uint64_t id = 0;
-    auto r = std::from_chars(p, end, id);
-    if (r.ec != std::errc()) return false;
-    p = r.ptr;
-    if (std::string_view(p, static_cast<std::size_t>(end - p)).substr(0, middle.size()) != middle) return false;
-    p += middle.size();
-    if (end - p < 2 || end[-1] != '}') return false;
-    json result;
-    try {
-      result = subprocess::detail::json_codec::parse(std::string_view(p, static_cast<std::size_t>(end - 1 - p)),
-                                                     subprocess::detail::json_codec::default_max_depth - 1);
-    } catch (const subprocess::detail::json_codec::error&) {
-      return false;
-    }
-    s.rbuf.consume(nl + 1);
-    s.scanned = 0;
-    if (nl >= (std::size_t{1} << 20) && s.rbuf.empty()) s.rbuf.shrink();
-    out.emplace_back(result_item{id, std::move(result)});
-    return true;
-  }
-
-  // Takes the complete messages (and errors) buffered now. Requires the read lock.
+  // Takes the complete messages (and errors) buffered now. An answer to a call (an
+  // unsigned id) is decoded without building its envelope (json_codec::parse_rpc);
+  // anything else is handed on whole. Requires the read lock.
   static void take_messages(channel::state& s, std::vector<incoming_item>& out) {
+    namespace codec = subprocess::detail::json_codec;
+    channel::rpc_message m;
     for (;;) {
-      if (!s.closed.load() && take_answer(s, out)) continue;
       try {
-        auto m = channel::next_locked(s);
-        if (!m) return;
-        out.emplace_back(std::move(*m));
+        const bool got = channel::next_line_locked(s, [&](std::string_view line) {
+          codec::parse_rpc(line, m);
+          if (m.k == channel::rpc_message::kind::response && m.id.is_number_unsigned()) {
+            out.emplace_back(answer_item{m.id.get<std::uint64_t>(), std::move(m.result), std::move(m.error)});
+            return true;
+          }
+          // Rare (a request from the peer, an odd id): the message as it was written.
+          json whole = m.k == channel::rpc_message::kind::other ? std::move(m.whole) : codec::parse(line);
+          if (!s.opts.internal_messages && detail::is_internal(whole) && channel::skip_internal(s, whole))
+            return false;
+          out.emplace_back(std::move(whole));
+          return true;
+        });
+        if (!got) return;
       } catch (const channel_error& e) {
         out.emplace_back(e);
         if (s.peer_done && s.rbuf.empty()) return;
@@ -1771,8 +2028,11 @@ class client {
     for (auto& item : items) {
       if (auto* e = std::get_if<channel_error>(&item)) {
         if (opts_.on_error) on_reader([this, e = *e] { opts_.on_error(e); }, direct);
-      } else if (auto* a = std::get_if<result_item>(&item)) {
-        answered(a->id, reply{std::move(a->result), nullptr}, direct);
+      } else if (auto* a = std::get_if<answer_item>(&item)) {
+        if (a->error.is_null())
+          answered(a->id, reply{std::move(a->result), nullptr}, direct);
+        else
+          answered_error(a->id, a->error, direct);
       } else {
         incoming(std::move(std::get<json>(item)), direct);
       }
@@ -1999,17 +2259,7 @@ class client {
       if (idit != m.end() && idit->is_number_unsigned()) {
         const auto id = idit->get<std::uint64_t>();
         if (auto e = m.find("error"); e != m.end() && !e->is_null()) {
-          int code = rpc_error::internal_error;
-          std::string message = "(no message)";
-          json data = nullptr;
-          if (e->is_object()) {
-            if (auto c = e->find("code"); c != e->end() && c->is_number_integer()) code = c->get<int>();
-            if (auto t = e->find("message"); t != e->end() && t->is_string()) message = t->get<std::string>();
-            if (auto d = e->find("data"); d != e->end()) data = *d;
-          } else {
-            message = e->dump();
-          }
-          answered_error(id, code, std::move(message), std::move(data), direct);
+          answered_error(id, *e, direct);
         } else {
           auto r = m.find("result");
           answered(id, reply{r != m.end() ? std::move(*r) : json(nullptr), nullptr}, direct);
@@ -2029,7 +2279,18 @@ class client {
     }
     if (pc) complete(*pc, std::move(r), direct);
   }
-  void answered_error(std::uint64_t id, int code, std::string message, json data, bool direct) {
+  // The same for an error answer (its "error" member, not null).
+  void answered_error(std::uint64_t id, const json& e, bool direct) {
+    int code = rpc_error::internal_error;
+    std::string message = "(no message)";
+    json data = nullptr;
+    if (e.is_object()) {
+      if (auto c = e.find("code"); c != e.end() && c->is_number_integer()) code = c->get<int>();
+      if (auto t = e.find("message"); t != e.end() && t->is_string()) message = t->get<std::string>();
+      if (auto d = e.find("data"); d != e.end()) data = *d;
+    } else {
+      message = e.dump();
+    }
     std::optional<pending_call> pc;
     {
       std::lock_guard lk(mu_);

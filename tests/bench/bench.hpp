@@ -21,8 +21,8 @@
 // A module is one .cpp file: it registers server-side implementations with
 // register_impl() and driver-side benchmark descriptions with register_plan(). A
 // module whose implementations need a child process of their own (the ipc echo
-// peer) registers it with register_child(): `subprocess_bench --child <name> args...`
-// runs it, so command::self() starts it.
+// peer, pool workers) registers it with register_role(): `subprocess_bench --role
+// <name> args...` runs it, so command::self() starts it.
 // Adding ipc, pool or pipeline benchmarks = adding one file; nothing else changes.
 #pragma once
 
@@ -71,12 +71,14 @@ inline bool register_impl(std::string key, impl_fn fn) {
   return true;
 }
 
-// A child role: `subprocess_bench --child <name> args...` calls fn(args) and exits
-// with what it returns.
-using child_fn = std::function<int(const std::vector<std::string>& args)>;
-std::map<std::string, child_fn>& children();
-inline bool register_child(std::string name, child_fn fn) {
-  children().emplace(std::move(name), std::move(fn));
+// Child roles of the C++ binary: `subprocess_bench --role <name> ...` runs fn(argc,
+// argv) instead of the driver or the server. For modules whose implementation starts
+// processes of its own (command::self({"--role", name, args...})); argv[3...] are
+// the role's arguments.
+using role_fn = std::function<int(int argc, char** argv)>;
+std::map<std::string, role_fn>& roles();
+inline bool register_role(std::string name, role_fn fn) {
+  roles().emplace(std::move(name), std::move(fn));
   return true;
 }
 
@@ -114,27 +116,31 @@ struct row {
 
 // latency: a sample is the time of one operation (table: us/ms, lower is better);
 // throughput: a sample is the time to move `bytes` (MB/s, higher is better);
-// rate: a sample is the mean time of one operation in a batch (operations per
-// second, higher is better).
+// rate: a sample is the time to handle a batch of items: the row's param items, or
+// `bytes` when param is 0 (items per second, higher is better; the unit's name is
+// benchmark::rate_unit).
 enum class unit { latency, throughput, rate };
 
 struct benchmark {
   std::string id;     // short name used in goals
   std::string title;  // first column of the table
   unit kind = unit::latency;
-  std::uint64_t bytes = 0;      // throughput: bytes moved per iteration
+  std::uint64_t bytes = 0;      // throughput: bytes moved per iteration; rate: items per sample
   std::string baseline;         // label of the row all ratios are against
   std::vector<row> rows;
   bool show_extra = false;      // capture: show peak RSS growth (extra) per row, against bytes
   bool show_peak_rss = false;   // pipeline: show peak RSS growth (extra) per row, in MiB
   std::string note{};           // printed under the table
+  std::string rate_unit{"items/s"};  // unit::rate: what is counted
 };
 
 // A goal: row `label` of benchmark `bench` against row `base_label` of
 // `base_bench`; met when ratio = median / (base median * base_scale), each in the
-// unit the table shows (us, MB/s, operations/s), is <= max_ratio (latency) or
-// >= min_ratio (throughput, rate). base_scale states proportionality: "4x the bytes
-// in at most 1.25x 4x the time" is base_scale 4, max_ratio 1.25. For rss, extra / bytes.
+// unit the table shows (us, MB/s, items/s), is <= max_ratio (latency) or >= min_ratio
+// (throughput, rate). base_scale states proportionality: "4x the bytes in at most
+// 1.25x 4x the time" is base_scale 4, max_ratio 1.25. For rss, extra / bytes. With
+// base_bench empty (and not rss): the row's own median in the table's unit, against
+// max_ratio/min_ratio as absolute bounds.
 struct goal {
   std::string text;
   std::string bench, label;

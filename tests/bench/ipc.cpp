@@ -2,8 +2,8 @@
 // message one way.
 //
 // Round trips. A parent and a child process bounce a ~32-byte message, one in
-// flight; a sample is the mean time of one round trip over a batch (the table shows
-// round trips per second). Two placements, chosen per row by the request's arg:
+// flight; a sample is the time of a batch of round trips (the table shows round
+// trips per second). Two placements, chosen per row by the request's arg:
 //   split   the parent (all its threads) on the first CPU it may use, the child on
 //           the second: every message is a cross-core wake-up
 //   same    both on the first CPU: every message is a context switch
@@ -126,13 +126,13 @@ struct socket_pair {
 };
 
 sp::command start_child(const char* role, int cpu, std::vector<std::string> more = {}) {
-  std::vector<std::string> a{"--child", role, std::to_string(cpu)};
+  std::vector<std::string> a{"--role", role, std::to_string(cpu)};
   a.insert(a.end(), more.begin(), more.end());
   return sp::command::self(a).in(sp::null).out(sp::null);
 }
 
-// Runs `warm` round trips, then `iterations` batches of `per_batch`; a sample is
-// the mean ns of one round trip in a batch.
+// Runs `warm` round trips, then `iterations` batches of `per_batch` (the row's
+// param); a sample is the time of one batch.
 template <class Step>
 std::vector<bench::sample> batches(const bench::request& r, int warm, Step step) {
   for (int i = 0; i < warm; ++i) step(i);
@@ -141,7 +141,7 @@ std::vector<bench::sample> batches(const bench::request& r, int warm, Step step)
   for (int k = 0; k < r.iterations; ++k) {
     auto t0 = bench::clock::now();
     for (int i = 0; i < per_batch; ++i) step(i);
-    v.push_back({double(bench::elapsed_ns(t0)) / per_batch, 0});
+    v.push_back({double(bench::elapsed_ns(t0)), 0});
   }
   return v;
 }
@@ -328,12 +328,17 @@ std::vector<bench::sample> raw_big(const bench::request& r) {
   return v;
 }
 
+// A child role taking its arguments (after `--role <name>`) as strings.
+bench::role_fn role(int (*fn)(const std::vector<std::string>&)) {
+  return [fn](int argc, char** argv) { return fn(std::vector<std::string>(argv + 3, argv + argc)); };
+}
+
 [[maybe_unused]] const bool registered = [] {
-  bench::register_child("ipc_raw_echo", child_raw_echo);
-  bench::register_child("ipc_raw_sink", child_raw_sink);
-  bench::register_child("ipc_channel_echo", child_channel_echo);
-  bench::register_child("ipc_rpc_echo", child_rpc_echo);
-  bench::register_child("ipc_channel_sink", child_channel_sink);
+  bench::register_role("ipc_raw_echo", role(child_raw_echo));
+  bench::register_role("ipc_raw_sink", role(child_raw_sink));
+  bench::register_role("ipc_channel_echo", role(child_channel_echo));
+  bench::register_role("ipc_rpc_echo", role(child_rpc_echo));
+  bench::register_role("ipc_channel_sink", role(child_channel_sink));
   bench::register_impl("ipc/raw", raw_round_trips);
   bench::register_impl("ipc/channel", channel_round_trips);
   bench::register_impl("ipc/rpc_future", rpc_round_trips<false>);
@@ -379,6 +384,7 @@ bench::phase ipc_plan(const bench::plan_context& ctx) {
                                                           : "ipc round trips, both on 1 core") +
               " (per second, higher is better)";
     b.kind = bench::unit::rate;
+    b.rate_unit = "round trips/s";
     b.baseline = raw_label;
     for (auto& i : list) {
       bench::row r;
@@ -394,7 +400,7 @@ bench::phase ipc_plan(const bench::plan_context& ctx) {
     ph.benchmarks.push_back(b);
   }
   ph.benchmarks[0].note =
-      "a sample is the mean of a batch of round trips of a ~32-byte message, one in flight (C++: "
+      "a sample is a batch of round trips of a ~32-byte message, one in flight (C++: "
       "{\"p\":\"0123456789abcdef\",\"s\":i} built per round trip with m[\"s\"] = i; Node {s: i, p: '...'}; "
       "Python the same dict, pickled); the child echoes what it parsed; rpc: call(\"echo\", [i]) against "
       "serve(). 2 cores: parent on the first CPU, child "

@@ -6,7 +6,7 @@
 //   subprocess_bench --only spawn,capture   run only these phases
 //   subprocess_bench --verbose              also each request's wall time (stderr)
 //   subprocess_bench --serve --touch-mib N  (internal) a C++ peer server
-//   subprocess_bench --child NAME args...   (internal) a child role of a module
+//   subprocess_bench --role NAME args...    (internal) a child role of a module
 //
 // See bench.hpp for the protocol. Samples are collected in interleaved rounds: in
 // each round every implementation runs a short batch, in a rotating order, so a
@@ -45,8 +45,8 @@ std::map<std::string, impl_fn>& impls() {
   static std::map<std::string, impl_fn> m;
   return m;
 }
-std::map<std::string, child_fn>& children() {
-  static std::map<std::string, child_fn> m;
+std::map<std::string, role_fn>& roles() {
+  static std::map<std::string, role_fn> m;
   return m;
 }
 std::vector<std::string>& versions() {
@@ -295,9 +295,9 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-// Per-sample figure in the unit the table shows: microseconds, MB/s, or operations
-// per second. A throughput row's own param, when set, is its byte count (a row may
-// move a different size).
+// Per-sample figure in the unit the table shows: microseconds, MB/s, or items per
+// second. A row's own param, when set, is its byte (item) count (a row may move a
+// different size).
 std::vector<double> values(const bench::benchmark& b, const bench::row* row, const result& r) {
   double bytes = double(row && row->param ? row->param : b.bytes);
   std::vector<double> v;
@@ -305,7 +305,7 @@ std::vector<double> values(const bench::benchmark& b, const bench::row* row, con
     switch (b.kind) {
       case bench::unit::latency: v.push_back(s.ns / 1e3); break;
       case bench::unit::throughput: v.push_back(bytes / s.ns * 1e3); break;
-      case bench::unit::rate: v.push_back(1e9 / s.ns); break;
+      case bench::unit::rate: v.push_back(bytes / s.ns * 1e9); break;
     }
   }
   return v;
@@ -328,15 +328,19 @@ std::string show_latency(double us) {
   if (us >= 1000) return fmt("%.2f ms", us / 1000);
   return fmt("%.0f us", us);
 }
-std::string show_rate(double per_s) {
-  if (per_s >= 10000) return fmt("%.1fk/s", per_s / 1000);
-  return fmt("%.0f/s", per_s);
+std::string show_rate(double per_s, const std::string& unit) {
+  std::string digits = fmt("%.0f", per_s), grouped;  // 512,345 tasks/s
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) grouped += ',';
+    grouped += digits[i];
+  }
+  return grouped + " " + unit;
 }
 std::string show(const bench::benchmark& b, double v) {
   switch (b.kind) {
     case bench::unit::latency: return show_latency(v);
     case bench::unit::throughput: return fmt("%.0f MB/s", v);
-    case bench::unit::rate: return show_rate(v);
+    case bench::unit::rate: return show_rate(v, b.rate_unit);
   }
   return "?";
 }
@@ -481,6 +485,8 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
             for (auto& s : r->samples) peak = std::max(peak, s.extra);
             val = peak / double(row->param ? row->param : b->bytes);
           }
+        } else if (g.base_bench.empty()) {
+          val = median_of(phases, st, g.bench, g.label);  // an absolute bound
         } else {
           auto a = median_of(phases, st, g.bench, g.label);
           auto b = median_of(phases, st, g.base_bench, g.base_label);
@@ -491,7 +497,10 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
           o << "- | not measured |\n";
           continue;
         }
-        o << fmt("%.2fx", *val) << " | ";
+        if (!g.rss && g.base_bench.empty())
+          o << show(*find_bench(phases, g.bench), *val) << " | ";
+        else
+          o << fmt("%.2fx", *val) << " | ";
         bool met = (!g.max_ratio || *val <= *g.max_ratio) && (!g.min_ratio || *val >= *g.min_ratio);
         o << (smoke ? "-" : met ? "yes" : "**no**") << " |\n";
       }
@@ -567,13 +576,18 @@ int drive(bool smoke, const std::set<std::string>& only) {
 
 int main(int argc, char** argv) {
   try {
-    if (argc >= 3 && std::string(argv[1]) == "--child") {
-      auto it = bench::children().find(argv[2]);
-      if (it == bench::children().end()) {
-        std::cerr << "subprocess_bench: unknown child role " << argv[2] << "\n";
+    if (argc >= 3 && std::string(argv[1]) == "--role") {
+      auto it = bench::roles().find(argv[2]);
+      if (it == bench::roles().end()) {
+        std::cerr << "subprocess_bench: unknown role " << argv[2] << "\n";
         return 2;
       }
-      return it->second(std::vector<std::string>(argv + 3, argv + argc));
+      try {
+        return it->second(argc, argv);
+      } catch (const std::exception& e) {
+        std::cerr << "subprocess_bench --role " << argv[2] << ": " << e.what() << "\n";
+        return 1;
+      }
     }
     bool serve_mode = false, smoke = false;
     std::uint64_t touch = 0;

@@ -3,7 +3,7 @@
 #
 #   tests/bench/run.sh              every benchmark (a few minutes); Markdown table on stdout
 #   tests/bench/run.sh --smoke      tiny sizes, one round, no timing claims (CI: < 1 minute)
-#   tests/bench/run.sh --only spawn,capture     some phases only
+#   tests/bench/run.sh --only spawn,capture     some phases only (spawn, capture, pool)
 #
 # Builds the subprocess_bench target in Release mode in build-bench/ (override with
 # SUBPROCESS_BENCH_BUILD_DIR), then runs it. Build output goes to stderr, so

@@ -23,6 +23,12 @@
 //                         pid {}             returns getpid()
 //                         notes {n}          sends n messages {"note": 0..n-1}, then
 //                                            returns n
+//                         work {ms, n?}      sleeps ms, returns {"pid": getpid(), "ms": ms,
+//                                            "n": n} (the pool tests' slow task)
+//                         spin {ms}          keeps the CPU busy for ms, returns getpid()
+//                         square [n]         returns n*n (also {"n": n})
+//                         stop {}            raises SIGSTOP (answers once continued)
+//                         env {name}         the variable's value, or null
 //   raw TEXT            write TEXT to the channel as it is (\n, \\ and \xNN decoded)
 //   raw-bytes N C       write N bytes C (no newline)
 //   expect-eof          read and drop messages until the end of the channel
@@ -31,8 +37,10 @@
 //   sleep MS            sleep MS milliseconds
 //   exit N              exit with code N now
 //   stop-self           raise SIGSTOP
+//   ignore-term         ignore SIGTERM from now on (a worker that must be SIGKILLed)
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
@@ -113,6 +121,34 @@ ipc::handler_map methods(int& answered, ipc::channel& ch) {
          for (int k = 0; k < n; ++k) ch.send({{"note", k}});
          return n;
        }},
+      {"work",
+       [&](const json& p) -> json {
+         ++answered;
+         int ms = p.at("ms").get<int>();
+         std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+         return {{"pid", ::getpid()}, {"ms", ms}, {"n", p.value("n", json(nullptr))}};
+       }},
+      {"spin",
+       [&](const json& p) -> json {
+         ++answered;
+         auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(p.at("ms").get<int>());
+         volatile std::uint64_t x = 0;
+         while (std::chrono::steady_clock::now() < end) x = x + 1;
+         return ::getpid();
+       }},
+      {"square",
+       [&](const json& p) -> json {
+         ++answered;
+         auto n = (p.is_array() ? p.at(0) : p.at("n")).get<std::int64_t>();
+         return n * n;
+       }},
+      {"stop", [&](const json&) -> json { ++answered; std::raise(SIGSTOP); return ::getpid(); }},
+      {"env",
+       [&](const json& p) -> json {
+         ++answered;
+         const char* v = std::getenv(p.at("name").get<std::string>().c_str());
+         return v ? json(v) : json(nullptr);
+       }},
   };
 }
 
@@ -176,6 +212,8 @@ int main(int argc, char** argv) {
       std::_Exit(std::stoi(next()));
     } else if (act == "stop-self") {
       std::raise(SIGSTOP);
+    } else if (act == "ignore-term") {
+      std::signal(SIGTERM, SIG_IGN);
     } else {
       std::fprintf(stderr, "ipc_helper: unknown action '%s'\n", act.c_str());
       return 2;

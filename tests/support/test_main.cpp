@@ -43,7 +43,12 @@ std::vector<child_info> children() {
     char state;
     int ppid;
     rest >> state >> ppid;
-    if (ppid == me) kids.push_back({std::atoi(e->d_name), state});
+    if (ppid != me) continue;
+    // A sanitizer's symbolizer (started by the runtime itself) is not the test's child.
+    std::string comm;
+    std::getline(std::ifstream(std::string("/proc/") + e->d_name + "/comm"), comm);
+    if (comm.find("symbolizer") != std::string::npos || comm == "addr2line") continue;
+    kids.push_back({std::atoi(e->d_name), state});
   }
   closedir(d);
   return kids;
@@ -66,15 +71,31 @@ int leak_failures = 0;
 struct leak_listener : Catch::TestEventListenerBase {
   using TestEventListenerBase::TestEventListenerBase;
   std::set<int> before;
+  std::set<int> kids_before;  // e.g. a sanitizer's symbolizer, started before the test
 
-  void testCaseStarting(const Catch::TestCaseInfo&) override { before = testing::open_fds(); }
+  static std::set<int> child_pids() {
+    std::set<int> s;
+    for (auto k : testing::children()) s.insert(k.pid);
+    return s;
+  }
+
+  void testCaseStarting(const Catch::TestCaseInfo&) override {
+    before = testing::open_fds();
+    kids_before = child_pids();
+  }
 
   void testCaseEnded(const Catch::TestCaseStats& stats) override {
+    auto new_kids = [&] {
+      std::vector<testing::child_info> v;
+      for (auto k : testing::children())
+        if (!kids_before.count(k.pid)) v.push_back(k);
+      return v;
+    };
     // Detached children are reaped by a background thread; give it a moment.
-    auto kids = testing::children();
+    auto kids = new_kids();
     for (int i = 0; i < 100 && !kids.empty(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      kids = testing::children();
+      kids = new_kids();
     }
     auto after = testing::open_fds();
     if (after == before && kids.empty()) return;
@@ -97,8 +118,29 @@ struct leak_listener : Catch::TestEventListenerBase {
 
 CATCH_REGISTER_LISTENER(leak_listener)
 
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define SP_TEST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define SP_TEST_SANITIZED 1
+#endif
+#endif
+#if defined(SP_TEST_SANITIZED)
+// The sanitizer runtimes start an external symbolizer process (with two pipes) the
+// first time they symbolize a stack, e.g. to match a suppression. Start it now, so
+// the leak listener counts it as part of the baseline rather than as a leak.
+extern "C" int __sanitizer_symbolize_pc(void* pc, const char* fmt, char* out, std::size_t n);
+static void start_sanitizer_symbolizer() {
+  char buf[256];
+  __sanitizer_symbolize_pc(reinterpret_cast<void*>(&start_sanitizer_symbolizer), "%F", buf, sizeof buf);
+}
+#else
+static void start_sanitizer_symbolizer() {}
+#endif
+
 int main(int argc, char** argv) {
   subprocess::detail::reaper::instance().ensure_started();
+  start_sanitizer_symbolizer();
   int result = Catch::Session().run(argc, argv);
   if (leak_failures > 0) {
     std::fprintf(stderr, "%d test case(s) leaked fds or child processes\n", leak_failures);

@@ -99,6 +99,31 @@ inline std::size_t utf8_sequence(const unsigned char* s, std::size_t left) noexc
   return 0;
 }
 
+// The parts of a JSON-RPC 2.0 message, decoded without building an object (a
+// std::map) for its envelope: only params, result and error become json values. See
+// parse_rpc().
+struct rpc_parts {
+  enum class kind { other, request, response };
+  kind k = kind::other;
+  json id = nullptr;
+  bool has_id = false;
+  std::string method;       // request
+  json params = nullptr;    // request (null when absent)
+  json result = nullptr;    // response
+  json error = nullptr;     // response (null when absent or null)
+  json whole = nullptr;     // other: the whole message
+  void clear() {
+    k = kind::other;
+    id = nullptr;
+    has_id = false;
+    method.clear();
+    params = nullptr;
+    result = nullptr;
+    error = nullptr;
+    whole = nullptr;
+  }
+};
+
 class parser {
  public:
   parser(std::string_view text, std::size_t max_depth)
@@ -109,6 +134,78 @@ class parser {
     ws();
     if (p_ != end_) fail("unexpected text after the value");
     return v;
+  }
+
+  // The envelope of a request ({"jsonrpc", "id"?, "method": string, "params"?}) or of
+  // an answer ({"jsonrpc", "id", "result" | "error"}), keys in any order. False for
+  // anything else (another key, a method that is not a string, not an object...):
+  // the caller then parses the text whole. Throws for text that is not JSON.
+  bool rpc(rpc_parts& out) {
+    ws();
+    if (p_ == end_ || *p_ != '{') return false;
+    enter();
+    ++p_;
+    bool has_method = false, has_result = false, has_error = false;
+    std::string key;
+    ws();
+    if (p_ < end_ && *p_ == '}') return false;
+    for (;;) {
+      ws();
+      if (p_ == end_ || *p_ != '"') fail("expected a string key");
+      key.clear();
+      string(key);
+      ws();
+      if (p_ == end_ || *p_ != ':') fail("expected ':'");
+      ++p_;
+      if (key == "jsonrpc") {
+        ws();
+        if (p_ == end_ || *p_ != '"') return false;
+        key.clear();
+        string(key);  // checked, not kept ("2.0")
+      } else if (key == "id") {
+        out.id = value();
+        out.has_id = true;
+      } else if (key == "method") {
+        ws();
+        if (p_ == end_ || *p_ != '"') return false;
+        out.method.clear();
+        string(out.method);
+        has_method = true;
+      } else if (key == "params") {
+        out.params = value();
+      } else if (key == "result") {
+        out.result = value();
+        has_result = true;
+      } else if (key == "error") {
+        out.error = value();
+        has_error = true;
+      } else {
+        return false;
+      }
+      ws();
+      if (p_ == end_) fail("unexpected end of input");
+      if (*p_ == ',') {
+        ++p_;
+        continue;
+      }
+      if (*p_ == '}') {
+        ++p_;
+        break;
+      }
+      fail("expected ',' or '}'");
+    }
+    --depth_;
+    ws();
+    if (p_ != end_) fail("unexpected text after the value");
+    if (has_method && !has_result && !has_error && !(out.has_id && (out.id.is_object() || out.id.is_array()))) {
+      out.k = rpc_parts::kind::request;
+      return true;
+    }
+    if (!has_method && out.has_id && (has_result || has_error)) {
+      out.k = rpc_parts::kind::response;
+      return true;
+    }
+    return false;
   }
 
  private:
@@ -395,6 +492,16 @@ class parser {
 // One JSON value (whitespace around it allowed). Throws json_codec::error.
 inline json parse(std::string_view text, std::size_t max_depth = default_max_depth) {
   return parser(text, max_depth).document();
+}
+
+// One JSON-RPC message: a request or an answer decoded into its parts (k request or
+// response), anything else parsed whole into out.whole (k other). Accepts and rejects
+// exactly what parse() does. Throws json_codec::error.
+inline void parse_rpc(std::string_view text, rpc_parts& out, std::size_t max_depth = default_max_depth) {
+  out.clear();
+  if (parser(text, max_depth).rpc(out)) return;
+  out.clear();
+  out.whole = parse(text, max_depth);
 }
 
 // Output for dump(): std::string, or anything with append(const char*, size_t),

@@ -156,7 +156,7 @@ async function ipcFork(iterations, perBatch, arg) {
       for (let k = 0; k < iterations; k++) {
         const t0 = process.hrtime.bigint();
         await roundTrips(child, perBatch);
-        samples.push((Number(process.hrtime.bigint() - t0) / perBatch).toFixed(1));
+        samples.push(String(process.hrtime.bigint() - t0));
       }
       return samples;
     } finally {
@@ -222,8 +222,52 @@ async function pipelineTransform(iterations, n) {
   return samples;
 }
 
+// A pool worker: squares {id, n}, answers {id, result}.
+function poolWorker() {
+  process.on('message', (m) => process.send({ id: m.id, result: m.n * m.n }));
+}
+
+// 2 fork()ed workers; all n tasks sent up front, round robin; answers matched by id.
+async function poolBench(iterations, n) {
+  const { fork } = require('child_process');
+  const workers = [0, 1].map(() => fork(__filename, ['--pool-worker'], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] }));
+  const run = (count) => new Promise((resolve, reject) => {
+    const pending = new Map();
+    let total = 0;
+    const onMessage = (m) => {
+      if (!pending.delete(m.id)) return reject(new Error('unexpected answer ' + m.id));
+      total += m.result;
+      if (pending.size === 0) {
+        for (const w of workers) w.off('message', onMessage);
+        resolve(total);
+      }
+    };
+    for (const w of workers) w.on('message', onMessage);
+    for (let i = 0; i < count; i++) {
+      pending.set(i, true);
+      workers[i % 2].send({ id: i, n: i });
+    }
+  });
+  try {
+    await run(1000);  // warm up
+    let expected = 0;
+    for (let i = 0; i < n; i++) expected += i * i;
+    const samples = [];
+    for (let it = 0; it < iterations; it++) {
+      const t0 = process.hrtime.bigint();
+      const total = await run(n);
+      samples.push(String(process.hrtime.bigint() - t0));
+      if (total !== expected) throw new Error('wrong sum of squares');
+    }
+    return samples;
+  } finally {
+    for (const w of workers) w.disconnect();
+  }
+}
+
 const impls = {
   'spawn/spawn': spawnBench,
+  'pool/fork2': poolBench,
   'capture/data_events': captureBench,
   'ipc/fork': ipcFork,
   'ipc/big': ipcBig,
@@ -259,4 +303,8 @@ async function main() {
   held.length = 0;
 }
 
-main().catch((e) => { process.stderr.write(String(e.stack) + '\n'); process.exit(1); });
+if (process.argv[2] === '--pool-worker') {
+  poolWorker();
+} else {
+  main().catch((e) => { process.stderr.write(String(e.stack) + '\n'); process.exit(1); });
+}

@@ -90,7 +90,7 @@ def _echo_child(conn, parent_end, cpu):
 
 
 # multiprocessing.Pipe (a socketpair, pickled messages) with a forked child that
-# echoes; a sample is the mean ns of one round trip in a batch of `per_batch`.
+# echoes; a sample is the ns of a batch of `per_batch` round trips.
 def ipc_pipe(iterations, per_batch, arg):
     parent_cpu, child_cpu = placement(arg)
     old = os.sched_getaffinity(0)
@@ -111,7 +111,7 @@ def ipc_pipe(iterations, per_batch, arg):
             for i in range(per_batch):
                 a.send({"s": i, "p": payload})
                 a.recv()
-            samples.append("%.1f" % ((time.perf_counter_ns() - t0) / per_batch))
+            samples.append(str(time.perf_counter_ns() - t0))
         return samples
     finally:
         a.close()
@@ -122,8 +122,30 @@ def ipc_pipe(iterations, per_batch, arg):
         os.sched_setaffinity(0, old)
 
 
+def _square(x):
+    return x * x
+
+
+def pool_square(iterations, n):
+    # Imported here: the other benchmarks do not pay for it.
+    import multiprocessing as mp
+    samples = []
+    expected = sum(i * i for i in range(n))
+    with mp.Pool(2) as pool:
+        for _ in pool.imap_unordered(_square, range(1000), chunksize=1):  # warm up
+            pass
+        for _ in range(iterations):
+            t0 = time.perf_counter_ns()
+            total = sum(pool.imap_unordered(_square, range(n), chunksize=1))
+            samples.append(str(time.perf_counter_ns() - t0))
+            if total != expected:
+                raise RuntimeError("wrong sum of squares")
+    return samples
+
+
 IMPLS = {
     "spawn/run": spawn_run,
+    "pool/mp_pool": pool_square,
     "capture/capture_output": capture(True),
     "capture/stdout_pipe": capture(False),
     "ipc/pipe": ipc_pipe,
