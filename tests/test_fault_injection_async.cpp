@@ -782,11 +782,16 @@ TEST_CASE("ENOMEM from mmap/mremap in the ipc buffers: std::bad_alloc, no byte l
     auto c = ipc_child({"connect", "echo"}).spawn();
     ipc::channel ch(c);
     json big = {{"big", std::string(4 << 20, 'm')}};
+    // A long string is sent straight from the message (no copy, so no memory to fail);
+    // 500,000 numbers must be serialized into the queue, which grows past 1 MiB.
+    json many = json::array();
+    for (int i = 0; i < 500000; ++i) many.push_back(i);
     {
       plan& p = new_plan();
       p.fail_every(call::mmap, 1, ENOMEM).fail_every(call::mremap, 1, ENOMEM);
       scope s(p);
-      CHECK_THROWS_AS(ch.send(big), std::bad_alloc);  // serializing: nothing was queued
+      CHECK_THROWS_AS(ch.send(many), std::bad_alloc);  // serializing: nothing was queued
+      CHECK(p.injected(call::mmap) + p.injected(call::mremap) > 0);
     }
     ch.send({{"n", 1}});
     CHECK(ch.receive_for(20s) == json{{"n", 1}});

@@ -400,6 +400,37 @@ TEST_CASE("channel: a C++ parent and a C++ child exchange messages") {
     ch.close();
     CHECK(p.wait().success());
   }
+  SECTION("big strings are sent from the message itself: escapes, unicode, several, in order") {
+    // send() does not copy long plain runs of a string; what arrives must be the same.
+    auto p = ipc_child({"connect", "echo"}).spawn();
+    ipc::channel ch(p);
+    std::string mixed(300 << 10, 'a');
+    mixed[0] = '"';
+    mixed[100 << 10] = '\n';
+    mixed.replace(200 << 10, 2, "\xc3\xa9");  // é
+    mixed.back() = '\\';
+    const json big = {{"a", mixed},
+                      {"b", json::array({std::string(1 << 20, 'b'), "small", std::string(65536, 'c')})},
+                      {std::string(70000, 'k'), {{"inner", std::string(65535, 'd')}}}};
+    ch.post({{"first", 1}});  // queued bytes go first
+    ch.send(big);
+    ch.send({{"last", 1}});
+    for (int i = 0; i < 4; ++i) ch.send(big);  // more than the socket holds: send() waits
+    auto m = ch.receive();
+    REQUIRE(m);
+    CHECK(*m == json{{"first", 1}});
+    m = ch.receive();
+    REQUIRE(m);
+    CHECK(*m == big);
+    CHECK(ch.receive() == json{{"last", 1}});
+    for (int i = 0; i < 4; ++i) {
+      m = ch.receive();
+      REQUIRE(m);
+      CHECK(*m == big);
+    }
+    ch.close();
+    CHECK(p.wait().success());
+  }
   SECTION("both sides send a lot before reading: no deadlock") {
     // The child echoes each message at once while we are still sending; neither side
     // reads for a while. send() reads ahead while it waits, so both make progress.
@@ -460,6 +491,35 @@ TEST_CASE("channel: a C++ parent and a C++ child exchange messages") {
 
 // ---------------------------------------------------------------------------------
 // Framing, against a raw socket we control byte by byte
+
+TEST_CASE("channel framing: send() writes exactly the compact JSON and a newline") {
+  raw_pair rp;
+  std::string text;
+  std::thread reader([&] {
+    char buf[65536];
+    for (;;) {
+      ssize_t n = ::recv(rp.peer.get(), buf, sizeof buf, 0);
+      if (n <= 0) return;
+      text.append(buf, static_cast<std::size_t>(n));
+    }
+  });
+  std::string s1(200000, 'x'), s2(100000, 'y');
+  s2[5] = '\t';
+  s2[99999] = '"';
+  const json msgs[] = {json{{"k", s1}}, json::array({s2, 1, s1}), json(s1 + "\xe2\x82\xac" + s2), json{{"small", 1}}};
+  std::string want;
+  for (const auto& m : msgs) {
+    rp.ch.send(m);
+    want += m.dump() + "\n";
+  }
+  CHECK_THROWS_AS(rp.ch.send(json{{"bad", std::string(100000, 'z') + "\xff"}}), sp::argument_error);
+  rp.ch.send(json{{"after", true}});  // nothing of the refused message was sent
+  want += "{\"after\":true}\n";
+  rp.ch.close();
+  reader.join();
+  CHECK(text.size() == want.size());
+  CHECK(text == want);
+}
 
 TEST_CASE("channel framing: split, joined, malformed, oversized, truncated") {
   SECTION("messages split at every byte and joined in one write") {
@@ -862,6 +922,186 @@ TEST_CASE("rpc: a client calling a C++ worker that runs serve()") {
   }
   calc.close();
   p.wait_for(5s);
+}
+
+TEST_CASE("rpc: call_sync() waits on the calling thread") {
+  auto p = ipc_child({"connect", "serve"}).spawn();
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<json> notes;
+  ipc::client calc(p, {.timeout = 10s,
+                       .on_message =
+                           [&](const json& m) {
+                             std::lock_guard lk(mu);
+                             notes.push_back(m);
+                             cv.notify_all();
+                           },
+                       .on_error = {},
+                       .exit_grace = 500ms,
+                       .name = {}});
+
+  SECTION("results and error answers, as call().get() gives them") {
+    CHECK(calc.call_sync("add", {{"a", 5}, {"b", 3}}, 5s) == 8);
+    CHECK(calc.call_sync("echo", json::array({1, "two", nullptr})) == json::array({1, "two", nullptr}));
+    CHECK(calc.call_sync("echo") == nullptr);  // no params
+    CHECK(calc.call_sync("rpc.heartbeat").contains("time"));
+    try {
+      calc.call_sync("divide", {{"a", 1}, {"b", 0}}, 5s);
+      FAIL("no error");
+    } catch (const ipc::rpc_error& e) {
+      CHECK(e.rpc_code() == ipc::rpc_error::invalid_params);
+      CHECK(e.rpc_message() == "division by zero");
+      CHECK(e.data() == json{{"a", 1}});
+      CHECK(e.method() == "divide");
+    }
+    CHECK_THROWS_WITH(calc.call_sync("nope", nullptr, 5s), Catch::Contains("Method not found: 'nope'"));
+    CHECK_THROWS_AS(calc.call_sync("add", 5), sp::argument_error);
+    CHECK_THROWS_AS(calc.call_sync("add", nullptr, 0ms), sp::argument_error);
+    CHECK(calc.pending() == 0);
+  }
+  SECTION("a call that gets no answer in time fails; the late answer is dropped") {
+    auto t0 = clk::now();
+    try {
+      calc.call_sync("sleep", {{"ms", 1500}}, 200ms);
+      FAIL("no error");
+    } catch (const ipc::call_timeout_error& e) {
+      CHECK(e.timeout() == 200ms);
+      CHECK(e.method() == "sleep");
+    }
+    auto took = clk::now() - t0;
+    CHECK(took >= 200ms);
+    CHECK(took < 1400ms);
+    CHECK(calc.call_sync("add", {{"a", 2}, {"b", 2}}, 5s) == 4);
+    CHECK(calc.pending() == 0);
+  }
+  SECTION("messages read by call_sync() reach on_message, in order, on the reader thread") {
+    CHECK(calc.call_sync("notes", {{"n", 50}}, 5s) == 50);
+    CHECK(wait_until_true(mu, cv, 5s, [&] { return notes.size() == 50; }));
+    std::lock_guard lk(mu);
+    for (int k = 0; k < static_cast<int>(notes.size()); ++k) CHECK(notes[k] == json{{"note", k}});
+  }
+  SECTION("mixed with call() and callbacks, from many threads") {
+    constexpr int threads = 6, per_thread = 200;
+    std::atomic<int> ok{0}, callbacks{0};
+    std::atomic<bool> callback_on_caller{false};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t)
+      ts.emplace_back([&, t] {
+        const auto me = std::this_thread::get_id();
+        for (int i = 0; i < per_thread; ++i) {
+          switch ((t + i) % 3) {
+            case 0:
+              if (calc.call_sync("add", {{"a", t}, {"b", i}}, 10s) == t + i) ++ok;
+              break;
+            case 1:
+              if (calc.call("add", {{"a", t}, {"b", i}}, 10s).get() == t + i) ++ok;
+              break;
+            default:
+              calc.call("add", {{"a", t}, {"b", i}}, 10s, [&, t, i, me](ipc::reply r) {
+                if (std::this_thread::get_id() == me) callback_on_caller = true;
+                if (r.ok() && r.result == t + i) ++ok;
+                std::lock_guard lk(mu);
+                ++callbacks;
+                cv.notify_all();
+              });
+          }
+        }
+      });
+    for (auto& t : ts) t.join();
+    CHECK(wait_until_true(mu, cv, 10s, [&] { return callbacks == threads * per_thread / 3; }));
+    CHECK(ok == threads * per_thread);
+    CHECK_FALSE(callback_on_caller);
+    CHECK(calc.pending() == 0);
+  }
+  SECTION("the peer is killed during the call: it fails with the exit status") {
+    std::thread killer([&] {
+      std::this_thread::sleep_for(100ms);  // the call is under way (a failure would only be a late kill)
+      p.kill();
+    });
+    auto t0 = clk::now();
+    try {
+      calc.call_sync("sleep", {{"ms", 10000}}, 30s);
+      FAIL("no error");
+    } catch (const ipc::channel_error& e) {
+      CHECK(e.code() == sp::errc::channel_closed);
+      REQUIRE(e.status());
+      CHECK(e.status()->signal() == SIGKILL);
+    }
+    killer.join();
+    CHECK(clk::now() - t0 < 5s);
+    CHECK_FALSE(calc.connected());
+    CHECK_THROWS_WITH(calc.call_sync("add", {{"a", 1}, {"b", 1}}, 5s), Catch::Contains("killed by SIGKILL"));
+  }
+  SECTION("the peer exits by itself: the exit code is in the error") {
+    try {
+      calc.call_sync("exit", {{"code", 7}}, 30s);
+      FAIL("no error");
+    } catch (const ipc::channel_error& e) {
+      REQUIRE(e.status());
+      CHECK(e.status()->code() == 7);
+      CHECK_THAT(e.what(), Catch::Contains("exited with code 7"));
+    }
+  }
+  SECTION("close() from another thread ends a waiting call_sync() at once") {
+    std::thread closer([&] {
+      std::this_thread::sleep_for(100ms);
+      calc.close();
+    });
+    auto t0 = clk::now();
+    CHECK_THROWS_WITH(calc.call_sync("sleep", {{"ms", 3000}}, 30s), Catch::Contains("the client was closed"));
+    CHECK(clk::now() - t0 < 2s);
+    closer.join();
+  }
+  calc.close();
+  p.wait_for(5s);
+}
+
+TEST_CASE("rpc: answers and requests written in other shapes than ours") {
+  // The client and serve() decode JSON-RPC envelopes without building an object
+  // (json_codec::parse_rpc); other key orders, extra keys (the general way), escapes
+  // and spaces must give the same answers.
+  SECTION("answers") {
+    auto p = ipc_child({"connect",
+                        "receive-one", "raw", R"({"jsonrpc":"2.0","result":{"a":1},"id":1}\n)",
+                        "receive-one", "raw", R"({"id":2,"jsonrpc":"2.0","result":5,"extra":true}\n)",
+                        "receive-one", "raw", R"({"id":3 ,"jsonrpc":"2.0","result":[1,2]}\n)",
+                        // (raw decodes \n and \\: a JSON escape is written \\u, \\n)
+                        "receive-one", "raw", R"({"\\u0069d":4,"jsonrpc":"2.0","result":"x"}\n)",
+                        "receive-one", "raw", R"({"id":5,"jsonrpc":"2.0","result":"\\u00e9\\n"}   \n)",
+                        "receive-one", "raw", R"({"id":6,"jsonrpc":"2.0","result":{"k":[1,{"z":null}]}}\n)",
+                        "expect-eof"})
+                 .spawn();
+    ipc::client c(p);
+    CHECK(c.call_sync("m", nullptr, 5s) == json{{"a", 1}});
+    CHECK(c.call("m", nullptr, 5s).get() == 5);
+    CHECK(c.call_sync("m", nullptr, 5s) == json::array({1, 2}));
+    CHECK(c.call_sync("m", nullptr, 5s) == "x");
+    CHECK(c.call("m", nullptr, 5s).get() == "\xc3\xa9\n");
+    CHECK(c.call_sync("m", nullptr, 5s) == json{{"k", json::array({1, {{"z", nullptr}}})}});
+    c.close();
+    CHECK(p.wait().success());
+  }
+  SECTION("requests") {
+    auto p = ipc_child({"connect", "serve"}).spawn();
+    ipc::channel ch(p);
+    auto ask = [&](std::string text) {
+      text += "\n";
+      REQUIRE(::send(ch.fd(), text.data(), text.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(text.size()));
+      auto r = ch.receive();
+      REQUIRE(r);
+      return *r;
+    };
+    CHECK(ask(R"({"id":1,"jsonrpc":"2.0","method":"add","params":{"a":1,"b":2}})")["result"] == 3.0);
+    CHECK(ask(R"({"id":2,"jsonrpc":"2.0","method":"ad\u0064","params":{"a":1,"b":2}})")["result"] == 3.0);
+    CHECK(ask(R"({"id":3,"jsonrpc":"2.0","method":"echo","params":[1],"x":0})")["result"] == json::array({1}));
+    CHECK(ask(R"({"id":4,"jsonrpc":"2.0","method":"echo"})") == json{{"jsonrpc", "2.0"}, {"id", 4}, {"result", nullptr}});
+    CHECK(ask(R"({"id":05,"jsonrpc":"2.0","method":"echo"})")["error"]["code"] == -32700);  // not JSON
+    CHECK(ask(R"({"id":6,"jsonrpc":"2.0","method":"nope","params":[]})")["error"]["code"] == -32601);
+    CHECK(ask(R"({"id":7,"jsonrpc":"2.0","method":"echo","params":{"s":"\ud83d\ude00"}})")["result"]["s"] ==
+          "\xf0\x9f\x98\x80");
+    ch.close();
+    CHECK(p.wait().success());
+  }
 }
 
 TEST_CASE("rpc: serve() answers bad input and batches") {

@@ -49,13 +49,17 @@
 //     protocol error: recursing over such a value could exhaust a thread's stack.
 //
 // What it costs. A message is one send(2) on one side and usually one recv(2) on the
-// other, plus JSON: serializing and parsing a small message takes a fraction of a
-// microsecond, big strings go at about 1 GB/s (a 100 MiB message, one way, parsed:
-// ~0.25 s; Node: ~0.75 s). On the machine this was written on, a small message's
-// round trip costs what a raw socketpair ping-pong costs when the two processes run on
-// different cores (the cross-core wake-up dominates), and about 1.4x that when they
-// share a core. A channel keeps up to 64 KiB of buffer between messages; a bigger
-// buffer lives in its own mapping, grows without copying and is given back after use.
+// other, plus JSON: serializing a small message takes ~30 ns, parsing it into an
+// nlohmann value and freeing that ~170 ns (the value is a few heap allocations). A big
+// string is scanned once by send(), which writes it from the message itself (no copy),
+// and copied once by the receiver into its std::string (a 100 MiB message, one way,
+// parsed: ~0.15-0.3 s; Node: ~0.75-1.1 s). On the machine this was written on, a small
+// message's round trip costs what a raw socketpair ping-pong costs when the two
+// processes run on different cores (the cross-core wake-up dominates), and about
+// 1.2-1.4x that when they share a core, the difference being nlohmann values: with
+// JSON text in place of values the channel is within 5% of the raw socket. A channel
+// keeps up to 64 KiB of buffer between messages; a bigger buffer lives in its own
+// mapping, grows without copying and is given back after use.
 //
 // Blocking and non-blocking use. send(), receive(), receive_for() block (in poll or
 // recv, never spinning). For an event loop, the same channel has a non-blocking core:
@@ -93,8 +97,9 @@
 // On top of channels:
 //   ipc::serve(ch, handlers)      answer JSON-RPC 2.0 requests (the child side)
 //   ipc::client                   call(method, params, timeout) -> std::future<json>,
-//                                 notify(); pending calls fail on timeout or when the
-//                                 peer exits, carrying its exit status
+//                                 call_sync(...) -> json, notify(); pending calls fail
+//                                 on timeout or when the peer exits, carrying its exit
+//                                 status
 //   ipc::heartbeat                pings a client's peer, measures latency, reports
 //                                 a peer that stops answering
 //   ipc::broadcast(channels, msg) one message to many channels
@@ -126,6 +131,7 @@
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -389,8 +395,21 @@ class channel {
     std::lock_guard wl(s.wmu);
     check_writable(s);
     flush_blocking(s);
-    serialize(s, msg);  // straight into the (empty) queue: no allocation per message
-    flush_blocking(s);
+    // Straight into the (empty) queue: no allocation per message. Long runs of plain
+    // characters in strings are not copied: msg lives until we return, so they are
+    // sent from it (a 100 MiB string is scanned once, never copied or faulted in).
+    gather g{s.wbuf, {}, 0};
+    try {
+      detail::dump_to(g, msg, s.opts.name);
+      s.wbuf.push_back('\n');
+    } catch (...) {
+      s.wbuf.clear();
+      throw;
+    }
+    if (g.borrowed.empty())
+      flush_blocking(s);
+    else
+      write_gathered(s, g);
   }
   // The same with a message encoded once (for sending it to many channels).
   void send_encoded(const encoded& msg) {
@@ -663,6 +682,91 @@ class channel {
     throw channel_error(std::error_code(err, std::system_category()), s.opts.name,
                         s.label + ": send failed: " +
                             std::error_code(err, std::system_category()).message());
+  }
+
+  // A message being serialized for send(): owned bytes go to the queue; a long plain
+  // run of a string is recorded as a piece of the message itself, placed before the
+  // queue's byte `at`.
+  struct gather {
+    subprocess::detail::mapped_buffer& buf;
+    struct piece {
+      std::size_t at;
+      const char* p;
+      std::size_t n;
+    };
+    std::vector<piece> borrowed;
+    std::size_t borrowed_bytes;
+    static constexpr std::size_t borrow_min = 64 * 1024;
+
+    void append(const char* p, std::size_t n) { buf.append(p, n); }
+    void append_borrowed(const char* p, std::size_t n) {
+      if (n < borrow_min) return buf.append(p, n);
+      borrowed.push_back({buf.size(), p, n});
+      borrowed_bytes += n;
+    }
+    void push_back(char c) { buf.push_back(c); }
+    std::size_t size() const noexcept { return buf.size() + borrowed_bytes; }
+    void reserve(std::size_t) noexcept {}  // long strings are not copied
+  };
+  // Writes the queue with the borrowed pieces in their places, waiting for room;
+  // empties the queue.
+  static void write_gathered(state& s, const gather& g) {
+    namespace sys = subprocess::detail::sys;
+    constexpr std::size_t max_iov = 64;
+    const std::string_view own = s.wbuf.view();
+    std::size_t piece = 0;     // next borrowed piece
+    std::size_t own_pos = 0;   // bytes of the queue written
+    std::size_t piece_pos = 0; // bytes of borrowed[piece] written
+    for (;;) {
+      iovec iov[max_iov];
+      std::size_t n = 0, o = own_pos, k = piece, kp = piece_pos;
+      while (n < max_iov) {
+        const std::size_t own_end = k < g.borrowed.size() ? g.borrowed[k].at : own.size();
+        if (o < own_end) {
+          iov[n++] = {const_cast<char*>(own.data() + o), own_end - o};
+          o = own_end;
+        } else if (k < g.borrowed.size()) {
+          iov[n++] = {const_cast<char*>(g.borrowed[k].p + kp), g.borrowed[k].n - kp};
+          ++k;
+          kp = 0;
+        } else {
+          break;
+        }
+      }
+      if (n == 0) break;
+      msghdr m{};
+      m.msg_iov = iov;
+      m.msg_iovlen = n;
+      ssize_t w = sys::sendmsg(s.fd.get(), &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          wait_writable(s);
+          continue;
+        }
+        throw_send_error(s, errno);
+      }
+      // Advance over what was written.
+      auto left = static_cast<std::size_t>(w);
+      while (left > 0) {
+        const std::size_t own_end = piece < g.borrowed.size() ? g.borrowed[piece].at : own.size();
+        if (own_pos < own_end) {
+          const std::size_t t = std::min(left, own_end - own_pos);
+          own_pos += t;
+          left -= t;
+        } else {
+          const std::size_t t = std::min(left, g.borrowed[piece].n - piece_pos);
+          piece_pos += t;
+          left -= t;
+          if (piece_pos == g.borrowed[piece].n) {
+            ++piece;
+            piece_pos = 0;
+          }
+        }
+      }
+    }
+    s.wbuf.clear();
+    s.wbuf.shrink();
   }
 
   // One send(2) attempt: bytes written, 0 if the socket is full. Throws on errors.
@@ -1522,6 +1626,7 @@ struct client_options {
 //
 //   auto p = sp::command::self({"--worker"}).ipc().spawn();
 //   sp::ipc::client calc(p);                                // takes p's channel
+//   json sum = calc.call_sync("add", {{"a", 5}, {"b", 3}}, 5s);   // 8, or throws
 //   std::future<json> f = calc.call("add", {{"a", 5}, {"b", 3}}, 5s);
 //   f.get();                        // 8, or throws rpc_error / call_timeout_error /
 //                                   // channel_error (the peer exited: e.status())
@@ -1531,13 +1636,26 @@ struct client_options {
 //   });                                                     // reader thread
 //
 // How it works. Calls write their request at once from the calling thread (never
-// blocking: what the socket cannot take now is queued and written by the reader
-// thread) and register the id; any number of calls may be in flight, from any number
-// of threads. One reader thread per client, owned by it, polls the socket, the
-// client's own wake-up eventfd and (with client(process&)) the peer's pidfd; it
-// matches answers to calls by id, fulfils futures, runs callbacks, and fails calls
-// whose timeout passed. Costs per call: one send(2) in the caller, one future handoff;
-// the reader thread sleeps in poll() when nothing happens.
+// blocking: what the socket cannot take now is queued and written later) and
+// register the id; any number of calls may be in flight, from any number of threads.
+// One reader thread per client, owned by it, polls the socket, the client's own
+// wake-up eventfd and (with client(process&)) the peer's pidfd; it matches answers to
+// calls by id, fulfils futures, runs callbacks, and fails calls whose timeout passed.
+// The reader thread sleeps in poll() when nothing happens.
+//
+// call() or call_sync()? call() returns at once; the answer reaches your future
+// through the reader thread: one thread hand-off per call. call_sync() waits on the
+// calling thread, and that thread reads the socket itself while it waits: no
+// hand-off, so a caller that waits for each answer anyway (one call at a time) comes
+// close to a raw socket ping-pong (only the JSON costs more). Where the two processes
+// share a CPU the difference is large (a hand-off is one more context switch:
+// call().get() makes 40-60% of the round trips per second of call_sync() there).
+// Both may be mixed, from any threads: while a call_sync() is reading, the answers it
+// reads for other calls go to their futures, and callbacks and messages that are not
+// answers are passed to the reader thread, so callbacks still run there and in
+// order. One consequence: for a few milliseconds after a call_sync() returns, the
+// reader thread leaves the socket to the next call_sync() (so a loop of them never
+// wakes it), so a message that is not an answer may wait that long for on_message.
 //
 // When the peer goes away. Every pending call fails with channel_error
 // (errc::channel_closed) saying why: "'worker' exited with code 1", "killed by
@@ -1579,7 +1697,7 @@ class client {
   }
   std::future<json> call(std::string_view method, json params, std::chrono::milliseconds timeout) {
     pending_call pc;
-    auto f = pc.promise.get_future();
+    auto f = pc.promise.emplace().get_future();
     start_call(method, std::move(params), timeout, std::move(pc));
     return f;
   }
@@ -1591,6 +1709,58 @@ class client {
     pc.fn = std::move(on_reply);
     start_call(method, std::move(params), timeout, std::move(pc));
   }
+
+  // Calls `method` and waits for the answer on this thread, which reads the socket
+  // itself meanwhile (see "call() or call_sync()" above). Returns the result; throws
+  // what call(...).get() would throw: rpc_error, call_timeout_error, channel_error.
+  json call_sync(std::string_view method, json params = nullptr) {
+    return call_sync(method, std::move(params), opts_.timeout);
+  }
+  json call_sync(std::string_view method, json params, std::chrono::milliseconds timeout) {
+    if (timeout <= std::chrono::milliseconds::zero())
+      throw argument_error(name_, "call '" + std::string(method) + "': the timeout must be positive");
+    const std::uint64_t id = next_id_.fetch_add(1);
+    encoded line = request_text(method, params, id);
+    sync_slot slot;
+    slot.method = std::string(method);
+    slot.timeout = timeout;
+    const subprocess::detail::deadline dl =
+        timeout == no_timeout ? subprocess::detail::deadline{} : clock::now() + timeout;
+    {
+      std::lock_guard lk(mu_);
+      if (closed_ || stop_)
+        std::rethrow_exception(gone_error(std::string(method), id, why_.empty() ? "the client was closed" : why_,
+                                          status_, name_));
+      pending_call pc;
+      pc.method = std::string(method);
+      pc.timeout = timeout;
+      pc.sync = &slot;
+      pending_.emplace(id, std::move(pc));
+      ++sync_pending_;
+      ++sync_callers_;
+    }
+    // From here on `slot` is known to other threads: leave only once it is done.
+    struct leave {
+      client& c;
+      std::uint64_t id;
+      sync_slot& slot;
+      ~leave() { c.end_sync(id, slot); }
+    } guard{*this, id, slot};
+    bool queued = false;
+    try {
+      queued = !ch_.post_encoded(line);
+    } catch (const channel_error&) {
+      // The peer is gone: reading says so, with the reason.
+    }
+    if (queued) {  // whoever reads also writes what is queued
+      signal(direct_wake_);
+      wake();
+    }
+    wait_for(slot, id, dl);
+    if (slot.r.error) std::rethrow_exception(slot.r.error);
+    return std::move(slot.r.result);
+  }
+
   // Sends a notification (a request without id: no answer). Throws channel_error if
   // the peer is gone.
   void notify(std::string_view method, json params = nullptr) {
@@ -1601,7 +1771,10 @@ class client {
         throw channel_error(errc::channel_closed, name_,
                             "notify '" + std::string(method) + "': " + why_, {}, status_);
     }
-    if (!ch_.post_encoded(line)) wake();
+    if (!ch_.post_encoded(line)) {
+      signal(direct_wake_);
+      wake();
+    }
   }
 
   // Stops the reader thread, fails pending calls ("the client was closed") and
@@ -1636,19 +1809,53 @@ class client {
 
  private:
   using clock = subprocess::detail::clock;
+  // How long the reader thread leaves the socket to call_sync() after the last one
+  // returned (see "call() or call_sync()").
+  static constexpr std::chrono::milliseconds sync_linger{5};
+  // How long call_sync() may sit in recv() before it looks at anything else.
+  static constexpr std::chrono::milliseconds recv_period{50};
+
+  // Where a call_sync() caller waits for its answer (on its stack).
+  struct sync_slot {
+    std::string method;
+    std::chrono::milliseconds timeout{0};
+    std::thread::id owner = std::this_thread::get_id();
+    std::atomic<bool> done{false};  // set under mu_, read without it
+    reply r;                        // (mu_) until done
+  };
   struct pending_call {
     std::string method;
     std::chrono::milliseconds timeout{0};
     std::optional<clock::time_point> deadline;
-    std::promise<json> promise;
-    reply_fn fn;  // empty: fulfil the promise
+    // call() with a future. Only then: a promise allocates its shared state, and one
+    // destroyed unfulfilled stores a broken_promise exception.
+    std::optional<std::promise<json>> promise;
+    reply_fn fn;
+    sync_slot* sync = nullptr;  // call_sync(): complete this instead
   };
+  // An answer to a call, decoded without building its envelope (see take_messages()).
+  struct answer_item {
+    std::uint64_t id;
+    json result;
+    json error;  // null: a success
+  };
+  // A message read from the channel, or the error reading it.
+  using incoming_item = std::variant<json, answer_item, channel_error>;
 
   void start() {
     namespace sys = subprocess::detail::sys;
     if (!ch_.is_open()) throw argument_error(name_, "ipc client: the channel is not open");
     wake_.reset(sys::eventfd(0, EFD_NONBLOCK));
     if (!wake_) subprocess::detail::throw_errno(errno, "ipc client: eventfd");
+    direct_wake_.reset(sys::eventfd(0, EFD_NONBLOCK));
+    if (!direct_wake_) subprocess::detail::throw_errno(errno, "ipc client: eventfd");
+    // call_sync() waits in recv() itself when it can (one system call per answer, as
+    // a raw ping-pong makes), looking at its deadline and the pidfd every recv_period.
+    // Only on a blocking socket, and the client owns it: no one else's recv changes.
+    const int fl = sys::fcntl(ch_.fd(), F_GETFL);
+    const timeval tv{0, static_cast<suseconds_t>(std::chrono::microseconds(recv_period).count())};
+    timed_recv_ = fl >= 0 && !(fl & O_NONBLOCK) &&
+                  sys::setsockopt(ch_.fd(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0;
     reader_ = std::thread([this] { run(); });
   }
 
@@ -1675,17 +1882,24 @@ class client {
       if (closed_ || stop_) {
         auto err = gone_error(pc.method, id, why_.empty() ? "the client was closed" : why_, status_);
         lk.unlock();
-        complete(pc, reply{nullptr, err});
+        if (pc.fn)
+          call_quietly([&] { pc.fn(reply{nullptr, err}); });
+        else
+          pc.promise->set_exception(err);
         return;
       }
       if (pc.deadline) {
         deadlines_.emplace(*pc.deadline, id);
         if (!armed_ || *pc.deadline < *armed_) wake_reader = true;
       }
+      if (!watching_) wake_reader = true;  // it left the socket to call_sync()
       pending_.emplace(id, std::move(pc));
     }
     try {
-      if (!ch_.post_encoded(line)) wake_reader = true;
+      if (!ch_.post_encoded(line)) {
+        wake_reader = true;
+        signal(direct_wake_);
+      }
     } catch (const channel_error&) {
       // The peer is gone: the reader sees the end of the channel and fails this call
       // with the reason (and the exit status).
@@ -1696,8 +1910,21 @@ class client {
 
   // A lost wake-up would leave the reader asleep past a call's deadline, or close()
   // waiting for it forever: eventfd_notify retries EINTR.
-  void wake() {
-    if (wake_) subprocess::detail::eventfd_notify(wake_.get());
+  static void signal(const subprocess::detail::unique_fd& fd) {
+    if (fd) subprocess::detail::eventfd_notify(fd.get());
+  }
+  static void clear(const subprocess::detail::unique_fd& fd) {
+    subprocess::detail::eventfd_drain(fd.get());
+  }
+  void wake() { signal(wake_); }
+
+  template <class F>
+  static void call_quietly(F&& f) noexcept {
+    try {
+      f();
+    } catch (...) {
+      // A callback must not throw; there is nobody to tell.
+    }
   }
 
   static std::exception_ptr gone_error(const std::string& method, std::uint64_t id,
@@ -1709,45 +1936,217 @@ class client {
         "call '" + method + "' (id " + std::to_string(id) + ") got no reply: " + why, {}, st));
   }
 
-  static void complete(pending_call& pc, reply r) {
-    if (pc.fn) {
-      try {
-        pc.fn(std::move(r));
-      } catch (...) {
-        // A callback must not throw; there is nobody to tell.
+  // Removes a pending call. Requires mu_.
+  std::optional<pending_call> take_locked(std::uint64_t id) {
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return std::nullopt;
+    if (it->second.deadline) deadlines_.erase({*it->second.deadline, id});
+    if (it->second.sync) --sync_pending_;
+    std::optional<pending_call> pc(std::move(it->second));
+    pending_.erase(it);
+    return pc;
+  }
+
+  // Runs f on the reader thread: now if this is it (or it has finished), else it is
+  // queued for it, in order. `direct`: read by a call_sync() caller, which holds the
+  // read lock: always queued (even on the reader thread, inside a callback), so that
+  // a callback never runs with the read lock held.
+  void on_reader(std::function<void()> f, bool direct) {
+    bool queued = false, first = false;
+    {
+      std::lock_guard lk(mu_);
+      if (!reader_exited_ && (direct || std::this_thread::get_id() != reader_id_)) {
+        first = deferred_.empty();
+        deferred_.push_back(std::move(f));
+        queued = true;
       }
+    }
+    if (!queued)
+      call_quietly(f);
+    else if (first)
+      wake();
+  }
+  void run_deferred() {
+    std::vector<std::function<void()>> todo;
+    {
+      std::lock_guard lk(mu_);
+      todo.swap(deferred_);
+    }
+    for (auto& f : todo) call_quietly(f);
+  }
+
+  // Completes a call. Callbacks run on the reader thread.
+  void complete(pending_call& pc, reply r, bool direct = false) {
+    if (pc.sync) {
+      const bool mine = pc.sync->owner == std::this_thread::get_id();
+      {
+        std::lock_guard lk(mu_);
+        pc.sync->r = std::move(r);
+        pc.sync->done.store(true);
+      }
+      if (!mine) {  // its caller may be waiting in poll() as the one reading the socket
+        sync_cv_.notify_all();
+        signal(direct_wake_);
+      }
+    } else if (pc.fn) {
+      on_reader([fn = std::move(pc.fn), r = std::move(r)]() mutable { fn(std::move(r)); }, direct);
     } else if (r.error) {
-      pc.promise.set_exception(r.error);
+      pc.promise->set_exception(r.error);
     } else {
-      pc.promise.set_value(std::move(r.result));
+      pc.promise->set_value(std::move(r.result));
     }
   }
 
-  // ---- the reader thread
-  void run() {
-    try {
-      loop();
-    } catch (const std::exception& e) {  // poll failed, out of memory...: fail loudly
-      fail_all(std::string("the client's reader failed: ") + e.what(), std::nullopt);
+  // ---- reading, by the reader thread or by a caller inside call_sync()
+
+  // Takes the complete messages (and errors) buffered now. An answer to a call (an
+  // unsigned id) is decoded without building its envelope (json_codec::parse_rpc);
+  // anything else is handed on whole. Requires the read lock.
+  static void take_messages(channel::state& s, std::vector<incoming_item>& out) {
+    namespace codec = subprocess::detail::json_codec;
+    channel::rpc_message m;
+    for (;;) {
+      try {
+        const bool got = channel::next_line_locked(s, [&](std::string_view line) {
+          codec::parse_rpc(line, m);
+          if (m.k == channel::rpc_message::kind::response && m.id.is_number_unsigned()) {
+            out.emplace_back(answer_item{m.id.get<std::uint64_t>(), std::move(m.result), std::move(m.error)});
+            return true;
+          }
+          // Rare (a request from the peer, an odd id): the message as it was written.
+          json whole = m.k == channel::rpc_message::kind::other ? std::move(m.whole) : codec::parse(line);
+          if (!s.opts.internal_messages && detail::is_internal(whole) && channel::skip_internal(s, whole))
+            return false;
+          out.emplace_back(std::move(whole));
+          return true;
+        });
+        if (!got) return;
+      } catch (const channel_error& e) {
+        out.emplace_back(e);
+        if (s.peer_done && s.rbuf.empty()) return;
+      }
     }
   }
-  void loop() {
-    namespace sys = subprocess::detail::sys;
+  static bool at_end(const channel::state& s) {
+    return s.closed.load() || (s.peer_done && s.rbuf.empty() && !s.read_error);
+  }
+
+  void dispatch(std::vector<incoming_item>& items, bool direct) {
+    for (auto& item : items) {
+      if (auto* e = std::get_if<channel_error>(&item)) {
+        if (opts_.on_error) on_reader([this, e = *e] { opts_.on_error(e); }, direct);
+      } else if (auto* a = std::get_if<answer_item>(&item)) {
+        if (a->error.is_null())
+          answered(a->id, reply{std::move(a->result), nullptr}, direct);
+        else
+          answered_error(a->id, a->error, direct);
+      } else {
+        incoming(std::move(std::get<json>(item)), direct);
+      }
+    }
+    items.clear();
+  }
+
+  // The reader thread's read: only when no call_sync() caller is reading (nullopt
+  // if one is). Returns the bytes read.
+  std::optional<std::size_t> read_some() {
+    channel::state& s = *ch_.s_;
+    std::vector<incoming_item> items;
+    std::size_t n = 0;
+    {
+      std::unique_lock rl(s.rmu, std::try_to_lock);
+      if (!rl.owns_lock()) return std::nullopt;
+      n = channel::read_locked(s);
+      take_messages(s, items);
+    }
+    dispatch(items, false);
+    return n;
+  }
+  // Reads until the socket is empty; false if a call_sync() caller is reading.
+  bool drain() {
     for (;;) {
-      subprocess::detail::deadline dl;
-      {
-        std::lock_guard lk(mu_);
-        if (stop_ || closed_) return;
-        if (!deadlines_.empty()) dl = deadlines_.begin()->first;
-        armed_ = dl;
+      auto n = read_some();
+      if (!n) return false;
+      if (*n == 0) return true;
+    }
+  }
+  // The channel ended and every message was taken (a call_sync() caller reading:
+  // false, it will see the end itself).
+  bool ended() {
+    channel::state& s = *ch_.s_;
+    std::unique_lock rl(s.rmu, std::try_to_lock);
+    return rl.owns_lock() && at_end(s);
+  }
+
+  // A call_sync() caller waits for its answer: it reads the socket itself while no
+  // other caller does, else it waits to be told.
+  void wait_for(sync_slot& slot, std::uint64_t id, const subprocess::detail::deadline& dl) {
+    std::unique_lock lk(mu_);
+    for (;;) {
+      if (slot.done.load()) return;
+      if (dl && clock::now() >= *dl) {
+        if (take_locked(id)) {
+          slot.r = reply{nullptr,
+                         std::make_exception_ptr(call_timeout_error(name_, slot.method, id, slot.timeout))};
+          slot.done.store(true);
+          return;
+        }
+        sync_cv_.wait(lk, [&] { return slot.done.load(); });  // being completed right now
+        return;
+      }
+      if (!direct_active_ && !closed_) {
+        direct_active_ = true;
+        lk.unlock();
+        try {
+          read_until(slot, dl);
+        } catch (...) {
+          lk.lock();
+          direct_active_ = false;
+          sync_cv_.notify_all();
+          throw;
+        }
+        lk.lock();
+        direct_active_ = false;
+        sync_cv_.notify_all();  // another caller may read now
+        continue;
+      }
+      if (dl)
+        sync_cv_.wait_until(lk, *dl);
+      else
+        sync_cv_.wait(lk);
+    }
+  }
+  void read_until(const sync_slot& slot, const subprocess::detail::deadline& dl) {
+    channel::state& s = *ch_.s_;
+    std::unique_lock rl(s.rmu, std::defer_lock);
+    if (dl) {
+      if (!rl.try_lock_until(*dl)) return;
+    } else {
+      rl.lock();
+    }
+    std::vector<incoming_item> items;
+    for (;;) {
+      take_messages(s, items);
+      dispatch(items, true);
+      if (slot.done.load()) return;
+      if (at_end(s)) {
+        rl.unlock();
+        if (!s.closed.load()) peer_gone(wait_status());
+        return;
+      }
+      if (dl && clock::now() >= *dl) return;
+      if (timed_recv_ && (!dl || *dl - clock::now() > 2 * recv_period) && !ch_.wants_write()) {
+        // The common case: wait in recv() (the peer dying, close(), the deadline are
+        // noticed within recv_period, see start()).
+        if (channel::read_locked(s, true) > 0 || s.peer_done) continue;
       }
       pollfd fds[3];
       nfds_t n = 0;
-      fds[n++] = {ch_.fd(), static_cast<short>(POLLIN | (ch_.wants_write() ? POLLOUT : 0)), 0};
-      fds[n++] = {wake_.get(), POLLIN, 0};
+      fds[n++] = {s.fd.get(), static_cast<short>(POLLIN | (ch_.wants_write() ? POLLOUT : 0)), 0};
+      fds[n++] = {direct_wake_.get(), POLLIN, 0};
       if (pidfd_) fds[n++] = {pidfd_.get(), POLLIN, 0};
       subprocess::detail::poll_until(fds, n, dl);
-      if (fds[1].revents) subprocess::detail::eventfd_drain(wake_.get());
+      if (fds[1].revents) clear(direct_wake_);
       if (fds[0].revents & POLLOUT) {
         try {
           ch_.flush();
@@ -1755,17 +2154,105 @@ class client {
           // The peer is gone; reading says so in a moment.
         }
       }
-      if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-        ch_.read_available();
-        dispatch();
-      }
+      if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) channel::read_locked(s);
       if (n == 3 && fds[2].revents) {  // the peer process exited
-        while (ch_.read_available() > 0) dispatch();  // answers it sent before dying
-        dispatch();
+        while (channel::read_locked(s) > 0) {
+          take_messages(s, items);
+          dispatch(items, true);
+        }
+        take_messages(s, items);
+        dispatch(items, true);
+        rl.unlock();
         peer_gone(peek_status());
         return;
       }
-      if (ch_.eof()) {
+    }
+  }
+
+  // Back from call_sync(): the slot must not be referenced by anyone once we leave.
+  void end_sync(std::uint64_t id, sync_slot& slot) noexcept {
+    std::unique_lock lk(mu_);
+    if (!slot.done.load() && !take_locked(id))
+      sync_cv_.wait(lk, [&] { return slot.done.load(); });  // someone is completing it
+    --sync_callers_;
+    last_sync_end_ = clock::now();
+    // Other calls need the reader thread watching the socket again.
+    const bool wake_reader = !watching_ && (pending_.size() > sync_pending_ || exit_seen_);
+    lk.unlock();
+    if (wake_reader) wake();
+  }
+
+  // ---- the reader thread
+  void run() {
+    {
+      std::lock_guard lk(mu_);
+      reader_id_ = std::this_thread::get_id();
+    }
+    try {
+      loop();
+    } catch (const std::exception& e) {  // poll failed, out of memory...: fail loudly
+      fail_all(std::string("the client's reader failed: ") + e.what(), std::nullopt);
+    }
+    std::vector<std::function<void()>> rest;
+    {
+      std::lock_guard lk(mu_);
+      reader_exited_ = true;  // from now on callbacks run where they complete
+      rest.swap(deferred_);
+    }
+    for (auto& f : rest) call_quietly(f);
+  }
+  void loop() {
+    for (;;) {
+      run_deferred();
+      subprocess::detail::deadline dl;
+      bool watch, exited;
+      const bool queued = ch_.wants_write();
+      {
+        std::lock_guard lk(mu_);
+        if (stop_ || closed_) return;
+        if (!deadlines_.empty()) dl = deadlines_.begin()->first;
+        const auto now = clock::now();
+        const bool syncing = sync_callers_ > 0 || direct_active_;
+        const bool lingering = pending_.size() == sync_pending_ && last_sync_end_ &&
+                               now < *last_sync_end_ + sync_linger;
+        watch = !syncing && (!lingering || queued);
+        if (!watch) {  // look again soon: the socket must not stay unwatched
+          auto again = (syncing ? now : *last_sync_end_) + sync_linger;
+          if (!dl || again < *dl) dl = again;
+        }
+        armed_ = dl;
+        watching_ = watch;
+        exited = exit_seen_;
+      }
+      if (exited && drain()) {  // the peer exited while a call_sync() caller was reading
+        peer_gone(peek_status());
+        return;
+      }
+      pollfd fds[3];
+      nfds_t n = 0;
+      fds[n++] = {watch ? ch_.fd() : -1, static_cast<short>(POLLIN | (queued ? POLLOUT : 0)), 0};
+      fds[n++] = {wake_.get(), POLLIN, 0};
+      if (pidfd_ && !exited) fds[n++] = {pidfd_.get(), POLLIN, 0};
+      subprocess::detail::poll_until(fds, n, dl);
+      if (fds[1].revents) clear(wake_);
+      if (fds[0].revents & POLLOUT) {
+        try {
+          ch_.flush();
+        } catch (const channel_error&) {
+          // The peer is gone; reading says so in a moment.
+        }
+      }
+      if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) read_some();
+      if (n == 3 && fds[2].revents) {  // the peer process exited
+        if (drain()) {  // answers it sent before dying
+          peer_gone(peek_status());
+          return;
+        }
+        std::lock_guard lk(mu_);  // a call_sync() caller is reading: it sees it too
+        exit_seen_ = true;
+        continue;
+      }
+      if (watch && ended()) {
         peer_gone(wait_status());
         return;
       }
@@ -1773,68 +2260,54 @@ class client {
     }
   }
 
-  void dispatch() {
-    for (;;) {
-      std::optional<json> m;
-      try {
-        m = ch_.try_receive();
-      } catch (const channel_error& e) {
-        if (opts_.on_error) {
-          try {
-            opts_.on_error(e);
-          } catch (...) {
-          }
-        }
-        if (ch_.eof()) return;
-        continue;
-      }
-      if (!m) return;
-      incoming(std::move(*m));
-    }
-  }
-
-  void incoming(json m) {
+  void incoming(json m, bool direct) {
     if (m.is_object() && !m.contains("method")) {
       auto idit = m.find("id");
       if (idit != m.end() && idit->is_number_unsigned()) {
         const auto id = idit->get<std::uint64_t>();
-        std::optional<pending_call> pc;
-        {
-          std::lock_guard lk(mu_);
-          if (auto it = pending_.find(id); it != pending_.end()) {
-            if (it->second.deadline) deadlines_.erase({*it->second.deadline, id});
-            pc = std::move(it->second);
-            pending_.erase(it);
-          }
-        }
-        if (!pc) return;  // the answer to a call that timed out: dropped
         if (auto e = m.find("error"); e != m.end() && !e->is_null()) {
-          int code = rpc_error::internal_error;
-          std::string message = "(no message)";
-          json data = nullptr;
-          if (e->is_object()) {
-            if (auto c = e->find("code"); c != e->end() && c->is_number_integer()) code = c->get<int>();
-            if (auto t = e->find("message"); t != e->end() && t->is_string()) message = t->get<std::string>();
-            if (auto d = e->find("data"); d != e->end()) data = *d;
-          } else {
-            message = e->dump();
-          }
-          complete(*pc, reply{nullptr, std::make_exception_ptr(rpc_error(code, std::move(message),
-                                                                         std::move(data), name_,
-                                                                         pc->method, id))});
+          answered_error(id, *e, direct);
         } else {
           auto r = m.find("result");
-          complete(*pc, reply{r != m.end() ? std::move(*r) : json(nullptr), nullptr});
+          answered(id, reply{r != m.end() ? std::move(*r) : json(nullptr), nullptr}, direct);
         }
         return;
       }
     }
-    if (opts_.on_message) {
-      try {
-        opts_.on_message(m);
-      } catch (...) {
-      }
+    if (opts_.on_message) on_reader([this, m = std::move(m)] { opts_.on_message(m); }, direct);
+  }
+
+  // An answer for call `id` arrived. An answer to a call that timed out is dropped.
+  void answered(std::uint64_t id, reply r, bool direct) {
+    std::optional<pending_call> pc;
+    {
+      std::lock_guard lk(mu_);
+      pc = take_locked(id);
     }
+    if (pc) complete(*pc, std::move(r), direct);
+  }
+  // The same for an error answer (its "error" member, not null).
+  void answered_error(std::uint64_t id, const json& e, bool direct) {
+    int code = rpc_error::internal_error;
+    std::string message = "(no message)";
+    json data = nullptr;
+    if (e.is_object()) {
+      if (auto c = e.find("code"); c != e.end() && c->is_number_integer()) code = c->get<int>();
+      if (auto t = e.find("message"); t != e.end() && t->is_string()) message = t->get<std::string>();
+      if (auto d = e.find("data"); d != e.end()) data = *d;
+    } else {
+      message = e.dump();
+    }
+    std::optional<pending_call> pc;
+    {
+      std::lock_guard lk(mu_);
+      pc = take_locked(id);
+    }
+    if (pc)
+      complete(*pc,
+               reply{nullptr, std::make_exception_ptr(rpc_error(code, std::move(message), std::move(data), name_,
+                                                                pc->method, id))},
+               direct);
   }
 
   void expire(clock::time_point now) {
@@ -1843,11 +2316,10 @@ class client {
       std::lock_guard lk(mu_);
       while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
         auto id = deadlines_.begin()->second;
-        deadlines_.erase(deadlines_.begin());
-        if (auto it = pending_.find(id); it != pending_.end()) {
-          late.emplace_back(id, std::move(it->second));
-          pending_.erase(it);
-        }
+        if (auto pc = take_locked(id))
+          late.emplace_back(id, std::move(*pc));
+        else
+          deadlines_.erase(deadlines_.begin());
       }
     }
     for (auto& [id, pc] : late)
@@ -1894,7 +2366,9 @@ class client {
       }
       calls.swap(pending_);
       deadlines_.clear();
+      sync_pending_ = 0;
     }
+    wake();  // the reader thread stops (when this is not it)
     for (auto& [id, pc] : calls) complete(pc, reply{nullptr, gone_error(pc.method, id, why_, status_, name_)});
   }
 
@@ -1902,8 +2376,10 @@ class client {
   client_options opts_;
   std::string name_;
   subprocess::detail::unique_fd pidfd_;
-  subprocess::detail::unique_fd wake_;
+  subprocess::detail::unique_fd wake_;         // -> the reader thread
+  subprocess::detail::unique_fd direct_wake_;  // -> the call_sync() caller reading
   mutable std::mutex mu_;
+  std::condition_variable sync_cv_;  // call_sync() callers: an answer, or the reading is free
   std::unordered_map<std::uint64_t, pending_call> pending_;
   std::set<std::pair<clock::time_point, std::uint64_t>> deadlines_;
   std::atomic<std::uint64_t> next_id_{1};
@@ -1912,6 +2388,18 @@ class client {
   bool closed_ = false;
   std::string why_;
   std::optional<subprocess::exit_status> status_;
+  // call_sync() (all mu_)
+  std::size_t sync_pending_ = 0;    // entries of pending_ that are call_sync()s
+  std::size_t sync_callers_ = 0;    // threads inside call_sync()
+  bool direct_active_ = false;      // one of them reads the socket
+  bool watching_ = true;            // the reader thread polls the socket
+  bool exit_seen_ = false;          // the reader saw the pidfd while a caller read
+  std::optional<clock::time_point> last_sync_end_;
+  // the reader thread's queue (mu_)
+  std::vector<std::function<void()>> deferred_;
+  std::thread::id reader_id_;
+  bool reader_exited_ = false;
+  bool timed_recv_ = false;  // set once in start()
   std::thread reader_;
 };
 

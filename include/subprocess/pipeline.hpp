@@ -394,10 +394,14 @@ class pump_source {
       case none: return false;
       case reader:
         for (;;) {
+          // After a short read the pipe is empty: a read now would only fail with
+          // EAGAIN, so wait first (a system call saved per chunk while the producer
+          // is the slower side).
+          if (drained_) wait_or_stop(reader_.fd(), POLLIN, stop_fd);
           ssize_t r = reader_.fill(pump_chunk);
+          drained_ = r < 0 || (r > 0 && static_cast<std::size_t>(r) < pump_chunk);
           if (r > 0) return true;
           if (r == 0) return false;
-          wait_or_stop(reader_.fd(), POLLIN, stop_fd);
         }
       case text:
         if (avail_ >= text_.size()) return false;
@@ -456,6 +460,7 @@ class pump_source {
   int fd_ = -1;
   byte_buffer buf_;
   bool eof_ = false;
+  bool drained_ = false;  // reader: the last read emptied the pipe
 };
 
 // Where a pump writes: a pipe, a string, a callback, an fd (ours or borrowed), nowhere.
@@ -497,10 +502,9 @@ class pump_sink {
             if (e.code() == std::errc::broken_pipe) throw pump_broken_pipe{};
             throw;
           }
-          if (n > 0)
-            data.remove_prefix(static_cast<std::size_t>(n));
-          else
-            wait_or_stop(writer_.fd(), POLLOUT, stop_fd);
+          if (n > 0) data.remove_prefix(static_cast<std::size_t>(n));
+          // Not all written: the pipe is full, wait for room before the next write.
+          if (!data.empty()) wait_or_stop(writer_.fd(), POLLOUT, stop_fd);
         }
         return;
       case raw:

@@ -45,6 +45,7 @@
 #include <string_view>
 
 #include "command.hpp"
+#include "detail/pages.hpp"
 #include "detail/poll.hpp"
 #include "detail/sigpipe.hpp"
 #include "error.hpp"
@@ -103,22 +104,6 @@ struct capture {
 
 // A busy stream's pipe is enlarged to this (the default is 64 KiB).
 inline constexpr std::size_t big_pipe = 1024 * 1024;
-
-// Whole pages inside [p, p + n): given back to the kernel (they read as zeros
-// after), or made present before we write them.
-inline void advise_pages(char* p, std::size_t n, int advice) noexcept {
-  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  auto lo = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
-  auto hi = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(page - 1);
-  if (hi > lo) sys::madvise(reinterpret_cast<void*>(lo), hi - lo, advice);
-}
-inline void populate_pages(char* p, std::size_t n) noexcept {
-#if defined(MADV_POPULATE_WRITE)
-  advise_pages(p, n, MADV_POPULATE_WRITE);  // Linux >= 5.14; elsewhere EINVAL, and we fault
-#else
-  (void)p, (void)n;
-#endif
-}
 
 // sink += data, for output that may be large. Two costs dominate a big capture:
 //  * A std::string grows by allocating twice its capacity and copying, so for a

@@ -9,7 +9,9 @@
 //
 // Protocol (one line each way, on fds 3 and 4 so the children we spawn can inherit
 // 0-2 harmlessly; fds 0 and 1 of a server are /dev/null):
-//   driver -> server   "<module>/<impl> <iterations> <param>\n"
+//   driver -> server   "<module>/<impl> <iterations> <param>[ <arg>]\n"
+//                      arg: one module-specific word (ipc: the placement, "split" or
+//                      "same"); absent when the row has none
 //   server -> driver   "ok <sample> <sample> ...\n"   a sample is "<ns>" or "<ns>:<extra>"
 //                      "skip <reason>\n"             not available (never faked)
 //                      "fail <message>\n"            it ran and went wrong
@@ -17,7 +19,10 @@
 // was asked to hold (--touch-mib N), so the 2 GiB parent is set up before timing.
 //
 // A module is one .cpp file: it registers server-side implementations with
-// register_impl() and driver-side benchmark descriptions with register_plan().
+// register_impl() and driver-side benchmark descriptions with register_plan(). A
+// module whose implementations need a child process of their own (the ipc echo
+// peer, pool workers) registers it with register_role(): `subprocess_bench --role
+// <name> args...` runs it, so command::self() starts it.
 // Adding ipc, pool or pipeline benchmarks = adding one file; nothing else changes.
 #pragma once
 
@@ -49,6 +54,7 @@ struct sample {
 struct request {
   int iterations = 1;
   std::uint64_t param = 0;  // module-specific (capture: bytes)
+  std::string arg{};        // module-specific word, may be empty (ipc: placement)
 };
 
 // Thrown by an implementation that cannot run here ("not installed"): reported as
@@ -67,7 +73,8 @@ inline bool register_impl(std::string key, impl_fn fn) {
 
 // Child roles of the C++ binary: `subprocess_bench --role <name> ...` runs fn(argc,
 // argv) instead of the driver or the server. For modules whose implementation starts
-// workers of its own (command::self({"--role", name})).
+// processes of its own (command::self({"--role", name, args...})); argv[3...] are
+// the role's arguments.
 using role_fn = std::function<int(int argc, char** argv)>;
 std::map<std::string, role_fn>& roles();
 inline bool register_role(std::string name, role_fn fn) {
@@ -102,12 +109,15 @@ struct row {
   std::string key;  // "<module>/<impl>" sent to the server
   int iterations = 1;  // per round
   std::uint64_t param = 0;
+  std::string arg{};  // sent after param when not empty
   // Set when the row cannot run at all (e.g. "not built yet"); no server is asked.
   std::string skip_reason{};
 };
 
-// latency: time per iteration; throughput: bytes per second (MB/s); rate: items per
-// second (an iteration handles `bytes` items, or the row's param; unit name in
+// latency: a sample is the time of one operation (table: us/ms, lower is better);
+// throughput: a sample is the time to move `bytes` (MB/s, higher is better);
+// rate: a sample is the time to handle a batch of items: the row's param items, or
+// `bytes` when param is 0 (items per second, higher is better; the unit's name is
 // benchmark::rate_unit).
 enum class unit { latency, throughput, rate };
 
@@ -115,25 +125,29 @@ struct benchmark {
   std::string id;     // short name used in goals
   std::string title;  // first column of the table
   unit kind = unit::latency;
-  std::uint64_t bytes = 0;      // throughput: bytes moved per iteration
+  std::uint64_t bytes = 0;      // throughput: bytes moved per iteration; rate: items per sample
   std::string baseline;         // label of the row all ratios are against
   std::vector<row> rows;
-  bool show_extra = false;      // capture: show peak RSS growth (extra) per row
+  bool show_extra = false;      // capture: show peak RSS growth (extra) per row, against bytes
+  bool show_peak_rss = false;   // pipeline: show peak RSS growth (extra) per row, in MiB
   std::string note{};           // printed under the table
   std::string rate_unit{"items/s"};  // unit::rate: what is counted
 };
 
 // A goal: row `label` of benchmark `bench` against row `base_label` of
-// `base_bench`; met when ratio (throughput: ours/base; latency: ours/base) is
-// <= max_ratio (latency) or >= min_ratio (throughput). For rss, extra / bytes.
-// With base_bench empty (and not rss): the row's own median in the table's unit,
-// against max_ratio/min_ratio as absolute bounds.
+// `base_bench`; met when ratio = median / (base median * base_scale), each in the
+// unit the table shows (us, MB/s, items/s), is <= max_ratio (latency) or >= min_ratio
+// (throughput, rate). base_scale states proportionality: "4x the bytes in at most
+// 1.25x 4x the time" is base_scale 4, max_ratio 1.25. For rss, extra / bytes. With
+// base_bench empty (and not rss): the row's own median in the table's unit, against
+// max_ratio/min_ratio as absolute bounds.
 struct goal {
   std::string text;
   std::string bench, label;
   std::string base_bench, base_label;  // empty for the rss goal
   std::optional<double> max_ratio{}, min_ratio{};
   bool rss = false;
+  double base_scale = 1.0;
 };
 
 struct plan_context {

@@ -237,14 +237,14 @@ bench::phase capture_plan(const bench::plan_context& ctx) {
   ph.benchmarks.push_back(b);
   using G = bench::goal;
   ph.goals.push_back(G{"3. run() capture >= 0.9x the raw 1 MiB-pipe loop", "capture", run_label, "capture",
-                       raw1m_label, std::nullopt, 0.9, false});
+                       raw1m_label, std::nullopt, 0.9, false, 1.0});
   ph.goals.push_back(G{"3. run() capture >= 2x Python capture_output", "capture", run_label, "capture",
-                       py_both_label, std::nullopt, 2.0, false});
+                       py_both_label, std::nullopt, 2.0, false, 1.0});
   ph.goals.push_back(G{"3. run() capture >= 2x Node", "capture", run_label, "capture", node_label,
-                       std::nullopt, 2.0, false});
+                       std::nullopt, 2.0, false, 1.0});
   ph.goals.push_back(G{"3. run() peak RSS growth <= 1.1x the captured size", "capture", run_label, "", "",
-                       1.1, std::nullopt, true});
-  ph.goals.push_back(G{"3. the same at 1 GiB + 64 KiB", "capture", odd_label, "", "", 1.1, std::nullopt, true});
+                       1.1, std::nullopt, true, 1.0});
+  ph.goals.push_back(G{"3. the same at 1 GiB + 64 KiB", "capture", odd_label, "", "", 1.1, std::nullopt, true, 1.0});
   return ph;
 }
 

@@ -4,7 +4,9 @@
 //   subprocess_bench --smoke         tiny sizes, one round: checks that every
 //                                    implementation runs; no timing claims
 //   subprocess_bench --only spawn,capture   run only these phases
+//   subprocess_bench --verbose              also each request's wall time (stderr)
 //   subprocess_bench --serve --touch-mib N  (internal) a C++ peer server
+//   subprocess_bench --role NAME args...    (internal) a child role of a module
 //
 // See bench.hpp for the protocol. Samples are collected in interleaved rounds: in
 // each round every implementation runs a short batch, in a rotating order, so a
@@ -41,6 +43,10 @@ namespace bench {
 
 std::map<std::string, impl_fn>& impls() {
   static std::map<std::string, impl_fn> m;
+  return m;
+}
+std::map<std::string, role_fn>& roles() {
+  static std::map<std::string, role_fn> m;
   return m;
 }
 std::vector<std::string>& versions() {
@@ -128,7 +134,7 @@ int serve(std::uint64_t touch_mib) {
     std::istringstream is(line);
     std::string key;
     bench::request req;
-    is >> key >> req.iterations >> req.param;
+    is >> key >> req.iterations >> req.param >> req.arg;
     std::string reply;
     auto it = bench::impls().find(key);
     if (it == bench::impls().end()) {
@@ -176,6 +182,7 @@ struct result {
 };
 
 std::string peers_dir = SUBPROCESS_BENCH_PEERS_DIR;
+bool verbose = false;  // --verbose: each request's wall time on stderr
 
 std::unique_ptr<server> start_server(const bench::server_spec& s, std::chrono::seconds timeout) {
   auto srv = std::make_unique<server>();
@@ -233,7 +240,8 @@ void ask(server& srv, const bench::row& r, result& out, std::chrono::seconds tim
     return;
   }
   try {
-    srv.req.write_all(r.key + " " + std::to_string(r.iterations) + " " + std::to_string(r.param) + "\n");
+    srv.req.write_all(r.key + " " + std::to_string(r.iterations) + " " + std::to_string(r.param) +
+                      (r.arg.empty() ? "" : " " + r.arg) + "\n");
   } catch (const sp::io_error& e) {
     srv.dead = std::string("server died: ") + e.what();
     out.fail = srv.dead;
@@ -287,12 +295,19 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-// Per-sample figure in the unit the table shows: microseconds, or MB/s.
-// A row's own param, when set, is its byte count (a row may move a different size).
+// Per-sample figure in the unit the table shows: microseconds, MB/s, or items per
+// second. A row's own param, when set, is its byte (item) count (a row may move a
+// different size).
 std::vector<double> values(const bench::benchmark& b, const bench::row* row, const result& r) {
   double bytes = double(row && row->param ? row->param : b.bytes);
   std::vector<double> v;
-  for (auto& s : r.samples) v.push_back(b.kind == bench::unit::latency ? s.ns / 1e3 : bytes / s.ns * 1e3);
+  for (auto& s : r.samples) {
+    switch (b.kind) {
+      case bench::unit::latency: v.push_back(s.ns / 1e3); break;
+      case bench::unit::throughput: v.push_back(bytes / s.ns * 1e3); break;
+      case bench::unit::rate: v.push_back(bytes / s.ns * 1e9); break;
+    }
+  }
   return v;
 }
 
@@ -313,8 +328,21 @@ std::string show_latency(double us) {
   if (us >= 1000) return fmt("%.2f ms", us / 1000);
   return fmt("%.0f us", us);
 }
+std::string show_rate(double per_s, const std::string& unit) {
+  std::string digits = fmt("%.0f", per_s), grouped;  // 512,345 tasks/s
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) grouped += ',';
+    grouped += digits[i];
+  }
+  return grouped + " " + unit;
+}
 std::string show(const bench::benchmark& b, double v) {
-  return b.kind == bench::unit::latency ? show_latency(v) : fmt("%.0f MB/s", v);
+  switch (b.kind) {
+    case bench::unit::latency: return show_latency(v);
+    case bench::unit::throughput: return fmt("%.0f MB/s", v);
+    case bench::unit::rate: return show_rate(v, b.rate_unit);
+  }
+  return "?";
 }
 
 std::string read_first(const char* path, const char* key) {
@@ -431,6 +459,11 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
           o << "; peak RSS growth " << fmt("%.0f MiB", peak / 1048576.0) << " = "
             << fmt("%.2fx", peak / bytes) << " the output";
         }
+        if (b.show_peak_rss) {
+          double peak = 0;
+          for (auto& s : res->samples) peak = std::max(peak, s.extra);
+          o << "; peak RSS growth " << fmt("%.1f MiB", peak / 1048576.0);
+        }
         o << " |\n";
       }
     }
@@ -452,17 +485,22 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
             for (auto& s : r->samples) peak = std::max(peak, s.extra);
             val = peak / double(row->param ? row->param : b->bytes);
           }
+        } else if (g.base_bench.empty()) {
+          val = median_of(phases, st, g.bench, g.label);  // an absolute bound
         } else {
           auto a = median_of(phases, st, g.bench, g.label);
           auto b = median_of(phases, st, g.base_bench, g.base_label);
-          if (a && b && *b > 0) val = *a / *b;
+          if (a && b && *b > 0) val = *a / (*b * g.base_scale);
         }
         o << "| " << g.text << " | ";
         if (!val) {
           o << "- | not measured |\n";
           continue;
         }
-        o << fmt("%.2fx", *val) << " | ";
+        if (!g.rss && g.base_bench.empty())
+          o << show(*find_bench(phases, g.bench), *val) << " | ";
+        else
+          o << fmt("%.2fx", *val) << " | ";
         bool met = (!g.max_ratio || *val <= *g.max_ratio) && (!g.min_ratio || *val >= *g.min_ratio);
         o << (smoke ? "-" : met ? "yes" : "**no**") << " |\n";
       }
@@ -517,8 +555,12 @@ int drive(bool smoke, const std::set<std::string>& only) {
         auto [b, r] = order[(k + static_cast<std::size_t>(round)) % order.size()];
         auto& res = st.results[b->id][r->label];
         if (!res.skip.empty() || !res.fail.empty()) continue;
+        auto t0 = bench::clock::now();
         ask(*servers[r->server], *r, res, req_timeout);
         if (!res.fail.empty()) std::cerr << "bench: " << r->label << ": FAILED: " << res.fail << "\n";
+        if (verbose)
+          std::cerr << "bench:     " << fmt("%.2f s ", double(bench::elapsed_ns(t0)) / 1e9) << b->id << ": "
+                    << r->label << "\n";
       }
     }
     for (auto& [spec, srv] : servers) stop_server(*srv);
@@ -534,6 +576,19 @@ int drive(bool smoke, const std::set<std::string>& only) {
 
 int main(int argc, char** argv) {
   try {
+    if (argc >= 3 && std::string(argv[1]) == "--role") {
+      auto it = bench::roles().find(argv[2]);
+      if (it == bench::roles().end()) {
+        std::cerr << "subprocess_bench: unknown role " << argv[2] << "\n";
+        return 2;
+      }
+      try {
+        return it->second(argc, argv);
+      } catch (const std::exception& e) {
+        std::cerr << "subprocess_bench --role " << argv[2] << ": " << e.what() << "\n";
+        return 1;
+      }
+    }
     bool serve_mode = false, smoke = false;
     std::uint64_t touch = 0;
     std::set<std::string> only;
@@ -543,6 +598,8 @@ int main(int argc, char** argv) {
         serve_mode = true;
       } else if (a == "--touch-mib" && i + 1 < argc) {
         touch = std::stoull(argv[++i]);
+      } else if (a == "--verbose") {
+        verbose = true;
       } else if (a == "--smoke") {
         smoke = true;
       } else if (a == "--peers" && i + 1 < argc) {
@@ -552,7 +609,7 @@ int main(int argc, char** argv) {
         std::string w;
         while (std::getline(ss, w, ',')) only.insert(w);
       } else {
-        std::cerr << "usage: subprocess_bench [--smoke] [--only phase,...] [--peers dir]\n";
+        std::cerr << "usage: subprocess_bench [--smoke] [--only phase,...] [--peers dir] [--verbose]\n";
         return 2;
       }
     }

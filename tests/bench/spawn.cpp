@@ -165,21 +165,21 @@ bench::phase spawn_plan(const bench::plan_context& ctx) {
       "fork copy the page tables of the whole parent on every spawn.";
   using G = bench::goal;
   ph.goals.push_back(G{"1. spawn()+wait() (posix_spawn) <= 1.05x raw posix_spawn, small parent", "spawn",
-                       sp_posix_label, "spawn", raw_ps_label, 1.05, std::nullopt, false});
+                       sp_posix_label, "spawn", raw_ps_label, 1.05, std::nullopt, false, 1.0});
   ph.goals.push_back(G{"1. spawn()+wait() (clone_vfork) <= 1.05x raw posix_spawn, small parent", "spawn",
-                       sp_clone_label, "spawn", raw_ps_label, 1.05, std::nullopt, false});
+                       sp_clone_label, "spawn", raw_ps_label, 1.05, std::nullopt, false, 1.0});
   ph.goals.push_back(G{"1. run() <= 1.05x raw posix_spawn, small parent (run also makes 2 pipes)",
-                       "spawn", sp_run_label, "spawn", raw_ps_label, 1.05, std::nullopt, false});
+                       "spawn", sp_run_label, "spawn", raw_ps_label, 1.05, std::nullopt, false, 1.0});
   ph.goals.push_back(G{"2. spawn()+wait() (posix_spawn), 2 GiB parent <= 1.05x small parent", "spawn_2g",
-                       sp_posix_label, "spawn", sp_posix_label, 1.05, std::nullopt, false});
+                       sp_posix_label, "spawn", sp_posix_label, 1.05, std::nullopt, false, 1.0});
   ph.goals.push_back(G{"2. spawn()+wait() (clone_vfork), 2 GiB parent <= 1.05x small parent", "spawn_2g",
-                       sp_clone_label, "spawn", sp_clone_label, 1.05, std::nullopt, false});
+                       sp_clone_label, "spawn", sp_clone_label, 1.05, std::nullopt, false, 1.0});
   ph.goals.push_back(G{"2. run(), 2 GiB parent <= 1.05x small parent", "spawn_2g", sp_run_label, "spawn",
-                       sp_run_label, 1.05, std::nullopt, false});
+                       sp_run_label, 1.05, std::nullopt, false, 1.0});
   for (const char* peer : {"Boost.Process v2 (bp::process + wait)", "libuv uv_spawn + exit callback",
                            "Node child_process.spawn, await 'exit'"}) {
     ph.goals.push_back(G{std::string("2. ") + peer + " / spawn()+wait(), 2 GiB parent >= 50x", "spawn_2g",
-                         peer, "spawn_2g", sp_posix_label, std::nullopt, 50.0, false});
+                         peer, "spawn_2g", sp_posix_label, std::nullopt, 50.0, false, 1.0});
   }
   return ph;
 }

@@ -21,6 +21,8 @@
 //                         big {n}            returns a string of n 'x'
 //                         count {}           returns how many calls it has answered
 //                         pid {}             returns getpid()
+//                         notes {n}          sends n messages {"note": 0..n-1}, then
+//                                            returns n
 //                         work {ms, n?}      sleeps ms, returns {"pid": getpid(), "ms": ms,
 //                                            "n": n} (the pool tests' slow task)
 //                         spin {ms}          keeps the CPU busy for ms, returns getpid()
@@ -92,7 +94,7 @@ void write_raw(int fd, const std::string& bytes) {
   }
 }
 
-ipc::handler_map methods(int& answered) {
+ipc::handler_map methods(int& answered, ipc::channel& ch) {
   auto num = [](const json& p, const char* k) { return p.at(k).get<double>(); };
   return {
       {"add", [&, num](const json& p) -> json { ++answered; return num(p, "a") + num(p, "b"); }},
@@ -116,6 +118,13 @@ ipc::handler_map methods(int& answered) {
       {"big", [&](const json& p) -> json { ++answered; return std::string(p.at("n").get<std::size_t>(), 'x'); }},
       {"count", [&](const json&) -> json { return ++answered; }},
       {"pid", [&](const json&) -> json { ++answered; return ::getpid(); }},
+      {"notes",
+       [&](const json& p) -> json {
+         ++answered;
+         const int n = p.at("n").get<int>();
+         for (int k = 0; k < n; ++k) ch.send({{"note", k}});
+         return n;
+       }},
       {"work",
        [&](const json& p) -> json {
          ++answered;
@@ -181,7 +190,7 @@ int main(int argc, char** argv) {
     } else if (act == "send") {
       ch.send(json::parse(next()));
     } else if (act == "serve") {
-      ipc::serve(ch, methods(answered));
+      ipc::serve(ch, methods(answered, ch));
     } else if (act == "raw") {
       write_raw(ch.fd(), decode(next()));
     } else if (act == "raw-bytes") {

@@ -25,6 +25,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pages.hpp"
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -222,9 +224,9 @@ class parser {
       case '{': return object();
       case '[': return array();
       case '"': {
-        std::string s;
-        string(s);
-        return json(std::move(s));
+        json s(json::value_t::string);  // the string is parsed straight into the value
+        string(s.get_ref<std::string&>());
+        return s;
       }
       case 't': literal("true"); return json(true);
       case 'f': literal("false"); return json(false);
@@ -248,7 +250,7 @@ class parser {
   json object() {
     enter();
     ++p_;
-    json obj = json::object();
+    json obj(json::value_t::object);
     auto& o = obj.get_ref<json::object_t&>();
     ws();
     if (p_ < end_ && *p_ == '}') {
@@ -265,7 +267,12 @@ class parser {
       if (p_ == end_ || *p_ != ':') fail("expected ':'");
       ++p_;
       json v = value();
-      o.insert_or_assign(std::move(key), std::move(v));  // a repeated key: the last wins
+      // Keys in order (as nlohmann writes them) go at the end without a search; a
+      // repeated key keeps the last value.
+      if (o.empty() || o.rbegin()->first < key)
+        o.emplace_hint(o.end(), std::move(key), std::move(v));
+      else
+        o.insert_or_assign(std::move(key), std::move(v));
       ws();
       if (p_ == end_) fail("unexpected end of input");
       if (*p_ == ',') {
@@ -436,6 +443,22 @@ class parser {
 
   void string(std::string& out) {
     ++p_;  // the opening quote
+    {
+      // The common case, a string without escapes or non-ASCII bytes: one exact copy.
+      const char* run = p_;
+      p_ = plain_run(p_, end_);
+      if (p_ < end_ && *p_ == '"') {
+        const auto n = static_cast<std::size_t>(p_ - run);
+        if (n >= (std::size_t{1} << 20)) {  // fresh memory: make it present in one go
+          out.reserve(n);
+          populate_pages(out.data(), n);
+        }
+        out.assign(run, n);
+        ++p_;
+        return;
+      }
+      out.assign(run, p_);
+    }
     for (;;) {
       const char* run = p_;
       p_ = plain_run(p_, end_);
@@ -482,10 +505,20 @@ inline void parse_rpc(std::string_view text, rpc_parts& out, std::size_t max_dep
 }
 
 // Output for dump(): std::string, or anything with append(const char*, size_t),
-// push_back(char), size() and reserve(total).
+// push_back(char), size() and reserve(total). An output that also has
+// append_borrowed(const char*, size_t) gets the plain runs of strings that way: the
+// bytes belong to the value being dumped, so it may refer to them instead of copying
+// while the value lives (the ipc channel sends big strings straight from it).
 template <class Out>
 void put(Out& out, std::string_view s) {
   out.append(s.data(), s.size());
+}
+template <class Out>
+void put_run(Out& out, const char* p, std::size_t n) {
+  if constexpr (requires { out.append_borrowed(p, n); })
+    out.append_borrowed(p, n);
+  else
+    out.append(p, n);
 }
 
 // A JSON string literal, escaped as nlohmann's dump() does. Throws
@@ -500,7 +533,7 @@ void dump_string(std::string_view s, Out& out) {
   for (;;) {
     const char* run = p;
     p = plain_run(p, end);
-    out.append(run, static_cast<std::size_t>(p - run));
+    put_run(out, run, static_cast<std::size_t>(p - run));
     if (p == end) break;
     const auto c = static_cast<unsigned char>(*p);
     switch (c) {

@@ -47,19 +47,12 @@ class mapped_buffer {
   bool empty() const noexcept { return begin_ == end_; }
 
   // Space for at least n more bytes at the back; write into it, then commit().
+  // The common case (room at the back) is inline; making room is not: JSON is
+  // written into this buffer a few bytes at a time.
   char* prepare(std::size_t n) {
-    if (cap_ - end_ >= n) return data_ + end_;
-    const std::size_t live = size();
-    if (begin_ > 0 && cap_ - live >= n && live <= cap_ / 2) {
-      std::memmove(data_, data_ + begin_, live);
-      begin_ = 0;
-      end_ = live;
+    if (cap_ - end_ >= n) [[likely]]
       return data_ + end_;
-    }
-    std::size_t cap = cap_ ? cap_ : 256;
-    while (cap - live < n) cap *= 2;
-    grow(cap, live);
-    return data_ + end_;
+    return make_room(n);
   }
   void commit(std::size_t n) noexcept { end_ += n; }
   // Room for `total` bytes in all (a hint before a big append).
@@ -94,6 +87,20 @@ class mapped_buffer {
  private:
   static constexpr std::size_t map_threshold = std::size_t{1} << 20;
   static constexpr std::size_t keep = std::size_t{64} << 10;
+
+  [[gnu::noinline]] char* make_room(std::size_t n) {
+    const std::size_t live = size();
+    if (begin_ > 0 && cap_ - live >= n && live <= cap_ / 2) {
+      std::memmove(data_, data_ + begin_, live);
+      begin_ = 0;
+      end_ = live;
+      return data_ + end_;
+    }
+    std::size_t cap = cap_ ? cap_ : 256;
+    while (cap - live < n) cap *= 2;
+    grow(cap, live);
+    return data_ + end_;
+  }
 
   void grow(std::size_t cap, std::size_t live) {
     if (cap < map_threshold) {

@@ -47,7 +47,8 @@ enum class call : unsigned char {
   read, write, poll, epoll_create, epoll_ctl, epoll_wait, waitid, waitpid, open, close, pipe2,
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
   signalfd, timerfd, eventfd, madvise, access, stat, getcwd, readlink, getrlimit, mmap, munmap,
-  sigpending, sigtimedwait, recv, send, shutdown, fstat, mremap, eventfd_write, count_
+  sigpending, sigtimedwait, recv, send, shutdown, fstat, mremap, eventfd_write, setsockopt,
+  count_
 };
 
 inline const char* call_name(call c) noexcept {
@@ -56,7 +57,7 @@ inline const char* call_name(call c) noexcept {
       "open", "close", "pipe2", "socketpair", "dup", "fcntl", "pidfd_open", "pidfd_send_signal",
       "kill", "posix_spawn", "clone", "sigmask", "signalfd", "timerfd", "eventfd", "madvise", "access",
       "stat", "getcwd", "readlink", "getrlimit", "mmap", "munmap", "sigpending", "sigtimedwait",
-      "recv", "send", "shutdown", "fstat", "mremap", "eventfd_write"};
+      "recv", "send", "shutdown", "fstat", "mremap", "eventfd_write", "setsockopt"};
   static_assert(sizeof names / sizeof names[0] == static_cast<std::size_t>(call::count_));
   auto i = static_cast<std::size_t>(c);
   return i < static_cast<std::size_t>(call::count_) ? names[i] : "?";
@@ -135,9 +136,18 @@ inline ssize_t send(int fd, const void* buf, std::size_t n, int flags) noexcept 
   SUBPROCESS_FAULT_POINT(call::send);
   return ::send(fd, buf, n, flags);
 }
+// Gathered send (several buffers in one call); fails like send().
+inline ssize_t sendmsg(int fd, const msghdr* m, int flags) noexcept {
+  SUBPROCESS_FAULT_POINT(call::send);
+  return ::sendmsg(fd, m, flags);
+}
 inline int shutdown(int fd, int how) noexcept {
   SUBPROCESS_FAULT_POINT(call::shutdown);
   return ::shutdown(fd, how);
+}
+inline int setsockopt(int fd, int level, int name, const void* value, socklen_t len) noexcept {
+  SUBPROCESS_FAULT_POINT(call::setsockopt);
+  return ::setsockopt(fd, level, name, value, len);
 }
 inline int fstat(int fd, struct stat* st) noexcept {
   SUBPROCESS_FAULT_POINT(call::fstat);

@@ -5,6 +5,7 @@ Requests arrive on fd 3, replies leave on fd 4, one line each. Started with
 --touch-mib N it first fills N MiB of its own memory, so a "2 GiB parent" is a
 2 GiB Python process, as it would be in real life.
 """
+import multiprocessing
 import os
 import re
 import subprocess
@@ -62,6 +63,65 @@ def capture(both):
     return run
 
 
+def placement(arg):
+    """(parent CPU, child CPU) for "split" (first two CPUs allowed) or "same"."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if arg == "same":
+        return cpus[0], cpus[0]
+    if arg == "split":
+        if len(cpus) < 2:
+            raise Skipped("needs 2 CPUs")
+        return cpus[0], cpus[1]
+    raise ValueError("unknown placement %r" % arg)
+
+
+class Skipped(Exception):
+    pass
+
+
+def _echo_child(conn, parent_end, cpu):
+    parent_end.close()  # else the parent closing its end would not end this loop
+    os.sched_setaffinity(0, {cpu})
+    try:
+        while True:
+            conn.send(conn.recv())
+    except EOFError:
+        pass
+
+
+# multiprocessing.Pipe (a socketpair, pickled messages) with a forked child that
+# echoes; a sample is the ns of a batch of `per_batch` round trips.
+def ipc_pipe(iterations, per_batch, arg):
+    parent_cpu, child_cpu = placement(arg)
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {parent_cpu})
+    ctx = multiprocessing.get_context("fork")
+    a, b = ctx.Pipe()
+    child = ctx.Process(target=_echo_child, args=(b, a, child_cpu))
+    child.start()
+    b.close()
+    payload = "0123456789abcdef"
+    try:
+        for i in range(200):
+            a.send({"s": i, "p": payload})
+            a.recv()
+        samples = []
+        for _ in range(iterations):
+            t0 = time.perf_counter_ns()
+            for i in range(per_batch):
+                a.send({"s": i, "p": payload})
+                a.recv()
+            samples.append(str(time.perf_counter_ns() - t0))
+        return samples
+    finally:
+        a.close()
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        os.sched_setaffinity(0, old)
+
+
 def _square(x):
     return x * x
 
@@ -88,6 +148,7 @@ IMPLS = {
     "pool/mp_pool": pool_square,
     "capture/capture_output": capture(True),
     "capture/stdout_pipe": capture(False),
+    "ipc/pipe": ipc_pipe,
 }
 
 
@@ -111,12 +172,15 @@ def main():
         if not parts:
             continue
         key, iterations, param = parts[0], int(parts[1]), int(parts[2])
+        args = parts[3:4]  # the row's arg, when it has one
         fn = IMPLS.get(key)
         if fn is None:
             reply = "fail unknown implementation " + key
         else:
             try:
-                reply = "ok " + " ".join(fn(iterations, param))
+                reply = "ok " + " ".join(fn(iterations, param, *args))
+            except Skipped as e:
+                reply = "skip %s" % e
             except Exception as e:  # reported to the driver, never hidden
                 reply = "fail %s: %s" % (type(e).__name__, e)
         rep.write(reply.replace("\n", " ") + "\n")
