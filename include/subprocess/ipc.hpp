@@ -628,9 +628,13 @@ class channel {
   bool wait_for_message(const subprocess::detail::deadline& dl, Next&& next) {
     if (!s_) return false;
     state& s = *s_;
+    // Copied out of the optional: g++ 12 -O3 otherwise warns (falsely) that *dl may be
+    // read uninitialized once serve()'s call without a deadline is inlined.
+    const bool timed = dl.has_value();
+    const auto until = dl.value_or(subprocess::detail::clock::time_point::max());
     std::unique_lock rl(s.rmu, std::defer_lock);
-    if (dl) {
-      if (!rl.try_lock_until(*dl)) return false;
+    if (timed) {
+      if (!rl.try_lock_until(until)) return false;
     } else {
       rl.lock();
     }
@@ -639,9 +643,9 @@ class channel {
       if (s.peer_done || s.closed.load()) return false;
       // After one look at the socket the deadline holds, even while bytes keep coming
       // (a peer sending a long message faster than we read).
-      if (tried && dl && subprocess::detail::clock::now() >= *dl) return false;
+      if (tried && timed && subprocess::detail::clock::now() >= until) return false;
       // Without a deadline, wait inside recv(); close() from another thread wakes it.
-      if (read_locked(s, !dl) > 0 || s.peer_done) continue;
+      if (read_locked(s, !timed) > 0 || s.peer_done) continue;
       if (subprocess::detail::poll_one(s.fd.get(), POLLIN, dl) == 0) return false;
     }
   }
