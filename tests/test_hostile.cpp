@@ -14,6 +14,7 @@
 // behind too. Tests reap such grandchildren themselves, by pid.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <ctime>
@@ -27,6 +28,11 @@
 #include <subprocess/subprocess.hpp>
 #if defined(SP_HOSTILE_IPC)
 #include <subprocess/ipc.hpp>
+#include <subprocess/pool.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <mutex>
 #endif
 
 #include "testing.hpp"
@@ -538,6 +544,85 @@ TEST_CASE("hostile ipc peers: one that floods malformed lines") {
   }
   p.kill();
   p.wait();
+}
+
+
+// ---- the worker pool's workers ---------------------------------------------------
+
+TEST_CASE("hostile pool workers: one that leaves a grandchild holding its channel, then dies") {
+  // The grandchild keeps the socket open, so the channel never ends: only the
+  // worker's pidfd can tell the pool that the task's worker is gone.
+  char tmpl[] = "/tmp/sp-hostile-XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  const std::filesystem::path dir = tmpl, pids = dir / "grandchildren";
+  const auto before = testing::children();  // a sanitizer's symbolizer, say
+  {
+    sp::worker_pool pool(
+        sp::command{IPC_HELPER_PATH, "connect", "grandchild-pid", "serve"}.out(
+            sp::file(pids, sp::file_mode::append)),
+        {.min_workers = 2, .max_retries = 1});
+    auto t0 = clk::now();
+    auto f = pool.submit("exit", {{"code", 3}});  // the worker exits without answering
+    try {
+      f.get();
+      FAIL("no error");
+    } catch (const sp::pool_error& e) {
+      CHECK(e.kind() == sp::pool_errc::worker_crashed);
+      REQUIRE(e.attempts().size() == 2);
+      for (auto& a : e.attempts()) CHECK(a.status == sp::exit_status::exited(3));
+    }
+    CHECK(clk::now() - t0 < 5s);  // not a heartbeat timeout: the pidfd said it
+    CHECK(pool.submit("add", {{"a", 1}, {"b", 2}}).get() == 3);
+    auto t1 = clk::now();
+    pool.shutdown();
+    CHECK(clk::now() - t1 < 5s);
+  }
+  // The two workers that died left grandchildren that are still alive, as they
+  // should be (they are not the pool's): reaped here. Their replacements forked one
+  // too, but shutdown may have killed them before they wrote its pid: every other
+  // adopted process is reaped as well.
+  std::ifstream in(pids);
+  int grandchildren = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++grandchildren;
+    CHECK(reap_grandchild(first_line_pid(line), 0ms) == -1);
+  }
+  CHECK(grandchildren >= 2);
+  for (auto& c : testing::children())
+    if (std::none_of(before.begin(), before.end(), [&](auto& b) { return b.pid == c.pid; }))
+      (void)reap_grandchild(c.pid, 0ms);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("hostile pool workers: one that floods its channel with garbage") {
+  // Its bytes must not count as signs of life: the worker is killed at its first
+  // malformed line and its task retried; with every worker like that, the task fails.
+  std::mutex mu;
+  std::vector<std::string> hung;
+  sp::worker_pool pool(sp::command{IPC_HELPER_PATH, "connect", "flood-lines"},
+                       {.min_workers = 2,
+                        .max_retries = 1,
+                        .on_event = [&](const sp::pool_event& e) {
+                          if (e.kind != sp::pool_event_kind::worker_hung) return;
+                          std::lock_guard l(mu);
+                          hung.push_back(e.message);
+                        }});
+  auto t0 = clk::now();
+  auto f = pool.submit("add", {{"a", 1}, {"b", 2}});
+  REQUIRE(f.wait_for(20s) == std::future_status::ready);
+  try {
+    f.get();
+    FAIL("no error");
+  } catch (const sp::pool_error& e) {
+    CHECK(e.kind() == sp::pool_errc::worker_crashed);
+    CHECK(e.attempts().size() == 2);
+    for (auto& a : e.attempts()) CHECK_THAT(a.what, Catch::Contains("malformed"));
+  }
+  CHECK(clk::now() - t0 < 10s);
+  CHECK(pool.stats().workers_hung >= 2);
+  std::lock_guard l(mu);
+  REQUIRE_FALSE(hung.empty());
+  CHECK_THAT(hung.front(), Catch::Contains("malformed message on its channel (garbage)"));
 }
 
 #endif  // SP_HOSTILE_IPC

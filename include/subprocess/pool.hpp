@@ -66,6 +66,10 @@
 // so a Node handler that keeps the CPU busy delays its pings: give Node workers a
 // heartbeat_timeout longer than their longest synchronous task.
 //
+// Garbage. A worker that writes a line on its channel that is not JSON (a stray
+// printf to the wrong fd, a corrupted peer) is broken: it is killed, counted as hung,
+// and its tasks are retried, as for a crash. Its bytes never count as signs of life.
+//
 // Task timeout. With task_timeout, a task unanswered that long fails with pool_error
 // (task_timeout); its worker, which may be stuck in it, is killed and replaced, and
 // its other tasks in flight are retried without counting against their max_retries.
@@ -363,7 +367,7 @@ struct pool_stats {
   std::uint64_t retried = 0;    // times a task was queued again after its worker died
   std::uint64_t workers_started = 0;
   std::uint64_t workers_crashed = 0;   // died by themselves
-  std::uint64_t workers_hung = 0;      // killed by the pool: heartbeat silence or task timeout
+  std::uint64_t workers_hung = 0;      // killed by the pool: heartbeat silence, task timeout, garbage
   std::uint64_t workers_replaced = 0;  // started in place of a crashed, hung or recycled one
   std::uint64_t workers_recycled = 0;  // retired after max_tasks_per_worker
   std::uint64_t workers_retired = 0;   // retired after idle_timeout
@@ -956,9 +960,17 @@ class pool_core {
     for (;;) {
       try {
         if (!w.ch.try_receive_rpc(msg_)) return;
-      } catch (const ipc::channel_error&) {
+      } catch (const ipc::channel_error& e) {
         if (w.ch.eof()) return;
-        continue;  // a malformed line: skipped (its task, if any, times out or is retried)
+        // A malformed line: the worker is broken (its bytes would otherwise count as
+        // signs of life and hide it from the heartbeat). Killed and replaced; its tasks
+        // are retried like a crashed worker's.
+        if (w.state == wstate::ready || w.state == wstate::draining) {
+          kill_worker(w, stop_why::hung,
+                      "killed: a malformed message on its channel (" + e.sample() + ")");
+          return;
+        }
+        continue;  // already on its way out: the rest is dropped
       }
       incoming(w, msg_);
     }
