@@ -404,6 +404,16 @@ std::optional<double> median_of(const std::vector<bench::phase>& phases, const r
   return median(values(*b, find_row(*b, label), *r));
 }
 
+// A Markdown table cell: a '|' in a title ("head | cat") would split the cell.
+std::string cell(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '|') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
 void print_report(const std::vector<bench::phase>& phases, const run_state& st, bool smoke,
                   const std::string& header) {
   std::ostringstream o;
@@ -424,7 +434,7 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
   o << "|---|---|---:|---:|---:|---|\n";
   for (auto& ph : phases) {
     if (!ph.skipped_module.empty()) {
-      o << "| " << (ph.title.empty() ? ph.name : ph.title) << " | - | - | - | - | skipped: " << ph.skipped_module << " |\n";
+      o << "| " << cell(ph.title.empty() ? ph.name : ph.title) << " | - | - | - | - | skipped: " << ph.skipped_module << " |\n";
       continue;
     }
     for (auto& b : ph.benchmarks) {
@@ -432,7 +442,7 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
       auto base = median_of(phases, st, base_bench, base_label);
       for (auto& r : b.rows) {
         const result* res = find_result(st, b.id, r.label);
-        o << "| " << b.title << " | " << r.label << " | ";
+        o << "| " << cell(b.title) << " | " << cell(r.label) << " | ";
         if (!res || (!res->skip.empty() && res->samples.empty())) {
           o << "- | - | - | " << (res ? res->skip : "not run") << " |\n";
           continue;
@@ -492,7 +502,7 @@ void print_report(const std::vector<bench::phase>& phases, const run_state& st, 
           auto b = median_of(phases, st, g.base_bench, g.base_label);
           if (a && b && *b > 0) val = *a / (*b * g.base_scale);
         }
-        o << "| " << g.text << " | ";
+        o << "| " << cell(g.text) << " | ";
         if (!val) {
           o << "- | not measured |\n";
           continue;
