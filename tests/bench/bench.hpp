@@ -179,4 +179,35 @@ std::uint64_t status_bytes(const char* field);
 // Resets VmHWM to the current RSS (Linux >= 4.0); false if not possible.
 bool reset_peak_rss();
 
+// Peak RSS growth over one sample: reset the high-water mark, note VmRSS, read VmHWM.
+struct rss_probe {
+  std::uint64_t before = 0;
+  rss_probe() {
+    reset_peak_rss();
+    before = status_bytes("VmRSS");
+  }
+  double growth() const {
+    std::uint64_t hwm = status_bytes("VmHWM");
+    return hwm > before ? double(hwm - before) : 1;  // 1: "measured, no growth"
+  }
+};
+
+// r.iterations samples of once(), which returns how many bytes it moved: anything but
+// r.param is an error, never a sample. Each sample carries its peak RSS growth.
+template <class F>
+std::vector<sample> timed_bytes(const request& r, F&& once) {
+  std::vector<sample> v;
+  for (int i = 0; i < r.iterations; ++i) {
+    rss_probe probe;
+    auto t0 = clock::now();
+    const std::uint64_t got = once();
+    double ns = double(elapsed_ns(t0));
+    if (got != r.param)
+      throw std::runtime_error("moved " + std::to_string(got) + " bytes, expected " +
+                               std::to_string(r.param));
+    v.push_back({ns, probe.growth()});
+  }
+  return v;
+}
+
 }  // namespace bench

@@ -31,37 +31,10 @@ namespace sp = subprocess;
 
 namespace {
 
-struct rss_probe {
-  std::uint64_t before = 0;
-  rss_probe() {
-    bench::reset_peak_rss();
-    before = bench::status_bytes("VmRSS");
-  }
-  double growth() const {
-    std::uint64_t hwm = bench::status_bytes("VmHWM");
-    return hwm > before ? double(hwm - before) : 1;  // 1: "measured, no growth"
-  }
-};
-
-template <class F>
-std::vector<bench::sample> timed(const bench::request& r, F&& once) {
-  std::vector<bench::sample> v;
-  for (int i = 0; i < r.iterations; ++i) {
-    rss_probe probe;
-    auto t0 = bench::clock::now();
-    std::size_t got = once();
-    double ns = double(bench::elapsed_ns(t0));
-    if (got != r.param)
-      throw std::runtime_error("captured " + std::to_string(got) + " bytes, expected " + std::to_string(r.param));
-    v.push_back({ns, probe.growth()});
-  }
-  return v;
-}
-
 sp::command head_cmd(std::uint64_t n) { return sp::command{"head", "-c", std::to_string(n), "/dev/zero"}; }
 
 std::vector<bench::sample> sp_run(const bench::request& r) {
-  return timed(r, [&] {
+  return bench::timed_bytes(r, [&] {
     auto res = sp::run(head_cmd(r.param));
     if (!res.success()) throw std::runtime_error("head failed: " + res.status.to_string());
     return res.out.size();
@@ -69,7 +42,7 @@ std::vector<bench::sample> sp_run(const bench::request& r) {
 }
 
 std::vector<bench::sample> sp_loop(const bench::request& r) {
-  return timed(r, [&] {
+  return bench::timed_bytes(r, [&] {
     auto p = head_cmd(r.param).in(sp::null).out(sp::pipe).err(sp::pipe).spawn();
     std::string out, err;
     sp::event_loop loop;
@@ -85,7 +58,7 @@ std::vector<bench::sample> sp_loop(const bench::request& r) {
 
 // The loop's own cost: the same, with the data counted and dropped.
 std::vector<bench::sample> sp_loop_count(const bench::request& r) {
-  return timed(r, [&] {
+  return bench::timed_bytes(r, [&] {
     auto p = head_cmd(r.param).in(sp::null).out(sp::pipe).err(sp::pipe).spawn();
     std::size_t out = 0, err = 0;
     sp::event_loop loop;
@@ -169,10 +142,10 @@ std::size_t raw_capture(std::uint64_t n, int pipe_size) {
   bench::register_impl("capture/sp_event_loop", sp_loop);
   bench::register_impl("capture/sp_event_loop_count", sp_loop_count);
   bench::register_impl("capture/raw_1m", [](const bench::request& r) {
-    return timed(r, [&] { return raw_capture(r.param, 1 << 20); });
+    return bench::timed_bytes(r, [&] { return raw_capture(r.param, 1 << 20); });
   });
   bench::register_impl("capture/raw_64k", [](const bench::request& r) {
-    return timed(r, [&] { return raw_capture(r.param, 0); });
+    return bench::timed_bytes(r, [&] { return raw_capture(r.param, 0); });
   });
   return true;
 }();

@@ -34,33 +34,6 @@ namespace sp = subprocess;
 
 namespace {
 
-struct rss_probe {
-  std::uint64_t before = 0;
-  rss_probe() {
-    bench::reset_peak_rss();
-    before = bench::status_bytes("VmRSS");
-  }
-  double growth() const {
-    std::uint64_t hwm = bench::status_bytes("VmHWM");
-    return hwm > before ? double(hwm - before) : 1;  // 1: "measured, no growth"
-  }
-};
-
-template <class F>
-std::vector<bench::sample> timed(const bench::request& r, F&& once) {
-  std::vector<bench::sample> v;
-  for (int i = 0; i < r.iterations; ++i) {
-    rss_probe probe;
-    auto t0 = bench::clock::now();
-    std::uint64_t got = once();
-    double ns = double(bench::elapsed_ns(t0));
-    if (got != r.param)
-      throw std::runtime_error("counted " + std::to_string(got) + " bytes, expected " + std::to_string(r.param));
-    v.push_back({ns, probe.growth()});
-  }
-  return v;
-}
-
 sp::command head_cmd(std::uint64_t n) { return sp::command{"head", "-c", std::to_string(n), "/dev/zero"}; }
 sp::command cat_cmd() { return sp::command{"cat"}; }
 
@@ -75,13 +48,13 @@ std::uint64_t run_counting(const sp::pipeline& p) {
 
 std::vector<bench::sample> sp_commands(const bench::request& r) {
   const auto p = sp::pipeline{} | head_cmd(r.param) | cat_cmd() | cat_cmd() | cat_cmd();
-  return timed(r, [&] { return run_counting(p); });
+  return bench::timed_bytes(r, [&] { return run_counting(p); });
 }
 
 std::vector<bench::sample> sp_transform(const bench::request& r) {
   const auto identity = sp::transform([](std::string_view d, sp::emitter& emit) { emit(d); }, "identity");
   const auto p = sp::pipeline{} | head_cmd(r.param) | cat_cmd() | identity | cat_cmd() | cat_cmd();
-  return timed(r, [&] { return run_counting(p); });
+  return bench::timed_bytes(r, [&] { return run_counting(p); });
 }
 
 // Reads fd (blocking) to the end, counting.
@@ -107,7 +80,7 @@ void set_blocking(int fd) {
 
 std::vector<bench::sample> bash_commands(const bench::request& r) {
   const std::string script = "head -c " + std::to_string(r.param) + " /dev/zero | cat | cat | cat";
-  return timed(r, [&] {
+  return bench::timed_bytes(r, [&] {
     auto p = sp::command{"bash", "-c", script}.in(sp::null).out(sp::pipe).spawn();
     set_blocking(p.out().fd());
     std::uint64_t n = count_all(p.out().fd());
@@ -176,7 +149,7 @@ std::uint64_t raw_transform_once(std::uint64_t n) {
 }
 
 std::vector<bench::sample> raw_transform(const bench::request& r) {
-  return timed(r, [&] { return raw_transform_once(r.param); });
+  return bench::timed_bytes(r, [&] { return raw_transform_once(r.param); });
 }
 
 [[maybe_unused]] const bool registered = [] {
