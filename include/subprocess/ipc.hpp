@@ -1645,7 +1645,8 @@ struct client_options {
 // One reader thread per client, owned by it, polls the socket, the client's own
 // wake-up eventfd and (with client(process&)) the peer's pidfd; it matches answers to
 // calls by id, fulfils futures, runs callbacks, and fails calls whose timeout passed.
-// The reader thread sleeps in poll() when nothing happens.
+// The reader thread sleeps in poll() when nothing happens (after the last call
+// it looks once more, a second later: the calls in between need not wake it).
 //
 // call() or call_sync()? call() returns at once; the answer reaches your future
 // through the reader thread: one thread hand-off per call. call_sync() waits on the
@@ -1818,6 +1819,8 @@ class client {
   static constexpr std::chrono::milliseconds sync_linger{5};
   // How long call_sync() may sit in recv() before it looks at anything else.
   static constexpr std::chrono::milliseconds recv_period{50};
+  // While calls are being made, the reader wakes at least this often (see loop()).
+  static constexpr std::chrono::seconds idle_tick{1};
 
   // Where a call_sync() caller waits for its answer (on its stack).
   struct sync_slot {
@@ -2214,8 +2217,18 @@ class client {
       {
         std::lock_guard lk(mu_);
         if (stop_ || closed_) return;
-        if (!deadlines_.empty()) dl = deadlines_.begin()->first;
         const auto now = clock::now();
+        if (!deadlines_.empty()) {
+          dl = deadlines_.begin()->first;
+        } else if (const auto ids = next_id_.load(); ids != ids_at_tick_) {
+          // Calls were made since we last looked: sleep at most idle_tick, so that the
+          // next call (its deadline usually later than that) need not wake us to arm
+          // its timer (an eventfd write, a poll and a read per call: a context switch
+          // per call where the caller shares our CPU). After a quiet tick we sleep
+          // without a timer again, and the next call wakes us.
+          ids_at_tick_ = ids;
+          dl = now + idle_tick;
+        }
         const bool syncing = sync_callers_ > 0 || direct_active_;
         const bool lingering = pending_.size() == sync_pending_ && last_sync_end_ &&
                                now < *last_sync_end_ + sync_linger;
@@ -2388,6 +2401,7 @@ class client {
   std::set<std::pair<clock::time_point, std::uint64_t>> deadlines_;
   std::atomic<std::uint64_t> next_id_{1};
   std::optional<clock::time_point> armed_;  // what the reader sleeps until
+  std::uint64_t ids_at_tick_ = 0;           // next_id_ when the reader last armed idle_tick
   bool stop_ = false;
   bool closed_ = false;
   std::string why_;
