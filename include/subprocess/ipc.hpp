@@ -1785,6 +1785,7 @@ class client {
   // Stops the reader thread, fails pending calls ("the client was closed") and
   // closes the channel: the peer sees the end. Idempotent.
   void close() {
+    stopping_.store(true);
     {
       std::lock_guard lk(mu_);
       stop_ = true;
@@ -2009,10 +2010,13 @@ class client {
   // Takes the complete messages (and errors) buffered now. An answer to a call (an
   // unsigned id) is decoded without building its envelope (json_codec::parse_rpc);
   // anything else is handed on whole. Requires the read lock.
-  static void take_messages(channel::state& s, std::vector<incoming_item>& out) {
+  void take_messages(channel::state& s, std::vector<incoming_item>& out) {
     namespace codec = subprocess::detail::json_codec;
     channel::rpc_message m;
     for (;;) {
+      // A peer flooding garbage can leave a megabyte of lines buffered, each one an
+      // error to build: close() must not wait for all of them.
+      if (stopping_.load(std::memory_order_relaxed)) return;
       try {
         const bool got = channel::next_line_locked(s, [&](std::string_view line) {
           codec::parse_rpc(line, m);
@@ -2040,6 +2044,7 @@ class client {
 
   void dispatch(std::vector<incoming_item>& items, bool direct) {
     for (auto& item : items) {
+      if (stopping_.load(std::memory_order_relaxed)) break;  // close() is waiting
       if (auto* e = std::get_if<channel_error>(&item)) {
         if (opts_.on_error) on_reader([this, e = *e] { opts_.on_error(e); }, direct);
       } else if (auto* a = std::get_if<answer_item>(&item)) {
@@ -2400,6 +2405,7 @@ class client {
   std::unordered_map<std::uint64_t, pending_call> pending_;
   std::set<std::pair<clock::time_point, std::uint64_t>> deadlines_;
   std::atomic<std::uint64_t> next_id_{1};
+  std::atomic<bool> stopping_{false};  // close() was called (read without mu_)
   std::optional<clock::time_point> armed_;  // what the reader sleeps until
   std::uint64_t ids_at_tick_ = 0;           // next_id_ when the reader last armed idle_tick
   bool stop_ = false;

@@ -970,7 +970,7 @@ class pool_core {
                       "killed: a malformed message on its channel (" + e.sample() + ")");
           return;
         }
-        continue;  // already on its way out: the rest is dropped
+        return;  // already on its way out: the rest is garbage too (and costly to parse)
       }
       incoming(w, msg_);
     }

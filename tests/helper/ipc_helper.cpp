@@ -28,6 +28,8 @@
 //                         spin {ms}          keeps the CPU busy for ms, returns getpid()
 //                         square [n]         returns n*n (also {"n": n})
 //                         stop {}            raises SIGSTOP (answers once continued)
+//                         garbage {}         writes "garbage\n" on the channel, then
+//                                            sleeps (never answers)
 //                         env {name}         the variable's value, or null
 //   raw TEXT            write TEXT to the channel as it is (\n, \\ and \xNN decoded)
 //   raw-bytes N C       write N bytes C (no newline)
@@ -147,6 +149,11 @@ ipc::handler_map methods(int& answered, ipc::channel& ch) {
          return n * n;
        }},
       {"stop", [&](const json&) -> json { ++answered; std::raise(SIGSTOP); return ::getpid(); }},
+      {"garbage",
+       [&](const json&) -> json {
+         write_raw(ch.fd(), "garbage\n");  // not JSON; then no answer until killed
+         for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+       }},
       {"env",
        [&](const json& p) -> json {
          ++answered;
