@@ -182,17 +182,7 @@ class parser {
       } else {
         return false;
       }
-      ws();
-      if (p_ == end_) fail("unexpected end of input");
-      if (*p_ == ',') {
-        ++p_;
-        continue;
-      }
-      if (*p_ == '}') {
-        ++p_;
-        break;
-      }
-      fail("expected ',' or '}'");
+      if (object_ends()) break;
     }
     --depth_;
     ws();
@@ -209,6 +199,21 @@ class parser {
   }
 
  private:
+  // After an object member: true at the closing '}', false after a ',' (more follow).
+  bool object_ends() {
+    ws();
+    if (p_ == end_) fail("unexpected end of input");
+    if (*p_ == ',') {
+      ++p_;
+      return false;
+    }
+    if (*p_ == '}') {
+      ++p_;
+      return true;
+    }
+    fail("expected ',' or '}'");
+  }
+
   [[noreturn]] void fail(const char* what) const {
     throw error(what, static_cast<std::size_t>(p_ - begin_));
   }
@@ -273,17 +278,7 @@ class parser {
         o.emplace_hint(o.end(), std::move(key), std::move(v));
       else
         o.insert_or_assign(std::move(key), std::move(v));
-      ws();
-      if (p_ == end_) fail("unexpected end of input");
-      if (*p_ == ',') {
-        ++p_;
-        continue;
-      }
-      if (*p_ == '}') {
-        ++p_;
-        break;
-      }
-      fail("expected ',' or '}'");
+      if (object_ends()) break;
     }
     --depth_;
     return obj;
