@@ -4,6 +4,8 @@
 #include <fstream>
 #include <string>
 
+#include <malloc.h>
+
 #include <subprocess/subprocess.hpp>
 
 #include "testing.hpp"
@@ -61,9 +63,9 @@ std::size_t status_kib(const char* field) {
 }  // namespace
 
 TEST_CASE("a big capture keeps every byte and needs about its size in memory") {
-  // Past the size where run() grows its strings itself (8 MiB), and not a power of
+  // Past the size where run() grows its strings itself (1 MiB), and not a power of
   // two, so the last growth copies most of the output: a plain std::string would
-  // hold it twice at that moment.
+  // hold it twice at that moment (a peak of 128 MiB here, over the bound below).
   const std::size_t n = (96u << 20) + 12345;
   std::ofstream clear("/proc/self/clear_refs");  // resets VmHWM (Linux >= 4.0)
   bool can_measure = clear && (clear << "5" << std::flush);
@@ -76,6 +78,9 @@ TEST_CASE("a big capture keeps every byte and needs about its size in memory") {
   can_measure = false;
 #endif
 #endif
+  // Earlier test cases left freed memory in the heap that run() could reuse, which
+  // would hide growth: hand it back to the kernel first, so the baseline is honest.
+  ::malloc_trim(0);
   const std::size_t before_kib = status_kib("VmRSS:");
   auto r = sp::run(testing::helper({"out-bytes", std::to_string(n)}), {.timeout = 120s});
   const std::size_t peak_kib = status_kib("VmHWM:");

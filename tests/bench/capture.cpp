@@ -206,7 +206,7 @@ bench::phase capture_plan(const bench::plan_context& ctx) {
   b.rows.insert(b.rows.begin() + 1, odd);
   b.note = "the child is `head -c N /dev/zero`; a sample is spawn + capture + wait. Peak RSS growth "
            "is the largest over the samples. Every implementation pays for fresh memory "
-           "(page faults, or populating it in bulk as run() does past 8 MiB).";
+           "(page faults, or populating it in bulk as run() does past 1 MiB).";
   ph.benchmarks.push_back(b);
   using G = bench::goal;
   ph.goals.push_back(G{"3. run() capture >= 0.9x the raw 1 MiB-pipe loop", "capture", run_label, "capture",
