@@ -118,6 +118,9 @@ inline constexpr std::size_t big_pipe = 1024 * 1024;
 // before it is written, instead of faulting page by page. The hand-over is early
 // (1 MiB) because the small strings a std::string outgrows stay resident in
 // malloc's heap once freed: past 1 MiB that leftover is at most about 1 MiB.
+// Not done: asking for transparent huge pages (MADV_HUGEPAGE). Measured here, it
+// fills 1 GiB 1.2x faster on warm memory but 1.4-4x slower right after another
+// process freed its memory, because the kernel then compacts memory synchronously.
 inline void append_output(std::string& sink, std::string_view data) {
   constexpr std::size_t large = 1024 * 1024, piece = 1024 * 1024;
   if (sink.size() < large) {
