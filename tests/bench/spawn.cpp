@@ -6,10 +6,14 @@
 // same implementations run in two servers: one small, one that touched 2 GiB before
 // answering "ready" (Python and Node servers touch 2 GiB of their own as well).
 // Boost.Process and libuv live in spawn_boost.cpp and spawn_uv.cpp.
+#include <fcntl.h>
+#include <poll.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <stdexcept>
 
 #include <subprocess/subprocess.hpp>
@@ -69,6 +73,49 @@ std::vector<bench::sample> raw_posix_spawn(const bench::request& r) {
   });
 }
 
+// What run() does, by hand: stdin from /dev/null, stdout and stderr into pipes read
+// until end of file, then waitpid. The like-for-like baseline for run(): the pipes
+// themselves cost the child something at exec and exit.
+std::vector<bench::sample> raw_posix_spawn_piped(const bench::request& r) {
+  char* argv[] = {const_cast<char*>(true_path), nullptr};
+  auto fail = [](const char* what) { throw std::runtime_error(std::string(what) + ": " + std::strerror(errno)); };
+  return timed(r, [&] {
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC), out[2], err[2];
+    if (null < 0) fail("open /dev/null");
+    if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) fail("pipe2");
+    posix_spawn_file_actions_t fa;
+    ::posix_spawn_file_actions_init(&fa);
+    ::posix_spawn_file_actions_adddup2(&fa, null, 0);
+    ::posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    ::posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    pid_t pid;
+    int e = ::posix_spawn(&pid, true_path, &fa, nullptr, argv, environ);
+    ::posix_spawn_file_actions_destroy(&fa);
+    if (e != 0) throw std::runtime_error(std::string("posix_spawn: ") + std::strerror(e));
+    ::close(null);
+    ::close(out[1]);
+    ::close(err[1]);
+    pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+    char buf[65536];
+    for (int open_fds = 2; open_fds > 0;) {
+      if (::poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        fail("poll");
+      }
+      for (auto& p : fds)
+        if (p.fd >= 0 && p.revents != 0 && ::read(p.fd, buf, sizeof buf) <= 0) {
+          ::close(p.fd);
+          p.fd = -1;
+          --open_fds;
+        }
+    }
+    int ws = 0;
+    while (::waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+    }
+    check_status(ws, "posix_spawn (piped)");
+  });
+}
+
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 template <bool use_vfork>
@@ -96,6 +143,7 @@ std::vector<bench::sample> raw_fork_exec(const bench::request& r) {
   bench::register_impl("spawn/sp_spawn_clone",
                        [](const bench::request& r) { return sp_spawn(r, sp::spawn_backend::clone_vfork); });
   bench::register_impl("spawn/raw_posix_spawn", raw_posix_spawn);
+  bench::register_impl("spawn/raw_posix_spawn_piped", raw_posix_spawn_piped);
   bench::register_impl("spawn/raw_vfork", raw_fork_exec<true>);
   bench::register_impl("spawn/raw_fork", raw_fork_exec<false>);
 #ifndef SUBPROCESS_BENCH_HAVE_BOOST
@@ -117,6 +165,7 @@ const char* const sp_run_label = "sp::run() (stdin null, stdout+stderr piped)";
 const char* const sp_posix_label = "sp::command::spawn()+wait(), posix_spawn back end";
 const char* const sp_clone_label = "sp::command::spawn()+wait(), clone_vfork back end";
 const char* const raw_ps_label = "raw posix_spawn + waitpid";
+const char* const raw_piped_label = "raw posix_spawn, stdin null, stdout+stderr piped, poll/read + waitpid";
 
 bench::phase spawn_plan(const bench::plan_context& ctx) {
   bench::phase ph;
@@ -135,6 +184,7 @@ bench::phase spawn_plan(const bench::plan_context& ctx) {
       {sp_posix_label, "cpp", "spawn/sp_spawn_posix", false},
       {sp_clone_label, "cpp", "spawn/sp_spawn_clone", false},
       {raw_ps_label, "cpp", "spawn/raw_posix_spawn", false},
+      {raw_piped_label, "cpp", "spawn/raw_posix_spawn_piped", false},
       {"raw vfork + execve + waitpid", "cpp", "spawn/raw_vfork", false},
       {"raw fork + execve + waitpid", "cpp", "spawn/raw_fork", true},
       {"Boost.Process v2 (bp::process + wait)", "cpp", "spawn/boost", true},
@@ -170,6 +220,8 @@ bench::phase spawn_plan(const bench::plan_context& ctx) {
                        sp_clone_label, "spawn", raw_ps_label, 1.05, std::nullopt, false, 1.0});
   ph.goals.push_back(G{"1. run() <= 1.05x raw posix_spawn, small parent (run also makes 2 pipes)",
                        "spawn", sp_run_label, "spawn", raw_ps_label, 1.05, std::nullopt, false, 1.0});
+  ph.goals.push_back(G{"1. run() <= 1.05x the same pipes by hand (raw posix_spawn, poll/read)", "spawn",
+                       sp_run_label, "spawn", raw_piped_label, 1.05, std::nullopt, false, 1.0});
   ph.goals.push_back(G{"2. spawn()+wait() (posix_spawn), 2 GiB parent <= 1.05x small parent", "spawn_2g",
                        sp_posix_label, "spawn", sp_posix_label, 1.05, std::nullopt, false, 1.0});
   ph.goals.push_back(G{"2. spawn()+wait() (clone_vfork), 2 GiB parent <= 1.05x small parent", "spawn_2g",
