@@ -19,5 +19,6 @@ if [ ! -f "$build/CMakeCache.txt" ] && command -v ninja >/dev/null; then generat
 cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DSUBPROCESS_BUILD_BENCHMARKS=ON -DSUBPROCESS_BUILD_TESTS=OFF \
   -DSUBPROCESS_BUILD_EXAMPLES=OFF -DSUBPROCESS_INSTALL=OFF >&2
-cmake --build "$build" --target subprocess_bench -j"$(nproc)" >&2
+# Everything this configuration has: the suite and the profiling drivers.
+cmake --build "$build" -j"$(nproc)" >&2
 exec "$build/tests/bench/subprocess_bench" "$@"

@@ -1,5 +1,6 @@
 // tests/bench/tools/ipc_pool_profile.cpp - standalone drivers for profiling the ipc
-// round trip and worker_pool rows of the benchmark suite (not part of the build).
+// round trip and worker_pool rows of the benchmark suite. Built with the benchmarks
+// (target ipc_pool_profile, so it keeps compiling), or by hand:
 //
 //   g++ -std=c++20 -O3 -DNDEBUG -g -Iinclude tests/bench/tools/ipc_pool_profile.cpp -o drv -lpthread
 //   drv raw|channel|sync|future N     parent and child pinned to CPU 0 (NOPIN=1: not),
@@ -99,6 +100,10 @@ __attribute__((noinline)) long parent_pool_raw_loop(int* fds2, int count) {
 }
 
 int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: %s raw|channel|sync|future|pool_raw|pool_mif1|pool_mif1_cb N\n", argv[0]);
+    return 2;
+  }
   char rp[4096]; self_path = realpath("/proc/self/exe", rp) ? rp : argv[0];
   if (getenv("DRV_SELF")) self_path = getenv("DRV_SELF");
   std::string mode = argv[1];
