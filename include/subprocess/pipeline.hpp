@@ -47,7 +47,11 @@
 //     with bounded buffers (a 64 KiB chunk in, up to 64 KiB of output batched):
 //     a slow consumer fills its pipe, the transform blocks writing, stops reading,
 //     and the producer blocks in turn. Backpressure holds end to end; memory stays
-//     flat however much flows (except a line function's current line).
+//     flat however much flows (except a line function's current line). A pipe the
+//     parent reads from and finds full is enlarged to 1 MiB (best effort, within
+//     the per-user pipe limit): the fast producer runs longer between reads, so
+//     both sides sleep and wake less. That much more can sit in the kernel pipe
+//     before backpressure reaches the producer; this process's memory is unchanged.
 //   * The parent side (feeding string input, capturing output, capturing stderr,
 //     transforms) runs on library threads: the pipeline makes progress whether or
 //     not you are in wait(), so nothing deadlocks on a full pipe.
