@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <ctime>
 #include <future>
 #include <string>
@@ -44,6 +45,18 @@ using clk = std::chrono::steady_clock;
 namespace {
 
 const bool subreaper = ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0;
+
+// In a sanitized build, a child killed while it exits can be in LeakSanitizer's
+// exit-time check, which runs in a task it clones. Orphaned by the kill, that task
+// is adopted by this subreaper and dies a zombie that nothing here started (seen
+// in CI: "child N left behind (state Z)", about 1 run in 15). Children here are
+// killed by design, so they skip the check; the other test programs run it in
+// theirs. (ASan reads its options at startup: this changes only the children's.)
+[[maybe_unused]] const bool no_leak_check_in_children = [] {
+  const char* old = std::getenv("ASAN_OPTIONS");
+  std::string v = old ? std::string(old) + ":detect_leaks=0" : "detect_leaks=0";
+  return ::setenv("ASAN_OPTIONS", v.c_str(), 1) == 0;
+}();
 
 // Waits up to `limit` for an adopted grandchild to die on its own (or by the
 // library's hand); returns its wait status, or -1 if it is still alive, in which
