@@ -343,8 +343,6 @@ struct pump_stopped {};      // the pipeline told the pump to stop
 struct pump_broken_pipe {};  // the pump's reader went away (EPIPE)
 
 inline constexpr std::size_t pump_chunk = 64 * 1024;
-// A pipe that a pump finds full is enlarged to this (the default is 64 KiB).
-inline constexpr std::size_t pump_pipe = 1024 * 1024;
 
 // Signals are for the user's threads. Faults stay deliverable so a crash in a
 // transform is reported where it happened (and sanitizers keep their handlers).
@@ -406,13 +404,10 @@ class pump_source {
           if (drained_) wait_or_stop(reader_.fd(), POLLIN, stop_fd);
           ssize_t r = reader_.fill(pump_chunk);
           drained_ = r < 0 || (r > 0 && static_cast<std::size_t>(r) < pump_chunk);
-          // A full read: the producer is the faster side. A 1 MiB pipe lets it run
-          // 16x longer between our reads (fewer sleeps and wake-ups on both sides;
-          // identity transform 1.25-1.46x -> 1.77-1.88x Node's throughput). Chunks
-          // stay 64 KiB. Best effort: EPERM past the per-user pipe limit keeps 64 KiB.
+          // A full read: the producer is the faster side (chunks stay 64 KiB).
           if (r > 0 && !drained_ && !grown_) {
             grown_ = true;
-            sys::fcntl(reader_.fd(), F_SETPIPE_SZ, static_cast<int>(pump_pipe));
+            enlarge_pipe(reader_.fd());
           }
           if (r > 0) return true;
           if (r == 0) return false;

@@ -102,9 +102,6 @@ struct capture {
   std::size_t read_size = 64 * 1024;  // grows to big_pipe once the pipe runs full
 };
 
-// A busy stream's pipe is enlarged to this (the default is 64 KiB).
-inline constexpr std::size_t big_pipe = 1024 * 1024;
-
 // sink += data, for output that may be large. Two costs dominate a big capture:
 //  * A std::string grows by allocating twice its capacity and copying, so for a
 //    moment it holds its contents twice: capturing 1 GiB could need 2 GiB.
@@ -154,11 +151,9 @@ inline bool drain_into(capture& c, const communicate_options& o, int rounds = 4)
   while (rounds-- > 0) {
     ssize_t r = c.reader->fill(c.read_size);
     if (r <= 0) return true;
-    // The pipe was full: a fast producer. A 1 MiB pipe lets it run longer between
-    // our reads (16x fewer wake-ups and reads). Best effort: EPERM past the
-    // per-user pipe limit leaves it at 64 KiB.
+    // The pipe was full: a fast producer. Enlarge it and read that much at a time.
     if (c.read_size < big_pipe && static_cast<std::size_t>(r) >= c.read_size) {
-      sys::fcntl(c.reader->fd(), F_SETPIPE_SZ, static_cast<int>(big_pipe));
+      enlarge_pipe(c.reader->fd());
       c.read_size = big_pipe;
     }
     std::string_view got = c.reader->buffered();

@@ -1,6 +1,7 @@
 // subprocess/detail/unique_fd.hpp - an owning file descriptor. Not public API.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -50,6 +51,15 @@ inline fd_pair make_pipe() {
   int fds[2];
   if (sys::pipe2(fds, 0) != 0) throw_errno(errno, "pipe2");
   return {unique_fd(fds[0]), unique_fd(fds[1])};
+}
+
+// A pipe whose reader finds it full (a fast producer) is enlarged to this; the
+// default is 64 KiB. The writer then runs 16x longer between reads, so both sides
+// sleep and wake less. Best effort: past the per-user pipe limit (EPERM) the pipe
+// keeps its size. Used by run() captures and pipeline pumps.
+inline constexpr std::size_t big_pipe = 1024 * 1024;
+inline void enlarge_pipe(int fd) noexcept {
+  sys::fcntl(fd, F_SETPIPE_SZ, static_cast<int>(big_pipe));
 }
 
 inline void set_nonblocking(int fd, bool on) {
