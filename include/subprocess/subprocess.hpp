@@ -21,3 +21,4 @@
 #include "stdio.hpp"
 #include "event_loop.hpp"
 #include "stream.hpp"
+#include "version.hpp"

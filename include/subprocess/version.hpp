@@ -1,0 +1,19 @@
+// subprocess/version.hpp - the library's version, for the preprocessor and for code.
+//
+//   #include <subprocess/version.hpp>
+//   #if SUBPROCESS_VERSION < 200   // older than 0.2.0
+//   #error "needs subprocess 0.2 or later"
+//   #endif
+//   std::puts(SUBPROCESS_VERSION_STRING);   // "0.2.0"
+//
+// The one place the version is written: CMakeLists.txt reads it from here, and the
+// installed CMake package and pkg-config file carry the same number.
+#pragma once
+
+#define SUBPROCESS_VERSION_MAJOR 0
+#define SUBPROCESS_VERSION_MINOR 2
+#define SUBPROCESS_VERSION_PATCH 0
+#define SUBPROCESS_VERSION_STRING "0.2.0"
+// MAJOR * 10000 + MINOR * 100 + PATCH, for #if comparisons.
+#define SUBPROCESS_VERSION \
+  (SUBPROCESS_VERSION_MAJOR * 10000 + SUBPROCESS_VERSION_MINOR * 100 + SUBPROCESS_VERSION_PATCH)
