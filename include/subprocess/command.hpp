@@ -38,9 +38,10 @@
 //   ipc(fd)                    a message channel on child fd `fd` (ipc.hpp)
 //
 // What the child gets. Every fd is closed in the child except 0, 1, 2 and the ones
-// you mapped: fds your program opened without O_CLOEXEC do not leak into it. Signal
-// dispositions are reset to default (an ignored SIGPIPE is not inherited) and the
-// signal mask is empty.
+// you mapped: fds your program opened without O_CLOEXEC do not leak into it. Every
+// signal 1..SIGRTMAX is at its default disposition (an ignored SIGPIPE is not
+// inherited; nor are glibc's reserved 32 and 33, which plain posix_spawn leaves
+// ignored) and the signal mask is empty, on both back ends.
 //
 // How it starts. posix_spawn() (glibc: clone(CLONE_VM|CLONE_VFORK), so the cost
 // does not grow with the parent's memory) whenever the options allow; otherwise

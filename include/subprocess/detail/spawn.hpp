@@ -335,9 +335,14 @@ inline bool spawn_posix(const child_plan& plan, spawned& out, spawn_failure& fai
   short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
   if (plan.setsid) flags |= POSIX_SPAWN_SETSID;
   if (plan.setpgid) flags |= POSIX_SPAWN_SETPGROUP;
+  // Every signal back to SIG_DFL in the child, glibc's two reserved real-time
+  // signals (32 and 33) included. sigfillset() and sigaddset() leave those two out,
+  // and glibc's posix_spawn then sets them to SIG_IGN in the child (whatever the
+  // parent does with them), an ignore that survives exec. The child tests the set bit
+  // by bit, so a set with every bit on resets them too: no extra system call.
   sigset_t none, all;
   sigemptyset(&none);
-  sigfillset(&all);
+  std::memset(&all, 0xff, sizeof all);
   e = e ? e : posix_spawnattr_setflags(&attr, flags);
   e = e ? e : posix_spawnattr_setsigmask(&attr, &none);
   e = e ? e : posix_spawnattr_setsigdefault(&attr, &all);
