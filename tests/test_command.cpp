@@ -158,6 +158,28 @@ TEST_CASE("the child gets only the fds it was given") {
   CHECK(out == "0 1 2\n");
 }
 
+TEST_CASE("an fd handed to a child arrives blocking; the caller's fd keeps its flags") {
+  // The producer waits for our go, so its stdout pipe is empty when the consumer
+  // first reads: with the non-blocking description of p.out() shared, cat would fail
+  // at once with EAGAIN ("Resource temporarily unavailable").
+  auto b = any_backend();
+  auto producer = testing::helper({"wait-line", "out", "hello"}).in(sp::pipe).out(sp::pipe).spawn();
+  const int handed = producer.out().fd();
+  REQUIRE((::fcntl(handed, F_GETFL) & O_NONBLOCK) != 0);
+  const bool via_map_fd = GENERATE(false, true);
+  auto consumer = via_map_fd ? sp::command{"sh", "-c", "exec cat <&3"}.map_fd(3, handed)
+                             : sp::command{"cat"}.in(sp::fd(handed));
+  auto p = consumer.out(sp::pipe).err(sp::pipe).backend(b).spawn();
+  // Our description is as it was: still non-blocking.
+  CHECK((::fcntl(handed, F_GETFL) & O_NONBLOCK) != 0);
+  producer.out().close();
+  producer.in().write_all("go\n");
+  CHECK(p.out().read_all() == "hello\n");
+  CHECK(p.err().read_all() == "");
+  CHECK(p.wait().success());
+  CHECK(producer.wait().success());
+}
+
 TEST_CASE("the child starts with default signal dispositions and an empty mask") {
   auto b = any_backend();
   struct sigaction ign {}, old_pipe{}, old_usr1{};

@@ -37,6 +37,15 @@
 //   kill_on_parent_death(sig)  the kernel sends sig when the parent dies (see below)
 //   ipc(fd)                    a message channel on child fd `fd` (ipc.hpp)
 //
+// Fds you hand over (in/out/err(sp::fd(n)), map_fd) arrive blocking, as programs
+// expect, and your fd is left exactly as it was: a non-blocking pipe or FIFO (say
+// p.out().fd() of another child, which the library keeps non-blocking) is given to
+// the child as a new open file description of the same pipe, reopened through
+// /proc/self/fd with O_NONBLOCK off, since O_NONBLOCK is shared by every fd of one
+// description. Sockets and terminals cannot be reopened: they go as they are (as
+// does a pipe when /proc is missing), so make those blocking yourself if the child
+// needs it.
+//
 // What the child gets. Every fd is closed in the child except 0, 1, 2 and the ones
 // you mapped: fds your program opened without O_CLOEXEC do not leak into it. Every
 // signal 1..SIGRTMAX is at its default disposition (an ignored SIGPIPE is not
@@ -358,6 +367,32 @@ inline std::string find_program(const std::string& name, std::string_view path, 
   return {};
 }
 
+// An fd the caller hands to a child (in/out/err(fd(n)), map_fd) must arrive the way
+// a plain program expects it: blocking. O_NONBLOCK belongs to the open file
+// description, which the child would share with the caller (a pipe_reader's end is
+// non-blocking, so `cat`/`grep` reading it would fail with EAGAIN), and clearing it
+// there would change an fd the caller still uses. So a non-blocking pipe or FIFO
+// gets a new description of the same pipe for the child: open("/proc/self/fd/N"),
+// O_NONBLOCK cleared on the copy only. Returns that fd (close-on-exec, the caller
+// owns it), or -1: give the child `n` itself (it is blocking already, or it is not
+// a pipe, or the reopen failed: no /proc, EACCES, ENXIO for a write end nobody
+// reads). Sockets and terminals cannot be reopened this way and are passed as they
+// are. `flags` is F_GETFL of n. Costs nothing for a blocking fd; three calls else.
+inline int blocking_copy_for_child(int n, int flags) {
+  if ((flags & O_NONBLOCK) == 0) return -1;
+  struct stat st;
+  if (sys::fstat(n, &st) != 0 || !S_ISFIFO(st.st_mode)) return -1;
+  const std::string path = "/proc/self/fd/" + std::to_string(n);
+  // O_NONBLOCK for the open itself: opening a FIFO end must never wait for a partner.
+  int copy = sys::open(path.c_str(), (flags & O_ACCMODE) | O_NONBLOCK);
+  if (copy < 0) return -1;
+  if (sys::fcntl(copy, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    sys::close(copy);
+    return -1;
+  }
+  return copy;
+}
+
 // A C-style, null-terminated array of pointers into strings that outlive it.
 inline std::vector<char*> c_array(const std::vector<std::string>& v) {
   std::vector<char*> a;
@@ -521,11 +556,13 @@ inline process command::spawn() const {
       }
       moves.push_back({own(fd), slot});
     } else if (auto* d = std::get_if<fd>(&s)) {
-      if (d->number < 0 || detail::sys::fcntl(d->number, F_GETFD) < 0) {
+      int fl = d->number < 0 ? -1 : detail::sys::fcntl(d->number, F_GETFL);
+      if (fl < 0) {
         int e = d->number < 0 ? EBADF : errno;
         throw spawn_error(e, cmdline, std::string(names[slot]) + " fd", std::to_string(d->number));
       }
-      moves.push_back({d->number, slot});
+      int copy = detail::blocking_copy_for_child(d->number, fl);
+      moves.push_back({copy >= 0 ? own(copy) : d->number, slot});
     } else if (std::holds_alternative<merge_with_out_t>(s)) {
       merges.push_back({1, 2});
     } else if (std::holds_alternative<merge_with_err_t>(s)) {
@@ -533,12 +570,14 @@ inline process command::spawn() const {
     }
   }
   for (auto [c, p] : fd_maps_) {
-    if (detail::sys::fcntl(p, F_GETFD) < 0) {
+    int fl = detail::sys::fcntl(p, F_GETFL);
+    if (fl < 0) {
       int e = errno;
       throw spawn_error(e, cmdline, "map fd",
                         std::to_string(p) + (e == EBADF ? " (not open in the parent)" : ""));
     }
-    moves.push_back({p, c});
+    int copy = detail::blocking_copy_for_child(p, fl);
+    moves.push_back({copy >= 0 ? own(copy) : p, c});
   }
   if (ipc_fd_) {
     int sv[2];
