@@ -624,9 +624,16 @@ inline process command::spawn() const {
   plan.pdeathsig = parent_death_signal_;
   if (parent_death_signal_ != 0) plan.parent = detail::sys::getpid();
 
+  // With SIGCHLD ignored (or SA_NOCLDWAIT) the kernel reaps a child the moment it
+  // exits, so a pidfd_open after posix_spawn can come too late (and even find the
+  // pid reused): take the clone path, which gets the pidfd atomically (CLONE_PIDFD).
+  // One read-only rt_sigaction per spawn.
+  const bool autoreap = detail::children_autoreaped();
   bool use_clone = backend_ == spawn_backend::clone_vfork || parent_death_signal_ != 0 ||
                    !detail::posix_spawn_backend_available() ||
-                   (backend_ == spawn_backend::automatic && gap_fds > detail::max_posix_spawn_gap_fds);
+                   (backend_ == spawn_backend::automatic &&
+                    (gap_fds > detail::max_posix_spawn_gap_fds ||
+                     (autoreap && detail::clone_backend_available())));
   if (backend_ == spawn_backend::posix_spawn && parent_death_signal_ != 0)
     throw argument_error(cmdline, "kill_on_parent_death() cannot use the posix_spawn backend");
   if (use_clone && !detail::clone_backend_available())
@@ -665,7 +672,8 @@ inline process command::spawn() const {
     throw spawn_error(fail.err, cmdline, step, what);
   }
   return process(child.pid, std::move(child.pidfd), std::move(cmdline), new_group_ || new_session_,
-                 std::move(in_end), std::move(out_end), std::move(err_end), std::move(channel_end));
+                 std::move(in_end), std::move(out_end), std::move(err_end), std::move(channel_end),
+                 autoreap, child.lost);
 }
 
 }  // namespace subprocess

@@ -113,7 +113,10 @@ enum class spawn_method { automatic, posix_spawn, clone_vfork };
 
 struct spawned {
   pid_t pid = -1;
-  unique_fd pidfd;  // may be empty: the kernel lacks pidfds (or posix_spawn path failed to open one)
+  unique_fd pidfd;  // may be empty: the kernel lacks pidfds, or `lost`
+  // posix_spawn started the child, but it had exited and been reaped by the kernel
+  // (SIGCHLD ignored) or by other code before pidfd_open: it ran, its status is gone.
+  bool lost = false;
 };
 
 struct spawn_failure {
@@ -305,8 +308,16 @@ inline bool spawn_clone(child_plan& plan, spawned& out, spawn_failure& fail) {
   }
   unique_fd pfd(pidfd);
   if (plan.err != 0) {
-    // The child failed before or at exec and exited 127: reap it, report why.
-    reap_blocking(pid);
+    // The child failed before or at exec and exited 127: reap it, report why. By its
+    // pidfd when there is one: with SIGCHLD ignored the kernel has reaped it already
+    // and its pid may be another child's by now.
+    int r = -1;
+    if (pfd) {
+      siginfo_t info{};
+      while ((r = sys::waitid_pidfd(pfd.get(), &info, WEXITED)) != 0 && errno == EINTR) {
+      }
+    }
+    if (r != 0 && (!pfd || errno == EINVAL)) reap_blocking(pid);  // EINVAL: no P_PIDFD
     fail = {plan.err, plan.step};
     return false;
   }
@@ -367,6 +378,17 @@ inline bool spawn_posix(const child_plan& plan, spawned& out, spawn_failure& fai
   }
   out.pid = pid;
   out.pidfd.reset(sys::pidfd_open(pid));
+  if (!out.pidfd && errno == ESRCH) {
+    // The child ran and is gone already, reaped without us: with SIGCHLD ignored (or
+    // SA_NOCLDWAIT) the kernel does that the moment it exits. That is a start, not a
+    // failure: reporting failure would make the caller run it a second time. Its pid
+    // may belong to someone else by now, so the process never uses it (see `lost`).
+    // command::spawn() takes the clone path in that mode, so this is only the
+    // posix_spawn back end chosen by hand, or SIGCHLD ignored by another thread
+    // during the spawn.
+    out.lost = true;
+    return true;
+  }
   if (!out.pidfd && errno != ENOSYS) {
     int err = errno;
     sys::kill(pid, SIGKILL);
