@@ -110,7 +110,8 @@ TEST_CASE("working directory") {
     } catch (const sp::spawn_error& e) {
       CHECK(e.code() == std::errc::no_such_file_or_directory);
       CHECK(e.step() == "chdir");
-      CHECK_THAT(e.what(), Catch::Contains("/nonexistent-dir"));
+      CHECK_THAT(e.what(), Catch::Contains("'/nonexistent-dir' (no such directory)"));
+      CHECK_THAT(e.what(), !Catch::Contains("PATH") && !Catch::Contains("exec"));
     }
   }
   SECTION("a file is not a directory") {
@@ -119,8 +120,50 @@ TEST_CASE("working directory") {
       FAIL("no exception");
     } catch (const sp::spawn_error& e) {
       CHECK(e.code() == std::errc::not_a_directory);
+      CHECK(e.step() == "chdir");
+      CHECK_THAT(e.what(), Catch::Contains("'/etc/passwd' (not a directory)"));
     }
   }
+  SECTION("an empty string is a spawn_error saying so, before anything starts") {
+    try {
+      testing::helper({}).cwd("").backend(b).spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.code() == std::errc::no_such_file_or_directory);
+      CHECK(e.step() == "chdir");
+      CHECK_THAT(e.what(), Catch::Contains("working directory is an empty string"));
+    }
+    CHECK_THROWS_AS(testing::helper({}).cwd("").validate(), sp::spawn_error);
+  }
+  CHECK(testing::children().empty());
+}
+
+TEST_CASE("an argument list too large for the kernel is a spawn_error that says so, with sizes") {
+  auto b = any_backend();
+  // Too much in total (the limit is about RLIMIT_STACK / 4), or one string over the
+  // kernel's 128 KiB per-string limit.
+  const bool one_huge = GENERATE(false, true);
+  std::vector<std::string> args{"print-args"};
+  if (one_huge)
+    args.push_back(std::string(200 * 1024, 'x'));
+  else
+    for (int i = 0; i < 400; ++i) args.push_back(std::string(10000, 'a' + i % 26));
+  try {
+    testing::helper(args).backend(b).spawn();
+    FAIL("no exception");
+  } catch (const sp::spawn_error& e) {
+    // Checked as bools: a failing check must not print a message of megabytes.
+    const std::string_view what = e.what();
+    INFO(what.substr(0, 600));
+    CHECK(e.code() == std::errc::argument_list_too_long);
+    CHECK(e.step() == "exec");
+    CHECK(what.find("argument list and environment are too large") != what.npos);
+    CHECK(what.find(one_huge ? "3 arguments" : "402 arguments") != what.npos);
+    CHECK(what.find("longest single string") != what.npos);
+    CHECK(what.find("sp_helper") != what.npos);
+    CHECK(what.size() < 1000);  // the command line is cut, not pasted whole
+  }
+  CHECK(testing::children().empty());
 }
 
 TEST_CASE("shell commands") {

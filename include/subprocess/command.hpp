@@ -57,7 +57,11 @@
 // (kill_on_parent_death) the library's own clone(CLONE_VM|CLONE_VFORK) path, whose
 // child runs only async-signal-safe system calls prepared in advance. Either way a
 // failure of exec, chdir or any other step is a spawn_error in the parent with the
-// errno and the step, and no child is left behind. validate() runs the same checks
+// errno and the step, and no child is left behind. The working directory is checked
+// in the parent first: missing, empty (""), not a directory or not enterable is a
+// spawn_error, step "chdir", naming it ("to '/x' (no such directory)"), never a
+// "program not found". An argument list plus environment the kernel refuses (E2BIG)
+// is a spawn_error saying so, with their sizes and the limits. validate() runs the same checks
 // (arguments, program lookup, working directory) without starting anything, for
 // callers that start several children and want every one checked before the first
 // runs. spawn() is thread-safe: every fd
@@ -393,6 +397,64 @@ inline int blocking_copy_for_child(int n, int flags) {
   return copy;
 }
 
+// What is wrong with a working directory, checked in the parent ("" if nothing
+// seen; then err is untouched): "to 'dir' (no such directory)" and the like, with
+// err set to the errno a chdir() would give.
+inline std::string cwd_problem(const std::filesystem::path& dir, int& err) {
+  const std::string quoted = "to '" + dir.string() + "'";
+  if (dir.empty()) {
+    err = ENOENT;
+    return "to '' (the working directory is an empty string; leave cwd() unset to run in "
+           "the parent's)";
+  }
+  struct stat st;
+  if (sys::stat(dir.c_str(), &st) != 0) {
+    err = errno;
+    return quoted + (err == ENOENT ? " (no such directory)" : "");
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    err = ENOTDIR;
+    return quoted + " (not a directory)";
+  }
+  if (sys::access(dir.c_str(), X_OK) != 0) {
+    err = errno;
+    return quoted + " (cannot enter it)";
+  }
+  return {};
+}
+
+// The kernel refused exec with E2BIG: say how big argv and the environment are, and
+// the limits (the total, about a quarter of RLIMIT_STACK; each string at most 32
+// pages, MAX_ARG_STRLEN).
+inline std::string too_big_detail(const std::string& path, char* const* argv, char* const* envp) {
+  auto measure = [](char* const* v, std::size_t& bytes, std::size_t& count, std::size_t& longest) {
+    for (; v != nullptr && *v != nullptr; ++v, ++count) {
+      std::size_t n = std::char_traits<char>::length(*v) + 1;
+      bytes += n + sizeof(char*);
+      longest = std::max(longest, n);
+    }
+  };
+  std::size_t abytes = 0, acount = 0, ebytes = 0, ecount = 0, longest = 0;
+  measure(argv, abytes, acount, longest);
+  measure(envp, ebytes, ecount, longest);
+  long limit = ::sysconf(_SC_ARG_MAX);
+  constexpr std::size_t max_string = 32 * 4096;  // MAX_ARG_STRLEN, with its NUL
+  return "'" + path + "': the argument list and environment are too large for the kernel (" +
+         std::to_string(acount) + " arguments, " + std::to_string(abytes) + " bytes; " +
+         std::to_string(ecount) + " environment variables, " + std::to_string(ebytes) +
+         " bytes; together at most " + (limit > 0 ? std::to_string(limit) : std::string("?")) +
+         " bytes; longest single string " + std::to_string(longest) + " bytes, at most " +
+         std::to_string(max_string) + ")";
+}
+
+// A command line short enough for an error message: a huge one (E2BIG) is cut.
+inline std::string abbreviated(const std::string& cmdline, std::size_t argc) {
+  constexpr std::size_t keep = 200;
+  if (cmdline.size() <= keep) return cmdline;
+  return cmdline.substr(0, keep) + "... (" + std::to_string(argc) + " arguments, " +
+         std::to_string(cmdline.size()) + " characters)";
+}
+
 // A C-style, null-terminated array of pointers into strings that outlive it.
 inline std::vector<char*> c_array(const std::vector<std::string>& v) {
   std::vector<char*> a;
@@ -443,13 +505,9 @@ inline std::string command::checked_program(const std::string& cmdline) const {
   if (cwd_ && path[0] != '/' && path.find('/') != std::string::npos)
     path = detail::current_dir(cmdline) + "/" + path;  // relative to the parent
   if (cwd_) {
-    struct stat st;
-    if (detail::sys::stat(cwd_->c_str(), &st) != 0) {
-      int e = errno;
-      throw spawn_error(e, cmdline, "chdir", "to '" + cwd_->string() + "'");
-    }
-    if (!S_ISDIR(st.st_mode))
-      throw spawn_error(ENOTDIR, cmdline, "chdir", "to '" + cwd_->string() + "'");
+    int e = 0;
+    std::string why = detail::cwd_problem(*cwd_, e);
+    if (!why.empty()) throw spawn_error(e, cmdline, "chdir", why);
   }
   // kill(-pgid, 0) fails with ESRCH when no such group exists: say so now, clearly,
   // rather than as a failed exec.
@@ -653,14 +711,21 @@ inline process command::spawn() const {
     std::string step = detail::step_name(fail.step), what;
     if (fail.step == detail::child_step::exec) {
       what = "'" + path + "'";
-      // posix_spawn reports chdir failures as its return value too; say which.
-      struct stat st;
-      if (cwd_ && (detail::sys::stat(cwd_->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
+      // posix_spawn reports chdir failures as its return value too: if the directory
+      // is (now) missing or cannot be entered, that was the step that failed.
+      int e = 0;
+      std::string why = cwd_ && fail.err != E2BIG ? detail::cwd_problem(*cwd_, e) : std::string();
+      if (!why.empty()) {
         step = "chdir";
-        what = "to '" + cwd_->string() + "'";
+        what = why;
+      } else if (fail.err == E2BIG) {
+        what = detail::too_big_detail(path, plan.argv, plan.envp);
+        cmdline = detail::abbreviated(cmdline, argv_.size());
       }
     } else if (fail.step == detail::child_step::chdir) {
-      what = "to '" + cwd_->string() + "'";
+      int e = 0;
+      what = detail::cwd_problem(*cwd_, e);
+      if (what.empty()) what = "to '" + cwd_->string() + "'";
     }
     // posix_spawn reports a failed setpgid as its return value too (EPERM: the group
     // is gone or in another session); say which.
