@@ -16,6 +16,7 @@
 namespace sp = subprocess;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using clk = std::chrono::steady_clock;
 
 // Run the spawn-path tests once per back end.
 static sp::spawn_backend any_backend() {
@@ -401,6 +402,42 @@ TEST_CASE("kill_on_parent_death: the child goes when its parent dies") {
   sp::detail::unique_fd gfd(sp::detail::sys::pidfd_open(grandchild));
   REQUIRE(gfd);
   CHECK(testing::alive(grandchild));
+  p.kill();
+  CHECK(p.wait().signal() == SIGKILL);
+  CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+}
+
+TEST_CASE("kill_on_parent_death: a child spawned from a short-lived thread outlives that thread") {
+  // PR_SET_PDEATHSIG fires when the thread that created the child exits. The child
+  // echoes lines back; if the thread's exit had sent it SIGKILL, our line would get
+  // no answer (EOF) and its status would be "killed by SIGKILL".
+  sp::process p;
+  pid_t tid = 0;
+  std::thread([&] {
+    tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    p = testing::helper({"echo-lines"}).in(sp::pipe).out(sp::pipe).kill_on_parent_death(SIGKILL).spawn();
+  }).join();
+  // join() returns when the thread's tid is cleared, a little before the kernel
+  // finishes its exit (and sends the parent-death signals). /proc/self/task/<tid>
+  // goes only after that: wait for it, so the check below cannot come too early.
+  const std::string task = "/proc/self/task/" + std::to_string(tid);
+  const auto limit = clk::now() + 10s;
+  while (::access(task.c_str(), F_OK) == 0 && clk::now() < limit) std::this_thread::yield();
+  REQUIRE(::access(task.c_str(), F_OK) != 0);
+  CHECK_NOTHROW(p.in().write_all("still here\n"));
+  CHECK(p.out().read_line() == std::optional<std::string>("still here"));
+  p.in().close();
+  CHECK(p.wait() == sp::exit_status::exited(0));
+}
+
+TEST_CASE("kill_on_parent_death from a thread: the child still goes when the parent process dies") {
+  auto p = testing::helper({"pdeath-thread", std::to_string(SIGKILL), "sleep", "60000"}).out(sp::pipe).spawn();
+  auto line = p.out().read_line();
+  REQUIRE(line);
+  int grandchild = std::stoi(*line);
+  sp::detail::unique_fd gfd(sp::detail::sys::pidfd_open(grandchild));
+  REQUIRE(gfd);
+  CHECK(testing::alive(grandchild));  // the spawning thread of the helper has exited
   p.kill();
   CHECK(p.wait().signal() == SIGKILL);
   CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);

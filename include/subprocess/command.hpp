@@ -68,9 +68,11 @@
 // the library creates is close-on-exec from birth, so concurrent spawns never
 // leak one child's pipe into another.
 //
-// kill_on_parent_death uses PR_SET_PDEATHSIG. The kernel sends the signal when the
-// *thread* that spawned the child exits, not only the process: spawn such children
-// from a long-lived thread.
+// kill_on_parent_death uses PR_SET_PDEATHSIG, which the kernel fires when the
+// *thread* that created the child exits. So the library creates such children on one
+// internal thread of its own, started on first use and alive until the process
+// exits (detail/spawner.hpp): the child goes when this process dies, however
+// short-lived the thread that called spawn(). Such spawns take turns on that thread.
 #pragma once
 
 #include <algorithm>
@@ -87,6 +89,7 @@
 #include <sys/stat.h>
 
 #include "detail/spawn.hpp"
+#include "detail/spawner.hpp"
 #include "detail/syscall.hpp"
 #include "detail/unique_fd.hpp"
 #include "environment.hpp"
@@ -230,8 +233,8 @@ class command {
     new_session_ = on;
     return *this;
   }
-  // The child gets `sig` when the parent (strictly: the spawning thread) dies.
-  // 0 turns it off.
+  // The child gets `sig` when this process dies (whichever thread called spawn();
+  // see the notes at the top). 0 turns it off.
   command& kill_on_parent_death(int sig = SIGKILL) {
     if (sig < 0 || sig >= 65) throw argument_error(to_string(), "kill_on_parent_death: bad signal");
     parent_death_signal_ = sig;
@@ -706,7 +709,11 @@ inline process command::spawn() const {
   }
   detail::spawned child;
   detail::spawn_failure fail;
-  bool ok = use_clone ? detail::spawn_clone(plan, child, fail) : detail::spawn_posix(plan, child, fail);
+  // kill_on_parent_death: created by the library's long-lived spawner thread, so the
+  // signal comes when the process dies, not when the calling thread does.
+  bool ok = parent_death_signal_ != 0 ? detail::spawner::instance().spawn(plan, child, fail)
+            : use_clone              ? detail::spawn_clone(plan, child, fail)
+                                     : detail::spawn_posix(plan, child, fail);
   if (!ok) {
     std::string step = detail::step_name(fail.step), what;
     if (fail.step == detail::child_step::exec) {

@@ -37,6 +37,8 @@
 //   wait-stdin-eof      block until stdin reaches EOF
 //   pdeath-child SIG    spawn "sp_helper sleep 60000" with kill_on_parent_death(SIG)
 //                       through the library; print its pid
+//   pdeath-thread SIG   the same, spawned from a std::thread that has exited (joined)
+//                       before the pid is printed
 //   pdeath-run SIG ACTIONS...
 //                       spawn sp_helper running the remaining ACTIONS with
 //                       kill_on_parent_death(SIG) (it shares our stdout), print its
@@ -51,6 +53,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <dirent.h>
@@ -291,6 +294,17 @@ int main(int argc, char** argv) {
         }
       }
       write_all(1, buf.data(), buf.size());
+    } else if (op == "pdeath-thread") {
+      // Like pdeath-child, but spawned from a thread that has exited (joined) by the
+      // time the pid is printed.
+      int sig = std::atoi(next().c_str());
+      pid_t pid = -1;
+      std::thread([&] {
+        auto child = subprocess::command{"/proc/self/exe", "sleep", "60000"}.kill_on_parent_death(sig).spawn();
+        pid = child.pid();
+        child.detach();
+      }).join();
+      say(1, std::to_string(pid));
     } else if (op == "pdeath-run") {
       int sig = std::atoi(next().c_str());
       std::vector<std::string> rest{"/proc/self/exe"};

@@ -62,7 +62,8 @@ struct fd_move {
 };
 
 enum class child_step : int {
-  none, stack, sigmask, pidfd, setsid, setpgid, pdeathsig, dup, chdir, close_fds, exec
+  none, stack, sigmask, pidfd, setsid, setpgid, pdeathsig, dup, chdir, close_fds, exec,
+  spawner_thread
 };
 
 inline const char* step_name(child_step s) noexcept {
@@ -78,6 +79,7 @@ inline const char* step_name(child_step s) noexcept {
     case child_step::chdir: return "chdir";
     case child_step::close_fds: return "close inherited fds";
     case child_step::exec: return "exec";
+    case child_step::spawner_thread: return "start the spawner thread";
   }
   return "spawn";
 }
