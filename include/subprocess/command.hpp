@@ -54,8 +54,10 @@
 //
 // How it starts. posix_spawn() (glibc: clone(CLONE_VM|CLONE_VFORK), so the cost
 // does not grow with the parent's memory) whenever the options allow; otherwise
-// (kill_on_parent_death) the library's own clone(CLONE_VM|CLONE_VFORK) path, whose
-// child runs only async-signal-safe system calls prepared in advance. Either way a
+// (kill_on_parent_death; SIGCHLD ignored or SA_NOCLDWAIT, where only clone's
+// CLONE_PIDFD gets a pidfd before the kernel can reap the child) the library's own
+// clone(CLONE_VM|CLONE_VFORK) path, whose child runs only async-signal-safe system
+// calls prepared in advance. The choice costs one read-only rt_sigaction per spawn. Either way a
 // failure of exec, chdir or any other step is a spawn_error in the parent with the
 // errno and the step, and no child is left behind. The working directory is checked
 // in the parent first: missing, empty (""), not a directory or not enterable is a

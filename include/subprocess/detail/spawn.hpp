@@ -10,7 +10,9 @@
 // whenever the options fit its attributes and file actions.
 //
 // Back end 2, clone_vfork: our own clone(CLONE_VM|CLONE_VFORK) for what
-// posix_spawn cannot express (PR_SET_PDEATHSIG). Same cost profile. The parent
+// posix_spawn cannot express (PR_SET_PDEATHSIG; a pidfd obtained atomically with
+// the child through CLONE_PIDFD, needed when SIGCHLD is ignored and the kernel may
+// reap the child before a pidfd_open could run). Same cost profile. The parent
 // blocks every signal around the clone so no handler can run in the child while it
 // shares the parent's memory; the child resets all dispositions to SIG_DFL before
 // unblocking. Failures are written into the shared plan and the child exits 127;
