@@ -6,6 +6,9 @@
 #include <fstream>
 #include <thread>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <subprocess/subprocess.hpp>
 
 #include "testing.hpp"
@@ -13,6 +16,7 @@
 namespace sp = subprocess;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using clk = std::chrono::steady_clock;
 
 // Run the spawn-path tests once per back end.
 static sp::spawn_backend any_backend() {
@@ -107,7 +111,8 @@ TEST_CASE("working directory") {
     } catch (const sp::spawn_error& e) {
       CHECK(e.code() == std::errc::no_such_file_or_directory);
       CHECK(e.step() == "chdir");
-      CHECK_THAT(e.what(), Catch::Contains("/nonexistent-dir"));
+      CHECK_THAT(e.what(), Catch::Contains("'/nonexistent-dir' (no such directory)"));
+      CHECK_THAT(e.what(), !Catch::Contains("PATH") && !Catch::Contains("exec"));
     }
   }
   SECTION("a file is not a directory") {
@@ -116,8 +121,50 @@ TEST_CASE("working directory") {
       FAIL("no exception");
     } catch (const sp::spawn_error& e) {
       CHECK(e.code() == std::errc::not_a_directory);
+      CHECK(e.step() == "chdir");
+      CHECK_THAT(e.what(), Catch::Contains("'/etc/passwd' (not a directory)"));
     }
   }
+  SECTION("an empty string is a spawn_error saying so, before anything starts") {
+    try {
+      testing::helper({}).cwd("").backend(b).spawn();
+      FAIL("no exception");
+    } catch (const sp::spawn_error& e) {
+      CHECK(e.code() == std::errc::no_such_file_or_directory);
+      CHECK(e.step() == "chdir");
+      CHECK_THAT(e.what(), Catch::Contains("working directory is an empty string"));
+    }
+    CHECK_THROWS_AS(testing::helper({}).cwd("").validate(), sp::spawn_error);
+  }
+  CHECK(testing::children().empty());
+}
+
+TEST_CASE("an argument list too large for the kernel is a spawn_error that says so, with sizes") {
+  auto b = any_backend();
+  // Too much in total (the limit is about RLIMIT_STACK / 4), or one string over the
+  // kernel's 128 KiB per-string limit.
+  const bool one_huge = GENERATE(false, true);
+  std::vector<std::string> args{"print-args"};
+  if (one_huge)
+    args.push_back(std::string(200 * 1024, 'x'));
+  else
+    for (int i = 0; i < 400; ++i) args.push_back(std::string(10000, 'a' + i % 26));
+  try {
+    testing::helper(args).backend(b).spawn();
+    FAIL("no exception");
+  } catch (const sp::spawn_error& e) {
+    // Checked as bools: a failing check must not print a message of megabytes.
+    const std::string_view what = e.what();
+    INFO(what.substr(0, 600));
+    CHECK(e.code() == std::errc::argument_list_too_long);
+    CHECK(e.step() == "exec");
+    CHECK(what.find("argument list and environment are too large") != what.npos);
+    CHECK(what.find(one_huge ? "3 arguments" : "402 arguments") != what.npos);
+    CHECK(what.find("longest single string") != what.npos);
+    CHECK(what.find("sp_helper") != what.npos);
+    CHECK(what.size() < 1000);  // the command line is cut, not pasted whole
+  }
+  CHECK(testing::children().empty());
 }
 
 TEST_CASE("shell commands") {
@@ -155,6 +202,28 @@ TEST_CASE("the child gets only the fds it was given") {
   CHECK(out == "0 1 2\n");
 }
 
+TEST_CASE("an fd handed to a child arrives blocking; the caller's fd keeps its flags") {
+  // The producer waits for our go, so its stdout pipe is empty when the consumer
+  // first reads: with the non-blocking description of p.out() shared, cat would fail
+  // at once with EAGAIN ("Resource temporarily unavailable").
+  auto b = any_backend();
+  auto producer = testing::helper({"wait-line", "out", "hello"}).in(sp::pipe).out(sp::pipe).spawn();
+  const int handed = producer.out().fd();
+  REQUIRE((::fcntl(handed, F_GETFL) & O_NONBLOCK) != 0);
+  const bool via_map_fd = GENERATE(false, true);
+  auto consumer = via_map_fd ? sp::command{"sh", "-c", "exec cat <&3"}.map_fd(3, handed)
+                             : sp::command{"cat"}.in(sp::fd(handed));
+  auto p = consumer.out(sp::pipe).err(sp::pipe).backend(b).spawn();
+  // Our description is as it was: still non-blocking.
+  CHECK((::fcntl(handed, F_GETFL) & O_NONBLOCK) != 0);
+  producer.out().close();
+  producer.in().write_all("go\n");
+  CHECK(p.out().read_all() == "hello\n");
+  CHECK(p.err().read_all() == "");
+  CHECK(p.wait().success());
+  CHECK(producer.wait().success());
+}
+
 TEST_CASE("the child starts with default signal dispositions and an empty mask") {
   auto b = any_backend();
   struct sigaction ign {}, old_pipe{}, old_usr1{};
@@ -171,6 +240,58 @@ TEST_CASE("the child starts with default signal dispositions and an empty mask")
   ::sigaction(SIGPIPE, &old_pipe, nullptr);
   ::sigaction(SIGUSR1, &old_usr1, nullptr);
   CHECK(out == "ignored:\nblocked:\n");
+}
+
+namespace {
+// The kernel's struct sigaction (x86_64/aarch64 layout), for the raw system call:
+// glibc's sigaction() refuses 32 and 33, the real-time signals it keeps for itself.
+struct kernel_sigaction {
+  void* handler;
+  unsigned long flags;
+  void* restorer;
+  unsigned long mask;
+};
+int raw_sigaction(int sig, const kernel_sigaction* act, kernel_sigaction* old) {
+  return static_cast<int>(::syscall(SYS_rt_sigaction, sig, act, old, sizeof(unsigned long)));
+}
+extern "C" void noop_handler(int) {}
+}  // namespace
+
+TEST_CASE("every signal 1..SIGRTMAX is default and unblocked in the child, 32 and 33 too") {
+  // The parent ignores (or handles) every catchable signal, glibc's reserved 32 and
+  // 33 included, and blocks them all. SIGCHLD is handled, never ignored: ignoring it
+  // would make the kernel discard the child's status. Each back end must give the
+  // child all-default dispositions (SigIgn 0; handlers are reset by exec itself) and
+  // an empty mask. glibc's posix_spawn used to leave 32 and 33 ignored.
+  auto b = any_backend();
+  const bool ignore = GENERATE(true, false);
+  REQUIRE(SIGRTMAX == 64);
+  // A handler installed by glibc gives us its restorer, needed for a raw handler.
+  struct sigaction via_libc {}, old_usr1{};
+  via_libc.sa_handler = noop_handler;
+  REQUIRE(::sigaction(SIGUSR1, &via_libc, &old_usr1) == 0);
+  kernel_sigaction handled{};
+  REQUIRE(raw_sigaction(SIGUSR1, nullptr, &handled) == 0);
+  REQUIRE(::sigaction(SIGUSR1, &old_usr1, nullptr) == 0);
+  kernel_sigaction ign{};
+  ign.handler = reinterpret_cast<void*>(SIG_IGN);
+  kernel_sigaction saved[65]{};
+  for (int sig = 1; sig <= 64; ++sig) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    REQUIRE(raw_sigaction(sig, nullptr, &saved[sig]) == 0);
+    REQUIRE(raw_sigaction(sig, ignore && sig != SIGCHLD ? &ign : &handled, nullptr) == 0);
+  }
+  unsigned long all = ~0UL, old_mask = 0;
+  REQUIRE(::syscall(SYS_rt_sigprocmask, SIG_BLOCK, &all, &old_mask, sizeof all) == 0);
+  std::string out;
+  try {
+    out = sp::run(testing::helper({"print-sigstate"}).backend(b)).out;
+  } catch (...) {
+  }
+  ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old_mask, nullptr, sizeof old_mask);
+  for (int sig = 1; sig <= 64; ++sig)
+    if (sig != SIGKILL && sig != SIGSTOP) raw_sigaction(sig, &saved[sig], nullptr);
+  CHECK(out == "SigIgn: 0000000000000000\nSigBlk: 0000000000000000\n");
 }
 
 TEST_CASE("process groups and sessions") {
@@ -281,6 +402,42 @@ TEST_CASE("kill_on_parent_death: the child goes when its parent dies") {
   sp::detail::unique_fd gfd(sp::detail::sys::pidfd_open(grandchild));
   REQUIRE(gfd);
   CHECK(testing::alive(grandchild));
+  p.kill();
+  CHECK(p.wait().signal() == SIGKILL);
+  CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+}
+
+TEST_CASE("kill_on_parent_death: a child spawned from a short-lived thread outlives that thread") {
+  // PR_SET_PDEATHSIG fires when the thread that created the child exits. The child
+  // echoes lines back; if the thread's exit had sent it SIGKILL, our line would get
+  // no answer (EOF) and its status would be "killed by SIGKILL".
+  sp::process p;
+  pid_t tid = 0;
+  std::thread([&] {
+    tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    p = testing::helper({"echo-lines"}).in(sp::pipe).out(sp::pipe).kill_on_parent_death(SIGKILL).spawn();
+  }).join();
+  // join() returns when the thread's tid is cleared, a little before the kernel
+  // finishes its exit (and sends the parent-death signals). /proc/self/task/<tid>
+  // goes only after that: wait for it, so the check below cannot come too early.
+  const std::string task = "/proc/self/task/" + std::to_string(tid);
+  const auto limit = clk::now() + 10s;
+  while (::access(task.c_str(), F_OK) == 0 && clk::now() < limit) std::this_thread::yield();
+  REQUIRE(::access(task.c_str(), F_OK) != 0);
+  CHECK_NOTHROW(p.in().write_all("still here\n"));
+  CHECK(p.out().read_line() == std::optional<std::string>("still here"));
+  p.in().close();
+  CHECK(p.wait() == sp::exit_status::exited(0));
+}
+
+TEST_CASE("kill_on_parent_death from a thread: the child still goes when the parent process dies") {
+  auto p = testing::helper({"pdeath-thread", std::to_string(SIGKILL), "sleep", "60000"}).out(sp::pipe).spawn();
+  auto line = p.out().read_line();
+  REQUIRE(line);
+  int grandchild = std::stoi(*line);
+  sp::detail::unique_fd gfd(sp::detail::sys::pidfd_open(grandchild));
+  REQUIRE(gfd);
+  CHECK(testing::alive(grandchild));  // the spawning thread of the helper has exited
   p.kill();
   CHECK(p.wait().signal() == SIGKILL);
   CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);

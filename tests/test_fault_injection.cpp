@@ -63,9 +63,9 @@ struct attempt {
   std::string what;
 };
 
-attempt try_once(plan& p, const std::function<void()>& op) {
+attempt try_once(plan& p, const std::function<void()>& op, scope::who who = scope::this_thread) {
   attempt a;
-  scope s(p);
+  scope s(p, who);
   try {
     op();
     a.ok = true;
@@ -84,10 +84,10 @@ attempt try_once(plan& p, const std::function<void()>& op) {
 }
 
 // Counts the calls `op` makes, per kind, with no fault injected.
-std::map<call, long> census(const std::function<void()>& op) {
+std::map<call, long> census(const std::function<void()>& op, scope::who who = scope::this_thread) {
   plan p;
   {
-    scope s(p);
+    scope s(p, who);
     op();
   }
   std::map<call, long> m;
@@ -273,6 +273,9 @@ TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothin
   struct config {
     std::string name;
     std::function<sp::command()> make;
+    // kill_on_parent_death spawns on the library's spawner thread: count and fail
+    // the calls of every thread.
+    scope::who who = scope::this_thread;
   };
   std::vector<config> configs = {
       {"3 pipes + ipc + mapped fd, posix_spawn",
@@ -316,7 +319,8 @@ TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothin
              .backend(sp::spawn_backend::clone_vfork);
        }},
       {"program found in PATH, kill_on_parent_death",
-       [&] { return sp::command{"true"}.in(sp::pipe).out(sp::pipe).kill_on_parent_death(); }}};
+       [&] { return sp::command{"true"}.in(sp::pipe).out(sp::pipe).kill_on_parent_death(); },
+       scope::all_threads}};
   // The errnos each kind is failed with, and which of its calls must stop the
   // spawn when they fail (-1: all; 1: only the first, e.g. blocking signals before
   // the clone, not restoring them after; 0: none, a failure may be tolerated).
@@ -350,7 +354,7 @@ TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothin
       p.in().close();
       p.wait();
     };
-    auto counts = census(op);
+    auto counts = census(op, cfg.who);
     CHECK(counts.count(call::posix_spawn) + counts.count(call::clone) == 1);
     for (const auto& k : kinds) {
       auto it = counts.find(k.kind);
@@ -360,7 +364,7 @@ TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothin
           auto fds_before = testing::open_fds();
           plan p;
           p.fail_nth(k.kind, n, err);
-          attempt a = try_once(p, op);
+          attempt a = try_once(p, op, cfg.who);
           INFO(cfg.name << ": " << name(k.kind) << " call " << n << " of " << it->second
                         << " fails with " << std::error_code(err, std::system_category()).message()
                         << " -> " << (a.ok ? "ok" : a.what));

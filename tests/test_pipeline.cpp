@@ -724,6 +724,16 @@ TEST_CASE("input: a string, a file, an fd, a pipe_reader, nothing") {
     CHECK(p.run({.input = std::move(src.out())}).out == "one\ntwo\n");
     CHECK(src.wait().success());
   }
+  SECTION("another process's stdout: a description shared with another fd is not changed") {
+    // The first command gets a blocking copy of the pipe; the caller's other fd of
+    // the same open file description stays non-blocking.
+    auto src = testing::helper({"out", "one"}).out(sp::pipe).spawn();
+    sp::detail::unique_fd other(::fcntl(src.out().fd(), F_DUPFD_CLOEXEC, 0));
+    REQUIRE((::fcntl(other.get(), F_GETFL) & O_NONBLOCK) != 0);
+    CHECK(p.run({.input = std::move(src.out())}).out == "one\n");
+    CHECK((::fcntl(other.get(), F_GETFL) & O_NONBLOCK) != 0);
+    CHECK(src.wait().success());
+  }
   SECTION("a pipe_reader holding bytes read already: they come first") {
     auto src = testing::helper({"out", "first", "sleep", "100", "out", "second"}).out(sp::pipe).spawn();
     sp::pipe_reader r = std::move(src.out());

@@ -226,3 +226,86 @@ TEST_CASE("a stopped child can still be waited with a timeout and killed") {
   p.kill();
   CHECK(p.wait().signal() == SIGKILL);
 }
+
+namespace {
+// SIGCHLD set to SIG_IGN (or SA_NOCLDWAIT) for one scope, restored after.
+struct sigchld_discarding {
+  struct sigaction old {};
+  explicit sigchld_discarding(bool nocldwait) {
+    struct sigaction sa {};
+    sa.sa_handler = nocldwait ? SIG_DFL : SIG_IGN;
+    sa.sa_flags = nocldwait ? SA_NOCLDWAIT : 0;
+    ::sigaction(SIGCHLD, &sa, &old);
+  }
+  ~sigchld_discarding() { ::sigaction(SIGCHLD, &old, nullptr); }
+  sigchld_discarding(const sigchld_discarding&) = delete;
+  sigchld_discarding& operator=(const sigchld_discarding&) = delete;
+};
+bool says_status_discarded(const sp::error& e) {
+  return e.code() == std::errc::no_child_process &&
+         std::string_view(e.what()).find("SIGCHLD") != std::string_view::npos;
+}
+}  // namespace
+
+TEST_CASE("SIGCHLD ignored: a child that started is never a spawn failure; wait says why no status") {
+  const bool nocldwait = GENERATE(false, true);
+  const auto b = GENERATE(sp::spawn_backend::automatic, sp::spawn_backend::posix_spawn,
+                          sp::spawn_backend::clone_vfork);
+  sigchld_discarding discard(nocldwait);
+  SECTION("quick children: every spawn succeeds, and each child ran exactly once") {
+    // The kernel reaps each child the moment it exits, possibly before spawn() has
+    // its pidfd. Each child writes one line into our pipe: lines == successes.
+    int fds[2];
+    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    constexpr int n = 150;
+    int started = 0, failed = 0, clear_wait_errors = 0;
+    for (int i = 0; i < n; ++i) {
+      try {
+        auto p = testing::helper({"out", "x"}).out(sp::fd(fds[1])).backend(b).spawn();
+        ++started;
+        try {
+          p.wait();
+        } catch (const sp::error& e) {
+          if (says_status_discarded(e) && std::string_view(e.what()).find(testing::helper_path()) !=
+                                              std::string_view::npos)
+            ++clear_wait_errors;
+        }
+      } catch (const sp::spawn_error&) {
+        ++failed;
+      }
+    }
+    ::close(fds[1]);
+    std::string lines;
+    char buf[4096];
+    for (ssize_t k; (k = ::read(fds[0], buf, sizeof buf)) > 0;) lines.append(buf, static_cast<std::size_t>(k));
+    ::close(fds[0]);
+    CHECK(failed == 0);
+    CHECK(started == n);
+    CHECK(std::count(lines.begin(), lines.end(), '\n') == n);
+    CHECK(clear_wait_errors == n);
+  }
+  SECTION("a running child: try_wait is empty while it runs; wait waits for it, then says why") {
+    auto p = testing::helper({"wait-line", "out", "done"}).in(sp::pipe).out(sp::pipe).backend(b).spawn();
+    CHECK(p.pidfd() >= 0);
+    CHECK_FALSE(p.try_wait().has_value());
+    p.in().write_all("go\n");
+    try {
+      p.wait();
+      FAIL("wait() returned a status the kernel had discarded");
+    } catch (const sp::error& e) {
+      CHECK(says_status_discarded(e));
+      CHECK_THAT(e.what(), Catch::Contains("discarded") && Catch::Contains("wait-line"));
+    }
+    // wait() returned only once the child had exited: its output is complete.
+    CHECK(p.out().read_all() == "done\n");
+    CHECK_FALSE(p.signal(SIGTERM));  // gone: nothing is signalled
+    CHECK_THROWS_MATCHES(p.wait_for(1s), sp::error, Catch::Predicate<sp::error>(says_status_discarded));
+  }
+  SECTION("the destructor kills a running child without throwing or hanging; detach is fine") {
+    { auto p = testing::helper({"sleep", "60000"}).backend(b).spawn(); }
+    auto q = testing::helper({}).backend(b).spawn();
+    if (q.pidfd() >= 0) CHECK(sp::detail::poll_one(q.pidfd(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+    CHECK_NOTHROW(q.detach());
+  }
+  CHECK(testing::children().empty());
+}

@@ -37,26 +37,44 @@
 //   kill_on_parent_death(sig)  the kernel sends sig when the parent dies (see below)
 //   ipc(fd)                    a message channel on child fd `fd` (ipc.hpp)
 //
+// Fds you hand over (in/out/err(sp::fd(n)), map_fd) arrive blocking, as programs
+// expect, and your fd is left exactly as it was: a non-blocking pipe or FIFO (say
+// p.out().fd() of another child, which the library keeps non-blocking) is given to
+// the child as a new open file description of the same pipe, reopened through
+// /proc/self/fd with O_NONBLOCK off, since O_NONBLOCK is shared by every fd of one
+// description. Sockets and terminals cannot be reopened: they go as they are (as
+// does a pipe when /proc is missing), so make those blocking yourself if the child
+// needs it.
+//
 // What the child gets. Every fd is closed in the child except 0, 1, 2 and the ones
-// you mapped: fds your program opened without O_CLOEXEC do not leak into it. Signal
-// dispositions are reset to default (an ignored SIGPIPE is not inherited) and the
-// signal mask is empty.
+// you mapped: fds your program opened without O_CLOEXEC do not leak into it. Every
+// signal 1..SIGRTMAX is at its default disposition (an ignored SIGPIPE is not
+// inherited; nor are glibc's reserved 32 and 33, which plain posix_spawn leaves
+// ignored) and the signal mask is empty, on both back ends.
 //
 // How it starts. posix_spawn() (glibc: clone(CLONE_VM|CLONE_VFORK), so the cost
 // does not grow with the parent's memory) whenever the options allow; otherwise
-// (kill_on_parent_death) the library's own clone(CLONE_VM|CLONE_VFORK) path, whose
-// child runs only async-signal-safe system calls prepared in advance. Either way a
+// (kill_on_parent_death; SIGCHLD ignored or SA_NOCLDWAIT, where only clone's
+// CLONE_PIDFD gets a pidfd before the kernel can reap the child) the library's own
+// clone(CLONE_VM|CLONE_VFORK) path, whose child runs only async-signal-safe system
+// calls prepared in advance. The choice costs one read-only rt_sigaction per spawn. Either way a
 // failure of exec, chdir or any other step is a spawn_error in the parent with the
-// errno and the step, and no child is left behind. validate() runs the same checks
+// errno and the step, and no child is left behind. The working directory is checked
+// in the parent first: missing, empty (""), not a directory or not enterable is a
+// spawn_error, step "chdir", naming it ("to '/x' (no such directory)"), never a
+// "program not found". An argument list plus environment the kernel refuses (E2BIG)
+// is a spawn_error saying so, with their sizes and the limits. validate() runs the same checks
 // (arguments, program lookup, working directory) without starting anything, for
 // callers that start several children and want every one checked before the first
 // runs. spawn() is thread-safe: every fd
 // the library creates is close-on-exec from birth, so concurrent spawns never
 // leak one child's pipe into another.
 //
-// kill_on_parent_death uses PR_SET_PDEATHSIG. The kernel sends the signal when the
-// *thread* that spawned the child exits, not only the process: spawn such children
-// from a long-lived thread.
+// kill_on_parent_death uses PR_SET_PDEATHSIG, which the kernel fires when the
+// *thread* that created the child exits. So the library creates such children on one
+// internal thread of its own, started on first use and alive until the process
+// exits (detail/spawner.hpp): the child goes when this process dies, however
+// short-lived the thread that called spawn(). Such spawns take turns on that thread.
 #pragma once
 
 #include <algorithm>
@@ -73,6 +91,7 @@
 #include <sys/stat.h>
 
 #include "detail/spawn.hpp"
+#include "detail/spawner.hpp"
 #include "detail/syscall.hpp"
 #include "detail/unique_fd.hpp"
 #include "environment.hpp"
@@ -216,8 +235,8 @@ class command {
     new_session_ = on;
     return *this;
   }
-  // The child gets `sig` when the parent (strictly: the spawning thread) dies.
-  // 0 turns it off.
+  // The child gets `sig` when this process dies (whichever thread called spawn();
+  // see the notes at the top). 0 turns it off.
   command& kill_on_parent_death(int sig = SIGKILL) {
     if (sig < 0 || sig >= 65) throw argument_error(to_string(), "kill_on_parent_death: bad signal");
     parent_death_signal_ = sig;
@@ -357,6 +376,90 @@ inline std::string find_program(const std::string& name, std::string_view path, 
   return {};
 }
 
+// An fd the caller hands to a child (in/out/err(fd(n)), map_fd) must arrive the way
+// a plain program expects it: blocking. O_NONBLOCK belongs to the open file
+// description, which the child would share with the caller (a pipe_reader's end is
+// non-blocking, so `cat`/`grep` reading it would fail with EAGAIN), and clearing it
+// there would change an fd the caller still uses. So a non-blocking pipe or FIFO
+// gets a new description of the same pipe for the child: open("/proc/self/fd/N"),
+// O_NONBLOCK cleared on the copy only. Returns that fd (close-on-exec, the caller
+// owns it), or -1: give the child `n` itself (it is blocking already, or it is not
+// a pipe, or the reopen failed: no /proc, EACCES, ENXIO for a write end nobody
+// reads). Sockets and terminals cannot be reopened this way and are passed as they
+// are. `flags` is F_GETFL of n. Costs nothing for a blocking fd; three calls else.
+inline int blocking_copy_for_child(int n, int flags) {
+  if ((flags & O_NONBLOCK) == 0) return -1;
+  struct stat st;
+  if (sys::fstat(n, &st) != 0 || !S_ISFIFO(st.st_mode)) return -1;
+  const std::string path = "/proc/self/fd/" + std::to_string(n);
+  // O_NONBLOCK for the open itself: opening a FIFO end must never wait for a partner.
+  int copy = sys::open(path.c_str(), (flags & O_ACCMODE) | O_NONBLOCK);
+  if (copy < 0) return -1;
+  if (sys::fcntl(copy, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    sys::close(copy);
+    return -1;
+  }
+  return copy;
+}
+
+// What is wrong with a working directory, checked in the parent ("" if nothing
+// seen; then err is untouched): "to 'dir' (no such directory)" and the like, with
+// err set to the errno a chdir() would give.
+inline std::string cwd_problem(const std::filesystem::path& dir, int& err) {
+  const std::string quoted = "to '" + dir.string() + "'";
+  if (dir.empty()) {
+    err = ENOENT;
+    return "to '' (the working directory is an empty string; leave cwd() unset to run in "
+           "the parent's)";
+  }
+  struct stat st;
+  if (sys::stat(dir.c_str(), &st) != 0) {
+    err = errno;
+    return quoted + (err == ENOENT ? " (no such directory)" : "");
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    err = ENOTDIR;
+    return quoted + " (not a directory)";
+  }
+  if (sys::access(dir.c_str(), X_OK) != 0) {
+    err = errno;
+    return quoted + " (cannot enter it)";
+  }
+  return {};
+}
+
+// The kernel refused exec with E2BIG: say how big argv and the environment are, and
+// the limits (the total, about a quarter of RLIMIT_STACK; each string at most 32
+// pages, MAX_ARG_STRLEN).
+inline std::string too_big_detail(const std::string& path, char* const* argv, char* const* envp) {
+  auto measure = [](char* const* v, std::size_t& bytes, std::size_t& count, std::size_t& longest) {
+    for (; v != nullptr && *v != nullptr; ++v, ++count) {
+      std::size_t n = std::char_traits<char>::length(*v) + 1;
+      bytes += n + sizeof(char*);
+      longest = std::max(longest, n);
+    }
+  };
+  std::size_t abytes = 0, acount = 0, ebytes = 0, ecount = 0, longest = 0;
+  measure(argv, abytes, acount, longest);
+  measure(envp, ebytes, ecount, longest);
+  long limit = ::sysconf(_SC_ARG_MAX);
+  constexpr std::size_t max_string = 32 * 4096;  // MAX_ARG_STRLEN, with its NUL
+  return "'" + path + "': the argument list and environment are too large for the kernel (" +
+         std::to_string(acount) + " arguments, " + std::to_string(abytes) + " bytes; " +
+         std::to_string(ecount) + " environment variables, " + std::to_string(ebytes) +
+         " bytes; together at most " + (limit > 0 ? std::to_string(limit) : std::string("?")) +
+         " bytes; longest single string " + std::to_string(longest) + " bytes, at most " +
+         std::to_string(max_string) + ")";
+}
+
+// A command line short enough for an error message: a huge one (E2BIG) is cut.
+inline std::string abbreviated(const std::string& cmdline, std::size_t argc) {
+  constexpr std::size_t keep = 200;
+  if (cmdline.size() <= keep) return cmdline;
+  return cmdline.substr(0, keep) + "... (" + std::to_string(argc) + " arguments, " +
+         std::to_string(cmdline.size()) + " characters)";
+}
+
 // A C-style, null-terminated array of pointers into strings that outlive it.
 inline std::vector<char*> c_array(const std::vector<std::string>& v) {
   std::vector<char*> a;
@@ -407,13 +510,9 @@ inline std::string command::checked_program(const std::string& cmdline) const {
   if (cwd_ && path[0] != '/' && path.find('/') != std::string::npos)
     path = detail::current_dir(cmdline) + "/" + path;  // relative to the parent
   if (cwd_) {
-    struct stat st;
-    if (detail::sys::stat(cwd_->c_str(), &st) != 0) {
-      int e = errno;
-      throw spawn_error(e, cmdline, "chdir", "to '" + cwd_->string() + "'");
-    }
-    if (!S_ISDIR(st.st_mode))
-      throw spawn_error(ENOTDIR, cmdline, "chdir", "to '" + cwd_->string() + "'");
+    int e = 0;
+    std::string why = detail::cwd_problem(*cwd_, e);
+    if (!why.empty()) throw spawn_error(e, cmdline, "chdir", why);
   }
   // kill(-pgid, 0) fails with ESRCH when no such group exists: say so now, clearly,
   // rather than as a failed exec.
@@ -520,11 +619,13 @@ inline process command::spawn() const {
       }
       moves.push_back({own(fd), slot});
     } else if (auto* d = std::get_if<fd>(&s)) {
-      if (d->number < 0 || detail::sys::fcntl(d->number, F_GETFD) < 0) {
+      int fl = d->number < 0 ? -1 : detail::sys::fcntl(d->number, F_GETFL);
+      if (fl < 0) {
         int e = d->number < 0 ? EBADF : errno;
         throw spawn_error(e, cmdline, std::string(names[slot]) + " fd", std::to_string(d->number));
       }
-      moves.push_back({d->number, slot});
+      int copy = detail::blocking_copy_for_child(d->number, fl);
+      moves.push_back({copy >= 0 ? own(copy) : d->number, slot});
     } else if (std::holds_alternative<merge_with_out_t>(s)) {
       merges.push_back({1, 2});
     } else if (std::holds_alternative<merge_with_err_t>(s)) {
@@ -532,12 +633,14 @@ inline process command::spawn() const {
     }
   }
   for (auto [c, p] : fd_maps_) {
-    if (detail::sys::fcntl(p, F_GETFD) < 0) {
+    int fl = detail::sys::fcntl(p, F_GETFL);
+    if (fl < 0) {
       int e = errno;
       throw spawn_error(e, cmdline, "map fd",
                         std::to_string(p) + (e == EBADF ? " (not open in the parent)" : ""));
     }
-    moves.push_back({p, c});
+    int copy = detail::blocking_copy_for_child(p, fl);
+    moves.push_back({copy >= 0 ? own(copy) : p, c});
   }
   if (ipc_fd_) {
     int sv[2];
@@ -584,9 +687,16 @@ inline process command::spawn() const {
   plan.pdeathsig = parent_death_signal_;
   if (parent_death_signal_ != 0) plan.parent = detail::sys::getpid();
 
+  // With SIGCHLD ignored (or SA_NOCLDWAIT) the kernel reaps a child the moment it
+  // exits, so a pidfd_open after posix_spawn can come too late (and even find the
+  // pid reused): take the clone path, which gets the pidfd atomically (CLONE_PIDFD).
+  // One read-only rt_sigaction per spawn.
+  const bool autoreap = detail::children_autoreaped();
   bool use_clone = backend_ == spawn_backend::clone_vfork || parent_death_signal_ != 0 ||
                    !detail::posix_spawn_backend_available() ||
-                   (backend_ == spawn_backend::automatic && gap_fds > detail::max_posix_spawn_gap_fds);
+                   (backend_ == spawn_backend::automatic &&
+                    (gap_fds > detail::max_posix_spawn_gap_fds ||
+                     (autoreap && detail::clone_backend_available())));
   if (backend_ == spawn_backend::posix_spawn && parent_death_signal_ != 0)
     throw argument_error(cmdline, "kill_on_parent_death() cannot use the posix_spawn backend");
   if (use_clone && !detail::clone_backend_available())
@@ -601,19 +711,30 @@ inline process command::spawn() const {
   }
   detail::spawned child;
   detail::spawn_failure fail;
-  bool ok = use_clone ? detail::spawn_clone(plan, child, fail) : detail::spawn_posix(plan, child, fail);
+  // kill_on_parent_death: created by the library's long-lived spawner thread, so the
+  // signal comes when the process dies, not when the calling thread does.
+  bool ok = parent_death_signal_ != 0 ? detail::spawner::instance().spawn(plan, child, fail)
+            : use_clone              ? detail::spawn_clone(plan, child, fail)
+                                     : detail::spawn_posix(plan, child, fail);
   if (!ok) {
     std::string step = detail::step_name(fail.step), what;
     if (fail.step == detail::child_step::exec) {
       what = "'" + path + "'";
-      // posix_spawn reports chdir failures as its return value too; say which.
-      struct stat st;
-      if (cwd_ && (detail::sys::stat(cwd_->c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
+      // posix_spawn reports chdir failures as its return value too: if the directory
+      // is (now) missing or cannot be entered, that was the step that failed.
+      int e = 0;
+      std::string why = cwd_ && fail.err != E2BIG ? detail::cwd_problem(*cwd_, e) : std::string();
+      if (!why.empty()) {
         step = "chdir";
-        what = "to '" + cwd_->string() + "'";
+        what = why;
+      } else if (fail.err == E2BIG) {
+        what = detail::too_big_detail(path, plan.argv, plan.envp);
+        cmdline = detail::abbreviated(cmdline, argv_.size());
       }
     } else if (fail.step == detail::child_step::chdir) {
-      what = "to '" + cwd_->string() + "'";
+      int e = 0;
+      what = detail::cwd_problem(*cwd_, e);
+      if (what.empty()) what = "to '" + cwd_->string() + "'";
     }
     // posix_spawn reports a failed setpgid as its return value too (EPERM: the group
     // is gone or in another session); say which.
@@ -625,7 +746,8 @@ inline process command::spawn() const {
     throw spawn_error(fail.err, cmdline, step, what);
   }
   return process(child.pid, std::move(child.pidfd), std::move(cmdline), new_group_ || new_session_,
-                 std::move(in_end), std::move(out_end), std::move(err_end), std::move(channel_end));
+                 std::move(in_end), std::move(out_end), std::move(err_end), std::move(channel_end),
+                 autoreap, child.lost);
 }
 
 }  // namespace subprocess

@@ -1367,10 +1367,10 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
       p->sink.set_writer(pipe_writer(std::move(link.write), "stdin", slot.command));
     } else if (auto* r = std::get_if<pipe_reader>(&opts.input)) {
       if (r->buffered().empty()) {
-        // Hand the pipe itself to the child: no copy through us. Children expect a
-        // blocking stdin.
+        // Hand the pipe itself to the child: no copy through us. command::spawn()
+        // gives the child a blocking description of it (see command.hpp), without
+        // touching the one this reader shares with any other holder.
         handed_reader = std::move(*r);
-        detail::set_nonblocking(handed_reader.fd(), false);
         c.in(fd(handed_reader.fd()));
       } else {
         // It holds bytes read already: they, then the rest, go through a pump.

@@ -24,6 +24,16 @@
 // (auto r = std::move(p.out())) so wait() leaves it alone. For capture with
 // timeouts and input, use sp::run() or sp::communicate().
 //
+// SIGCHLD ignored. If this process sets SIGCHLD to SIG_IGN or uses SA_NOCLDWAIT,
+// the kernel reaps children itself the moment they exit and throws their status
+// away. Spawning still works (and never reports a child that ran as a failure), but
+// no exit status can be had: wait() and wait_for() wait until the child has exited
+// and then throw subprocess::error with code ECHILD (std::errc::no_child_process),
+// saying so; try_wait() returns nullopt while it runs and throws once it has
+// exited. (CPython returns 0 there, claiming a success nobody saw; we would rather
+// say we do not know.) The destructor still kills a running child, and never
+// throws. Restore SIGCHLD's default to get statuses back.
+//
 // Signals. signal(sig) goes through the pidfd (pidfd_send_signal), so it can never
 // hit an unrelated process that reused the pid: once the child is reaped, signal()
 // returns false and sends nothing. With new_process_group() or new_session(),
@@ -59,6 +69,16 @@
 
 namespace subprocess {
 
+namespace detail {
+// True if the kernel reaps our children itself and discards their status: SIGCHLD
+// is set to SIG_IGN, or SA_NOCLDWAIT is set. One system call (rt_sigaction, read only).
+inline bool children_autoreaped() noexcept {
+  struct sigaction sa {};
+  if (sys::sigaction(SIGCHLD, nullptr, &sa) != 0) return false;
+  return sa.sa_handler == SIG_IGN || (sa.sa_flags & SA_NOCLDWAIT) != 0;
+}
+}  // namespace detail
+
 class command;
 
 class process {
@@ -79,6 +99,8 @@ class process {
       out_ = std::move(o.out_);
       err_ = std::move(o.err_);
       channel_fd_ = std::move(o.channel_fd_);
+      autoreaped_ = o.autoreaped_;
+      lost_ = o.lost_;
     }
     return *this;
   }
@@ -193,7 +215,16 @@ class process {
   // fds left); the handle then still owns the child.
   void detach() {
     check_valid("detach");
-    if (!status_) reap(false);
+    if (!status_) {
+      try {
+        reap(false);
+      } catch (const error& e) {
+        // Exited, and its status was thrown away (SIGCHLD ignored): nothing to reap.
+        if (e.code() != std::errc::no_child_process) throw;
+        release();
+        return;
+      }
+    }
     if (!status_) {
       try {
         detail::reaper::instance().ensure_started();
@@ -207,11 +238,17 @@ class process {
 
  private:
   friend class command;
+  // autoreaped: SIGCHLD was ignored (or SA_NOCLDWAIT) when it was spawned. lost: it
+  // had exited and been reaped by the time pidfd_open ran (see detail::spawned).
   process(pid_t pid, detail::unique_fd pidfd, std::string cmd, bool group_leader, pipe_writer in,
-          pipe_reader out, pipe_reader err, detail::unique_fd channel) noexcept
+          pipe_reader out, pipe_reader err, detail::unique_fd channel, bool autoreaped = false,
+          bool lost = false) noexcept
       : pid_(pid), pidfd_(std::move(pidfd)), group_leader_(group_leader), command_(std::move(cmd)),
         in_(std::move(in)), out_(std::move(out)), err_(std::move(err)),
-        channel_fd_(std::move(channel)) {}
+        channel_fd_(std::move(channel)), autoreaped_(autoreaped), lost_(lost) {
+    // Its pid may already belong to another process: never signal or wait for it.
+    if (lost_) reaped_.store(true, std::memory_order_relaxed);
+  }
 
   void check_valid(const char* what) const {
     if (pid_ <= 0) throw argument_error("", std::string(what) + "() on an empty process handle");
@@ -243,6 +280,7 @@ class process {
   // SIG_IGN) and its pid went to another process, waitpid(pid) would wait for (and
   // reap) that one; waitid(P_PIDFD) fails with ECHILD instead.
   void reap(bool blocking) {
+    if (lost_) throw_status_discarded();
     int ws = 0;
     for (bool by_pidfd = static_cast<bool>(pidfd_);;) {
       if (by_pidfd) {
@@ -269,7 +307,10 @@ class process {
       // ECHILD: someone else reaped it, the pid may be reused: never signal it
       // again. Any other failure changes nothing: the child is still ours, and the
       // destructor must still be able to kill it.
-      if (e == ECHILD) reaped_.store(true, std::memory_order_release);
+      if (e == ECHILD) {
+        reaped_.store(true, std::memory_order_release);
+        if (autoreaped_ || detail::children_autoreaped()) throw_status_discarded();
+      }
       throw error(std::error_code(e, std::system_category()), command_,
                   "waiting for '" + command_ + "' failed" +
                       (e == ECHILD ? " (was it reaped by other code calling waitpid(-1)?)" : "") +
@@ -277,6 +318,14 @@ class process {
     }
     status_ = exit_status::from_wait_status(ws);
     reaped_.store(true, std::memory_order_release);
+  }
+
+  [[noreturn]] void throw_status_discarded() const {
+    throw error(std::error_code(ECHILD, std::system_category()), command_,
+                "cannot get the exit status of '" + command_ +
+                    "': it has exited, but the kernel discarded its status because this "
+                    "process ignores SIGCHLD (SIG_IGN) or set SA_NOCLDWAIT; restore SIGCHLD's "
+                    "default disposition to wait for children");
   }
 
   // Output pipes the process owns are drained while waiting (see the header notes).
@@ -363,6 +412,8 @@ class process {
   pipe_writer in_;
   pipe_reader out_, err_;
   detail::unique_fd channel_fd_;
+  bool autoreaped_ = false;
+  bool lost_ = false;
 };
 
 }  // namespace subprocess

@@ -17,6 +17,8 @@
 //   print-env-all       print every NAME=value, sorted
 //   list-fds            print the open fds (excluding the one used to list them)
 //   print-signals       print "ignored: ..." and "blocked: ..." signal numbers
+//   print-sigstate      print the SigIgn and SigBlk masks of /proc/self/status
+//                       ("SigIgn: 0000000000000000"), every signal 1..64
 //   print-pid, print-ppid, print-pgid, print-sid
 //   ignore-term         ignore SIGTERM from now on
 //   ignore SIG          ignore signal number SIG from now on
@@ -35,6 +37,8 @@
 //   wait-stdin-eof      block until stdin reaches EOF
 //   pdeath-child SIG    spawn "sp_helper sleep 60000" with kill_on_parent_death(SIG)
 //                       through the library; print its pid
+//   pdeath-thread SIG   the same, spawned from a std::thread that has exited (joined)
+//                       before the pid is printed
 //   pdeath-run SIG ACTIONS...
 //                       spawn sp_helper running the remaining ACTIONS with
 //                       kill_on_parent_death(SIG) (it shares our stdout), print its
@@ -49,6 +53,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <dirent.h>
@@ -199,6 +204,20 @@ int main(int argc, char** argv) {
       std::string s;
       for (int f : fds) s += (s.empty() ? "" : " ") + std::to_string(f);
       say(1, s);
+    } else if (op == "print-sigstate") {
+      // The kernel's view, every signal 1..64: "SigIgn: <hex>" and "SigBlk: <hex>".
+      int f = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+      std::string st;
+      char buf[4096];
+      for (ssize_t n; (n = ::read(f, buf, sizeof buf)) > 0;) st.append(buf, static_cast<size_t>(n));
+      ::close(f);
+      for (const char* key : {"SigIgn:", "SigBlk:"}) {
+        auto at = st.find(key);
+        auto end = at == std::string::npos ? at : st.find('\n', at);
+        std::string line = at == std::string::npos ? std::string(key) + " ?" : st.substr(at, end - at);
+        line.erase(std::remove(line.begin(), line.end(), '\t'), line.end());
+        say(1, line.replace(line.find(':') + 1, 0, " "));
+      }
     } else if (op == "print-signals") {
       std::string ign, blk;
       sigset_t mask;
@@ -275,6 +294,17 @@ int main(int argc, char** argv) {
         }
       }
       write_all(1, buf.data(), buf.size());
+    } else if (op == "pdeath-thread") {
+      // Like pdeath-child, but spawned from a thread that has exited (joined) by the
+      // time the pid is printed.
+      int sig = std::atoi(next().c_str());
+      pid_t pid = -1;
+      std::thread([&] {
+        auto child = subprocess::command{"/proc/self/exe", "sleep", "60000"}.kill_on_parent_death(sig).spawn();
+        pid = child.pid();
+        child.detach();
+      }).join();
+      say(1, std::to_string(pid));
     } else if (op == "pdeath-run") {
       int sig = std::atoi(next().c_str());
       std::vector<std::string> rest{"/proc/self/exe"};

@@ -10,7 +10,9 @@
 // whenever the options fit its attributes and file actions.
 //
 // Back end 2, clone_vfork: our own clone(CLONE_VM|CLONE_VFORK) for what
-// posix_spawn cannot express (PR_SET_PDEATHSIG). Same cost profile. The parent
+// posix_spawn cannot express (PR_SET_PDEATHSIG; a pidfd obtained atomically with
+// the child through CLONE_PIDFD, needed when SIGCHLD is ignored and the kernel may
+// reap the child before a pidfd_open could run). Same cost profile. The parent
 // blocks every signal around the clone so no handler can run in the child while it
 // shares the parent's memory; the child resets all dispositions to SIG_DFL before
 // unblocking. Failures are written into the shared plan and the child exits 127;
@@ -62,7 +64,8 @@ struct fd_move {
 };
 
 enum class child_step : int {
-  none, stack, sigmask, pidfd, setsid, setpgid, pdeathsig, dup, chdir, close_fds, exec
+  none, stack, sigmask, pidfd, setsid, setpgid, pdeathsig, dup, chdir, close_fds, exec,
+  spawner_thread
 };
 
 inline const char* step_name(child_step s) noexcept {
@@ -78,6 +81,7 @@ inline const char* step_name(child_step s) noexcept {
     case child_step::chdir: return "chdir";
     case child_step::close_fds: return "close inherited fds";
     case child_step::exec: return "exec";
+    case child_step::spawner_thread: return "start the spawner thread";
   }
   return "spawn";
 }
@@ -113,7 +117,10 @@ enum class spawn_method { automatic, posix_spawn, clone_vfork };
 
 struct spawned {
   pid_t pid = -1;
-  unique_fd pidfd;  // may be empty: the kernel lacks pidfds (or posix_spawn path failed to open one)
+  unique_fd pidfd;  // may be empty: the kernel lacks pidfds, or `lost`
+  // posix_spawn started the child, but it had exited and been reaped by the kernel
+  // (SIGCHLD ignored) or by other code before pidfd_open: it ran, its status is gone.
+  bool lost = false;
 };
 
 struct spawn_failure {
@@ -305,8 +312,16 @@ inline bool spawn_clone(child_plan& plan, spawned& out, spawn_failure& fail) {
   }
   unique_fd pfd(pidfd);
   if (plan.err != 0) {
-    // The child failed before or at exec and exited 127: reap it, report why.
-    reap_blocking(pid);
+    // The child failed before or at exec and exited 127: reap it, report why. By its
+    // pidfd when there is one: with SIGCHLD ignored the kernel has reaped it already
+    // and its pid may be another child's by now.
+    int r = -1;
+    if (pfd) {
+      siginfo_t info{};
+      while ((r = sys::waitid_pidfd(pfd.get(), &info, WEXITED)) != 0 && errno == EINTR) {
+      }
+    }
+    if (r != 0 && (!pfd || errno == EINVAL)) reap_blocking(pid);  // EINVAL: no P_PIDFD
     fail = {plan.err, plan.step};
     return false;
   }
@@ -335,9 +350,14 @@ inline bool spawn_posix(const child_plan& plan, spawned& out, spawn_failure& fai
   short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
   if (plan.setsid) flags |= POSIX_SPAWN_SETSID;
   if (plan.setpgid) flags |= POSIX_SPAWN_SETPGROUP;
+  // Every signal back to SIG_DFL in the child, glibc's two reserved real-time
+  // signals (32 and 33) included. sigfillset() and sigaddset() leave those two out,
+  // and glibc's posix_spawn then sets them to SIG_IGN in the child (whatever the
+  // parent does with them), an ignore that survives exec. The child tests the set bit
+  // by bit, so a set with every bit on resets them too: no extra system call.
   sigset_t none, all;
   sigemptyset(&none);
-  sigfillset(&all);
+  std::memset(&all, 0xff, sizeof all);
   e = e ? e : posix_spawnattr_setflags(&attr, flags);
   e = e ? e : posix_spawnattr_setsigmask(&attr, &none);
   e = e ? e : posix_spawnattr_setsigdefault(&attr, &all);
@@ -362,6 +382,17 @@ inline bool spawn_posix(const child_plan& plan, spawned& out, spawn_failure& fai
   }
   out.pid = pid;
   out.pidfd.reset(sys::pidfd_open(pid));
+  if (!out.pidfd && errno == ESRCH) {
+    // The child ran and is gone already, reaped without us: with SIGCHLD ignored (or
+    // SA_NOCLDWAIT) the kernel does that the moment it exits. That is a start, not a
+    // failure: reporting failure would make the caller run it a second time. Its pid
+    // may belong to someone else by now, so the process never uses it (see `lost`).
+    // command::spawn() takes the clone path in that mode, so this is only the
+    // posix_spawn back end chosen by hand, or SIGCHLD ignored by another thread
+    // during the spawn.
+    out.lost = true;
+    return true;
+  }
   if (!out.pidfd && errno != ENOSYS) {
     int err = errno;
     sys::kill(pid, SIGKILL);

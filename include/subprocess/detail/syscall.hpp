@@ -48,7 +48,7 @@ enum class call : unsigned char {
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
   signalfd, timerfd, eventfd, madvise, access, stat, getcwd, readlink, getrlimit, mmap, munmap,
   sigpending, sigtimedwait, recv, send, shutdown, fstat, mremap, eventfd_write, setsockopt,
-  count_
+  sigaction, count_
 };
 
 inline const char* call_name(call c) noexcept {
@@ -57,7 +57,7 @@ inline const char* call_name(call c) noexcept {
       "open", "close", "pipe2", "socketpair", "dup", "fcntl", "pidfd_open", "pidfd_send_signal",
       "kill", "posix_spawn", "clone", "sigmask", "signalfd", "timerfd", "eventfd", "madvise", "access",
       "stat", "getcwd", "readlink", "getrlimit", "mmap", "munmap", "sigpending", "sigtimedwait",
-      "recv", "send", "shutdown", "fstat", "mremap", "eventfd_write", "setsockopt"};
+      "recv", "send", "shutdown", "fstat", "mremap", "eventfd_write", "setsockopt", "sigaction"};
   static_assert(sizeof names / sizeof names[0] == static_cast<std::size_t>(call::count_));
   auto i = static_cast<std::size_t>(c);
   return i < static_cast<std::size_t>(call::count_) ? names[i] : "?";
@@ -275,6 +275,11 @@ inline int thread_sigmask(int how, const sigset_t* set, sigset_t* old) noexcept 
 inline int raw_sigprocmask(int how, const unsigned long* set, unsigned long* old) noexcept {
   SUBPROCESS_FAULT_POINT(call::sigmask);
   return static_cast<int>(::syscall(SYS_rt_sigprocmask, how, set, old, sizeof(unsigned long)));
+}
+// Reads (act == nullptr) or sets a signal's disposition; the library only reads.
+inline int sigaction(int sig, const struct sigaction* act, struct sigaction* old) noexcept {
+  SUBPROCESS_FAULT_POINT(call::sigaction);
+  return ::sigaction(sig, act, old);
 }
 inline int sigpending(sigset_t* set) noexcept {
   SUBPROCESS_FAULT_POINT(call::sigpending);
