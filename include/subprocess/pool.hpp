@@ -1,8 +1,8 @@
 // subprocess/pool.hpp - a pool of worker processes: submit tasks, get futures.
 // Needs nlohmann/json (CMake target subprocess::ipc).
 //
-// A worker is any program started with an ipc channel that answers JSON-RPC
-// requests: a C++ program running ipc::serve(), this very program in a worker role
+// A worker is any program started with an ipc channel that answers the pool's
+// messages: a C++ program running ipc::serve(), this very program in a worker role
 // (command::self), or a Node script (process.on('message') / process.send()). The
 // pool starts the workers, hands them tasks, keeps the number of workers between a
 // minimum and a maximum, notices workers that crash or hang, replaces them and runs
@@ -16,6 +16,24 @@
 //   // the worker side (same program, main() sees "--worker"):
 //   auto ch = sp::ipc::connect_to_parent();
 //   sp::ipc::serve(ch, {{"fib", [](const json& p) -> json { return fib(p.at("n")); }}});
+//
+// The protocol a worker speaks (options.protocol), one JSON message per line:
+//   json_rpc (default): the pool sends {"jsonrpc":"2.0","id":N,"method":M,"params":P}
+//     (submit(M, P)); the worker answers {"jsonrpc":"2.0","id":N,"result":R} or
+//     {"jsonrpc":"2.0","id":N,"error":{"code":C,"message":S}}, with the same id, in
+//     any order. It must also answer the pool's pings the same way: requests with
+//     method "rpc.heartbeat" (params {"beat":N}; any result will do). serve() does all
+//     of this; tests/ipc/rpc_worker.js is the same in 30 lines of Node. A worker that
+//     cannot answer pings needs heartbeat_interval = 0 (or the plain protocol).
+//     Messages that are not answers go to options.on_message.
+//   plain: for workers that know nothing of JSON-RPC, written the way Node course
+//     workers are: process.on('message', m => process.send(result)). The pool sends
+//     P itself (any JSON value; M only names the task in errors and events), and the
+//     worker's next message is the answer, whatever it holds. Answers carry no id, so
+//     max_in_flight must be 1 (the constructor refuses more); no heartbeats are sent
+//     (heartbeat_interval is ignored: use task_timeout against hangs); a message
+//     arriving with no task in flight goes to on_message; a worker cannot fail a task
+//     other than by what its answer says.
 //
 // The pool adds .ipc() to the command itself (unless you chose a channel fd with
 // .ipc(fd)). Workers inherit stdin/stdout/stderr by default; sp::pipe is refused for
@@ -62,13 +80,22 @@
 // for that long (rpc.heartbeat, which serve() answers by itself, even while a handler
 // is busy; see ipc.hpp). A worker with a ping unanswered for heartbeat_timeout (a
 // stopped process, a wedged one) is killed (SIGKILL), counted as hung, and handled as
-// a crash: its tasks are retried elsewhere. A Node worker answers from its event loop,
+// a crash: its tasks are retried elsewhere. Only complete messages count as signs of
+// life: a worker that writes bytes but never finishes a line (one byte every few ms,
+// no newline) misses its ping all the same. A Node worker answers from its event loop,
 // so a Node handler that keeps the CPU busy delays its pings: give Node workers a
 // heartbeat_timeout longer than their longest synchronous task.
 //
-// Garbage. A worker that writes a line on its channel that is not JSON (a stray
-// printf to the wrong fd, a corrupted peer) is broken: it is killed, counted as hung,
-// and its tasks are retried, as for a crash. Its bytes never count as signs of life.
+// Garbage. A line that cannot be decoded and shows the id of a task in flight in its
+// first 64 bytes ("id":N, where serve() and Node put it) is one bad answer: that task
+// fails with an ipc::channel_error (protocol_error) saying what the codec refused
+// (invalid UTF-8, nesting deeper than 1000...), and the worker stays. With the plain
+// protocol a bad line is the answer to the task in flight. Any other line that is not
+// JSON (a stray printf to the wrong fd, a corrupted peer, a flood) means the worker is
+// broken: it is killed, counted as hung, and its tasks are retried, as for a crash. A
+// worker's unfinished line is held in memory up to max_message_size bytes (64 MiB by
+// default): longer, and the worker is killed the same way (its task, if the line
+// shows its id, fails with the error).
 //
 // Task timeout. With task_timeout, a task unanswered that long fails with pool_error
 // (task_timeout); its worker, which may be stuck in it, is killed and replaced, and
@@ -96,12 +123,18 @@
 //   cancel: queued tasks fail at once with pool_error cancelled ("cancelled: pool
 //           shut down"); running tasks may finish until `grace` has passed, the
 //           rest then fail the same way.
-// Then every channel is closed and the workers are stopped with sp::shutdown()
-// (SIGTERM, SIGKILL at the end of the grace period), all reaped. The destructor calls
+// Then every channel is closed (a serve() loop returns, a Node worker sees
+// 'disconnect') and the workers get the grace period to exit by themselves and clean
+// up (cancel: what is left of it, at least 100 ms); those still running then get
+// SIGTERM (and SIGCONT), and SIGKILL term_grace later (options.term_grace, 1 s by
+// default); all are reaped. A worker that exits within the grace is never signalled:
+// its worker_stopped event carries its own status. The destructor calls
 // shutdown(options.shutdown_grace, shutdown_mode::cancel): it never waits for queued
-// work, and it returns within about the grace period (plus 100 ms for the workers to
-// go) even if they hang. Call shutdown(grace, shutdown_mode::finish) first when the
-// queue must be finished; wait_idle() waits for every task submitted so far.
+// work, and it returns within about shutdown_grace + term_grace (plus 100 ms) even if
+// the workers hang. Call shutdown(grace, shutdown_mode::finish) first when the queue
+// must be finished; wait_idle() waits for every task submitted so far. Retired and
+// recycled workers are stopped the same way: channel closed, shutdown_grace, SIGTERM,
+// term_grace, SIGKILL.
 //
 // Events and statistics. options.on_event is told what happens (pool_event: a worker
 // started, crashed, hung, was recycled; the pool scaled up or down, to how many; a
@@ -114,6 +147,8 @@
 //
 // Errors a future can hold:
 //   ipc::rpc_error        the worker answered with an error (its code and message)
+//   ipc::channel_error    (protocol_error) its answer could not be decoded; the
+//                         message says why (see "Garbage")
 //   pool_error            kind(): worker_crashed (after every attempt; attempts()
 //                         has the statuses), task_timeout, cancelled, shut_down,
 //                         queue_full, no_workers (none could be started: the spawn
@@ -281,7 +316,7 @@ enum class pool_event_kind {
   worker_started,   // a worker process was started
   worker_stopped,   // a worker the pool asked to stop (retired, recycled, shutdown) ended
   worker_crashed,   // a worker died by itself (status says how)
-  worker_hung,      // a worker was killed: no heartbeat answer, or a task timed out
+  worker_hung,      // a worker was killed: no heartbeat answer, a task timed out, garbage
   worker_recycled,  // a worker reached max_tasks_per_worker; it gets no more tasks
   scaled_up,        // a worker was added because tasks were waiting (workers = new size)
   scaled_down,      // an idle worker was retired (workers = new size)
@@ -339,7 +374,8 @@ struct pool_options {
   std::chrono::milliseconds scale_up_cooldown = std::chrono::milliseconds(100);
   // Retire a worker idle this long (never below min_workers).
   std::chrono::milliseconds idle_timeout = std::chrono::seconds(10);
-  // Ping a worker not heard from for this long; 0 turns heartbeats off.
+  // Ping a worker not heard from for this long; 0 turns heartbeats off (always off
+  // with worker_protocol::plain).
   std::chrono::milliseconds heartbeat_interval = std::chrono::seconds(1);
   // A ping unanswered this long: the worker is hung (killed and replaced).
   std::chrono::milliseconds heartbeat_timeout = std::chrono::seconds(3);
@@ -353,7 +389,7 @@ struct pool_options {
   std::size_t max_queue = 0;
   queue_full_policy when_full = queue_full_policy::block;
   // For the destructor's shutdown, and for a retired or recycled worker to exit after
-  // its channel is closed (then SIGKILL).
+  // its channel is closed (then SIGTERM).
   std::chrono::milliseconds shutdown_grace = std::chrono::seconds(5);
   // After that grace, a worker still running gets SIGTERM, and SIGKILL this much later.
   std::chrono::milliseconds term_grace = std::chrono::seconds(1);
@@ -1758,7 +1794,8 @@ class worker_pool {
   // thread (in one of its callbacks): that aborts the program.
   ~worker_pool() = default;
 
-  // Queues a call of `method` with `params` (an object, an array or null). The future
+  // Queues a call of `method` with `params` (an object, an array or null; any JSON
+  // value with worker_protocol::plain, where params is the message). The future
   // holds the result or an error (see the header notes). Never blocks, except with
   // max_queue full and queue_full_policy::block. Throws argument_error for bad params.
   std::future<json> submit(std::string_view method, json params = nullptr) {
@@ -1799,8 +1836,9 @@ class worker_pool {
   const std::string& name() const { return core().name(); }
 
   // Stops accepting tasks, finishes them (shutdown_mode::finish) or cancels them
-  // (cancel), then stops every worker within `grace` (SIGKILL after it), all reaped:
-  // see the header notes. Returns when that is done. Idempotent; a second call waits
+  // (cancel), then closes every channel and gives the workers `grace` to exit by
+  // themselves (SIGTERM after it, SIGKILL term_grace later), all reaped: see the
+  // header notes. Returns when that is done. Idempotent; a second call waits
   // for the first. Throws argument_error when called from a pool callback.
   template <class Rep = long, class Period = std::ratio<1>>
   void shutdown(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5),
