@@ -882,6 +882,22 @@ TEST_CASE("pool: shutdown closes channels and waits the grace before SIGTERM and
     CHECK(took < 3s);
     CHECK(stopped_status(log) == sp::exit_status::signaled(SIGKILL));
   }
+  SECTION("a recycled worker lingering after its channel closed: SIGTERM after shutdown_grace") {
+    sp::worker_pool pool(sp::command{IPC_HELPER_PATH, "connect", "serve", "sleep", "60000"},
+                         {.min_workers = 1,
+                          .max_tasks_per_worker = 1,
+                          .shutdown_grace = 200ms,
+                          .term_grace = 5s,
+                          .on_event = log.fn()});
+    const auto pid = pool.submit("pid").get().get<pid_t>();
+    REQUIRE(log.wait_for(sp::pool_event_kind::worker_stopped, 1, 5s));
+    std::lock_guard l(log.mu);
+    for (auto& e : log.events)
+      if (e.kind == sp::pool_event_kind::worker_stopped) {
+        CHECK(e.pid == pid);
+        CHECK(e.status == sp::exit_status::signaled(SIGTERM));
+      }
+  }
 }
 
 TEST_CASE("pool: worker_protocol::plain: workers that answer each message with one message") {
