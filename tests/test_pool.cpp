@@ -894,6 +894,7 @@ TEST_CASE("pool: shutdown closes channels and waits the grace before SIGTERM and
     std::lock_guard l(log.mu);
     for (auto& e : log.events)
       if (e.kind == sp::pool_event_kind::worker_stopped) {
+        INFO(e.message);
         CHECK(e.pid == pid);
         CHECK(e.status == sp::exit_status::signaled(SIGTERM));
       }
