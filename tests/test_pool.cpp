@@ -994,3 +994,18 @@ TEST_CASE("pool: one answer that cannot be decoded fails its task; the worker st
   CHECK(pool.pids() == std::vector<pid_t>{pid});
   CHECK(log.count(sp::pool_event_kind::worker_hung) == 0);
 }
+
+TEST_CASE("pool: a bad line is an answer only if its top-level id is a task's") {
+  // The nested {"id": 1} is not the envelope's id: this line answers nothing, it is
+  // garbage, and the worker that wrote it is killed (its task then fails, no retries).
+  sp::worker_pool pool(sp::command{IPC_HELPER_PATH, "connect", "receive-one", "raw",
+                                   "{\"jsonrpc\":\"2.0\",\"result\":[{\"id\":1}],\"x\":\"\\xff\"}\\n",
+                                   "sleep", "60000"},
+                       {.min_workers = 1, .heartbeat_interval = 0ms, .max_retries = 0});
+  auto f = pool.submit("anything");
+  auto e = pool_error_of(f);
+  CHECK(e.kind() == sp::pool_errc::worker_crashed);
+  REQUIRE(e.attempts().size() == 1);
+  CHECK_THAT(e.attempts()[0].what, Catch::Contains("malformed message on its channel"));
+  CHECK(pool.stats().workers_hung >= 1);
+}

@@ -1061,18 +1061,10 @@ class pool_core {
     if (w.in_flight.empty()) return false;
     auto it = w.in_flight.begin();
     if (!plain()) {
-      const std::string& s = e.sample();
-      auto k = s.find("\"id\"");
-      if (k == std::string::npos) return false;
-      k += 4;
-      while (k < s.size() && (s[k] == ' ' || s[k] == ':')) ++k;
-      std::uint64_t id = 0;
-      std::size_t digits = 0;
-      for (; k < s.size() && s[k] >= '0' && s[k] <= '9' && digits < 19; ++k, ++digits)
-        id = id * 10 + static_cast<std::uint64_t>(s[k] - '0');
-      if (digits == 0 || k == s.size() || (s[k] != ',' && s[k] != '}' && s[k] != ' ')) return false;
+      auto id = top_level_id(e.sample());
+      if (!id) return false;
       it = std::find_if(w.in_flight.begin(), w.in_flight.end(),
-                        [id](const sent_task& t) { return t.rpc_id == id; });
+                        [&](const sent_task& t) { return t.rpc_id == *id; });
       if (it == w.in_flight.end()) return false;
     }
     task_ptr t = answered(w, it);
@@ -1085,6 +1077,55 @@ class pool_core {
     if (kept && w.state == wstate::draining && w.in_flight.empty())
       close_worker(w, stop_why::recycled);
     return true;
+  }
+
+  // The value of the "id" key of the top-level object in the first bytes of a line
+  // (a channel_error's sample: bytes that are not printable ASCII, and '\\', are
+  // written \xNN). Keys of nested objects, and text inside strings, do not count.
+  static std::optional<std::uint64_t> top_level_id(std::string_view s) {
+    if (s.empty() || s[0] != '{') return std::nullopt;
+    int depth = 0;
+    bool in_string = false, key_next = false;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+      const char c = s[i];
+      if (c == '\\') {  // \xNN: one original byte; a backslash escapes the next one
+        const bool backslash = s.substr(i, 4) == "\\x5c";
+        i += 3;
+        if (backslash && in_string && i + 1 < s.size()) i += s[i + 1] == '\\' ? 4 : 1;
+        continue;
+      }
+      if (in_string) {
+        if (c == '"') in_string = false;
+        continue;
+      }
+      if (c == '"') {
+        if (depth == 1 && key_next && s.substr(i, 4) == "\"id\"") {
+          std::size_t k = i + 4;
+          while (k < s.size() && (s[k] == ' ' || s[k] == ':')) ++k;
+          std::uint64_t id = 0;
+          std::size_t digits = 0;
+          for (; k < s.size() && s[k] >= '0' && s[k] <= '9' && digits < 19; ++k, ++digits)
+            id = id * 10 + static_cast<std::uint64_t>(s[k] - '0');
+          if (digits == 0 || k == s.size() || (s[k] != ',' && s[k] != '}' && s[k] != ' '))
+            return std::nullopt;
+          return id;
+        }
+        in_string = true;
+        key_next = false;
+        continue;
+      }
+      if (c == '{' || c == '[') {
+        ++depth;
+        key_next = c == '{';
+      } else if (c == '}' || c == ']') {
+        --depth;
+      } else if (c == ',') {
+        key_next = depth == 1;
+      } else if (c == ':') {
+        key_next = false;
+      }
+    }
+    return std::nullopt;
   }
 
   // Takes the task an answer is for out of w's in-flight list.
