@@ -94,8 +94,8 @@
 // JSON (a stray printf to the wrong fd, a corrupted peer, a flood) means the worker is
 // broken: it is killed, counted as hung, and its tasks are retried, as for a crash. A
 // worker's unfinished line is held in memory up to max_message_size bytes (64 MiB by
-// default): longer, and the worker is killed the same way (its task, if the line
-// shows its id, fails with the error).
+// default; plus at most one read of 4 MiB before the check): longer, and the worker
+// is killed the same way (its task, if the line shows its id, fails with the error).
 //
 // Task timeout. With task_timeout, a task unanswered that long fails with pool_error
 // (task_timeout); its worker, which may be stuck in it, is killed and replaced, and
