@@ -5,10 +5,12 @@
 #include <fstream>
 
 #include <subprocess/environment.hpp>
+#include <subprocess/run.hpp>
 
 #include "testing.hpp"
 
 namespace sp = subprocess;
+using namespace std::chrono_literals;
 
 namespace {
 // Sets a variable in this test process for the duration of a test.
@@ -177,4 +179,38 @@ TEST_CASE("environment::redacted hides secret-looking values") {
         "api_token=***REDACTED***\n");
   CHECK(sp::environment::is_secret_name("MY_API_KEY"));
   CHECK_FALSE(sp::environment::is_secret_name("HOME"));
+}
+
+TEST_CASE("environment::redacted: PASS/PWD names and passwords in URLs") {
+  auto e = sp::environment::empty()
+               .set("DB_PASS", "a")
+               .set("MYSQL_PWD", "b")
+               .set("PASSWD", "c")
+               .set("PGPASSWORD", "d")
+               .set("gpg_passphrase", "e")
+               .set("PWD", "/home/me/src")
+               .set("OLDPWD", "/home/me")
+               .set("DATABASE_URL", "postgres://app:s3cret@db.example:5432/prod?sslmode=require")
+               .set("GIT_REMOTE", "https://ghp_abc123@github.com/me/repo.git")
+               .set("REDIS_NODES", "redis://:pw1@h1:6379,redis://u:p@w2@h2/0")
+               .set("HOMEPAGE", "https://example.com/users/@me")
+               .set("PLAIN_URL", "https://example.com:8080/x");
+  CHECK(e.redacted() ==
+        "DATABASE_URL=postgres://app:***REDACTED***@db.example:5432/prod?sslmode=require\n"
+        "DB_PASS=***REDACTED***\n"
+        "GIT_REMOTE=https://***REDACTED***@github.com/me/repo.git\n"
+        "HOMEPAGE=https://example.com/users/@me\n"
+        "MYSQL_PWD=***REDACTED***\n"
+        "OLDPWD=/home/me\n"
+        "PASSWD=***REDACTED***\n"
+        "PGPASSWORD=***REDACTED***\n"
+        "PLAIN_URL=https://example.com:8080/x\n"
+        "PWD=/home/me/src\n"
+        "REDIS_NODES=redis://:***REDACTED***@h1:6379,redis://u:***REDACTED***@h2/0\n"
+        "gpg_passphrase=***REDACTED***\n");
+  CHECK_FALSE(sp::environment::is_secret_name("pwd"));
+  CHECK(sp::environment::is_secret_name("PWD_FILE"));
+  // Only the printout is redacted: the child gets the real values.
+  auto r = sp::run(sp::command{"printenv", "DATABASE_URL", "MYSQL_PWD"}.env(e), {.timeout = 10s});
+  CHECK(r.out == "postgres://app:s3cret@db.example:5432/prod?sslmode=require\nb\n");
 }

@@ -217,6 +217,122 @@ TEST_CASE("an exception in a callback leaves run() and the loop stays usable") {
   CHECK(later == 1);
 }
 
+TEST_CASE("a callback that throws: what it was given is consumed and the next run() goes on") {
+  sp::event_loop loop;
+  SECTION("on_line: the line is not delivered again; the lines after it are") {
+    auto p = sp::command{"printf", "a\nb\nc"}.out(sp::pipe).spawn();
+    std::vector<std::string> got;
+    bool closed = false;
+    loop.on_line(p.out(), [&](std::string_view l) {
+      got.emplace_back(l);
+      if (got.size() == 1 || l == "c") throw std::runtime_error("line " + std::string(l));
+    });
+    loop.on_close(p.out(), [&] { closed = true; });
+    CHECK_THROWS_WITH(loop.run(), "line a");
+    CHECK_THROWS_WITH(loop.run(), "line c");  // the last line, without '\n', at EOF
+    loop.run();
+    CHECK(got == std::vector<std::string>{"a", "b", "c"});
+    CHECK(closed);
+    CHECK(p.wait().success());
+  }
+  SECTION("on_data: the chunk is not delivered again; the next data is") {
+    // The child writes "first", waits for a line on stdin, writes "second".
+    auto p = sp::command::shell("printf first; read x; printf second")
+                 .in(sp::pipe)
+                 .out(sp::pipe)
+                 .spawn();
+    std::string all;
+    int calls = 0;
+    bool closed = false;
+    loop.on_data(p.out(), [&](std::string_view chunk) {
+      all += chunk;
+      if (++calls == 1) throw std::runtime_error("chunk");
+    });
+    loop.on_close(p.out(), [&] { closed = true; });
+    CHECK_THROWS_WITH(loop.run(), "chunk");
+    CHECK(all == "first");
+    p.in().write_all("go\n");
+    p.in().close();
+    loop.run();
+    CHECK(all == "firstsecond");
+    CHECK(closed);
+    CHECK(p.wait().success());
+  }
+  SECTION("pump into a sink that throws: the chunk is released, reading goes on") {
+    auto p = sp::command::shell("printf first; read x; printf second").in(sp::pipe).out(sp::pipe).spawn();
+    std::string all;
+    int calls = 0;
+    bool finished = false;
+    loop.pump(
+        p.out(),
+        [&](std::string_view chunk, std::function<void()> done) {
+          all += chunk;
+          if (++calls == 1) throw std::runtime_error("sink");
+          done();
+        },
+        {.on_finish = [&](std::exception_ptr) { finished = true; }});
+    CHECK_THROWS_WITH(loop.run(), "sink");
+    p.in().write_all("go\n");
+    p.in().close();
+    loop.run();
+    CHECK(all == "firstsecond");
+    CHECK(finished);
+    CHECK(p.wait().success());
+  }
+  SECTION("on_exit: called once") {
+    auto p = sp::command{"true"}.spawn();
+    int calls = 0;
+    loop.on_exit(p, [&](sp::exit_status) {
+      ++calls;
+      throw std::runtime_error("exit");
+    });
+    CHECK_THROWS_WITH(loop.run(), "exit");
+    loop.run();  // nothing left to do: returns at once
+    CHECK(calls == 1);
+    CHECK(p.status() == sp::exit_status::exited(0));
+  }
+  SECTION("timers: a one-shot timer that throws has run; the child it killed is seen once") {
+    auto p = sp::command{"sleep", "10"}.spawn();
+    int fired = 0, exits = 0;
+    loop.after(1ms, [&] {
+      ++fired;
+      p.kill();
+      throw std::runtime_error("timer");
+    });
+    loop.on_exit(p, [&](sp::exit_status st) {
+      ++exits;
+      CHECK(st == sp::exit_status::signaled(SIGKILL));
+    });
+    CHECK_THROWS_WITH(loop.run(), "timer");
+    loop.run();
+    CHECK(fired == 1);
+    CHECK(exits == 1);
+  }
+  SECTION("watch: a callback that read its data and threw gets the next data only") {
+    auto p = sp::command::shell("printf one; read x; printf two").in(sp::pipe).out(sp::pipe).spawn();
+    std::string all;
+    int calls = 0;
+    sp::event_loop::id w = 0;
+    w = loop.watch(p.out().fd(), EPOLLIN, [&](std::uint32_t) {
+      char buf[64];
+      ssize_t n = ::read(p.out().fd(), buf, sizeof buf);
+      if (n <= 0) {
+        loop.remove(w);
+        return;
+      }
+      all.append(buf, static_cast<std::size_t>(n));
+      if (++calls == 1) throw std::runtime_error("watch");
+    });
+    CHECK_THROWS_WITH(loop.run(), "watch");
+    CHECK(all == "one");
+    p.in().write_all("go\n");
+    p.in().close();
+    loop.run();
+    CHECK(all == "onetwo");
+    CHECK(p.wait().success());
+  }
+}
+
 TEST_CASE("writer: high-water mark, drain, end") {
   auto p = testing::helper({"count-stdin"}).in(sp::pipe).out(sp::pipe).spawn();
   sp::event_loop loop;

@@ -757,3 +757,255 @@ TEST_CASE("pool: min_workers = 0 starts a worker on demand and retires it when i
   CHECK(log.wait_for(sp::pool_event_kind::scaled_down, 1));
   CHECK(log.wait_for(sp::pool_event_kind::worker_stopped, 1));
 }
+
+// ---- issue 13: the pool at its edges ------------------------------------------------
+
+namespace {
+
+// A fresh directory for marker files, removed at the end.
+struct temp_dir {
+  std::filesystem::path path;
+  temp_dir() {
+    static std::atomic<int> n{0};
+    path = std::filesystem::temp_directory_path() /
+           ("sp-pool-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+    std::filesystem::create_directories(path);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
+// The status of the one worker_stopped event (fails the test unless there is one).
+std::optional<sp::exit_status> stopped_status(event_log& log) {
+  std::lock_guard l(log.mu);
+  std::vector<sp::pool_event> stopped;
+  for (auto& e : log.events)
+    if (e.kind == sp::pool_event_kind::worker_stopped) stopped.push_back(e);
+  REQUIRE(stopped.size() == 1);
+  return stopped.front().status;
+}
+
+}  // namespace
+
+TEST_CASE("pool: only complete messages are signs of life") {
+  event_log log;
+  SECTION("a worker dribbling a byte every 5 ms, never a newline, misses its heartbeat") {
+    sp::worker_pool pool(sp::command{IPC_HELPER_PATH, "connect", "dribble", "5"},
+                         {.min_workers = 1,
+                          .heartbeat_interval = 50ms,
+                          .heartbeat_timeout = 200ms,
+                          .on_event = log.fn()});
+    REQUIRE(log.wait_for(sp::pool_event_kind::worker_hung, 1, 5s));
+    {
+      std::lock_guard l(log.mu);
+      auto it = std::find_if(log.events.begin(), log.events.end(), [](const sp::pool_event& e) {
+        return e.kind == sp::pool_event_kind::worker_hung;
+      });
+      CHECK_THAT(it->message, Catch::Contains("no answer to a heartbeat"));
+    }
+    CHECK(pool.stats().workers_hung >= 1);
+    // Replaced, as any hung worker is.
+    CHECK(log.wait_for(sp::pool_event_kind::worker_started, 2, 5s));
+  }
+  SECTION("a partial line longer than max_message_size: killed as malformed at once") {
+    sp::worker_pool pool(
+        sp::command{IPC_HELPER_PATH, "connect", "raw-bytes", "100000", "x", "sleep", "60000"},
+        {.min_workers = 1, .heartbeat_interval = 0ms, .on_event = log.fn(), .max_message_size = 4096});
+    REQUIRE(log.wait_for(sp::pool_event_kind::worker_hung, 1, 5s));
+    {
+      std::lock_guard l(log.mu);
+      auto it = std::find_if(log.events.begin(), log.events.end(), [](const sp::pool_event& e) {
+        return e.kind == sp::pool_event_kind::worker_hung;
+      });
+      CHECK_THAT(it->message, Catch::Contains("exceeds the limit of 4096 bytes"));
+    }
+    auto st = pool.stats();
+    CHECK(st.workers_hung >= 1);
+    CHECK(st.workers_crashed == 0);  // killed by the pool, not left to die of a closed channel
+  }
+}
+
+TEST_CASE("pool: shutdown closes channels and waits the grace before SIGTERM and SIGKILL") {
+  temp_dir dir;
+  event_log log;
+  SECTION("a worker that cleans up after the disconnect exits by itself (exited 0)") {
+    const auto marker = dir.path / "cleaned";
+    {
+      // serve() returns when the channel closes; then 300 ms of "cleanup", a marker file.
+      sp::worker_pool pool(sp::command{IPC_HELPER_PATH, "connect", "serve", "sleep", "300", "touch",
+                                       marker.string()},
+                           {.min_workers = 1, .on_event = log.fn()});
+      CHECK(pool.submit("square", {3}).get() == 9);
+      auto t0 = clk::now();
+      pool.shutdown(3s);
+      auto took = clk::now() - t0;
+      CHECK(took >= 300ms);
+      CHECK(took < 2500ms);  // it did not wait for the deadline: the worker was gone
+    }
+    CHECK(std::filesystem::exists(marker));
+    CHECK(stopped_status(log) == sp::exit_status::exited(0));
+  }
+  // Workers that ignore the disconnect; they say when they are set up (ignore-term).
+  std::promise<void> ready;
+  auto on_message = [&](pid_t, const json&) { ready.set_value(); };
+  SECTION("a worker that ignores the disconnect gets SIGTERM at the end of the grace") {
+    sp::worker_pool pool(
+        sp::command{IPC_HELPER_PATH, "connect", "send", "{\"ready\":1}", "sleep", "60000"},
+        {.min_workers = 1,
+         .heartbeat_interval = 0ms,
+         .term_grace = 5s,
+         .on_event = log.fn(),
+         .on_message = on_message});
+    REQUIRE(ready.get_future().wait_for(10s) == std::future_status::ready);
+    auto t0 = clk::now();
+    pool.shutdown(300ms);
+    auto took = clk::now() - t0;
+    CHECK(took >= 300ms);
+    CHECK(took < 3s);
+    CHECK(stopped_status(log) == sp::exit_status::signaled(SIGTERM));
+  }
+  SECTION("one that ignores SIGTERM too gets SIGKILL term_grace later") {
+    sp::worker_pool pool(sp::command{IPC_HELPER_PATH, "ignore-term", "connect", "send",
+                                     "{\"ready\":1}", "sleep", "60000"},
+                         {.min_workers = 1,
+                          .heartbeat_interval = 0ms,
+                          .term_grace = 300ms,
+                          .on_event = log.fn(),
+                          .on_message = on_message});
+    REQUIRE(ready.get_future().wait_for(10s) == std::future_status::ready);
+    auto t0 = clk::now();
+    pool.shutdown(200ms);
+    auto took = clk::now() - t0;
+    CHECK(took >= 500ms);
+    CHECK(took < 3s);
+    CHECK(stopped_status(log) == sp::exit_status::signaled(SIGKILL));
+  }
+  SECTION("a recycled worker lingering after its channel closed: SIGTERM after shutdown_grace") {
+    sp::worker_pool pool(sp::command{IPC_HELPER_PATH, "connect", "serve", "sleep", "60000"},
+                         {.min_workers = 1,
+                          .max_tasks_per_worker = 1,
+                          .shutdown_grace = 200ms,
+                          .term_grace = 5s,
+                          .on_event = log.fn()});
+    const auto pid = pool.submit("pid").get().get<pid_t>();
+    REQUIRE(log.wait_for(sp::pool_event_kind::worker_stopped, 1, 5s));
+    std::lock_guard l(log.mu);
+    for (auto& e : log.events)
+      if (e.kind == sp::pool_event_kind::worker_stopped) {
+        INFO(e.message);
+        CHECK(e.pid == pid);
+        CHECK(e.status == sp::exit_status::signaled(SIGTERM));
+      }
+  }
+}
+
+TEST_CASE("pool: worker_protocol::plain: workers that answer each message with one message") {
+  // ipc_helper's "echo" knows nothing of JSON-RPC: it sends every message back.
+  event_log log;
+  std::atomic<int> notes{0};
+  sp::worker_pool pool(sp::command{IPC_HELPER_PATH, "connect", "echo"},
+                       {.min_workers = 2,
+                        .protocol = sp::worker_protocol::plain,
+                        .heartbeat_interval = 20ms,  // ignored: plain workers get no pings
+                        .heartbeat_timeout = 100ms,
+                        .on_event = log.fn(),
+                        .on_message = [&](pid_t, const json&) { ++notes; }});
+  CHECK(pool.submit("double", 21).get() == 21);  // any JSON value is a message
+  CHECK(pool.submit("obj", {{"a", 1}}).get() == json{{"a", 1}});
+  CHECK(pool.submit("str", "text").get() == "text");
+  // Long enough for several heartbeat timeouts: nobody is pinged, nobody is killed.
+  auto t0 = clk::now();
+  int n = 0;
+  while (clk::now() - t0 < 400ms) {
+    CHECK(pool.submit("n", n).get() == n);
+    ++n;
+  }
+  auto st = pool.stats();
+  CHECK(st.workers_hung == 0);
+  CHECK(st.workers_started == 2);
+  CHECK(notes == 0);  // no ping came back as a stray message
+  // Answers carry no id, so only one task at a time per worker.
+  CHECK_THROWS_AS(sp::worker_pool(sp::command{IPC_HELPER_PATH, "connect", "echo"},
+                                  {.max_in_flight = 2, .protocol = sp::worker_protocol::plain}),
+                  sp::argument_error);
+}
+
+TEST_CASE("pool: a plain Node worker (process.on('message') -> process.send())", "[node]") {
+  REQUIRE_NODE();
+  temp_dir dir;
+  event_log log;
+  const auto marker = dir.path / "node-cleaned";
+  std::set<pid_t> pids_before;
+  {
+    sp::worker_pool pool(sp::command{"node", script("plain_worker.js"), marker.string()},
+                         {.min_workers = 2,
+                          .protocol = sp::worker_protocol::plain,
+                          .on_event = log.fn()});
+    std::vector<std::future<json>> fs;
+    for (int i = 0; i < 20; ++i) fs.push_back(pool.submit("fib", i));
+    const int fib[] = {0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597, 2584, 4181};
+    for (int i = 0; i < 20; ++i) CHECK(fs[static_cast<std::size_t>(i)].get() == fib[i]);
+    auto pids = pool.pids();
+    pids_before.insert(pids.begin(), pids.end());
+    CHECK(pool.stats().workers_hung == 0);
+    // The workers clean up on 'disconnect' (200 ms) and exit: the grace lets them.
+    pool.shutdown(3s);
+  }
+  CHECK(std::filesystem::exists(marker));
+  std::lock_guard l(log.mu);
+  int stopped = 0;
+  for (auto& e : log.events) {
+    if (e.kind != sp::pool_event_kind::worker_stopped) continue;
+    ++stopped;
+    CHECK(pids_before.count(e.pid) == 1);
+    REQUIRE(e.status);
+    CHECK(*e.status == sp::exit_status::exited(0));
+  }
+  CHECK(stopped == 2);
+}
+
+TEST_CASE("pool: one answer that cannot be decoded fails its task; the worker stays") {
+  event_log log;
+  sp::worker_pool pool(helper_worker(), {.min_workers = 1, .max_in_flight = 4, .on_event = log.fn()});
+  const auto pid = pool.submit("pid").get().get<pid_t>();
+  // Nested 5,000 deep: the worker's serializer writes it, our codec refuses it.
+  auto before = pool.submit("square", {2});
+  auto bad = pool.submit("deep", {{"n", 5000}});
+  auto after = pool.submit("square", {3});
+  CHECK(before.get() == 4);
+  try {
+    bad.get();
+    FAIL("no error");
+  } catch (const ipc::channel_error& e) {
+    CHECK(e.code() == sp::errc::protocol_error);
+    CHECK_THAT(e.what(), Catch::Contains("('deep')") && Catch::Contains("cannot be decoded") &&
+                             Catch::Contains("nested") && Catch::Contains("the worker was kept"));
+  }
+  CHECK(after.get() == 9);
+  CHECK(pool.submit("pid").get().get<pid_t>() == pid);
+  auto st = pool.stats();
+  CHECK(st.workers_hung == 0);
+  CHECK(st.workers_crashed == 0);
+  CHECK(st.workers_started == 1);
+  CHECK(st.failed == 1);
+  CHECK(st.size == 1);
+  CHECK(pool.pids() == std::vector<pid_t>{pid});
+  CHECK(log.count(sp::pool_event_kind::worker_hung) == 0);
+}
+
+TEST_CASE("pool: a bad line is an answer only if its top-level id is a task's") {
+  // The nested {"id": 1} is not the envelope's id: this line answers nothing, it is
+  // garbage, and the worker that wrote it is killed (its task then fails, no retries).
+  sp::worker_pool pool(sp::command{IPC_HELPER_PATH, "connect", "receive-one", "raw",
+                                   "{\"jsonrpc\":\"2.0\",\"result\":[{\"id\":1}],\"x\":\"\\xff\"}\\n",
+                                   "sleep", "60000"},
+                       {.min_workers = 1, .heartbeat_interval = 0ms, .max_retries = 0});
+  auto f = pool.submit("anything");
+  auto e = pool_error_of(f);
+  CHECK(e.kind() == sp::pool_errc::worker_crashed);
+  REQUIRE(e.attempts().size() == 1);
+  CHECK_THAT(e.attempts()[0].what, Catch::Contains("malformed message on its channel"));
+  CHECK(pool.stats().workers_hung >= 1);
+}

@@ -14,7 +14,8 @@
 //   sp::command{"printenv"}.env(min).spawn();
 //
 //   env.expand("${HOME}/bin:$PATH")    // shell-style interpolation, no shell involved
-//   env.redacted()                     // printable; values of secret-looking names hidden
+//   env.redacted()                     // printable; secret-looking values and URL
+//                                      // passwords hidden (see is_secret_name)
 //
 // An environment is a value: copies are independent, and building one never
 // touches the real environment of this process (no setenv, which is not
@@ -159,24 +160,58 @@ class environment {
     return set(name, expand(text));
   }
 
-  // True for names that look like they hold secrets: they contain SECRET,
-  // PASSWORD, PASSWD, TOKEN, KEY or CREDENTIAL (any case).
+  // True for names that look like they hold secrets. The rule, on the name in upper
+  // case: it contains SECRET, PASS (PASSWORD, PASSWD, DB_PASS, PASSPHRASE), PWD
+  // (MYSQL_PWD), TOKEN, KEY or CREDENTIAL, and is not exactly PWD or OLDPWD (the
+  // shell's working directories, not secrets). It errs towards hiding: BYPASS_CACHE
+  // and KEYBOARD_LAYOUT are hidden too.
   static bool is_secret_name(std::string_view name) {
     std::string up(name);
     std::transform(up.begin(), up.end(), up.begin(),
                    [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
-    for (std::string_view w : {"SECRET", "PASSWORD", "PASSWD", "TOKEN", "KEY", "CREDENTIAL"})
+    if (up == "PWD" || up == "OLDPWD") return false;
+    for (std::string_view w : {"SECRET", "PASS", "PWD", "TOKEN", "KEY", "CREDENTIAL"})
       if (up.find(w) != std::string::npos) return true;
     return false;
   }
-  // One "NAME=value" line per variable, with the values of secret-looking names
-  // replaced by ***REDACTED***. Safe to log.
+  // `value` with the credentials of the URLs in it hidden. In every
+  // "scheme://userinfo@host..." (userinfo: what comes between "://" and the last '@'
+  // before the next '/', '?', '#' or blank), the password of "user:password@" becomes
+  // ***REDACTED*** (the user name stays: postgres://app:***REDACTED***@db/prod), and a
+  // userinfo without ':' is hidden whole (it is often a token:
+  // https://***REDACTED***@github.com). A password holding an unencoded '/', '?' or
+  // '#' (invalid in a URL) is not recognised.
+  static std::string redact_url_credentials(std::string_view value) {
+    std::string out;
+    std::size_t from = 0;  // copied up to here
+    for (std::size_t i = value.find("://"); i != std::string_view::npos;
+         i = value.find("://", std::max(i + 3, from))) {
+      const std::size_t start = i + 3;
+      std::size_t end = start;
+      while (end < value.size() && value[end] != '/' && value[end] != '?' && value[end] != '#' &&
+             !std::isspace(static_cast<unsigned char>(value[end])))
+        ++end;
+      const std::size_t at = value.substr(start, end - start).rfind('@');
+      if (at == std::string_view::npos || at == 0) continue;
+      const std::string_view userinfo = value.substr(start, at);
+      const std::size_t colon = userinfo.find(':');
+      const std::size_t hide_from = colon == std::string_view::npos ? start : start + colon + 1;
+      out.append(value.substr(from, hide_from - from));
+      out += "***REDACTED***";
+      from = start + at;  // the '@' onwards
+    }
+    out.append(value.substr(from));
+    return out;
+  }
+  // One "NAME=value" line per variable, safe to log: the values of secret-looking
+  // names (is_secret_name) are replaced by ***REDACTED***, and in every other value
+  // the credentials of URLs are hidden (redact_url_credentials).
   std::string redacted() const {
     std::string s;
     for (const auto& [k, v] : vars_) {
       s += k;
       s += '=';
-      s += is_secret_name(k) ? std::string_view("***REDACTED***") : std::string_view(v);
+      s += is_secret_name(k) ? std::string("***REDACTED***") : redact_url_credentials(v);
       s += '\n';
     }
     return s;

@@ -47,7 +47,12 @@
 //     refers to, or let it finish: stream watches end at EOF, exit watches at exit).
 //     It never closes a reader; writers are closed only by end().
 //   * Only post() and stop() may be called from other threads.
-//   * An exception thrown by a callback propagates out of run(); the loop stays usable.
+//   * An exception thrown by a callback propagates out of run(); the loop stays usable
+//     and the next run() goes on with what comes next: the chunk or line the callback
+//     was given counts as delivered (never handed over twice), an exit callback or a
+//     one-shot timer has run (a repeating timer keeps its schedule), posted callbacks
+//     after the throwing one still run. A watch(fd) is level-triggered: it is called
+//     again while the fd stays ready, so read what you were woken for before throwing.
 //
 // Cost: one epoll fd and one eventfd per loop; per event one epoll_wait plus the reads
 // or writes it enables; no busy loop and no thread per stream.
@@ -412,7 +417,12 @@ class event_loop {
           s->held = n;
           modify(s->watch, 0);
         }
-        s->on_data(chunk);
+        try {
+          s->on_data(chunk);
+        } catch (...) {
+          consumed_by_throw(i, *s, n);
+          throw;
+        }
         if (!s->removed && !s->hold_chunks) r.consume(n);
       }
     } else if (s->on_line) {
@@ -425,14 +435,24 @@ class event_loop {
           break;
         }
         s->line_scan = 0;
-        s->on_line(b.substr(0, nl));
+        try {
+          s->on_line(b.substr(0, nl));
+        } catch (...) {
+          consumed_by_throw(i, *s, nl + 1);
+          throw;
+        }
         if (!s->removed) r.consume(nl + 1);
       }
       if (eof && !s->removed && !s->paused && !r.buffered().empty()) {
         std::string_view rest = r.buffered();
         std::size_t n = rest.size();
         s->line_scan = 0;
-        s->on_line(rest);
+        try {
+          s->on_line(rest);
+        } catch (...) {
+          consumed_by_throw(i, *s, n);
+          throw;
+        }
         if (!s->removed) r.consume(n);
       }
     } else if (!s->on_close) {
@@ -443,6 +463,23 @@ class event_loop {
       remove(i);
       if (close_fn) close_fn();
     }
+  }
+
+  // A data or line callback threw: what it was given counts as delivered (it is not
+  // handed over again by the next run()), and what is left in the reader's buffer, or
+  // the end of the stream, is delivered by the next run() even if the pipe has nothing
+  // more to say.
+  void consumed_by_throw(id i, stream_watch& s, std::size_t n) {
+    if (s.removed) return;  // the callback removed its watch: the buffer is the owner's
+    if (s.hold_chunks) {
+      if (s.held == 0) return;  // the sink called done() before throwing: consumed
+      s.held = 0;
+      if (!s.paused) modify(s.watch, EPOLLIN);
+    }
+    s.reader->consume(n);
+    s.line_scan = 0;
+    if (!s.reader->buffered().empty() || s.reader->input_ended())
+      post([this, i] { deliver_stream(i, false); });
   }
 
   void check_exit(id i) {

@@ -1,8 +1,8 @@
 // subprocess/pool.hpp - a pool of worker processes: submit tasks, get futures.
 // Needs nlohmann/json (CMake target subprocess::ipc).
 //
-// A worker is any program started with an ipc channel that answers JSON-RPC
-// requests: a C++ program running ipc::serve(), this very program in a worker role
+// A worker is any program started with an ipc channel that answers the pool's
+// messages: a C++ program running ipc::serve(), this very program in a worker role
 // (command::self), or a Node script (process.on('message') / process.send()). The
 // pool starts the workers, hands them tasks, keeps the number of workers between a
 // minimum and a maximum, notices workers that crash or hang, replaces them and runs
@@ -16,6 +16,24 @@
 //   // the worker side (same program, main() sees "--worker"):
 //   auto ch = sp::ipc::connect_to_parent();
 //   sp::ipc::serve(ch, {{"fib", [](const json& p) -> json { return fib(p.at("n")); }}});
+//
+// The protocol a worker speaks (options.protocol), one JSON message per line:
+//   json_rpc (default): the pool sends {"jsonrpc":"2.0","id":N,"method":M,"params":P}
+//     (submit(M, P)); the worker answers {"jsonrpc":"2.0","id":N,"result":R} or
+//     {"jsonrpc":"2.0","id":N,"error":{"code":C,"message":S}}, with the same id, in
+//     any order. It must also answer the pool's pings the same way: requests with
+//     method "rpc.heartbeat" (params {"beat":N}; any result will do). serve() does all
+//     of this; tests/ipc/rpc_worker.js is the same in 30 lines of Node. A worker that
+//     cannot answer pings needs heartbeat_interval = 0 (or the plain protocol).
+//     Messages that are not answers go to options.on_message.
+//   plain: for workers that know nothing of JSON-RPC, written the way Node course
+//     workers are: process.on('message', m => process.send(result)). The pool sends
+//     P itself (any JSON value; M only names the task in errors and events), and the
+//     worker's next message is the answer, whatever it holds. Answers carry no id, so
+//     max_in_flight must be 1 (the constructor refuses more); no heartbeats are sent
+//     (heartbeat_interval is ignored: use task_timeout against hangs); a message
+//     arriving with no task in flight goes to on_message; a worker cannot fail a task
+//     other than by what its answer says.
 //
 // The pool adds .ipc() to the command itself (unless you chose a channel fd with
 // .ipc(fd)). Workers inherit stdin/stdout/stderr by default; sp::pipe is refused for
@@ -62,13 +80,22 @@
 // for that long (rpc.heartbeat, which serve() answers by itself, even while a handler
 // is busy; see ipc.hpp). A worker with a ping unanswered for heartbeat_timeout (a
 // stopped process, a wedged one) is killed (SIGKILL), counted as hung, and handled as
-// a crash: its tasks are retried elsewhere. A Node worker answers from its event loop,
+// a crash: its tasks are retried elsewhere. Only complete messages count as signs of
+// life: a worker that writes bytes but never finishes a line (one byte every few ms,
+// no newline) misses its ping all the same. A Node worker answers from its event loop,
 // so a Node handler that keeps the CPU busy delays its pings: give Node workers a
 // heartbeat_timeout longer than their longest synchronous task.
 //
-// Garbage. A worker that writes a line on its channel that is not JSON (a stray
-// printf to the wrong fd, a corrupted peer) is broken: it is killed, counted as hung,
-// and its tasks are retried, as for a crash. Its bytes never count as signs of life.
+// Garbage. A line that cannot be decoded and shows the id of a task in flight in its
+// first 64 bytes ("id":N, where serve() and Node put it) is one bad answer: that task
+// fails with an ipc::channel_error (protocol_error) saying what the codec refused
+// (invalid UTF-8, nesting deeper than 1000...), and the worker stays. With the plain
+// protocol a bad line is the answer to the task in flight. Any other line that is not
+// JSON (a stray printf to the wrong fd, a corrupted peer, a flood) means the worker is
+// broken: it is killed, counted as hung, and its tasks are retried, as for a crash. A
+// worker's unfinished line is held in memory up to max_message_size bytes (64 MiB by
+// default; plus at most one read of 4 MiB before the check): longer, and the worker
+// is killed the same way (its task, if the line shows its id, fails with the error).
 //
 // Task timeout. With task_timeout, a task unanswered that long fails with pool_error
 // (task_timeout); its worker, which may be stuck in it, is killed and replaced, and
@@ -96,12 +123,18 @@
 //   cancel: queued tasks fail at once with pool_error cancelled ("cancelled: pool
 //           shut down"); running tasks may finish until `grace` has passed, the
 //           rest then fail the same way.
-// Then every channel is closed and the workers are stopped with sp::shutdown()
-// (SIGTERM, SIGKILL at the end of the grace period), all reaped. The destructor calls
+// Then every channel is closed (a serve() loop returns, a Node worker sees
+// 'disconnect') and the workers get the grace period to exit by themselves and clean
+// up (cancel: what is left of it, at least 100 ms); those still running then get
+// SIGTERM (and SIGCONT), and SIGKILL term_grace later (options.term_grace, 1 s by
+// default); all are reaped. A worker that exits within the grace is never signalled:
+// its worker_stopped event carries its own status. The destructor calls
 // shutdown(options.shutdown_grace, shutdown_mode::cancel): it never waits for queued
-// work, and it returns within about the grace period (plus 100 ms for the workers to
-// go) even if they hang. Call shutdown(grace, shutdown_mode::finish) first when the
-// queue must be finished; wait_idle() waits for every task submitted so far.
+// work, and it returns within about shutdown_grace + term_grace (plus 100 ms) even if
+// the workers hang. Call shutdown(grace, shutdown_mode::finish) first when the queue
+// must be finished; wait_idle() waits for every task submitted so far. Retired and
+// recycled workers are stopped the same way: channel closed, shutdown_grace, SIGTERM,
+// term_grace, SIGKILL.
 //
 // Events and statistics. options.on_event is told what happens (pool_event: a worker
 // started, crashed, hung, was recycled; the pool scaled up or down, to how many; a
@@ -114,6 +147,8 @@
 //
 // Errors a future can hold:
 //   ipc::rpc_error        the worker answered with an error (its code and message)
+//   ipc::channel_error    (protocol_error) its answer could not be decoded; the
+//                         message says why (see "Garbage")
 //   pool_error            kind(): worker_crashed (after every attempt; attempts()
 //                         has the statuses), task_timeout, cancelled, shut_down,
 //                         queue_full, no_workers (none could be started: the spawn
@@ -271,12 +306,17 @@ class pool_error : public error {
 enum class dispatch_policy { least_busy, round_robin };
 enum class queue_full_policy { block, fail };
 enum class shutdown_mode { finish, cancel };
+// What a worker speaks on its channel (see "The protocol a worker speaks").
+enum class worker_protocol {
+  json_rpc,  // JSON-RPC 2.0 requests and answers matched by id; heartbeats
+  plain,     // the message is params itself, the worker's next message is the answer
+};
 
 enum class pool_event_kind {
   worker_started,   // a worker process was started
   worker_stopped,   // a worker the pool asked to stop (retired, recycled, shutdown) ended
   worker_crashed,   // a worker died by itself (status says how)
-  worker_hung,      // a worker was killed: no heartbeat answer, or a task timed out
+  worker_hung,      // a worker was killed: no heartbeat answer, a task timed out, garbage
   worker_recycled,  // a worker reached max_tasks_per_worker; it gets no more tasks
   scaled_up,        // a worker was added because tasks were waiting (workers = new size)
   scaled_down,      // an idle worker was retired (workers = new size)
@@ -327,11 +367,15 @@ struct pool_options {
   dispatch_policy dispatch = dispatch_policy::least_busy;
   // Tasks sent to one worker before it has answered (1: one at a time).
   std::size_t max_in_flight = 1;
+  // json_rpc (default) or plain (Node's process.on('message') / process.send()
+  // workers that know nothing of JSON-RPC; needs max_in_flight = 1, no heartbeats).
+  worker_protocol protocol = worker_protocol::json_rpc;
   // Scale up at most once per cooldown.
   std::chrono::milliseconds scale_up_cooldown = std::chrono::milliseconds(100);
   // Retire a worker idle this long (never below min_workers).
   std::chrono::milliseconds idle_timeout = std::chrono::seconds(10);
-  // Ping a worker not heard from for this long; 0 turns heartbeats off.
+  // Ping a worker not heard from for this long; 0 turns heartbeats off (always off
+  // with worker_protocol::plain).
   std::chrono::milliseconds heartbeat_interval = std::chrono::seconds(1);
   // A ping unanswered this long: the worker is hung (killed and replaced).
   std::chrono::milliseconds heartbeat_timeout = std::chrono::seconds(3);
@@ -345,8 +389,10 @@ struct pool_options {
   std::size_t max_queue = 0;
   queue_full_policy when_full = queue_full_policy::block;
   // For the destructor's shutdown, and for a retired or recycled worker to exit after
-  // its channel is closed (then SIGKILL).
+  // its channel is closed (then SIGTERM).
   std::chrono::milliseconds shutdown_grace = std::chrono::seconds(5);
+  // After that grace, a worker still running gets SIGTERM, and SIGKILL this much later.
+  std::chrono::milliseconds term_grace = std::chrono::seconds(1);
   // Pool events (see pool_event_kind); runs on the I/O thread.
   std::function<void(const pool_event&)> on_event = {};
   // Messages from a worker that are not answers (its own notifications); I/O thread.
@@ -588,11 +634,16 @@ class pool_core {
                            std::pair{opts_.heartbeat_interval, "heartbeat_interval"},
                            std::pair{opts_.heartbeat_timeout, "heartbeat_timeout"},
                            std::pair{opts_.task_timeout, "task_timeout"},
-                           std::pair{opts_.shutdown_grace, "shutdown_grace"}})
+                           std::pair{opts_.shutdown_grace, "shutdown_grace"},
+                           std::pair{opts_.term_grace, "term_grace"}})
       if (d < ms::zero()) throw bad(std::string(what) + " is negative");
     if (opts_.heartbeat_interval > ms::zero() && opts_.heartbeat_timeout <= ms::zero())
       throw bad("heartbeat_timeout must be positive when heartbeats are on");
     if (opts_.max_message_size == 0) throw bad("max_message_size must be positive");
+    if (plain() && opts_.max_in_flight != 1)
+      throw bad(
+          "max_in_flight must be 1 with worker_protocol::plain (answers carry no id: they are "
+          "matched to tasks by order)");
     for (const auto* s : {&cmd_.in(), &cmd_.out(), &cmd_.err()})
       if (*s && std::holds_alternative<pipe_t>(**s))
         throw bad(
@@ -600,7 +651,10 @@ class pool_core {
             "write it); use inherit, null or a file");
   }
 
+  bool plain() const noexcept { return opts_.protocol == worker_protocol::plain; }
+
   void check_params(std::string_view method, const json& params) const {
+    if (plain()) return;  // the message itself: any JSON value
     if (!(params.is_null() || params.is_array() || params.is_object()))
       throw argument_error(opts_.name,
                            "submit '" + std::string(method) +
@@ -719,7 +773,7 @@ class pool_core {
 
   ms choose_tick() const {
     ms t = ms(100);
-    if (opts_.heartbeat_interval > ms::zero())
+    if (opts_.heartbeat_interval > ms::zero() && !plain())
       t = std::min({t, opts_.heartbeat_interval / 2, opts_.heartbeat_timeout / 4});
     if (opts_.task_timeout > ms::zero()) t = std::min(t, opts_.task_timeout / 5);
     if (opts_.max_workers > opts_.min_workers) t = std::min(t, opts_.idle_timeout / 4);
@@ -939,7 +993,8 @@ class pool_core {
     if (ev & EPOLLOUT) flush(w);
     if (!(ev & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
     // One read per wake-up (level-triggered: a busy worker cannot starve the others).
-    if (w.ch.read_available() > 0) w.last_heard = clock::now();
+    // Bytes are not signs of life: only complete messages are (see drain()).
+    w.ch.read_available();
     drain(w);
     if (w.ch.eof()) channel_ended(w);
   }
@@ -947,33 +1002,155 @@ class pool_core {
   // Takes every message the socket holds now.
   void read_all(worker& w) {
     if (!w.ch.is_open()) return;
-    bool any = false;
-    while (w.ch.read_available() > 0) {
-      any = true;
-      drain(w);
-    }
+    while (w.ch.read_available() > 0) drain(w);
     drain(w);
-    if (any) w.last_heard = clock::now();
   }
 
+  // Decodes the complete messages buffered. Each one is a sign of life (last_heard);
+  // a partial line is not, so a worker dribbling bytes without ever finishing a
+  // message still misses its heartbeat. The partial line is bounded by
+  // max_message_size: beyond it the channel reports an oversized message and the
+  // worker is killed as malformed.
   void drain(worker& w) {
+    bool heard = false;
     for (;;) {
       try {
-        if (!w.ch.try_receive_rpc(msg_)) return;
+        if (plain()) {
+          auto m = w.ch.try_receive();
+          if (!m) break;
+          heard = true;
+          incoming_plain(w, std::move(*m));
+          continue;
+        }
+        if (!w.ch.try_receive_rpc(msg_)) break;
       } catch (const ipc::channel_error& e) {
-        if (w.ch.eof()) return;
-        // A malformed line: the worker is broken (its bytes would otherwise count as
-        // signs of life and hide it from the heartbeat). Killed and replaced; its tasks
-        // are retried like a crashed worker's.
-        if (w.state == wstate::ready || w.state == wstate::draining) {
+        if (e.code() != errc::protocol_error) break;  // died mid-message: its exit says more
+        const bool taking = w.state == wstate::ready || w.state == wstate::draining;
+        if (w.ch.eof()) {
+          // The channel is finished: an oversized message (longer than
+          // max_message_size: the channel shut itself down), or a bad line was the
+          // peer's last. Its task fails with the error; the worker is of no more use.
+          if (taking) {
+            bad_answer(w, e, false);
+            kill_worker(w, stop_why::hung, std::string("killed: ") + e.what());
+          }
+          break;
+        }
+        heard = true;  // a whole line, if not a good one
+        // One answer that cannot be decoded fails its task; the worker stays.
+        if (taking && bad_answer(w, e, true)) continue;
+        // Anything else malformed (a stray printf, a corrupted peer, a flood) means the
+        // worker is broken: killed and replaced; its tasks are retried like a crashed
+        // worker's.
+        if (taking)
           kill_worker(w, stop_why::hung,
                       "killed: a malformed message on its channel (" + e.sample() + ")");
-          return;
-        }
-        return;  // already on its way out: the rest is garbage too (and costly to parse)
+        break;  // on its way out: the rest is garbage too (and costly to parse)
       }
+      heard = true;
       incoming(w, msg_);
     }
+    if (heard) w.last_heard = clock::now();
+  }
+
+  // A line that failed to decode, attributed to a task in flight: with the plain
+  // protocol the next message is the answer to the oldest task; with JSON-RPC the line
+  // must show the id of a task in flight ("id":N within its first 64 bytes, where
+  // serve() and Node put it). That task fails with the channel_error; true then.
+  bool bad_answer(worker& w, const ipc::channel_error& e, bool kept) {
+    if (w.in_flight.empty()) return false;
+    auto it = w.in_flight.begin();
+    if (!plain()) {
+      auto id = top_level_id(e.sample());
+      if (!id) return false;
+      it = std::find_if(w.in_flight.begin(), w.in_flight.end(),
+                        [&](const sent_task& t) { return t.rpc_id == *id; });
+      if (it == w.in_flight.end()) return false;
+    }
+    task_ptr t = answered(w, it);
+    const std::string what = "task " + std::to_string(t->id) + " ('" + t->method +
+                             "') failed: worker " + std::to_string(w.pid) +
+                             " answered with a message that cannot be decoded: " + e.what() +
+                             (kept ? " (the worker was kept)" : " (the worker was killed)");
+    fail(std::move(t), std::make_exception_ptr(ipc::channel_error(
+                           errc::protocol_error, opts_.name, what, e.sample())));
+    if (kept && w.state == wstate::draining && w.in_flight.empty())
+      close_worker(w, stop_why::recycled);
+    return true;
+  }
+
+  // The value of the "id" key of the top-level object in the first bytes of a line
+  // (a channel_error's sample: bytes that are not printable ASCII, and '\\', are
+  // written \xNN). Keys of nested objects, and text inside strings, do not count.
+  static std::optional<std::uint64_t> top_level_id(std::string_view s) {
+    if (s.empty() || s[0] != '{') return std::nullopt;
+    int depth = 0;
+    bool in_string = false, key_next = false;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+      const char c = s[i];
+      if (c == '\\') {  // \xNN: one original byte; a backslash escapes the next one
+        const bool backslash = s.substr(i, 4) == "\\x5c";
+        i += 3;
+        if (backslash && in_string && i + 1 < s.size()) i += s[i + 1] == '\\' ? 4 : 1;
+        continue;
+      }
+      if (in_string) {
+        if (c == '"') in_string = false;
+        continue;
+      }
+      if (c == '"') {
+        if (depth == 1 && key_next && s.substr(i, 4) == "\"id\"") {
+          std::size_t k = i + 4;
+          while (k < s.size() && (s[k] == ' ' || s[k] == ':')) ++k;
+          std::uint64_t id = 0;
+          std::size_t digits = 0;
+          for (; k < s.size() && s[k] >= '0' && s[k] <= '9' && digits < 19; ++k, ++digits)
+            id = id * 10 + static_cast<std::uint64_t>(s[k] - '0');
+          if (digits == 0 || k == s.size() || (s[k] != ',' && s[k] != '}' && s[k] != ' '))
+            return std::nullopt;
+          return id;
+        }
+        in_string = true;
+        key_next = false;
+        continue;
+      }
+      if (c == '{' || c == '[') {
+        ++depth;
+        key_next = c == '{';
+      } else if (c == '}' || c == ']') {
+        --depth;
+      } else if (c == ',') {
+        key_next = depth == 1;
+      } else if (c == ':') {
+        key_next = false;
+      }
+    }
+    return std::nullopt;
+  }
+
+  // Takes the task an answer is for out of w's in-flight list.
+  task_ptr answered(worker& w, std::deque<sent_task>::iterator it) {
+    task_ptr t = std::move(it->t);
+    const bool was_oldest = it == w.in_flight.begin();
+    w.in_flight.erase(it);
+    ++w.answered;
+    crash_loop_ = 0;
+    if (w.in_flight.empty())
+      w.idle_since = clock::now();
+    else if (was_oldest)
+      w.in_flight.front().since = clock::now();
+    return t;
+  }
+
+  // worker_protocol::plain: the message is the answer to the oldest task, or, with
+  // none in flight, a message of the worker's own (on_message).
+  void incoming_plain(worker& w, json m) {
+    if (w.in_flight.empty()) {
+      if (opts_.on_message) notes_.emplace_back(w.pid, std::move(m));
+      return;
+    }
+    succeed(answered(w, w.in_flight.begin()), std::move(m));
+    if (w.state == wstate::draining && w.in_flight.empty()) close_worker(w, stop_why::recycled);
   }
 
   void incoming(worker& w, ipc::channel::rpc_message& m) {
@@ -989,15 +1166,7 @@ class pool_core {
         auto it = std::find_if(w.in_flight.begin(), w.in_flight.end(),
                                [id](const sent_task& s) { return s.rpc_id == id; });
         if (it == w.in_flight.end()) return;  // an answer we no longer wait for
-        task_ptr t = std::move(it->t);
-        const bool was_oldest = it == w.in_flight.begin();
-        w.in_flight.erase(it);
-        ++w.answered;
-        crash_loop_ = 0;
-        if (w.in_flight.empty())
-          w.idle_since = clock::now();
-        else if (was_oldest)
-          w.in_flight.front().since = clock::now();
+        task_ptr t = answered(w, it);
         if (!m.error.is_null()) {
           const json* e = &m.error;
           int code = ipc::rpc_error::internal_error;
@@ -1096,6 +1265,24 @@ class pool_core {
     });
   }
 
+  // A worker whose channel we closed: `grace` to exit by itself, then SIGTERM (and
+  // SIGCONT, in case it is stopped), then SIGKILL term_grace later.
+  void schedule_stop(worker& w, ms grace) {
+    if (w.kill_timer) return;
+    worker* raw = &w;
+    w.kill_timer = loop_.after(grace, [this, raw] {
+      guarded([&] {
+        raw->kill_timer = 0;
+        try {
+          send_tree(raw->proc, SIGTERM);
+          send_tree(raw->proc, SIGCONT);
+        } catch (...) {
+        }
+        schedule_kill(*raw, opts_.term_grace);
+      });
+    });
+  }
+
   // We stop a worker: gracefully (its channel closed) or by force.
   void close_worker(worker& w, stop_why why) {
     w.why = why;
@@ -1105,7 +1292,7 @@ class pool_core {
       w.watch = 0;
     }
     w.ch.close();
-    schedule_kill(w, opts_.shutdown_grace);
+    schedule_stop(w, opts_.shutdown_grace);
     if (why == stop_why::retired) {
       workers_retired_.fetch_add(1);
     }
@@ -1145,15 +1332,14 @@ class pool_core {
     if (!asked) {
       w.why = stop_why::crashed;
       workers_crashed_.fetch_add(1);
-      if (w.answered == 0 && now - w.started < std::chrono::seconds(1)) {
-        ++crash_loop_;
-        last_early_death_ = now;
-      }
+      young_death(w, now);
       emit(pool_event_kind::worker_crashed, &w,
            "worker " + std::to_string(w.pid) + " " + st.to_string(), 0, st);
       owe(w);
     } else if (w.why == stop_why::hung || w.why == stop_why::timed_out) {
-      // Reported when it was killed.
+      // Reported when it was killed. Killed young without an answer (garbage or a
+      // message too long right from the start): restarted with the same backoff.
+      if (w.why == stop_why::hung) young_death(w, now);
     } else {
       emit(pool_event_kind::worker_stopped, &w,
            "worker " + std::to_string(w.pid) + " " + st.to_string(), 0, st);
@@ -1189,6 +1375,14 @@ class pool_core {
                            [&](const auto& p) { return p.get() == &w; });
     if (it != workers_.end()) workers_.erase(it);  // &w is gone from here on
     maintain();
+  }
+
+  // A worker that died (or was killed) young before answering anything.
+  void young_death(const worker& w, clock::time_point now) {
+    if (w.answered == 0 && now - w.started < std::chrono::seconds(1)) {
+      ++crash_loop_;
+      last_early_death_ = now;
+    }
   }
 
   std::exception_ptr crashed_error(const task& t, const worker& w) const {
@@ -1266,7 +1460,10 @@ class pool_core {
     w.in_flight.push_back({id, std::move(t), w.in_flight.empty() ? now : clock::time_point::max()});
     ++w.assigned;
     try {
-      w.ch.enqueue_request(id, w.in_flight.back().t->method, w.in_flight.back().t->params);
+      if (plain())
+        w.ch.enqueue(w.in_flight.back().t->params);
+      else
+        w.ch.enqueue_request(id, w.in_flight.back().t->method, w.in_flight.back().t->params);
     } catch (const ipc::channel_error&) {
       // The worker is gone; its exit retries the task.
       if (w.state == wstate::ready) {
@@ -1394,7 +1591,7 @@ class pool_core {
 
   void on_tick() {
     const auto now = clock::now();
-    const bool hb = opts_.heartbeat_interval > ms::zero();
+    const bool hb = opts_.heartbeat_interval > ms::zero() && !plain();
     std::vector<std::pair<worker*, std::string>> hung;
     std::vector<worker*> timed_out;
     for (auto& wp : workers_) {
@@ -1516,10 +1713,17 @@ class pool_core {
       w->ch.close();  // a serve() loop returns, a Node worker sees 'disconnect'
       if (w->proc.valid() && !w->proc.status()) procs.push_back(&w->proc);
     }
+    // The ladder: the workers have their channel closed, and get the grace period to
+    // exit by themselves (a Node worker cleaning up on 'disconnect'); then SIGTERM;
+    // then, term_grace later, SIGKILL.
     auto left = std::chrono::duration_cast<ms>(stop_deadline_ - clock::now());
     ms g = stop_mode_ == shutdown_mode::finish ? grace_ : std::max(left, std::min(grace_, ms(100)));
     try {
-      sp_shutdown(procs, g);
+      const auto by_themselves = clock::now() + g;
+      std::vector<process*> still;
+      for (process* p : procs)
+        if (!p->wait_until(by_themselves)) still.push_back(p);
+      sp_shutdown(still, opts_.term_grace);
     } catch (...) {
       // Reaping failed (someone else reaped our child): the handles clean up below.
     }
@@ -1631,7 +1835,8 @@ class worker_pool {
   // thread (in one of its callbacks): that aborts the program.
   ~worker_pool() = default;
 
-  // Queues a call of `method` with `params` (an object, an array or null). The future
+  // Queues a call of `method` with `params` (an object, an array or null; any JSON
+  // value with worker_protocol::plain, where params is the message). The future
   // holds the result or an error (see the header notes). Never blocks, except with
   // max_queue full and queue_full_policy::block. Throws argument_error for bad params.
   std::future<json> submit(std::string_view method, json params = nullptr) {
@@ -1672,8 +1877,9 @@ class worker_pool {
   const std::string& name() const { return core().name(); }
 
   // Stops accepting tasks, finishes them (shutdown_mode::finish) or cancels them
-  // (cancel), then stops every worker within `grace` (SIGKILL after it), all reaped:
-  // see the header notes. Returns when that is done. Idempotent; a second call waits
+  // (cancel), then closes every channel and gives the workers `grace` to exit by
+  // themselves (SIGTERM after it, SIGKILL term_grace later), all reaped: see the
+  // header notes. Returns when that is done. Idempotent; a second call waits
   // for the first. Throws argument_error when called from a pool callback.
   template <class Rep = long, class Period = std::ratio<1>>
   void shutdown(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5),

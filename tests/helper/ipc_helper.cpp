@@ -31,6 +31,8 @@
 //                         garbage {}         writes "garbage\n" on the channel, then
 //                                            sleeps (never answers)
 //                         env {name}         the variable's value, or null
+//                         deep {n}           returns n nested arrays [[[...]]] (deeper
+//                                            than the parent's codec accepts for n > 1000)
 //   raw TEXT            write TEXT to the channel as it is (\n, \\ and \xNN decoded)
 //   raw-bytes N C       write N bytes C (no newline)
 //   expect-eof          read and drop messages until the end of the channel
@@ -43,6 +45,9 @@
 //   grandchild-pid      fork a grandchild that sleeps forever holding every fd (the
 //                       channel too); print its pid to stdout
 //   flood-lines         write "garbage\n" to the channel until it breaks
+//   dribble MS          write one byte 'x' to the channel every MS ms, never a newline,
+//                       until the parent is gone
+//   touch FILE          create FILE containing "done\n" (a marker: the cleanup ran)
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -154,6 +159,13 @@ ipc::handler_map methods(int& answered, ipc::channel& ch) {
          write_raw(ch.fd(), "garbage\n");  // not JSON; then no answer until killed
          for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
        }},
+      {"deep",
+       [&](const json& p) -> json {
+         ++answered;
+         json v = json::array();
+         for (std::size_t k = 1; k < p.at("n").get<std::size_t>(); ++k) v = json::array({std::move(v)});
+         return v;
+       }},
       {"env",
        [&](const json& p) -> json {
          ++answered;
@@ -242,6 +254,15 @@ int main(int argc, char** argv) {
       std::string lines;
       for (int k = 0; k < 4096; ++k) lines += "garbage\n";
       for (;;) write_raw(ch.fd(), lines);  // exits 141 when the parent is gone
+    } else if (act == "dribble") {
+      const int ms = std::stoi(next());
+      for (;;) {
+        write_raw(ch.fd(), "x");  // exits 141 when the parent is gone
+        std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+      }
+    } else if (act == "touch") {
+      std::FILE* f = std::fopen(next().c_str(), "w");
+      if (!f || std::fputs("done\n", f) < 0 || std::fclose(f) != 0) return 5;
     } else if (act == "ignore-term") {
       std::signal(SIGTERM, SIG_IGN);
     } else {
