@@ -242,11 +242,11 @@ class event_loop {
 
   template <class Rep, class Period>
   id after(std::chrono::duration<Rep, Period> d, std::function<void()> fn) {
-    return add_timer(std::chrono::duration_cast<clock::duration>(d), std::move(fn), false);
+    return add_timer(detail::to_clock_duration(d), std::move(fn), false);
   }
   template <class Rep, class Period>
   id every(std::chrono::duration<Rep, Period> d, std::function<void()> fn) {
-    return add_timer(std::chrono::duration_cast<clock::duration>(d), std::move(fn), true);
+    return add_timer(detail::to_clock_duration(d), std::move(fn), true);
   }
   void cancel(id timer) { remove(timer); }
 
@@ -278,7 +278,7 @@ class event_loop {
   // Runs for at most d. Returns true if it stopped because nothing was left to do.
   template <class Rep, class Period>
   bool run_for(std::chrono::duration<Rep, Period> d) {
-    return run_until(clock::now() + std::chrono::duration_cast<clock::duration>(d), false);
+    return run_until(detail::deadline_in(d), false);
   }
   // Makes run() return after the current callback. Thread-safe.
   void stop() {
@@ -461,7 +461,7 @@ class event_loop {
       throw argument_error("", "event_loop::every: the period must be positive");
     id i = next_id_++;
     timers_.emplace(i, timer{d, std::move(fn), repeat});
-    heap_.push({clock::now() + d, i});
+    heap_.push({detail::saturating_add(clock::now(), d), i});
     return i;
   }
 
@@ -474,7 +474,7 @@ class event_loop {
       if (it == timers_.end()) continue;  // cancelled
       std::function<void()> fn;
       if (it->second.repeat) {
-        heap_.push({std::max(e.due + it->second.period, now), e.timer});
+        heap_.push({std::max(detail::saturating_add(e.due, it->second.period), now), e.timer});
         fn = it->second.fn;  // a copy: the callback may cancel its own timer
       } else {
         fn = std::move(it->second.fn);

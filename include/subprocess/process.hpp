@@ -119,7 +119,13 @@ class process {
   template <class Rep, class Period>
   std::optional<exit_status> wait_for(std::chrono::duration<Rep, Period> timeout) {
     if (timeout < timeout.zero()) throw argument_error(command_, "negative timeout for wait_for");
-    return wait_until(detail::clock::now() + timeout);
+    return wait_until(detail::deadline_in(timeout));
+  }
+  // Waits until `t` (any clock; time_point::max() is for ever); nullopt if the child
+  // is still running then.
+  template <class Clock, class Duration>
+  std::optional<exit_status> wait_until(const std::chrono::time_point<Clock, Duration>& t) {
+    return wait_until(detail::deadline(detail::to_deadline(t)));
   }
   std::optional<exit_status> wait_until(const detail::deadline& dl) {
     check_valid("wait");
@@ -177,7 +183,7 @@ class process {
     check_valid("terminate");
     if (grace < grace.zero()) throw argument_error(command_, "negative grace period for terminate");
     if (status_) return *status_;
-    const detail::deadline dl = detail::clock::now() + grace;
+    const detail::deadline dl = detail::deadline_in(grace);
     send_to_tree(SIGTERM);
     send_to_tree(SIGCONT);
     std::optional<exit_status> st = wait_until(dl);

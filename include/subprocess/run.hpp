@@ -181,8 +181,7 @@ inline run_result communicate(process& p, std::string_view input = {},
     throw argument_error(p.command_line(), "negative timeout");
   run_result res;
   res.command = p.command_line();
-  const detail::deadline dl = opts.timeout ? detail::deadline(detail::clock::now() + *opts.timeout)
-                                           : std::nullopt;
+  const detail::deadline dl = detail::deadline_in(opts.timeout);
   detail::capture caps[2] = {{&p.out(), &res.out, &res.out_truncated, "stdout", 64 * 1024},
                              {&p.err(), &res.err, &res.err_truncated, "stderr", 64 * 1024}};
   // Take what wait() may have buffered already.

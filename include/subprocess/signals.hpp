@@ -319,7 +319,7 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
                          int interrupt_fd, OnInterrupt&& on_interrupt) {
   using std::chrono::milliseconds;
   const auto t0 = clock::now();
-  clock::time_point dl = t0 + grace;
+  clock::time_point dl = saturating_add(t0, grace);
   bool forced = false;
   auto finish = [](stop_target& t) {
     t.done = true;
@@ -442,7 +442,7 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
 template <class Rep, class Period>
 clock::duration checked_grace(std::chrono::duration<Rep, Period> grace, const char* who) {
   if (grace < grace.zero()) throw argument_error("", std::string(who) + ": negative grace period");
-  return std::chrono::duration_cast<clock::duration>(grace);
+  return to_clock_duration(grace);
 }
 
 inline shutdown_result shutdown_impl(std::vector<process*> ps, clock::duration grace,
@@ -591,7 +591,12 @@ class signal_set {
   template <class Rep, class Period>
   std::optional<signal_info> wait_for(std::chrono::duration<Rep, Period> timeout) {
     if (timeout < timeout.zero()) throw argument_error("", "signal_set::wait_for: negative timeout");
-    return wait_until(detail::clock::now() + timeout);
+    return wait_until(detail::deadline_in(timeout));
+  }
+  // Waits until `t` (any clock; time_point::max() is for ever); nullopt if no signal came.
+  template <class Clock, class Duration>
+  std::optional<signal_info> wait_until(const std::chrono::time_point<Clock, Duration>& t) {
+    return wait_until(detail::deadline(detail::to_deadline(t)));
   }
   std::optional<signal_info> wait_until(const detail::deadline& dl) {
     for (bool tried = false;; tried = true) {
