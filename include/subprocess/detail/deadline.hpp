@@ -86,9 +86,11 @@ deadline deadline_in(const std::optional<std::chrono::duration<Rep, Period>>& d)
 }
 
 // A time point of any clock as a steady_clock deadline. For another clock it is the
-// time left until t, measured now (a later change of that clock is not followed).
+// time left until t, measured now (a later change of that clock is not followed);
+// that clock's time_point::max() stays time_point::max().
 template <class Clock, class Duration>
 clock::time_point to_deadline(const std::chrono::time_point<Clock, Duration>& t) {
+  if (t == std::chrono::time_point<Clock, Duration>::max()) return clock::time_point::max();
   if constexpr (std::is_same_v<Clock, clock>) {
     return clock::time_point(to_clock_duration(t.time_since_epoch()));
   } else {
