@@ -250,7 +250,8 @@ inline run_result communicate(process& p, std::string_view input = {},
     if (late && (ready == 0 || was_late)) {
       bool had_exited = p.status().has_value();
       // Exited, but its pipes are still held: by its own process group, if it has one
-      // (the group id stays reserved while members live), which the timeout covers too.
+      // (p holds the leader's zombie, so the group id is still ours), which the
+      // timeout covers too.
       if (had_exited && p.is_group_leader()) detail::sys::kill(-p.pid(), SIGKILL);
       auto st = had_exited ? p.status() : fail_and_reap("timeout");
       // The child is gone but something still holds its pipes. If it led a group,
