@@ -194,6 +194,16 @@ TEST_CASE("event_loop: after/every/run_for with max durations") {
   CHECK_THROWS_AS(loop.after(hours::min(), [] {}), sp::argument_error);
 }
 
+TEST_CASE("pipe_reader::read_line_for(max) waits for the line") {
+  auto p = testing::helper({"cat"}).in(sp::pipe).out(sp::pipe).spawn();
+  std::optional<std::string> line;
+  CHECK(still_waiting_until_ended([&] { line = p.out().read_line_for(hours::max()); },
+                                  [&] { p.in().write_all("hello\n"); }));
+  CHECK(line == "hello");
+  p.in().close();
+  CHECK(p.wait() == sp::exit_status::exited(0));
+}
+
 TEST_CASE("run() and communicate() with a max timeout: no timeout_error") {
   auto t0 = clk::now();
   auto r = sp::run(testing::helper({"sleep", "150", "out", "done"}), {.timeout = milliseconds::max()});
