@@ -19,7 +19,7 @@
 //                                  a last line without '\n' delivered at EOF)
 //   on_close(reader, fn())         end of stream (after the last data/line callback)
 //   on_exit(process, fn(status))   the child exited (through its pidfd); it is reaped
-//   after(d, fn), every(d, fn)     timers
+//   after(d, fn), every(d, fn)     timers (any duration; up to max(): never fires)
 //   watch(fd, events, fn(revents)) any other fd: a signalfd, a socket, an IPC channel
 //   post(fn)                       run fn on the loop thread (callable from any thread)
 //

@@ -14,7 +14,9 @@
 // handle goes: see "A group leader's zombie" below). try_wait() checks without blocking;
 // wait_for(d) gives up after d. All three poll the child's pidfd, so there is no
 // busy loop and no SIGCHLD handler involved. Once reaped, the status is cached and
-// every later call returns it.
+// every later call returns it. Durations and deadlines (wait_for, wait_until with a
+// time point of any clock, terminate's grace) saturate: anything up to the type's
+// max() (hours::max(), time_point::max()) means "for ever", never an overflow.
 //
 // wait() and wait_for() never deadlock on output. Before waiting they close the
 // child's stdin if the process still owns that pipe (a child reading to EOF would

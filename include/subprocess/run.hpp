@@ -15,13 +15,14 @@
 //     and captured; stdin is a pipe carrying `input`, or /dev/null when there is no
 //     input (a child never steals your terminal's input). Streams you did set
 //     (out(sp::inherit), err(sp::merge_with_out), a file, ...) are respected.
-//   * timeout: at the deadline the child is sent SIGKILL (its whole process group
-//     if it has one, even when the leader has exited already and only its
-//     children still hold the pipes), reaped, and timeout_error is thrown
-//     carrying the output so far. Exit is detected through the pidfd, not
-//     through end-of-file, so a grandchild that inherited the pipes and keeps
-//     them open cannot hold run() past its timeout. (Without a timeout, run()
-//     reads until every writer of the pipes is gone, as a shell's $(...) does.)
+//   * timeout (up to milliseconds::max(), which never strikes): at the deadline the
+//     child is sent SIGKILL (its whole process group if it has one, even when the
+//     leader has exited already and only its children still hold the pipes),
+//     reaped, and timeout_error is thrown carrying the output so far. Exit is
+//     detected through the pidfd, not through end-of-file, so a grandchild that
+//     inherited the pipes and keeps them open cannot hold run() past its timeout.
+//     (Without a timeout, run() reads until every writer of the pipes is gone, as
+//     a shell's $(...) does.)
 //   * max_output caps each captured stream: at the limit the child is killed and
 //     output_limit_error says which stream overflowed (it keeps the first
 //     max_output bytes), or with on_output_limit = truncate the rest is read and

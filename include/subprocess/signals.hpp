@@ -33,7 +33,8 @@
 //     fmt::print("{} {} {}\n", w.pid, w.status.to_string(), w.needed_sigkill ? "(SIGKILL)" : "");
 //
 // What happens, for every process at the same moment:
-//   1. A child that has already exited is just reaped (was_running = false).
+//   1. A child that has already exited is just reaped (was_running = false; a group
+//      leader's zombie is kept until its handle goes, see process.hpp).
 //   2. Its stdin is closed (as wait() does) and it gets SIGTERM followed by SIGCONT,
 //      so a stopped child runs its handler too. A group leader (new_process_group()
 //      or new_session()) gets them sent to its whole group.
