@@ -227,7 +227,7 @@ TEST_CASE("pipeline: timeout and wait_for and terminate with max durations") {
   CHECK(still_waiting_until_ended([&] { res = running.wait_for(hours::max()); },
                                   [&] { running.signal(SIGTERM); }));
   REQUIRE(res);
-  auto t = (sp::pipeline{} | sp::command{"cat"}).spawn();  // ends at SIGTERM
+  auto t = (sp::pipeline{} | testing::helper({"sleep", "60000"})).spawn();  // ends at SIGTERM
   auto tr = t.terminate(hours::max());
   CHECK(tr.stages.at(0).status.signal() == SIGTERM);
 }
