@@ -10,6 +10,8 @@
 
 #include <pthread.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <subprocess/signals.hpp>
 #include <subprocess/subprocess.hpp>
@@ -467,6 +469,123 @@ TEST_CASE("signal_set restores the signal mask when destroyed") {
     CHECK_THROWS_AS(sp::block_signals_in_this_thread({SIGKILL}), sp::argument_error);
     CHECK_THROWS_WITH(make({SIGKILL}), Catch::Contains("SIGKILL"));
     CHECK(blocked_list() == before);
+  }
+}
+
+namespace {
+
+// Runs body() in a forked copy of this test program and returns how that copy ended
+// (a wait status): a signal whose default action ends the process then ends only the
+// copy. body() returns the copy's exit code.
+template <class Body>
+int in_forked_copy(Body body) {
+  const pid_t c = ::fork();
+  REQUIRE(c >= 0);
+  if (c == 0) {
+    int code = 99;
+    try {
+      code = body();
+    } catch (...) {
+    }
+    ::_exit(code);
+  }
+  int ws = 0;
+  REQUIRE(::waitpid(c, &ws, 0) == c);
+  return ws;
+}
+
+// A child of the calling process sends sig to it (a real sender, not raise()), and is
+// reaped before this returns: the signal is pending once it does.
+bool child_sends_to_parent(int sig) {
+  const pid_t k = ::fork();
+  if (k < 0) return false;
+  if (k == 0) ::_exit(::kill(::getppid(), sig) == 0 ? 0 : 1);
+  int ws = 0;
+  return ::waitpid(k, &ws, 0) == k && WIFEXITED(ws) && WEXITSTATUS(ws) == 0;
+}
+
+bool pending_here(int sig) {
+  sigset_t p;
+  ::sigpending(&p);
+  return sigismember(&p, sig) == 1;
+}
+
+}  // namespace
+
+TEST_CASE("signal_set: unread signals die with the set unless deliver_unread_on_destroy()") {
+  SECTION("a SIGTERM, SIGUSR1 and queued realtime signals left unread do not end the process") {
+    const int ws = in_forked_copy([] {
+      {
+        sp::signal_set set{SIGTERM, SIGUSR1, SIGRTMIN};
+        if (!child_sends_to_parent(SIGTERM)) return 2;  // process-directed, from another process
+        if (::raise(SIGUSR1) != 0) return 3;            // thread-directed
+        for (int i = 0; i < 3; ++i)                     // realtime: three queued copies
+          if (::sigqueue(::getpid(), SIGRTMIN, sigval{i}) != 0) return 4;
+        if (!pending_here(SIGTERM) || !pending_here(SIGUSR1) || !pending_here(SIGRTMIN)) return 5;
+      }  // the set goes: before the fix, unblocking SIGTERM here ended the process
+      if (blocked_here(SIGTERM) || blocked_here(SIGUSR1) || blocked_here(SIGRTMIN)) return 6;
+      if (pending_here(SIGTERM) || pending_here(SIGUSR1) || pending_here(SIGRTMIN)) return 7;
+      return 0;
+    });
+    INFO("wait status " << ws);
+    CHECK(WIFEXITED(ws));
+    CHECK(WEXITSTATUS(ws) == 0);
+  }
+  SECTION("a signal blocked before the set existed stays pending and blocked") {
+    const int ws = in_forked_copy([] {
+      sp::block_signals_in_this_thread({SIGUSR2});
+      {
+        sp::signal_set set{SIGUSR2, SIGUSR1};
+        if (!child_sends_to_parent(SIGUSR2)) return 2;
+      }
+      // Not ours to unblock, so not ours to discard either.
+      return blocked_here(SIGUSR2) && pending_here(SIGUSR2) ? 0 : 3;
+    });
+    CHECK(WIFEXITED(ws));
+    CHECK(WEXITSTATUS(ws) == 0);
+  }
+  SECTION("deliver_unread_on_destroy(): the default action happens at destruction") {
+    const int ws = in_forked_copy([] {
+      {
+        sp::signal_set set{SIGTERM};
+        set.deliver_unread_on_destroy();
+        if (!child_sends_to_parent(SIGTERM)) return 2;
+      }
+      return 0;  // not reached: SIGTERM ended us
+    });
+    CHECK(WIFSIGNALED(ws));
+    CHECK(WTERMSIG(ws) == SIGTERM);
+  }
+  SECTION("deliver_unread_on_destroy(): a handler runs at destruction") {
+    const int ws = in_forked_copy([] {
+      static volatile sig_atomic_t got = 0;
+      struct sigaction sa {};
+      sa.sa_handler = [](int) { got = got + 1; };
+      ::sigaction(SIGUSR1, &sa, nullptr);
+      {
+        sp::signal_set set{SIGUSR1};
+        set.deliver_unread_on_destroy();
+        if (::raise(SIGUSR1) != 0) return 2;
+        if (got != 0) return 3;
+      }
+      return got == 1 ? 0 : 4;
+    });
+    CHECK(WIFEXITED(ws));
+    CHECK(WEXITSTATUS(ws) == 0);
+  }
+  SECTION("a signal read from the set is not delivered again") {
+    const int ws = in_forked_copy([] {
+      {
+        sp::signal_set set{SIGTERM};
+        set.deliver_unread_on_destroy();
+        if (!child_sends_to_parent(SIGTERM)) return 2;
+        auto s = set.try_read();
+        if (!s || s->signal != SIGTERM) return 3;
+      }
+      return 0;
+    });
+    CHECK(WIFEXITED(ws));
+    CHECK(WEXITSTATUS(ws) == 0);
   }
 }
 

@@ -19,7 +19,7 @@
 //                                  a last line without '\n' delivered at EOF)
 //   on_close(reader, fn())         end of stream (after the last data/line callback)
 //   on_exit(process, fn(status))   the child exited (through its pidfd); it is reaped
-//   after(d, fn), every(d, fn)     timers
+//   after(d, fn), every(d, fn)     timers (any duration; up to max(): never fires)
 //   watch(fd, events, fn(revents)) any other fd: a signalfd, a socket, an IPC channel
 //   post(fn)                       run fn on the loop thread (callable from any thread)
 //
@@ -247,11 +247,11 @@ class event_loop {
 
   template <class Rep, class Period>
   id after(std::chrono::duration<Rep, Period> d, std::function<void()> fn) {
-    return add_timer(std::chrono::duration_cast<clock::duration>(d), std::move(fn), false);
+    return add_timer(detail::to_clock_duration(d), std::move(fn), false);
   }
   template <class Rep, class Period>
   id every(std::chrono::duration<Rep, Period> d, std::function<void()> fn) {
-    return add_timer(std::chrono::duration_cast<clock::duration>(d), std::move(fn), true);
+    return add_timer(detail::to_clock_duration(d), std::move(fn), true);
   }
   void cancel(id timer) { remove(timer); }
 
@@ -283,7 +283,7 @@ class event_loop {
   // Runs for at most d. Returns true if it stopped because nothing was left to do.
   template <class Rep, class Period>
   bool run_for(std::chrono::duration<Rep, Period> d) {
-    return run_until(clock::now() + std::chrono::duration_cast<clock::duration>(d), false);
+    return run_until(detail::deadline_in(d), false);
   }
   // Makes run() return after the current callback. Thread-safe.
   void stop() {
@@ -498,7 +498,7 @@ class event_loop {
       throw argument_error("", "event_loop::every: the period must be positive");
     id i = next_id_++;
     timers_.emplace(i, timer{d, std::move(fn), repeat});
-    heap_.push({clock::now() + d, i});
+    heap_.push({detail::saturating_add(clock::now(), d), i});
     return i;
   }
 
@@ -511,7 +511,7 @@ class event_loop {
       if (it == timers_.end()) continue;  // cancelled
       std::function<void()> fn;
       if (it->second.repeat) {
-        heap_.push({std::max(e.due + it->second.period, now), e.timer});
+        heap_.push({std::max(detail::saturating_add(e.due, it->second.period), now), e.timer});
         fn = it->second.fn;  // a copy: the callback may cancel its own timer
       } else {
         fn = std::move(it->second.fn);

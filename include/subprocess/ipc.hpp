@@ -430,7 +430,7 @@ class channel {
   template <class Rep, class Period>
   std::optional<json> receive_for(std::chrono::duration<Rep, Period> timeout) {
     if (timeout < timeout.zero()) throw argument_error(name(), "receive_for: negative timeout");
-    return receive_until(subprocess::detail::clock::now() + timeout);
+    return receive_until(subprocess::detail::deadline_in(timeout));
   }
   std::optional<json> receive_until(const subprocess::detail::deadline& dl) {
     std::optional<json> m;
@@ -1730,7 +1730,7 @@ class client {
     slot.method = std::string(method);
     slot.timeout = timeout;
     const subprocess::detail::deadline dl =
-        timeout == no_timeout ? subprocess::detail::deadline{} : clock::now() + timeout;
+        timeout == no_timeout ? subprocess::detail::deadline{} : subprocess::detail::deadline_in(timeout);
     {
       std::lock_guard lk(mu_);
       if (closed_ || stop_)
@@ -1883,7 +1883,7 @@ class client {
     encoded line = request_text(method, params, id);
     pc.method = std::string(method);
     pc.timeout = timeout;
-    if (timeout != no_timeout) pc.deadline = clock::now() + timeout;
+    if (timeout != no_timeout) pc.deadline = subprocess::detail::deadline_in(timeout);
     bool wake_reader = false;
     {
       std::unique_lock lk(mu_);
@@ -2369,7 +2369,7 @@ class client {
   // The channel ended: give the process a moment to finish exiting.
   std::optional<subprocess::exit_status> wait_status() const {
     if (!pidfd_) return std::nullopt;
-    subprocess::detail::poll_one(pidfd_.get(), POLLIN, clock::now() + opts_.exit_grace);
+    subprocess::detail::poll_one(pidfd_.get(), POLLIN, subprocess::detail::deadline_in(opts_.exit_grace));
     return peek_status();
   }
 
@@ -2483,6 +2483,8 @@ class heartbeat {
     if (opts_.interval <= std::chrono::milliseconds::zero() ||
         opts_.timeout <= std::chrono::milliseconds::zero())
       throw argument_error(c.name(), "heartbeat: interval and timeout must be positive");
+    opts_.interval = subprocess::detail::clamp_forever(opts_.interval);  // no overflow in next +=
+    opts_.timeout = subprocess::detail::clamp_forever(opts_.timeout);
     sh_->last_reply = std::chrono::steady_clock::now();
     thread_ = std::thread([this] { run(); });
   }

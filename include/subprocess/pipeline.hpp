@@ -1058,7 +1058,7 @@ class running_pipeline {
     auto& st = state();
     {
       std::unique_lock lk(st.mu);
-      if (!st.cv.wait_for(lk, timeout, [&] { return st.finished; })) return std::nullopt;
+      if (!st.cv.wait_until(lk, detail::deadline_in(timeout), [&] { return st.finished; })) return std::nullopt;
     }
     return wait();
   }
@@ -1086,7 +1086,8 @@ class running_pipeline {
           st.signal_all_locked(SIGTERM);
           st.signal_all_locked(SIGCONT);  // SIGTERM stays pending in a stopped stage
         }
-        if (!st.cv.wait_for(lk, grace, [&] { return st.finished; })) st.abort_locked(SIGKILL);
+        if (!st.cv.wait_until(lk, detail::deadline_in(grace), [&] { return st.finished; }))
+          st.abort_locked(SIGKILL);
       }
     }
     return wait();
@@ -1279,7 +1280,7 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
   st->sigpipe_is_failure = opts.sigpipe_is_failure;
   st->check = opts.check;
   st->timeout = opts.timeout;
-  st->dl = detail::deadline_after(opts.timeout);
+  st->dl = detail::deadline_in(opts.timeout);
   st->stages.resize(n);
   auto new_pump = [&]() -> pump* {
     st->pumps.push_back(std::make_unique<pump>());

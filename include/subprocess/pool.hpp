@@ -505,7 +505,7 @@ class pool_core {
   }
   bool wait_idle_for(std::chrono::nanoseconds timeout) {
     std::unique_lock l(mu_);
-    return idle_cv_.wait_for(l, timeout, [&] { return outstanding_.load() == 0; });
+    return idle_cv_.wait_until(l, deadline_in(timeout), [&] { return outstanding_.load() == 0; });
   }
 
   pool_stats stats() const {
@@ -637,6 +637,10 @@ class pool_core {
                            std::pair{opts_.shutdown_grace, "shutdown_grace"},
                            std::pair{opts_.term_grace, "term_grace"}})
       if (d < ms::zero()) throw bad(std::string(what) + " is negative");
+    // Up to ms::max() means "for ever": kept below overflow when added to time points.
+    for (ms* d : {&opts_.scale_up_cooldown, &opts_.idle_timeout, &opts_.heartbeat_interval,
+                  &opts_.heartbeat_timeout, &opts_.task_timeout, &opts_.shutdown_grace})
+      *d = detail::clamp_forever(*d);
     if (opts_.heartbeat_interval > ms::zero() && opts_.heartbeat_timeout <= ms::zero())
       throw bad("heartbeat_timeout must be positive when heartbeats are on");
     if (opts_.max_message_size == 0) throw bad("max_message_size must be positive");
@@ -1861,7 +1865,7 @@ class worker_pool {
   // The same, giving up after `timeout`; false if tasks are still outstanding.
   template <class Rep, class Period>
   bool wait_idle_for(std::chrono::duration<Rep, Period> timeout) {
-    return core().wait_idle_for(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+    return core().wait_idle_for(detail::saturating_ceil<std::chrono::nanoseconds>(timeout));
   }
 
   // Counters and the current state, a consistent snapshot (see pool_stats).
@@ -1886,7 +1890,7 @@ class worker_pool {
                 shutdown_mode mode = shutdown_mode::finish) {
     if (grace < grace.zero())
       throw argument_error(name(), "worker_pool::shutdown: negative grace period");
-    core().shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(grace), mode);
+    core().shutdown(detail::clamp_forever(detail::saturating_ceil<std::chrono::milliseconds>(grace)), mode);
   }
 
  private:

@@ -10,10 +10,13 @@
 //   p.wait();                       // exit_status: "killed by SIGTERM"
 //
 // Waiting. wait() blocks until the child exits and reaps it (collects its exit
-// status so it does not linger as a zombie). try_wait() checks without blocking;
+// status so it does not linger as a zombie; a group leader is reaped later, when the
+// handle goes: see "A group leader's zombie" below). try_wait() checks without blocking;
 // wait_for(d) gives up after d. All three poll the child's pidfd, so there is no
 // busy loop and no SIGCHLD handler involved. Once reaped, the status is cached and
-// every later call returns it.
+// every later call returns it. Durations and deadlines (wait_for, wait_until with a
+// time point of any clock, terminate's grace) saturate: anything up to the type's
+// max() (hours::max(), time_point::max()) means "for ever", never an overflow.
 //
 // wait() and wait_for() never deadlock on output. Before waiting they close the
 // child's stdin if the process still owns that pipe (a child reading to EOF would
@@ -40,6 +43,17 @@
 // signal_group(sig) reaches the child's whole process group (its children too), and
 // terminate()/kill() and the destructor act on the group. To stop many children
 // at once, with one deadline, use sp::shutdown() from signals.hpp.
+//
+// A group leader's zombie is kept while the handle lives. The group's id is the
+// leader's pid; once the leader is reaped and its group is empty, the kernel may give
+// that number to a new process, whose own group a later kill(-pgid) would hit. So for
+// a group leader, wait()/try_wait()/wait_for() (and everything built on them:
+// terminate(), shutdown(), run(), event_loop::on_exit) collect the exit status
+// without reaping (waitid with WNOWAIT): status() is set, signal() returns false,
+// and the exited leader stays a zombie, which keeps its pid and its group id
+// reserved. The leader is reaped when the handle is destroyed, assigned over or
+// detached, never earlier; until then signal_group() can only reach its own group.
+// A child that is not a group leader is reaped as soon as its status is collected.
 //
 // Destructor policy. Destroying a process whose child is still running sends it
 // SIGKILL (its group, if it leads one) and reaps it: a process handle never leaks
@@ -93,6 +107,7 @@ class process {
       pidfd_ = std::move(o.pidfd_);
       status_ = std::exchange(o.status_, std::nullopt);
       reaped_.store(o.reaped_.load());
+      zombie_held_ = std::exchange(o.zombie_held_, false);
       group_leader_ = o.group_leader_;
       command_ = std::move(o.command_);
       in_ = std::move(o.in_);
@@ -127,7 +142,7 @@ class process {
   // The parent's end of the IPC socket (command::ipc()), for ipc::channel.
   detail::unique_fd take_channel_fd() noexcept { return std::move(channel_fd_); }
 
-  // The exit status if the child has been reaped already.
+  // The exit status if it has been collected already (by wait(), try_wait()...).
   const std::optional<exit_status>& status() const noexcept { return status_; }
 
   // Blocks until the child exits; reaps it. See the notes above on pipes.
@@ -141,7 +156,13 @@ class process {
   template <class Rep, class Period>
   std::optional<exit_status> wait_for(std::chrono::duration<Rep, Period> timeout) {
     if (timeout < timeout.zero()) throw argument_error(command_, "negative timeout for wait_for");
-    return wait_until(detail::clock::now() + timeout);
+    return wait_until(detail::deadline_in(timeout));
+  }
+  // Waits until `t` (any clock; time_point::max() is for ever); nullopt if the child
+  // is still running then.
+  template <class Clock, class Duration>
+  std::optional<exit_status> wait_until(const std::chrono::time_point<Clock, Duration>& t) {
+    return wait_until(detail::deadline(detail::to_deadline(t)));
   }
   std::optional<exit_status> wait_until(const detail::deadline& dl) {
     check_valid("wait");
@@ -164,15 +185,18 @@ class process {
   }
   // Sends sig to the child's process group (requires new_process_group() or
   // new_session()). Also signals the child itself through its pidfd, in case it
-  // moved to another group. Returns false if nothing was signalled.
+  // moved to another group. Returns false if nothing was signalled (the exited
+  // leader's zombie counts as a member until the handle reaps it: see above).
   bool signal_group(int sig) {
     check_valid("signal_group");
     if (!group_leader_)
       throw argument_error(command_, "signal_group() needs a child started with "
                                      "new_process_group() or new_session()");
     bool any = signal(sig);
-    // The leader's pid is also the pgid. While the leader is unreaped the id cannot be
-    // reused; after that only surviving members can still hold it.
+    // The leader's pid is also the pgid, and it cannot be reused while the leader is
+    // unreaped: it is running, or its zombie is held (zombie_held_). Only if someone
+    // else reaped it (ECHILD) may the number be another group's by now: nothing is sent.
+    if (reaped_.load(std::memory_order_acquire) && !zombie_held_) return any;
     if (detail::sys::kill(-pid_, sig) == 0) any = true;
     return any;
   }
@@ -199,7 +223,7 @@ class process {
     check_valid("terminate");
     if (grace < grace.zero()) throw argument_error(command_, "negative grace period for terminate");
     if (status_) return *status_;
-    const detail::deadline dl = detail::clock::now() + grace;
+    const detail::deadline dl = detail::deadline_in(grace);
     send_to_tree(SIGTERM);
     send_to_tree(SIGCONT);
     std::optional<exit_status> st = wait_until(dl);
@@ -225,7 +249,9 @@ class process {
         return;
       }
     }
-    if (!status_) {
+    if (zombie_held_) {
+      release_zombie();
+    } else if (!status_) {
       try {
         detail::reaper::instance().ensure_started();
       } catch (const std::system_error& e) {
@@ -279,21 +305,28 @@ class process {
   // is one: if someone else reaped the child (a waitpid(-1) elsewhere, SIGCHLD set to
   // SIG_IGN) and its pid went to another process, waitpid(pid) would wait for (and
   // reap) that one; waitid(P_PIDFD) fails with ECHILD instead.
-  void reap(bool blocking) {
+  // A group leader's status is collected with WNOWAIT, unless `final`: its zombie is
+  // then held (zombie_held_) until release_zombie() (see the header notes).
+  void reap(bool blocking, bool final = false) {
     if (lost_) throw_status_discarded();
     int ws = 0;
+    const bool keep = group_leader_ && !final;
+    const int flags = WEXITED | (blocking ? 0 : WNOHANG) | (keep ? WNOWAIT : 0);
     for (bool by_pidfd = static_cast<bool>(pidfd_);;) {
-      if (by_pidfd) {
+      if (by_pidfd || keep) {
         siginfo_t info{};
-        if (detail::sys::waitid_pidfd(pidfd_.get(), &info, WEXITED | (blocking ? 0 : WNOHANG)) == 0) {
+        const int r = by_pidfd ? detail::sys::waitid_pidfd(pidfd_.get(), &info, flags)
+                               : detail::sys::waitid(P_PID, static_cast<id_t>(pid_), &info, flags);
+        if (r == 0) {
           if (info.si_pid == 0) return;  // still running
           status_ = info.si_code == CLD_EXITED ? exit_status::exited(info.si_status)
                                                : exit_status::signaled(info.si_status, info.si_code == CLD_DUMPED);
+          zombie_held_ = keep;  // published by the release store below
           reaped_.store(true, std::memory_order_release);
           return;
         }
         if (errno == EINTR) continue;
-        if (errno == EINVAL) {  // a kernel without P_PIDFD (5.3): by pid, then
+        if (errno == EINVAL && by_pidfd) {  // a kernel without P_PIDFD (5.3): by pid, then
           by_pidfd = false;
           continue;
         }
@@ -389,24 +422,39 @@ class process {
     err_.close();
     channel_fd_.reset();
   }
+  // The held zombie of an exited group leader goes: from here on signal_group()
+  // cannot be called (the handle is being destroyed, assigned over or detached).
+  void release_zombie() noexcept {
+    if (!zombie_held_) return;
+    try {
+      reap(true, true);  // a zombie: returns at once
+    } catch (...) {
+      // ECHILD: someone else reaped it after all. Nothing is left to do.
+    }
+    zombie_held_ = false;
+  }
   // The destructor policy: kill and reap a child still running.
   void finish() noexcept {
     if (pid_ <= 0) return;
     if (!status_) {
       try {
         kill();
-        reap(true);
+        reap(true, true);
       } catch (...) {
         // Nothing more can be done; the kernel reaps it when we exit.
       }
     }
+    release_zombie();
     release();
   }
 
   pid_t pid_ = -1;
   detail::unique_fd pidfd_;
   std::optional<exit_status> status_;
+  // The status is known (collected, or someone else reaped the child): signal() sends nothing.
   std::atomic<bool> reaped_{false};
+  // An exited group leader's zombie, not reaped yet: its pid and group id stay ours.
+  bool zombie_held_ = false;
   bool group_leader_ = false;
   std::string command_;
   pipe_writer in_;

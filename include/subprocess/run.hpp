@@ -15,13 +15,14 @@
 //     and captured; stdin is a pipe carrying `input`, or /dev/null when there is no
 //     input (a child never steals your terminal's input). Streams you did set
 //     (out(sp::inherit), err(sp::merge_with_out), a file, ...) are respected.
-//   * timeout: at the deadline the child is sent SIGKILL (its whole process group
-//     if it has one, even when the leader has exited already and only its
-//     children still hold the pipes), reaped, and timeout_error is thrown
-//     carrying the output so far. Exit is detected through the pidfd, not
-//     through end-of-file, so a grandchild that inherited the pipes and keeps
-//     them open cannot hold run() past its timeout. (Without a timeout, run()
-//     reads until every writer of the pipes is gone, as a shell's $(...) does.)
+//   * timeout (up to milliseconds::max(), which never strikes): at the deadline the
+//     child is sent SIGKILL (its whole process group if it has one, even when the
+//     leader has exited already and only its children still hold the pipes),
+//     reaped, and timeout_error is thrown carrying the output so far. Exit is
+//     detected through the pidfd, not through end-of-file, so a grandchild that
+//     inherited the pipes and keeps them open cannot hold run() past its timeout.
+//     (Without a timeout, run() reads until every writer of the pipes is gone, as
+//     a shell's $(...) does.)
 //   * max_output caps each captured stream: at the limit the child is killed and
 //     output_limit_error says which stream overflowed (it keeps the first
 //     max_output bytes), or with on_output_limit = truncate the rest is read and
@@ -181,8 +182,7 @@ inline run_result communicate(process& p, std::string_view input = {},
     throw argument_error(p.command_line(), "negative timeout");
   run_result res;
   res.command = p.command_line();
-  const detail::deadline dl = opts.timeout ? detail::deadline(detail::clock::now() + *opts.timeout)
-                                           : std::nullopt;
+  const detail::deadline dl = detail::deadline_in(opts.timeout);
   detail::capture caps[2] = {{&p.out(), &res.out, &res.out_truncated, "stdout", 64 * 1024},
                              {&p.err(), &res.err, &res.err_truncated, "stderr", 64 * 1024}};
   // Take what wait() may have buffered already.
@@ -251,7 +251,8 @@ inline run_result communicate(process& p, std::string_view input = {},
     if (late && (ready == 0 || was_late)) {
       bool had_exited = p.status().has_value();
       // Exited, but its pipes are still held: by its own process group, if it has one
-      // (the group id stays reserved while members live), which the timeout covers too.
+      // (p holds the leader's zombie, so the group id is still ours), which the
+      // timeout covers too.
       if (had_exited && p.is_group_leader()) detail::sys::kill(-p.pid(), SIGKILL);
       auto st = had_exited ? p.status() : fail_and_reap("timeout");
       // The child is gone but something still holds its pipes. If it led a group,

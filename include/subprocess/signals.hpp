@@ -33,7 +33,8 @@
 //     fmt::print("{} {} {}\n", w.pid, w.status.to_string(), w.needed_sigkill ? "(SIGKILL)" : "");
 //
 // What happens, for every process at the same moment:
-//   1. A child that has already exited is just reaped (was_running = false).
+//   1. A child that has already exited is just reaped (was_running = false; a group
+//      leader's zombie is kept until its handle goes, see process.hpp).
 //   2. Its stdin is closed (as wait() does) and it gets SIGTERM followed by SIGCONT,
 //      so a stopped child runs its handler too. A group leader (new_process_group()
 //      or new_session()) gets them sent to its whole group.
@@ -79,9 +80,14 @@
 // the signals in the calling thread (pthread_sigmask), so they stay pending instead
 // of being delivered, and opens a signalfd (close-on-exec, non-blocking) from which
 // they are read as signal_info records. It never installs a handler. Its destructor
-// closes the fd and unblocks exactly the signals it blocked: one that arrived and
-// was not read is then delivered normally (for SIGTERM with no handler: the process
-// ends), and signals that were blocked before the set existed stay blocked.
+// unblocks exactly the signals it blocked (signals that were blocked before the set
+// existed stay blocked) and closes the fd. A signal of the set that arrived while the
+// set existed and was not read is discarded first: it was meant for the set, and
+// unblocking it would otherwise run its default action (a SIGTERM or SIGUSR1 left
+// pending would end the process the moment the set goes). To have such signals
+// delivered normally instead (your handler runs, or the default action), call
+// set.deliver_unread_on_destroy() before the set goes. A signal that arrives while
+// the destructor runs counts as arriving after it.
 //
 //   wait()           blocks until a signal arrives
 //   wait_for(d)      the same, nullopt after d
@@ -319,7 +325,7 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
                          int interrupt_fd, OnInterrupt&& on_interrupt) {
   using std::chrono::milliseconds;
   const auto t0 = clock::now();
-  clock::time_point dl = t0 + grace;
+  clock::time_point dl = saturating_add(t0, grace);
   bool forced = false;
   auto finish = [](stop_target& t) {
     t.done = true;
@@ -442,7 +448,7 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
 template <class Rep, class Period>
 clock::duration checked_grace(std::chrono::duration<Rep, Period> grace, const char* who) {
   if (grace < grace.zero()) throw argument_error("", std::string(who) + ": negative grace period");
-  return std::chrono::duration_cast<clock::duration>(grace);
+  return to_clock_duration(grace);
 }
 
 inline shutdown_result shutdown_impl(std::vector<process*> ps, clock::duration grace,
@@ -564,13 +570,20 @@ class signal_set {
   }
   signal_set(const signal_set&) = delete;
   signal_set& operator=(const signal_set&) = delete;
-  // Closes the fd and unblocks the signals this set blocked (not those that were
-  // blocked before). A pending, unread one is then delivered normally.
+  // Discards the unread signals this set blocked (unless deliver_unread_on_destroy()
+  // was called), unblocks them (not those that were blocked before) and closes the fd.
   ~signal_set() {
-    fd_.reset();
-    if (std::this_thread::get_id() == owner_)
+    if (std::this_thread::get_id() == owner_) {
+      if (!deliver_unread_) discard_unread();
       detail::sys::thread_sigmask(SIG_UNBLOCK, &added_, nullptr);
+    }
+    fd_.reset();
   }
+
+  // Opt-in: at destruction, signals of the set that arrived and were not read are
+  // delivered as if the set had never existed (a handler runs; with none, the default
+  // action: SIGTERM, SIGINT, SIGUSR1... end the process). By default they are discarded.
+  void deliver_unread_on_destroy(bool deliver = true) noexcept { deliver_unread_ = deliver; }
 
   // Readable while a signal is pending. Non-blocking, close-on-exec; owned by the set.
   int fd() const noexcept { return fd_.get(); }
@@ -591,7 +604,12 @@ class signal_set {
   template <class Rep, class Period>
   std::optional<signal_info> wait_for(std::chrono::duration<Rep, Period> timeout) {
     if (timeout < timeout.zero()) throw argument_error("", "signal_set::wait_for: negative timeout");
-    return wait_until(detail::clock::now() + timeout);
+    return wait_until(detail::deadline_in(timeout));
+  }
+  // Waits until `t` (any clock; time_point::max() is for ever); nullopt if no signal came.
+  template <class Clock, class Duration>
+  std::optional<signal_info> wait_until(const std::chrono::time_point<Clock, Duration>& t) {
+    return wait_until(detail::deadline(detail::to_deadline(t)));
   }
   std::optional<signal_info> wait_until(const detail::deadline& dl) {
     for (bool tried = false;; tried = true) {
@@ -633,10 +651,24 @@ class signal_set {
     }
   }
 
+  // Takes every pending signal of added_ (the ones the destructor unblocks) from this
+  // thread and from the process: sigtimedwait() with a zero timeout, until none is
+  // left. Realtime signals queue, so each queued one is taken.
+  void discard_unread() noexcept {
+    if (sigisemptyset(&added_)) return;
+    const timespec now{0, 0};
+    for (;;) {
+      siginfo_t info;
+      if (detail::sys::sigtimedwait(&added_, &info, &now) > 0) continue;
+      if (errno != EINTR) return;  // EAGAIN: none left
+    }
+  }
+
   sigset_t set_;
   sigset_t added_;
   std::thread::id owner_;
   detail::unique_fd fd_;
+  bool deliver_unread_ = false;
 };
 
 // ============================================================ forwarding ====

@@ -143,7 +143,7 @@ class pipe_reader {
   // !eof(), or end of stream if eof(). A partial line stays buffered.
   template <class Rep, class Period>
   std::optional<std::string> read_line_for(std::chrono::duration<Rep, Period> timeout) {
-    return read_line_until(detail::clock::now() + timeout);
+    return read_line_until(detail::deadline_in(timeout));
   }
 
   // An input range of lines: for (std::string_view line : r.lines()) ...

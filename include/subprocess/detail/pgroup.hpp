@@ -7,10 +7,11 @@
 // (an orphan's new parent may be slow to reap it, or never reap it if PID 1 is not
 // an init), a yes is confirmed by looking for a live member in /proc.
 //
-// Only called after the leader has been reaped. While any member exists the kernel
-// keeps the pgid reserved, so no new process can take it; once the group is empty
-// a new process could in principle get that number and make itself a group leader
-// before we look again, which needs the pid counter to wrap within the grace period.
+// Only called after the leader has exited. Its process handle keeps the leader's
+// zombie unreaped for as long as the handle exists (process.hpp: "A group leader's
+// zombie is kept"), and while that zombie exists the kernel cannot give its pid to
+// a new process, as a pid or as a group id: `pgid` is always the leader's own group,
+// never a stranger's that reused the number. The zombie itself is not a live member.
 #pragma once
 
 #include <cerrno>
