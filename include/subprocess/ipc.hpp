@@ -150,7 +150,20 @@
 
 namespace subprocess::ipc {
 
-using json = nlohmann::json;
+// The value of a message: nlohmann::ordered_json, so that an object keeps its keys in
+// the order they came (and are given), both ways, as a JavaScript object does.
+// nlohmann::json (keys sorted) converts to it and back implicitly, at the cost of a
+// copy. One difference from JavaScript remains: JS puts keys that look like array
+// indices ("1", "2") first, in ascending order, whatever order they were written in;
+// this keeps every key where it came (so {"b":1,"1":2} sent to Node is {"1":2,"b":1}
+// there, and Node never sends such keys after others).
+using json = nlohmann::ordered_json;
+
+// The deepest nesting a message may have, both ways: [] is 1 level, [[]] 2. Deeper
+// is a protocol error for that message only (the channel goes on), and sending one
+// is an argument_error (nothing is sent). Node 20 cannot JSON.stringify more than
+// about 4,200 levels; parsing and writing here never recurse, whatever the depth.
+inline constexpr std::size_t max_nesting_depth = subprocess::detail::json_codec::default_max_depth;
 
 // ---------------------------------------------------------------------------------
 // Options and errors
@@ -231,8 +244,10 @@ void dump_to(Out& out, const json& j, const std::string& name) {
   try {
     subprocess::detail::json_codec::dump(j, out);
   } catch (const subprocess::detail::json_codec::error& e) {
-    throw argument_error(name, std::string("cannot send a message with a string that is not "
-                                           "valid UTF-8 (") + e.what() + ")");
+    const std::string what = e.what();
+    throw argument_error(name, what.find("UTF-8") != std::string::npos
+                                   ? "cannot send a message with a string that is not valid UTF-8 (" + what + ")"
+                                   : "cannot send this message: " + what);
   } catch (const json::type_error& e) {
     throw argument_error(name, std::string("cannot send this message (") + e.what() + ")");
   }
