@@ -43,6 +43,7 @@
 //   grandchild-pid      fork a grandchild that sleeps forever holding every fd (the
 //                       channel too); print its pid to stdout
 //   flood-lines         write "garbage\n" to the channel until it breaks
+//   flood-bytes         write 'x' (no newline ever) to the channel until it breaks
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -242,6 +243,9 @@ int main(int argc, char** argv) {
       std::string lines;
       for (int k = 0; k < 4096; ++k) lines += "garbage\n";
       for (;;) write_raw(ch.fd(), lines);  // exits 141 when the parent is gone
+    } else if (act == "flood-bytes") {
+      const std::string chunk(1 << 16, 'x');
+      for (;;) write_raw(ch.fd(), chunk);  // exits 141 when the parent is gone
     } else if (act == "ignore-term") {
       std::signal(SIGTERM, SIG_IGN);
     } else {
