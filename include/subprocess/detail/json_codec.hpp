@@ -293,7 +293,9 @@ class parser {
             break;
           }
           stack_.push(slot);
-          slot = &slot->get_ref<array_t&>().emplace_back();
+          auto& a = slot->get_ref<array_t&>();
+          a.reserve(4);  // fewer reallocations for the usual few elements
+          slot = &a.emplace_back();
           continue;
         }
         case '{': {
@@ -368,6 +370,9 @@ class parser {
     // Appended without looking for the key (that search would make parsing an
     // object quadratic); repeated keys are merged when the object is complete.
     auto& o = obj.get_ref<object_t&>();
+    // Fewer reallocations for the usual few members (a reallocation copies the keys:
+    // they are const in the pair).
+    if (o.empty()) o.reserve(4);
     return o.object_t::Container::emplace_back(std::move(key), nullptr).second;
   }
 
@@ -748,43 +753,57 @@ void dump(const json& j, Out& out, std::size_t max_depth = default_max_depth) {
     std::size_t i;  // members written
   };
   small_stack<frame, 32> stack;
-  // Opens a container with members, or writes a leaf.
-  auto begin = [&](const json& v) {
-    if (v.is_structured()) {
-      if (stack.size() >= max_depth) throw error(too_deep(max_depth), out.size());
-      if (!v.empty()) {
-        out.push_back(v.is_array() ? '[' : '{');
-        stack.push({&v, 0});
-        return;
-      }
-    }
-    dump_leaf(v, out);
+  auto check_depth = [&] {
+    if (stack.size() >= max_depth) throw error(too_deep(max_depth), out.size());
   };
-  begin(j);
+  check_depth();
+  out.push_back(j.is_array() ? '[' : '{');
+  stack.push({&j, 0});
+  // Writes the members of the innermost open container up to its next non-empty
+  // container, which is opened (pushed: `f` is not used after that).
   while (stack.size() > 0) {
     frame& f = stack.top();
     const json& v = *f.v;
+    const json* open = nullptr;
     if (v.is_array()) {
       const auto& a = v.get_ref<const array_t&>();
-      if (f.i == a.size()) {
-        out.push_back(']');
-        stack.pop();
-        continue;
+      while (f.i < a.size()) {
+        if (f.i != 0) out.push_back(',');
+        const json& c = a[f.i++];
+        if (c.is_structured()) {
+          check_depth();
+          if (!c.empty()) {
+            open = &c;
+            break;
+          }
+        }
+        dump_leaf(c, out);
       }
-      if (f.i != 0) out.push_back(',');
-      begin(a[f.i++]);  // may push: f is not used after this
+      if (!open) out.push_back(']');
     } else {
       const auto& o = v.get_ref<const object_t&>();
-      if (f.i == o.size()) {
-        out.push_back('}');
-        stack.pop();
-        continue;
+      while (f.i < o.size()) {
+        if (f.i != 0) out.push_back(',');
+        const auto& kv = o.begin()[static_cast<std::ptrdiff_t>(f.i++)];
+        dump_string(kv.first, out);
+        out.push_back(':');
+        const json& c = kv.second;
+        if (c.is_structured()) {
+          check_depth();
+          if (!c.empty()) {
+            open = &c;
+            break;
+          }
+        }
+        dump_leaf(c, out);
       }
-      if (f.i != 0) out.push_back(',');
-      const auto& kv = o.begin()[static_cast<std::ptrdiff_t>(f.i++)];
-      dump_string(kv.first, out);
-      out.push_back(':');
-      begin(kv.second);
+      if (!open) out.push_back('}');
+    }
+    if (open) {
+      out.push_back(open->is_array() ? '[' : '{');
+      stack.push({open, 0});
+    } else {
+      stack.pop();
     }
   }
 }
