@@ -808,6 +808,60 @@ TEST_CASE("channel end: a peer that dies with half a message written ends the ch
   }
 }
 
+TEST_CASE("channel nesting: the limit goes through both ways; a million levels is an error for that message only") {
+  auto nested = [](std::size_t levels) {
+    json v = json::array();
+    for (std::size_t i = 1; i < levels; ++i) v = json::array({std::move(v)});
+    return v;
+  };
+  SECTION("a C++ child echoes a value nested max_nesting_depth deep") {
+    auto p = ipc_child({"connect", "echo"}).spawn();
+    ipc::channel ch(p);
+    const json deep = nested(ipc::max_nesting_depth);
+    ch.send(deep);
+    auto m = ch.receive_for(10s);
+    REQUIRE(m);
+    std::string got, want;  // compared as text: nlohmann's == recurses
+    sp::detail::json_codec::dump(*m, got);
+    sp::detail::json_codec::dump(deep, want);
+    CHECK(got == want);
+    CHECK_THROWS_WITH(ch.send(nested(ipc::max_nesting_depth + 1)), Catch::Contains("nested too deeply"));
+    ch.send({{"after", 1}});  // nothing of the refused message was sent
+    CHECK(ch.receive_for(10s) == json{{"after", 1}});
+    ch.close();
+    CHECK(p.wait().success());
+  }
+  SECTION("a million levels: refused when sent, a protocol error when received; the channel goes on") {
+    raw_pair rp;
+    CHECK_THROWS_AS(rp.ch.send(nested(1000000)), sp::argument_error);
+    rp.ch.send({{"ok", 1}});
+    CHECK(rp.read_some() == "{\"ok\":1}\n");
+    // 2 MB: more than the socket holds, so written while the channel reads.
+    const std::string text = std::string(1000000, '[') + std::string(1000000, ']') + "\n{\"next\":2}\n";
+    std::atomic<bool> written{false};
+    std::thread writer([&] {  // no Catch assertions off the main thread
+      std::string_view rest = text;
+      while (!rest.empty()) {
+        ssize_t n = ::send(rp.peer.get(), rest.data(), rest.size(), MSG_NOSIGNAL);
+        if (n <= 0) return;
+        rest.remove_prefix(static_cast<std::size_t>(n));
+      }
+      written = true;
+    });
+    try {
+      (void)rp.ch.receive();
+      FAIL("no error");
+    } catch (const ipc::channel_error& e) {
+      CHECK(e.code() == sp::errc::protocol_error);
+      CHECK_THAT(e.what(), Catch::Contains("nested too deeply"));
+    }
+    writer.join();
+    CHECK(written.load());
+    CHECK(rp.ch.is_open());
+    CHECK(rp.ch.receive() == json{{"next", 2}});
+  }
+}
+
 TEST_CASE("channel state after bad input: is_open(), send() and receive() agree") {
   SECTION("an undecodable line: an error for that message; the channel stays usable") {
     auto p = ipc_child({"connect", "raw", "not json\n", "raw", std::string(20000, '[') + "\n", "echo"}).spawn();

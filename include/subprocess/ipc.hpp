@@ -50,9 +50,14 @@
 //   * Sending to a peer that is gone is a channel_error (errc::channel_closed), never
 //     SIGPIPE: writes use send(MSG_NOSIGNAL).
 //   * Sending a string that is not valid UTF-8 is an argument_error; nothing is sent.
-//   * Messages are parsed strictly (RFC 8259, UTF-8 checked), like nlohmann::json::parse
-//     but several times faster on big strings. Nesting deeper than 1000 levels is a
-//     protocol error: recursing over such a value could exhaust a thread's stack.
+//   * Messages are parsed strictly (RFC 8259, UTF-8 checked), like
+//     nlohmann::ordered_json::parse but several times faster on big strings, and read
+//     as Node means them: object keys keep their order (see ipc::json), a lone UTF-16
+//     surrogate escape ("\ud83d", which JSON.stringify writes for half a pair) is
+//     U+FFFD as Node makes it, -0 is written 0. Nesting deeper than
+//     max_nesting_depth (10,000) is a protocol error for that message (Node itself
+//     writes at most ~4,100 levels); no depth is a stack overflow: the codec never
+//     recurses.
 //
 // What it costs. A message is one send(2) on one side and usually one recv(2) on the
 // other, plus JSON: serializing a small message takes ~30 ns, parsing it into an
