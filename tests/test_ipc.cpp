@@ -365,6 +365,11 @@ TEST_CASE("json codec: the channel's parse and dump agree with nlohmann's") {
     back.clear();
     codec::dump(codec::parse(R"({"a":1,"b":2,"a":3})"), back);
     CHECK(back == R"({"a":3,"b":2})");  // JSON.parse gives {a: 3, b: 2}
+    codec::rpc_parts rp;  // a repeated envelope key: the last value, null too
+    codec::parse_rpc(R"({"jsonrpc":"2.0","id":1,"id":null,"method":"m","params":[1],"params":null})", rp);
+    CHECK(rp.k == codec::rpc_parts::kind::request);
+    CHECK(rp.id.is_null());
+    CHECK(rp.params.is_null());
     std::string wide = "{";  // many keys: the repeated-key check uses a hash set
     for (int i = 0; i < 100; ++i) wide += "\"k" + std::to_string(99 - i) + "\":" + std::to_string(i) + ",";
     wide += "\"k50\":\"last\"}";

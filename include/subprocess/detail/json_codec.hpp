@@ -319,7 +319,7 @@ class parser {
         }
         case 't': literal("true"); *slot = true; break;
         case 'f': literal("false"); *slot = false; break;
-        case 'n': literal("null"); break;
+        case 'n': literal("null"); *slot = nullptr; break;  // (a repeated key: not null yet)
         default:
           if (*p_ == '-' || digit(*p_)) {
             number(*slot);
