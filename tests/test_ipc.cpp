@@ -288,7 +288,7 @@ TEST_CASE("json codec: the channel's parse and dump agree with nlohmann's") {
     for (std::string t : {"0", "-0", "01", "-", "1.", ".5", "1e", "1e+", "1E-2", "1e400", "-1e400", "1e-400",
                           "18446744073709551615", "18446744073709551616", "-9223372036854775808",
                           "-9223372036854775809", "123456789012345678901234567890", "true", "tru", "nul",
-                          "\"\\u0000\"", "\"\\ud83c\\udf89\"", "\"\\ud83c\"", "\"\\udf89\"", "\"\\ud83c\\u0041\"",
+                          "\"\\u0000\"", "\"\\ud83c\\udf89\"",
                           "\"\\uZZZZ\"", "\"\\x\"", "\"\xc0\x80\"", "\"\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\"",
                           "\"\xe2\x82\"", "\"tab\there\"", "[1,]", "{\"a\":1,}", "{\"a\":1,\"a\":2}", "[1 2]",
                           "1 2", "", "   ", " [ ] ", "{}", "[[[[]]]]", "\"\\/\"", "{\"a\"}", "{1:2}", "[\"a\"",
@@ -333,11 +333,74 @@ TEST_CASE("json codec: the channel's parse and dump agree with nlohmann's") {
       REQUIRE(a == b);
     }
   }
-  SECTION("nesting is limited") {
-    std::string deep = std::string(2000, '[') + std::string(2000, ']');
-    CHECK_THROWS_WITH(codec::parse(deep), Catch::Contains("nested too deeply"));
-    std::string ok = std::string(1000, '[') + std::string(1000, ']');
-    CHECK(codec::parse(ok).is_array());
+  SECTION("nesting is limited, and no depth recurses") {
+    const std::size_t max = ipc::max_nesting_depth;
+    CHECK(max >= 5000);  // Node 20 stringifies about 4,200 levels at most
+    auto nested = [](std::size_t n) { return std::string(n, '[') + std::string(n, ']'); };
+    CHECK_THROWS_WITH(codec::parse(nested(max + 1)), Catch::Contains("nested too deeply"));
+    json ok = codec::parse(nested(max));
+    std::string back;
+    codec::dump(ok, back);
+    CHECK(back == nested(max));
+    // A million levels: a clear error, not a stack overflow (the codec keeps its own
+    // stack; before, it recursed once per level). Objects too.
+    CHECK_THROWS_WITH(codec::parse(nested(1000000)), Catch::Contains("nested too deeply"));
+    std::string objects;
+    for (int i = 0; i < 1000000; ++i) objects += "{\"a\":";
+    objects += "1" + std::string(1000000, '}');
+    CHECK_THROWS_WITH(codec::parse(objects), Catch::Contains("nested too deeply"));
+    // dump() refuses what parse() would refuse, without recursing either (the value is
+    // built by hand; nlohmann destroys it without recursing).
+    json deep = json::array();
+    for (int i = 0; i < 1000000; ++i) deep = json::array({std::move(deep)});
+    back.clear();
+    CHECK_THROWS_WITH(codec::dump(deep, back), Catch::Contains("nested too deeply"));
+  }
+  SECTION("objects keep their keys in order; a repeated key keeps its place and its last value") {
+    json v = codec::parse(R"({"b":1,"a":2,"c":{"z":1,"y":2}})");
+    std::string back;
+    codec::dump(v, back);
+    CHECK(back == R"({"b":1,"a":2,"c":{"z":1,"y":2}})");
+    CHECK(v.begin().key() == "b");
+    back.clear();
+    codec::dump(codec::parse(R"({"a":1,"b":2,"a":3})"), back);
+    CHECK(back == R"({"a":3,"b":2})");  // JSON.parse gives {a: 3, b: 2}
+    codec::rpc_parts rp;  // a repeated envelope key: the last value, null too
+    codec::parse_rpc(R"({"jsonrpc":"2.0","id":1,"id":null,"method":"m","params":[1],"params":null})", rp);
+    CHECK(rp.k == codec::rpc_parts::kind::request);
+    CHECK(rp.id.is_null());
+    CHECK(rp.params.is_null());
+    std::string wide = "{";  // many keys: the repeated-key check uses a hash set
+    for (int i = 0; i < 100; ++i) wide += "\"k" + std::to_string(99 - i) + "\":" + std::to_string(i) + ",";
+    wide += "\"k50\":\"last\"}";
+    json w = codec::parse(wide);
+    CHECK(w.size() == 100);
+    CHECK(w.begin().key() == "k99");
+    CHECK(w["k50"] == "last");
+    CHECK(std::next(w.begin(), 49).key() == "k50");
+    CHECK(w == json::parse(wide));  // nlohmann's ordered_json agrees
+  }
+  SECTION("-0 is written 0, as JSON.stringify writes it") {
+    std::string out;
+    codec::dump(json{{"z", -0.0}, {"p", 0.0}, {"i", codec::parse("-0")}}, out);
+    CHECK(out == R"({"z":0,"p":0.0,"i":0})");
+  }
+  SECTION("lone UTF-16 surrogate escapes (JSON.stringify writes them) decode to U+FFFD, as Node does") {
+    const std::string fffd = "\xef\xbf\xbd";
+    CHECK(codec::parse(R"("\ud83d")") == fffd);                       // a lone high one
+    CHECK(codec::parse(R"("\ude00")") == fffd);                       // a lone low one
+    CHECK(codec::parse(R"("a\ud83db")") == "a" + fffd + "b");
+    CHECK(codec::parse(R"("\ud83d\ude00")") == "\xf0\x9f\x98\x80");   // a pair: U+1F600
+    CHECK(codec::parse(R"("\ude00\ud83d")") == fffd + fffd);         // a pair the wrong way round
+    CHECK(codec::parse(R"("\ud83d\ud83d\ude00")") == fffd + "\xf0\x9f\x98\x80");
+    CHECK(codec::parse(R"("\ud83d\u0041")") == fffd + "A");          // the next escape is kept
+    CHECK(codec::parse(R"("\ud83d\n")") == fffd + "\n");
+    CHECK_THROWS_AS(codec::parse(R"("\ud83d\uZZZZ")"), codec::error);  // still strict otherwise
+    CHECK_THROWS_AS(codec::parse(R"("\ud83d\u00")"), codec::error);
+    codec::rpc_parts p;
+    codec::parse_rpc(R"({"jsonrpc":"2.0","id":1,"method":"m\ud800","params":["\udfff"]})", p);
+    CHECK(p.method == "m" + fffd);
+    CHECK(p.params == json::array({fffd}));
   }
 }
 
@@ -569,6 +632,7 @@ TEST_CASE("channel framing: split, joined, malformed, oversized, truncated") {
       CHECK(e.sample().substr(0, 4) == "xxxx");
     }
     CHECK(rp.ch.eof());
+    CHECK_FALSE(rp.ch.is_open());
     CHECK_FALSE(rp.ch.receive().has_value());
     CHECK_THROWS_AS(rp.ch.send({{"x", 1}}), ipc::channel_error);
     CHECK(rp.read_some().empty());  // the peer sees the end
@@ -579,21 +643,18 @@ TEST_CASE("channel framing: split, joined, malformed, oversized, truncated") {
     CHECK_THROWS_WITH(rp.ch.receive(), Catch::Contains("a message of 202 bytes exceeds"));
     CHECK_FALSE(rp.ch.receive().has_value());
   }
-  SECTION("the peer dies in the middle of a message: an error, not a hang") {
+  SECTION("the peer dies in the middle of a message: the end, not a hang") {
     raw_pair rp;
     rp.write("{\"whole\":true}\n{\"half\":");
     rp.peer.reset();
     CHECK(rp.ch.receive() == json{{"whole", true}});
-    try {
-      rp.ch.receive();
-      FAIL("no error");
-    } catch (const ipc::channel_error& e) {
-      CHECK(e.code() == sp::errc::channel_closed);
-      CHECK(e.sample() == "{\"half\":");
-      CHECK_THAT(e.what(), Catch::Contains("in the middle of a message (8 bytes"));
-    }
     CHECK_FALSE(rp.ch.receive().has_value());
     CHECK(rp.ch.eof());
+    auto e = rp.ch.end_error();
+    REQUIRE(e);
+    CHECK(e->code() == sp::errc::channel_closed);
+    CHECK(e->sample() == "{\"half\":");
+    CHECK_THAT(e->what(), Catch::Contains("in the middle of a message (8 bytes"));
   }
   SECTION("sending to a closed peer is an error, not SIGPIPE") {
     raw_pair rp;
@@ -613,7 +674,7 @@ TEST_CASE("channel framing: split, joined, malformed, oversized, truncated") {
   SECTION("the wire format is Node's: compact JSON, raw UTF-8, one line") {
     raw_pair rp;
     rp.ch.send({{"b", 1}, {"a", "é ✓"}, {"c", {1, nullptr, "x\ny"}}});
-    CHECK(rp.read_some() == "{\"a\":\"é ✓\",\"b\":1,\"c\":[1,null,\"x\\ny\"]}\n");
+    CHECK(rp.read_some() == "{\"b\":1,\"a\":\"é ✓\",\"c\":[1,null,\"x\\ny\"]}\n");  // keys in order
     CHECK_THROWS_AS(rp.ch.send(std::string("\xff\xfe")), sp::argument_error);
     CHECK(rp.read_some(100ms).empty());  // nothing was sent
   }
@@ -687,6 +748,159 @@ TEST_CASE("channel framing: split, joined, malformed, oversized, truncated") {
   SECTION("a channel needs a socket") {
     auto pp = sp::detail::make_pipe();
     CHECK_THROWS_AS(ipc::channel(std::move(pp.read)), sp::argument_error);
+  }
+}
+
+TEST_CASE("channel end: a peer that dies with half a message written ends the channel like Node's 'disconnect'") {
+  // ipc_helper writes two whole messages and half of a third, then exits 1.
+  auto torn_child = [] {
+    return ipc_child({"connect", "send", R"({"n":1})", "send", R"({"n":2})", "raw", R"({"n":3,"te)", "exit", "1"});
+  };
+  SECTION("receive(): every whole message, then nullopt; the torn bytes in end_error()") {
+    auto p = torn_child().spawn();
+    ipc::channel ch(p);
+    std::vector<json> got;
+    while (auto m = ch.receive()) got.push_back(*m);  // before: threw at the reader's loop
+    CHECK(got == std::vector<json>{{{"n", 1}}, {{"n", 2}}});
+    CHECK(ch.eof());
+    auto e = ch.end_error();
+    REQUIRE(e);
+    CHECK(e->code() == sp::errc::channel_closed);
+    CHECK(e->sample() == R"({"n":3,"te)");
+    CHECK(p.wait() == sp::exit_status::exited(1));
+  }
+  SECTION("a clean end has no end_error()") {
+    auto p = ipc_child({"connect", "send", R"({"n":1})", "exit", "0"}).spawn();
+    ipc::channel ch(p);
+    CHECK(ch.receive() == json{{"n", 1}});
+    CHECK_FALSE(ch.receive());
+    CHECK_FALSE(ch.end_error());
+    p.wait();
+  }
+  SECTION("attach(): the messages, then on_close (not on_error)") {
+    auto p = torn_child().spawn();
+    ipc::channel ch(p);
+    sp::event_loop loop;
+    std::vector<json> got;
+    int errors = 0, closes = 0;
+    auto a = ipc::attach(loop, ch,
+                         {.on_message = [&](json m) { got.push_back(std::move(m)); },
+                          .on_error = [&](const ipc::channel_error&) { ++errors; },
+                          .on_close = [&] { ++closes; }});
+    loop.run();
+    CHECK(got.size() == 2);
+    CHECK(errors == 0);  // before: the torn message was an on_error
+    CHECK(closes == 1);
+    REQUIRE(ch.end_error());
+    CHECK(ch.end_error()->sample() == R"({"n":3,"te)");
+    p.wait();
+  }
+  SECTION("client: pending calls fail saying the peer ended mid-message; on_error is not called") {
+    auto p = ipc_child({"connect", "receive-one", "raw", R"({"jsonrpc":"2.0","id":1,"res)", "exit", "1"}).spawn();
+    std::atomic<int> errors{0};
+    ipc::client c(p, {.timeout = 10s, .on_message = {}, .on_error = [&](const ipc::channel_error&) { ++errors; },
+                      .exit_grace = 2s, .name = "torn"});
+    try {
+      c.call_sync("add", {{"a", 1}, {"b", 2}});
+      FAIL("no error");
+    } catch (const ipc::channel_error& e) {
+      CHECK(e.code() == sp::errc::channel_closed);
+      CHECK(e.status() == sp::exit_status::exited(1));
+      CHECK_THAT(e.what(), Catch::Contains("in the middle of a message"));
+    }
+    CHECK(errors.load() == 0);
+    p.wait();
+  }
+}
+
+TEST_CASE("channel nesting: the limit goes through both ways; a million levels is an error for that message only") {
+  auto nested = [](std::size_t levels) {
+    json v = json::array();
+    for (std::size_t i = 1; i < levels; ++i) v = json::array({std::move(v)});
+    return v;
+  };
+  SECTION("a C++ child echoes a value nested max_nesting_depth deep") {
+    auto p = ipc_child({"connect", "echo"}).spawn();
+    ipc::channel ch(p);
+    const json deep = nested(ipc::max_nesting_depth);
+    ch.send(deep);
+    auto m = ch.receive_for(10s);
+    REQUIRE(m);
+    std::string got, want;  // compared as text: nlohmann's == recurses
+    sp::detail::json_codec::dump(*m, got);
+    sp::detail::json_codec::dump(deep, want);
+    CHECK(got == want);
+    CHECK_THROWS_WITH(ch.send(nested(ipc::max_nesting_depth + 1)), Catch::Contains("nested too deeply"));
+    ch.send({{"after", 1}});  // nothing of the refused message was sent
+    CHECK(ch.receive_for(10s) == json{{"after", 1}});
+    ch.close();
+    CHECK(p.wait().success());
+  }
+  SECTION("a million levels: refused when sent, a protocol error when received; the channel goes on") {
+    raw_pair rp;
+    CHECK_THROWS_AS(rp.ch.send(nested(1000000)), sp::argument_error);
+    rp.ch.send({{"ok", 1}});
+    CHECK(rp.read_some() == "{\"ok\":1}\n");
+    // 2 MB: more than the socket holds, so written while the channel reads.
+    const std::string text = std::string(1000000, '[') + std::string(1000000, ']') + "\n{\"next\":2}\n";
+    std::atomic<bool> written{false};
+    std::thread writer([&] {  // no Catch assertions off the main thread
+      std::string_view rest = text;
+      while (!rest.empty()) {
+        ssize_t n = ::send(rp.peer.get(), rest.data(), rest.size(), MSG_NOSIGNAL);
+        if (n <= 0) return;
+        rest.remove_prefix(static_cast<std::size_t>(n));
+      }
+      written = true;
+    });
+    try {
+      (void)rp.ch.receive();
+      FAIL("no error");
+    } catch (const ipc::channel_error& e) {
+      CHECK(e.code() == sp::errc::protocol_error);
+      CHECK_THAT(e.what(), Catch::Contains("nested too deeply"));
+    }
+    writer.join();
+    CHECK(written.load());
+    CHECK(rp.ch.is_open());
+    CHECK(rp.ch.receive() == json{{"next", 2}});
+  }
+}
+
+TEST_CASE("channel state after bad input: is_open(), send() and receive() agree") {
+  SECTION("an undecodable line: an error for that message; the channel stays usable") {
+    auto p = ipc_child({"connect", "raw", "not json\n", "raw", std::string(20000, '[') + "\n", "echo"}).spawn();
+    ipc::channel ch(p);
+    for (const char* what : {"malformed message", "nested too deeply"}) {
+      try {
+        (void)ch.receive_for(10s);
+        FAIL("no error");
+      } catch (const ipc::channel_error& e) {
+        CHECK(e.code() == sp::errc::protocol_error);
+        CHECK_THAT(e.what(), Catch::Contains(what));
+      }
+      CHECK(ch.is_open());
+    }
+    ch.send({{"still", "usable"}});
+    CHECK(ch.receive_for(10s) == json{{"still", "usable"}});
+    ch.close();
+    CHECK(p.wait().success());
+  }
+  SECTION("an oversized message: the channel is shut down, and all three say so") {
+    auto p = ipc_child({"connect", "send", R"({"n":1})", "raw-bytes", "5000", "x", "expect-eof"}).spawn();
+    ipc::channel ch(p, {.max_message_size = 1000, .internal_messages = false, .name = {}});
+    CHECK(ch.receive_for(10s) == json{{"n", 1}});
+    CHECK_THROWS_WITH(ch.receive_for(10s), Catch::Contains("exceeds the limit of 1000 bytes"));
+    CHECK_FALSE(ch.is_open());  // before: true, while send() threw and receive() ended
+    CHECK_FALSE(ch.receive_for(10s));
+    CHECK(ch.eof());
+    try {
+      ch.send({{"x", 1}});
+      FAIL("no error");
+    } catch (const ipc::channel_error& e) {
+      CHECK(e.code() == sp::errc::channel_closed);
+    }
+    CHECK(p.wait().success());  // the child saw the end (expect-eof) and exited
   }
 }
 
@@ -864,7 +1078,9 @@ TEST_CASE("rpc: a client calling a C++ worker that runs serve()") {
       CHECK(e.code() == std::errc::timed_out);
       CHECK(e.timeout() == 200ms);
       CHECK(e.method() == "sleep");
-      CHECK_THAT(e.what(), Catch::Contains("got no reply within 200 ms"));
+      // It says it timed out, which call, and the timeout (before: "got no reply").
+      CHECK_THAT(e.what(), Catch::Contains("timed out") && Catch::Contains("call 'sleep'") &&
+                               Catch::Contains("200 ms"));
     }
     auto took = clk::now() - t0;
     CHECK(took >= 200ms);
@@ -967,6 +1183,8 @@ TEST_CASE("rpc: call_sync() waits on the calling thread") {
     } catch (const ipc::call_timeout_error& e) {
       CHECK(e.timeout() == 200ms);
       CHECK(e.method() == "sleep");
+      CHECK_THAT(e.what(), Catch::Contains("timed out") && Catch::Contains("call 'sleep'") &&
+                               Catch::Contains("200 ms"));
     }
     auto took = clk::now() - t0;
     CHECK(took >= 200ms);
@@ -1210,8 +1428,9 @@ TEST_CASE("hostile peers: the parent gets errors and keeps working with other ch
   SECTION("half a message, then exit") {
     auto p = ipc_child({"connect", "raw", "{\"half\":[1,2", "exit", "0"}).spawn();
     ipc::channel ch(p);
-    CHECK_THROWS_WITH(ch.receive(), Catch::Contains("in the middle of a message"));
-    CHECK_FALSE(ch.receive().has_value());
+    CHECK_FALSE(ch.receive().has_value());  // the end, as Node's 'disconnect'
+    REQUIRE(ch.end_error());
+    CHECK_THAT(ch.end_error()->what(), Catch::Contains("in the middle of a message"));
     p.wait();
     still_fine(3);
   }
@@ -1242,6 +1461,60 @@ TEST_CASE("hostile peers: the parent gets errors and keeps working with other ch
 
 // ---------------------------------------------------------------------------------
 // heartbeat
+
+TEST_CASE("client: a call's deadline holds while the peer floods garbage or huge lines") {
+  // Before: the client took every line buffered (megabytes of them, each an error to
+  // build) before it looked at the deadlines again: a 100 ms call came back after
+  // 0.3-2 s (more under ASan).
+  constexpr auto timeout = 100ms;
+  constexpr auto bound = timeout + 50ms;
+  auto check_timeout = [&](auto&& call) {
+    auto t0 = clk::now();
+    try {
+      call();
+      FAIL("no error");
+    } catch (const ipc::call_timeout_error& e) {
+      CHECK(e.timeout() == timeout);
+    }
+    const auto took = clk::now() - t0;
+    const double ms = std::chrono::duration<double, std::milli>(took).count();
+    INFO("the call returned after " << ms << " ms");
+    CHECK(took >= timeout);
+    CHECK(took < bound);
+  };
+  SECTION("garbage lines") {
+    auto p = ipc_child({"connect", "flood-lines"}).spawn();
+    std::atomic<long> errors{0};
+    {
+      ipc::client c(p, {.timeout = 30s, .on_message = {},
+                        .on_error = [&](const ipc::channel_error&) { ++errors; }, .exit_grace = 500ms, .name = {}});
+      check_timeout([&] { c.call("add", {{"a", 1}, {"b", 2}}, timeout).get(); });
+      check_timeout([&] { c.call_sync("add", {{"a", 1}, {"b", 2}}, timeout); });
+      check_timeout([&] { c.call("add", {{"a", 1}, {"b", 2}}, timeout).get(); });
+      CHECK(errors.load() > 100);
+      auto t1 = clk::now();
+      c.close();
+      CHECK(clk::now() - t1 < 100ms);
+    }
+    p.kill();
+    p.wait();
+  }
+  SECTION("one endless line (no newline ever)") {
+    auto p = ipc_child({"connect", "flood-bytes"}).spawn();
+    {
+      // A limit the flood does not reach in the time of the test: the call must time
+      // out while the line is still arriving.
+      ipc::client c(ipc::channel(p, {.max_message_size = std::size_t{4} << 30, .internal_messages = false, .name = {}}));
+      check_timeout([&] { c.call("add", {{"a", 1}, {"b", 2}}, timeout).get(); });
+      check_timeout([&] { c.call_sync("add", {{"a", 1}, {"b", 2}}, timeout); });
+      auto t1 = clk::now();
+      c.close();
+      CHECK(clk::now() - t1 < 100ms);
+    }
+    p.kill();
+    p.wait();
+  }
+}
 
 TEST_CASE("heartbeat: latency of each beat, and a stopped peer is noticed") {
   auto p = ipc_child({"connect", "serve"}).spawn();
@@ -1583,6 +1856,116 @@ TEST_CASE("node: a C++ parent and a Node child (process.on('message') / process.
     CHECK(ch.eof());
     CHECK(p.wait() == sp::exit_status::exited(3));
     return;
+  }
+  ch.close();
+  auto st = p.wait_for(10s);
+  REQUIRE(st);
+  CHECK(st->success());
+}
+
+namespace {
+std::string to_hex(std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string h;
+  for (unsigned char c : s) {
+    h += hex[c >> 4];
+    h += hex[c & 15];
+  }
+  return h;
+}
+json nested_array(std::size_t levels) {  // [[...]] with `levels` levels, built without recursion
+  json v = json::array();
+  for (std::size_t i = 1; i < levels; ++i) v = json::array({std::move(v)});
+  return v;
+}
+}  // namespace
+
+TEST_CASE("node: what process.send() writes is received as Node means it", "[node]") {
+  REQUIRE_NODE();
+  auto p = sp::command{"node", script("echo_child.js")}.ipc().spawn();
+  ipc::channel ch(p);
+  SECTION("lone UTF-16 surrogates: U+FFFD, the bytes Node itself writes for them") {
+    ch.send({{"op", "surrogates"}});
+    auto m = ch.receive_for(10s);  // before: a protocol error for the whole message
+    REQUIRE(m);
+    for (const char* k : {"hi", "lo", "pair", "mixed"}) {
+      INFO(k);
+      CHECK(to_hex((*m)["strings"][k].get_ref<const std::string&>()) == (*m)["utf8"][k]);
+    }
+    CHECK((*m)["strings"]["hi"] == "\xef\xbf\xbd");
+    CHECK((*m)["strings"]["pair"] == "\xf0\x9f\x98\x80");
+    ch.send({{"after", 1}});
+    CHECK(ch.receive_for(10s) == json{{"after", 1}});
+  }
+  SECTION("object keys keep their order, both ways") {
+    const std::string text = R"({"b":1,"a":2,"c":{"z":1,"y":2}})";
+    ch.send({{"op", "ordered"}});  // written by Node in that order
+    auto m = ch.receive_for(10s);
+    REQUIRE(m);
+    CHECK(m->dump() == text);  // before: {"a":2,"b":1,"c":{"y":2,"z":1}}
+    ch.send(json::parse(text));  // echoed by Node: the order it got is the order it sends
+    m = ch.receive_for(10s);
+    REQUIRE(m);
+    CHECK(m->dump() == text);
+    ch.send({{"op", "stringify"}, {"value", json::parse(text)}});  // what Node made of it
+    m = ch.receive_for(10s);
+    REQUIRE(m);
+    CHECK((*m)["text"] == text);
+    // A nlohmann::json (sorted keys) is still accepted, in its own order.
+    nlohmann::json sorted = nlohmann::json::parse(text);
+    ch.send(sorted);
+    m = ch.receive_for(10s);
+    REQUIRE(m);
+    CHECK(m->dump() == R"({"a":2,"b":1,"c":{"y":2,"z":1}})");
+  }
+  SECTION("-0 is written 0, as JSON.stringify writes it") {
+    json v = {{"z", -0.0}, {"list", {-0.0, 0.5}}};
+    ch.send({{"op", "stringify"}, {"value", v}});
+    auto m = ch.receive_for(10s);
+    REQUIRE(m);
+    std::string ours;
+    sp::detail::json_codec::dump(v, ours);
+    CHECK((*m)["text"] == ours);  // before: ours had -0.0
+    CHECK(ours == R"({"z":0,"list":[0,0.5]})");
+  }
+  SECTION("nesting: the deepest Node sends and deeper both ways; beyond the limit an error for that message only") {
+    // The deepest array Node 20's process.send() can write (its JSON.stringify
+    // recurses): about 4,100 levels. Found here, not assumed.
+    std::size_t lo = 1000, hi = 20000;
+    while (lo < hi) {
+      const std::size_t mid = (lo + hi + 1) / 2;
+      ch.send({{"op", "deep"}, {"n", mid}});
+      auto m = ch.receive_for(10s);
+      REQUIRE(m);
+      if (m->is_array()) {
+        lo = mid;
+      } else {
+        REQUIRE(m->contains("error"));
+        hi = mid - 1;
+      }
+    }
+    INFO("Node's process.send() writes up to " << lo << " levels");
+    CHECK(lo >= 3000);
+    CHECK(lo < ipc::max_nesting_depth);  // all of it is received
+    // Node receives (and parses: JSON.parse does not recurse) the deepest we send.
+    ch.send({{"op", "depth"}, {"value", nested_array(ipc::max_nesting_depth - 1)}});
+    CHECK(ch.receive_for(10s) == json{{"depth", ipc::max_nesting_depth - 1}});
+    // A million levels: an argument_error here, nothing sent; the channel goes on.
+    CHECK_THROWS_WITH(ch.send(nested_array(1000000)), Catch::Contains("nested too deeply"));
+    // And a million levels written by Node (straight on the socket: process.send
+    // cannot): a protocol error for that message, then the next one.
+    ch.send({{"op", "raw-deep"}, {"n", 1000000}});
+    try {
+      (void)ch.receive_for(10s);
+      FAIL("no error");
+    } catch (const ipc::channel_error& e) {
+      CHECK(e.code() == sp::errc::protocol_error);
+      CHECK_THAT(e.what(), Catch::Contains("nested too deeply"));
+    }
+    CHECK(ch.is_open());
+    CHECK(ch.receive_for(10s) == json{{"after", "raw-deep"}});
+    ch.send({{"still", "open"}});
+    CHECK(ch.receive_for(10s) == json{{"still", "open"}});
   }
   ch.close();
   auto st = p.wait_for(10s);

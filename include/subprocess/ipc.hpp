@@ -34,19 +34,30 @@
 // Framing, and what can go wrong on the wire:
 //   * Reassembly is linear: each byte is scanned for '\n' once, however the message
 //     was split, so a 100 MiB message costs what its bytes cost.
+//   * A line that is not valid JSON (or nests deeper than max_nesting_depth) is a
+//     channel_error (errc::protocol_error) for that message only, whose sample() holds
+//     its first bytes; the channel stays usable: is_open() true, send() works, the
+//     next receive() reads the next line.
 //   * A message longer than channel_options::max_message_size (default 64 MiB) is a
-//     channel_error (errc::protocol_error); the channel is then shut down cleanly:
-//     the peer sees the end, and receive() returns nullopt from then on.
-//   * A line that is not valid JSON is a channel_error (errc::protocol_error) whose
-//     sample() holds its first bytes; the next receive() reads the next line.
-//   * The peer dying in the middle of a message is a channel_error
-//     (errc::channel_closed) after the messages that did arrive, never a hang.
+//     channel_error (errc::protocol_error), and the channel is shut down, since the
+//     rest of that message cannot be told from the next one: the peer sees the end;
+//     is_open() is false, send() throws channel_error (errc::channel_closed),
+//     receive() returns nullopt and eof() is true from then on (close() still frees it).
+//   * The peer dying (or closing its end) in the middle of a message ends the channel
+//     as Node's 'disconnect' does, after the messages that did arrive: receive()
+//     returns nullopt, never a hang and never an exception for it; end_error() then
+//     holds the torn bytes (Node drops them silently).
 //   * Sending to a peer that is gone is a channel_error (errc::channel_closed), never
 //     SIGPIPE: writes use send(MSG_NOSIGNAL).
 //   * Sending a string that is not valid UTF-8 is an argument_error; nothing is sent.
-//   * Messages are parsed strictly (RFC 8259, UTF-8 checked), like nlohmann::json::parse
-//     but several times faster on big strings. Nesting deeper than 1000 levels is a
-//     protocol error: recursing over such a value could exhaust a thread's stack.
+//   * Messages are parsed strictly (RFC 8259, UTF-8 checked), like
+//     nlohmann::ordered_json::parse but several times faster on big strings, and read
+//     as Node means them: object keys keep their order (see ipc::json), a lone UTF-16
+//     surrogate escape ("\ud83d", which JSON.stringify writes for half a pair) is
+//     U+FFFD as Node makes it, -0 is written 0. Nesting deeper than
+//     max_nesting_depth (10,000) is a protocol error for that message (Node itself
+//     writes at most ~4,100 levels); no depth is a stack overflow: the codec never
+//     recurses.
 //
 // What it costs. A message is one send(2) on one side and usually one recv(2) on the
 // other, plus JSON: serializing a small message takes ~30 ns, parsing it into an
@@ -150,7 +161,20 @@
 
 namespace subprocess::ipc {
 
-using json = nlohmann::json;
+// The value of a message: nlohmann::ordered_json, so that an object keeps its keys in
+// the order they came (and are given), both ways, as a JavaScript object does.
+// nlohmann::json (keys sorted) converts to it and back implicitly, at the cost of a
+// copy. One difference from JavaScript remains: JS puts keys that look like array
+// indices ("1", "2") first, in ascending order, whatever order they were written in;
+// this keeps every key where it came (so {"b":1,"1":2} sent to Node is {"1":2,"b":1}
+// there, and Node never sends such keys after others).
+using json = nlohmann::ordered_json;
+
+// The deepest nesting a message may have, both ways: [] is 1 level, [[]] 2. Deeper
+// is a protocol error for that message only (the channel goes on), and sending one
+// is an argument_error (nothing is sent). Node 20 cannot JSON.stringify more than
+// about 4,200 levels; parsing and writing here never recurse, whatever the depth.
+inline constexpr std::size_t max_nesting_depth = subprocess::detail::json_codec::default_max_depth;
 
 // ---------------------------------------------------------------------------------
 // Options and errors
@@ -231,8 +255,10 @@ void dump_to(Out& out, const json& j, const std::string& name) {
   try {
     subprocess::detail::json_codec::dump(j, out);
   } catch (const subprocess::detail::json_codec::error& e) {
-    throw argument_error(name, std::string("cannot send a message with a string that is not "
-                                           "valid UTF-8 (") + e.what() + ")");
+    const std::string what = e.what();
+    throw argument_error(name, what.find("UTF-8") != std::string::npos
+                                   ? "cannot send a message with a string that is not valid UTF-8 (" + what + ")"
+                                   : "cannot send this message: " + what);
   } catch (const json::type_error& e) {
     throw argument_error(name, std::string("cannot send this message (") + e.what() + ")");
   }
@@ -367,9 +393,10 @@ class channel {
   }
   ~channel() { close(); }
 
-  // Open until close(), or until an oversized message shut it down. A channel whose
-  // peer has gone stays open (receive() returns nullopt; send() throws) until closed.
-  bool is_open() const noexcept { return s_ && s_->fd && !s_->closed.load(); }
+  // Open until close(), or until an oversized message shut it down (then send()
+  // throws and receive() returns nullopt, see the header notes). A channel whose peer
+  // has gone stays open (receive() returns nullopt; send() throws) until closed.
+  bool is_open() const noexcept { return s_ && s_->fd && !s_->closed.load() && !s_->shut_down.load(); }
   // The socket, for your own poll/epoll. -1 when empty or closed.
   int fd() const noexcept { return s_ && !s_->closed.load() ? s_->fd.get() : -1; }
   const std::string& name() const noexcept {
@@ -422,8 +449,9 @@ class channel {
 
   // The next message; blocks until one arrives. nullopt at the end: the peer closed
   // the channel (or exited) and every message it sent has been returned, or the
-  // channel was closed. Throws channel_error for a malformed or oversized message and
-  // when the peer died in the middle of one (see the header notes).
+  // channel was closed (end_error() says whether the peer died in the middle of a
+  // message). Throws channel_error for a malformed or oversized message (see the
+  // header notes).
   std::optional<json> receive() { return receive_until(std::nullopt); }
   // The same, giving up after `timeout`. nullopt then means "nothing yet" if !eof(),
   // and the end if eof().
@@ -456,6 +484,18 @@ class channel {
     if (!s_) return false;
     std::lock_guard rl(s_->rmu);
     return next_rpc_locked(*s_, out);
+  }
+
+  // How the peer ended the channel, once eof(): nullopt when it ended at a message
+  // boundary (or the channel was closed here, or nothing ended yet). Otherwise a
+  // channel_error (errc::channel_closed) saying it closed the channel (or died) in
+  // the middle of a message: sample() holds the first bytes of the torn message and
+  // what() says how many arrived. receive() does not throw it: the end of a channel
+  // is not an error of the reader's (Node: 'disconnect', the bytes dropped).
+  std::optional<channel_error> end_error() const {
+    if (!s_) return std::nullopt;
+    std::lock_guard rl(s_->rmu);
+    return s_->torn;
   }
 
   // True once the peer has finished (closed its end or exited) and every message has
@@ -615,6 +655,7 @@ class channel {
     bool peer_done = false;   // end of stream (or reset) seen
     std::atomic<bool> shut_down{false};  // we shut it down after an oversized message
     std::exception_ptr read_error;
+    std::optional<channel_error> torn;  // the peer ended in the middle of a message
     // write side (wmu)
     mutable std::mutex wmu;
     subprocess::detail::mapped_buffer wbuf;
@@ -927,17 +968,17 @@ class channel {
         s.scanned = b.size();
         if (b.size() > s.opts.max_message_size) oversized(s, b.size(), false);
         if (s.peer_done) {
-          if (!b.empty()) {
+          if (!b.empty()) {  // the end, with a torn message: kept for end_error()
             std::string sample = detail::sample_of(b);
             std::size_t n = b.size();
             s.rbuf.clear();
             s.rbuf.shrink();
             s.scanned = 0;
-            throw channel_error(errc::channel_closed, s.opts.name,
-                                s.label + ": the peer closed the channel in the middle of a "
-                                          "message (" + std::to_string(n) +
-                                    " bytes of it arrived: '" + sample + "')",
-                                sample);
+            s.torn.emplace(errc::channel_closed, s.opts.name,
+                           s.label + ": the peer closed the channel in the middle of a "
+                                     "message (" + std::to_string(n) +
+                               " bytes of it arrived: '" + sample + "')",
+                           sample);
           }
           if (s.read_error) std::rethrow_exception(std::exchange(s.read_error, nullptr));
         }
@@ -1153,7 +1194,7 @@ class call_timeout_error : public error {
                      std::chrono::milliseconds timeout)
       : error(std::make_error_code(std::errc::timed_out), peer,
               "call '" + method + "' (id " + std::to_string(id) + ") to '" + peer +
-                  "' got no reply within " + std::to_string(timeout.count()) + " ms"),
+                  "' timed out: no reply within " + std::to_string(timeout.count()) + " ms"),
         method_(std::move(method)),
         timeout_(timeout) {}
   const std::string& method() const noexcept { return method_; }
@@ -2007,16 +2048,21 @@ class client {
 
   // ---- reading, by the reader thread or by a caller inside call_sync()
 
-  // Takes the complete messages (and errors) buffered now. An answer to a call (an
-  // unsigned id) is decoded without building its envelope (json_codec::parse_rpc);
-  // anything else is handed on whole. Requires the read lock.
-  void take_messages(channel::state& s, std::vector<incoming_item>& out) {
+  // Takes the complete messages (and errors) buffered now, until `until`: a peer
+  // flooding garbage can leave megabytes of lines buffered, each one an error to
+  // build (microseconds each, more under sanitizers), so taking them all could hold
+  // a call's deadline (and close()) back for seconds. Returns false if it stopped
+  // with complete lines left (the caller comes back for them without waiting for the
+  // socket; false may also mean that none is left). An answer to a call (an unsigned id) is decoded without building its
+  // envelope (json_codec::parse_rpc); anything else is handed on whole. Requires the
+  // read lock.
+  bool take_messages(channel::state& s, std::vector<incoming_item>& out, clock::time_point until) {
     namespace codec = subprocess::detail::json_codec;
     channel::rpc_message m;
-    for (;;) {
-      // A peer flooding garbage can leave a megabyte of lines buffered, each one an
-      // error to build: close() must not wait for all of them.
-      if (stopping_.load(std::memory_order_relaxed)) return;
+    for (unsigned taken = 1;; ++taken) {
+      if (stopping_.load(std::memory_order_relaxed)) return true;  // close(): the rest is dropped
+      // The clock is read every 16 lines (a few microseconds of work at most).
+      if (taken % 16 == 0 && clock::now() >= until) return false;
       try {
         const bool got = channel::next_line_locked(s, [&](std::string_view line) {
           codec::parse_rpc(line, m);
@@ -2031,13 +2077,16 @@ class client {
           out.emplace_back(std::move(whole));
           return true;
         });
-        if (!got) return;
+        if (!got) return true;
       } catch (const channel_error& e) {
         out.emplace_back(e);
-        if (s.peer_done && s.rbuf.empty()) return;
+        if (s.peer_done && s.rbuf.empty()) return true;
       }
     }
   }
+  // How long the reader thread takes buffered messages before it looks at the
+  // deadlines of calls again.
+  static constexpr std::chrono::milliseconds take_slice{2};
   static bool at_end(const channel::state& s) {
     return s.closed.load() || (s.peer_done && s.rbuf.empty() && !s.read_error);
   }
@@ -2061,6 +2110,8 @@ class client {
 
   // The reader thread's read: only when no call_sync() caller is reading (nullopt
   // if one is). Returns the bytes read.
+  // Complete lines left buffered by a take_messages() that ran out of time: the
+  // reader thread takes them before it waits for the socket again.
   std::optional<std::size_t> read_some() {
     channel::state& s = *ch_.s_;
     std::vector<incoming_item> items;
@@ -2068,11 +2119,12 @@ class client {
     {
       std::unique_lock rl(s.rmu, std::try_to_lock);
       if (!rl.owns_lock()) return std::nullopt;
-      n = channel::read_locked(s);
-      take_messages(s, items);
+      // Nothing new is read while earlier lines wait (the buffer stays bounded).
+      if (!backlog_) n = channel::read_locked(s);
+      backlog_ = !take_messages(s, items, clock::now() + take_slice);
     }
     dispatch(items, false);
-    return n;
+    return n + (backlog_ ? 1 : 0);  // not 0 while lines wait: drain() comes back
   }
   // Reads until the socket is empty; false if a call_sync() caller is reading.
   bool drain() {
@@ -2137,10 +2189,18 @@ class client {
       rl.lock();
     }
     std::vector<incoming_item> items;
+    const auto until = dl.value_or(clock::time_point::max());
     for (;;) {
-      take_messages(s, items);
+      // In slices: what was taken is dispatched (which costs about as much again)
+      // before the deadline is looked at.
+      const bool all = take_messages(s, items, std::min(until, clock::now() + take_slice));
       dispatch(items, true);
       if (slot.done.load()) return;
+      if (!all) {
+        if (clock::now() < until) continue;
+        backlog_ = true;  // out of time with lines left: the caller times out; the
+        return;           // reader thread (or the next call) takes the rest
+      }
       if (at_end(s)) {
         rl.unlock();
         if (!s.closed.load()) peer_gone(wait_status());
@@ -2169,10 +2229,10 @@ class client {
       if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) channel::read_locked(s);
       if (n == 3 && fds[2].revents) {  // the peer process exited
         while (channel::read_locked(s) > 0) {
-          take_messages(s, items);
+          take_messages(s, items, until);
           dispatch(items, true);
         }
-        take_messages(s, items);
+        take_messages(s, items, until);
         dispatch(items, true);
         rl.unlock();
         peer_gone(peek_status());
@@ -2255,7 +2315,9 @@ class client {
       fds[n++] = {watch ? ch_.fd() : -1, static_cast<short>(POLLIN | (queued ? POLLOUT : 0)), 0};
       fds[n++] = {wake_.get(), POLLIN, 0};
       if (pidfd_ && !exited) fds[n++] = {pidfd_.get(), POLLIN, 0};
-      subprocess::detail::poll_until(fds, n, dl);
+      const bool backlog = watch && backlog_.load(std::memory_order_relaxed);
+      subprocess::detail::poll_until(fds, n, backlog ? subprocess::detail::deadline(clock::now()) : dl);
+      if (backlog) fds[0].revents |= POLLIN;  // take the lines left buffered
       if (fds[1].revents) clear(wake_);
       if (fds[0].revents & POLLOUT) {
         try {
@@ -2375,7 +2437,15 @@ class client {
 
   void peer_gone(std::optional<subprocess::exit_status> st) {
     std::string why = st ? "'" + name_ + "' " + st->to_string() : "'" + name_ + "' closed the channel";
+    if (auto torn = ch_.end_error()) why += " (in the middle of a message: " + torn_part(torn->what()) + ")";
     fail_all(why, st);
+  }
+  // "N bytes of it arrived: '...'" from end_error()'s message.
+  static std::string torn_part(const std::string& what) {
+    static constexpr std::string_view mark = " in the middle of a message (";
+    const auto at = what.rfind(mark);
+    if (at == std::string::npos || what.back() != ')') return what;
+    return what.substr(at + mark.size(), what.size() - at - mark.size() - 1);
   }
   void fail_all(const std::string& why, std::optional<subprocess::exit_status> st) {
     std::unordered_map<std::uint64_t, pending_call> calls;
@@ -2424,6 +2494,7 @@ class client {
   std::thread::id reader_id_;
   bool reader_exited_ = false;
   bool timed_recv_ = false;  // set once in start()
+  std::atomic<bool> backlog_{false};  // complete lines left buffered (read lock)
   std::thread reader_;
 };
 
@@ -2594,10 +2665,11 @@ class heartbeat {
 
 struct channel_callbacks {
   std::function<void(json)> on_message = {};
-  // Bad input (malformed or oversized message, peer gone mid-message). An oversized
-  // message also ends the channel: on_close follows.
+  // Bad input (a malformed or oversized message). An oversized message also ends the
+  // channel: on_close follows.
   std::function<void(const channel_error&)> on_error = {};
-  // The peer is gone and every message was delivered. The channel is unwatched.
+  // The peer is gone and every message was delivered. The channel is unwatched. If
+  // the peer died in the middle of a message, the channel's end_error() says so.
   std::function<void()> on_close = {};
 };
 

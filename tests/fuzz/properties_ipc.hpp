@@ -2,7 +2,7 @@
 // from properties.hpp), shared with the normal test suite: test_fuzz_corpus.cpp
 // replays every corpus and regression input through them, with any compiler.
 //
-//   check_json_decode(bytes)   the channel's JSON codec against nlohmann::json::parse
+//   check_json_decode(bytes)   the channel's JSON codec against nlohmann::ordered_json::parse
 //   check_ipc_framing(bytes)   a channel's receive path against a reference splitter
 #pragma once
 
@@ -22,7 +22,7 @@
 
 namespace fuzz {
 
-using json = nlohmann::json;
+using json = subprocess::ipc::json;  // nlohmann::ordered_json: keys in order
 namespace codec = subprocess::detail::json_codec;
 
 // ---------------------------------------------------------------- JSON decoding --
@@ -71,11 +71,81 @@ inline bool same_value(const json& a, const json& b) {
   }
 }
 
-// The channel's parser accepts exactly what nlohmann::json::parse accepts and builds
-// the same value, except for the two documented differences: nesting deeper than
-// 1000 levels is refused, and so is any NUL byte (nlohmann stops reading at a NUL after
-// a value; a NUL is never valid JSON anyway). What it accepts, dump() writes back as
-// nlohmann's dump() does, and that text parses as nlohmann parses it.
+// The text with each lone UTF-16 surrogate escape (\uD800-\uDFFF not in a high-low
+// pair) replaced by \uFFFD: what the codec decodes them to, and nlohmann refuses.
+// Outside strings a backslash is an error either way, so the text is not parsed.
+inline std::string without_lone_surrogates(std::string_view t) {
+  auto hex4 = [&](std::size_t at) -> long {
+    if (at + 4 > t.size()) return -1;
+    long v = 0;
+    for (std::size_t k = at; k < at + 4; ++k) {
+      const char c = t[k];
+      v <<= 4;
+      if (c >= '0' && c <= '9') v |= c - '0';
+      else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+      else return -1;
+    }
+    return v;
+  };
+  std::string out;
+  for (std::size_t i = 0; i < t.size();) {
+    if (t[i] != '\\' || i + 1 >= t.size()) {
+      out += t[i++];
+      continue;
+    }
+    const long cp = t[i + 1] == 'u' ? hex4(i + 2) : -1;
+    if (cp < 0xD800 || cp > 0xDFFF) {  // another escape: copied as it is
+      out.append(t.substr(i, 2));
+      i += 2;
+      continue;
+    }
+    if (cp <= 0xDBFF && i + 7 < t.size() && t[i + 6] == '\\' && t[i + 7] == 'u') {
+      const long lo = hex4(i + 8);
+      if (lo >= 0xDC00 && lo <= 0xDFFF) {  // a pair
+        out.append(t.substr(i, 12));
+        i += 12;
+        continue;
+      }
+    }
+    out += "\\ufffd";
+    i += 6;
+  }
+  return out;
+}
+
+// The same text as nlohmann writes it, but -0.0 as "0" (JSON.stringify's way).
+inline std::string reference_dump(const json& v) {
+  std::string s = v.dump();
+  // nlohmann writes -0.0 as "-0.0"; outside strings that can only be the number.
+  std::string out;
+  bool in_string = false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\') out += s[++i];
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+      out += c;
+    } else if (s.compare(i, 4, "-0.0") == 0 && (i + 4 == s.size() || s[i + 4] == ',' || s[i + 4] == ']' || s[i + 4] == '}')) {
+      out += '0';
+      i += 3;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// The channel's parser accepts exactly what nlohmann::ordered_json::parse accepts and
+// builds the same value (keys in the same order), except for the documented
+// differences: a lone surrogate escape is U+FFFD (checked by giving nlohmann the text
+// with \ufffd in its place), nesting deeper than the limit is refused, and so is any
+// NUL byte (nlohmann stops reading at a NUL after a value; a NUL is never valid JSON
+// anyway). What it accepts, dump() writes back as nlohmann's dump() does (but -0.0 as
+// "0"), and that text parses as nlohmann parses it.
 inline void check_json_decode(std::string_view text) {
   std::optional<json> ours;
   std::string our_error;
@@ -88,9 +158,10 @@ inline void check_json_decode(std::string_view text) {
     require(!ours, "a text with a NUL byte was accepted");
     return;
   }
+  const std::string ref_text = without_lone_surrogates(text);
   std::optional<json> ref;
   try {
-    ref = json::parse(text.begin(), text.end());
+    ref = json::parse(ref_text.begin(), ref_text.end());
   } catch (const json::exception&) {  // parse_error, and out_of_range for 1e400
   }
   if (ref && nesting_depth(*ref) > codec::default_max_depth) {
@@ -105,7 +176,7 @@ inline void check_json_decode(std::string_view text) {
   require(same_value(*ref, *ours), "a different value than nlohmann's: " + ours->dump() + " vs " + ref->dump());
   std::string text_back;
   codec::dump(*ours, text_back);
-  require(text_back == ours->dump(), "dump() differs from nlohmann's: " + text_back);
+  require(text_back == reference_dump(*ours), "dump() differs from nlohmann's: " + text_back);
   // Parsed again, the dumped text gives what nlohmann gives for it (not always the
   // value we started from: -0 is a signed 0 and dumps as "0", which reads back unsigned).
   require(same_value(codec::parse(text_back), json::parse(text_back)),
@@ -160,7 +231,8 @@ inline framing_input framing_input_of(std::string_view data) {
 // out plainly: lines end at '\n'; a line (or an unfinished one) longer than the limit
 // is a protocol error and nothing more is read; a line that is not JSON is a protocol
 // error and the next line is read; Node's internal messages are skipped unless asked
-// for; bytes left without a '\n' at the end are a channel_closed error.
+// for; bytes left without a '\n' at the end are a torn message: not an error thrown,
+// but the channel's end_error() (channel_closed) once it has ended.
 inline std::vector<frame_event> reference_frames(const framing_input& in) {
   using subprocess::errc;
   std::vector<frame_event> out;
@@ -243,6 +315,7 @@ inline void check_ipc_framing(std::string_view data) {
     take();
   }
   require(ended || ch.eof(), "the channel did not see the end of the stream");
+  if (auto torn = ch.end_error()) got.push_back({std::nullopt, torn->code()});
   auto expect = reference_frames(in);
   require(got == expect, "the channel reported\n" + describe(got) + "the reference splitter says\n" +
                              describe(expect));

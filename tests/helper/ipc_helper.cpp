@@ -48,6 +48,7 @@
 //   dribble MS          write one byte 'x' to the channel every MS ms, never a newline,
 //                       until the parent is gone
 //   touch FILE          create FILE containing "done\n" (a marker: the cleanup ran)
+//   flood-bytes         write 'x' (no newline ever) to the channel until it breaks
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -263,6 +264,9 @@ int main(int argc, char** argv) {
     } else if (act == "touch") {
       std::FILE* f = std::fopen(next().c_str(), "w");
       if (!f || std::fputs("done\n", f) < 0 || std::fclose(f) != 0) return 5;
+    } else if (act == "flood-bytes") {
+      const std::string chunk(1 << 16, 'x');
+      for (;;) write_raw(ch.fd(), chunk);  // exits 141 when the parent is gone
     } else if (act == "ignore-term") {
       std::signal(SIGTERM, SIG_IGN);
     } else {

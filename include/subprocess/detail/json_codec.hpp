@@ -1,27 +1,39 @@
-// subprocess/detail/json_codec.hpp - fast, strict JSON text <-> nlohmann::json for the
-// ipc channel. Not public API.
+// subprocess/detail/json_codec.hpp - fast, strict JSON text <-> nlohmann::ordered_json
+// for the ipc channel. Not public API.
 //
 // Why not nlohmann's own parse()/dump()? They handle strings one byte at a time
 // (~140 MB/s parsing, ~270 MB/s dumping here), which made a 100 MiB message slower
 // than Node's JSON.parse. These scan strings 8 bytes at a time and copy plain runs
-// whole. The result is the same: parse() accepts exactly what nlohmann accepts
-// (RFC 8259, UTF-8 validated, surrogate pairs checked) and builds the same value
-// (non-negative integers unsigned, negative ones signed, the rest double; a repeated
-// key keeps its last value); dump() writes exactly what nlohmann's dump() writes
-// (tests/test_ipc.cpp compares them on random and mutated documents). Two
-// differences: nesting deeper than max_depth is an error here, because recursing
-// over such a value (in parse, in dump, in user code) could exhaust the stack; and a
-// NUL byte after the value is an error here (nlohmann stops reading at a NUL byte and
-// accepts "1\0garbage"; JSON.parse refuses it, and so do we).
+// whole. What they accept and build is what nlohmann::ordered_json::parse() gives
+// (RFC 8259, UTF-8 validated; non-negative integers unsigned, negative ones signed,
+// the rest double; an object keeps its keys in the order they came, and a repeated
+// key stays where it first came with its last value, as JSON.parse does); dump()
+// writes what ordered_json::dump() writes (tests/test_ipc.cpp and the fuzz target
+// compare them). The differences, each made to read and write what Node does:
+//   * A lone UTF-16 surrogate escape ("\ud83d" without its pair, which JSON.stringify
+//     writes for a string holding half a pair) decodes to U+FFFD, the replacement
+//     character Node itself writes for it when it encodes such a string as UTF-8;
+//     nlohmann refuses the whole text.
+//   * -0.0 is written "0", as JSON.stringify(-0) writes it (nlohmann: "-0.0").
+//   * Nesting deeper than max_depth (default 10,000) is an error, both ways: a value
+//     that deep could exhaust the stack of code that recurses over it (nlohmann's
+//     copy, ==, dump(), your own). The codec itself never recurses: parse() and
+//     dump() keep their own stack, so no depth crashes them.
+//   * A NUL byte after the value is an error (nlohmann stops reading at a NUL byte
+//     and accepts "1\0garbage"; JSON.parse refuses it, and so do we).
 #pragma once
 
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -33,9 +45,44 @@
 
 namespace subprocess::detail::json_codec {
 
-using json = nlohmann::json;
+// Objects keep their keys in order: nlohmann::ordered_json (subprocess::ipc::json).
+using json = nlohmann::ordered_json;
+using object_t = json::object_t;
+using array_t = json::array_t;
 
-inline constexpr std::size_t default_max_depth = 1000;
+// The deepest nesting accepted (and sent): [] is 1 level, [[]] 2. Node 20's
+// JSON.stringify gives up at about 4,200 levels (its stack, default size), so this
+// covers anything a Node peer can send; its JSON.parse has no limit.
+inline constexpr std::size_t default_max_depth = 10000;
+
+inline std::string too_deep(std::size_t max_depth) {
+  return "nested too deeply (more than " + std::to_string(max_depth) + " levels of arrays and objects)";
+}
+
+// A stack that keeps its first N entries inline (no allocation for the usual few
+// levels of nesting) and spills the rest to the heap.
+template <class T, std::size_t N>
+class small_stack {
+ public:
+  void push(T v) {
+    if (n_ < N)
+      in_[n_] = v;
+    else
+      spill_.push_back(v);
+    ++n_;
+  }
+  T& top() noexcept { return n_ <= N ? in_[n_ - 1] : spill_.back(); }
+  void pop() noexcept {
+    if (n_ > N) spill_.pop_back();
+    --n_;
+  }
+  std::size_t size() const noexcept { return n_; }
+
+ private:
+  T in_[N];
+  std::vector<T> spill_;
+  std::size_t n_ = 0;
+};
 
 // A parse or encoding error: what() says what and where.
 class error : public std::runtime_error {
@@ -130,7 +177,8 @@ class parser {
       : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()), max_depth_(max_depth) {}
 
   json document() {
-    json v = value();
+    json v;
+    value(v);
     ws();
     if (p_ != end_) fail("unexpected text after the value");
     return v;
@@ -163,7 +211,7 @@ class parser {
         if (p_ == end_ || *p_ != '"') return false;
         key_view(buf);  // checked, not kept ("2.0")
       } else if (key == "id") {
-        out.id = value();
+        value(out.id);
         out.has_id = true;
       } else if (key == "method") {
         ws();
@@ -172,12 +220,12 @@ class parser {
         string(out.method);
         has_method = true;
       } else if (key == "params") {
-        out.params = value();
+        value(out.params);
       } else if (key == "result") {
-        out.result = value();
+        value(out.result);
         has_result = true;
       } else if (key == "error") {
-        out.error = value();
+        value(out.error);
         has_error = true;
       } else {
         return false;
@@ -222,24 +270,146 @@ class parser {
   }
   static bool digit(char c) noexcept { return c >= '0' && c <= '9'; }
 
-  json value() {
-    ws();
-    if (p_ == end_) fail("unexpected end of input");
-    switch (*p_) {
-      case '{': return object();
-      case '[': return array();
-      case '"': {
-        json s(json::value_t::string);  // the string is parsed straight into the value
-        string(s.get_ref<std::string&>());
-        return s;
+  // Parses one value into `root` (null on entry). Iterative: the containers being
+  // filled are kept on stack_, so no depth of nesting recurses. A container is put
+  // into its parent first and filled in place (moving a finished one up would cost a
+  // move per element); its address stays valid while it is being filled, since its
+  // parent grows only after it is complete.
+  void value(json& root) {
+    const std::size_t base = stack_.size();
+    json* slot = &root;
+    for (;;) {
+      ws();
+      if (p_ == end_) fail("unexpected end of input");
+      switch (*p_) {
+        case '[': {
+          enter();
+          ++p_;
+          *slot = json(json::value_t::array);
+          ws();
+          if (p_ < end_ && *p_ == ']') {
+            ++p_;
+            --depth_;
+            break;
+          }
+          stack_.push(slot);
+          auto& a = slot->get_ref<array_t&>();
+          a.reserve(4);  // fewer reallocations for the usual few elements
+          slot = &a.emplace_back();
+          continue;
+        }
+        case '{': {
+          enter();
+          ++p_;
+          *slot = json(json::value_t::object);
+          ws();
+          if (p_ < end_ && *p_ == '}') {
+            ++p_;
+            --depth_;
+            break;
+          }
+          stack_.push(slot);
+          slot = &member(*slot);
+          continue;
+        }
+        case '"': {
+          *slot = json(json::value_t::string);  // the string is parsed straight into the value
+          string(slot->get_ref<std::string&>());
+          break;
+        }
+        case 't': literal("true"); *slot = true; break;
+        case 'f': literal("false"); *slot = false; break;
+        case 'n': literal("null"); *slot = nullptr; break;  // (a repeated key: not null yet)
+        default:
+          if (*p_ == '-' || digit(*p_)) {
+            number(*slot);
+            break;
+          }
+          fail("unexpected character");
       }
-      case 't': literal("true"); return json(true);
-      case 'f': literal("false"); return json(false);
-      case 'n': literal("null"); return json(nullptr);
-      default:
-        if (*p_ == '-' || digit(*p_)) return number();
-        fail("unexpected character");
+      // A value is complete: close the containers it completes, then go on with the
+      // next element of the innermost one still open.
+      for (;;) {
+        if (stack_.size() == base) return;
+        json* top = stack_.top();
+        ws();
+        if (p_ == end_) fail("unexpected end of input");
+        const char c = *p_;
+        if (top->is_array()) {
+          if (c == ',') {
+            ++p_;
+            slot = &top->get_ref<array_t&>().emplace_back();
+            break;
+          }
+          if (c != ']') fail("expected ',' or ']'");
+        } else {
+          if (c == ',') {
+            ++p_;
+            slot = &member(*top);
+            break;
+          }
+          if (c != '}') fail("expected ',' or '}'");
+          unique_keys(top->get_ref<object_t&>());
+        }
+        ++p_;
+        --depth_;
+        stack_.pop();
+      }
     }
+  }
+
+  // Reads `"key":` and appends the member (null) to obj; returns its value.
+  json& member(json& obj) {
+    ws();
+    if (p_ == end_ || *p_ != '"') fail("expected a string key");
+    std::string key;
+    string(key);
+    ws();
+    if (p_ == end_ || *p_ != ':') fail("expected ':'");
+    ++p_;
+    // Appended without looking for the key (that search would make parsing an
+    // object quadratic); repeated keys are merged when the object is complete.
+    auto& o = obj.get_ref<object_t&>();
+    // Fewer reallocations for the usual few members (a reallocation copies the keys:
+    // they are const in the pair).
+    if (o.empty()) o.reserve(4);
+    return o.object_t::Container::emplace_back(std::move(key), nullptr).second;
+  }
+
+  // A repeated key keeps the place where it first came and the last value (as
+  // JSON.parse and nlohmann's ordered_json do). Rare: looked for cheaply first.
+  static void unique_keys(object_t& o) {
+    const std::size_t n = o.size();
+    if (n < 2) return;
+    bool repeated = false;
+    if (n <= 16) {
+      for (std::size_t i = 1; i < n && !repeated; ++i)
+        for (std::size_t j = 0; j < i; ++j)
+          if (o.begin()[static_cast<std::ptrdiff_t>(i)].first == o.begin()[static_cast<std::ptrdiff_t>(j)].first) {
+            repeated = true;
+            break;
+          }
+    } else {
+      std::unordered_set<std::string_view> seen;
+      seen.reserve(n);
+      for (const auto& kv : o)
+        if (!seen.insert(kv.first).second) {
+          repeated = true;
+          break;
+        }
+    }
+    if (!repeated) return;
+    object_t::Container merged;
+    merged.reserve(n);
+    std::unordered_map<std::string_view, std::size_t> at;  // views of o's keys, which stay put
+    for (auto& kv : o) {
+      auto [it, first] = at.try_emplace(kv.first, merged.size());
+      if (first)
+        merged.emplace_back(kv.first, std::move(kv.second));
+      else
+        merged[it->second].second = std::move(kv.second);
+    }
+    static_cast<object_t::Container&>(o).swap(merged);
   }
 
   void literal(std::string_view word) {
@@ -249,71 +419,11 @@ class parser {
   }
 
   void enter() {
-    if (++depth_ > max_depth_) fail("nested too deeply");
+    if (++depth_ > max_depth_)
+      throw error(too_deep(max_depth_), static_cast<std::size_t>(p_ - begin_));
   }
 
-  json object() {
-    enter();
-    ++p_;
-    json obj(json::value_t::object);
-    auto& o = obj.get_ref<json::object_t&>();
-    ws();
-    if (p_ < end_ && *p_ == '}') {
-      ++p_;
-      --depth_;
-      return obj;
-    }
-    for (;;) {
-      ws();
-      if (p_ == end_ || *p_ != '"') fail("expected a string key");
-      std::string key;
-      string(key);
-      ws();
-      if (p_ == end_ || *p_ != ':') fail("expected ':'");
-      ++p_;
-      json v = value();
-      // Keys in order (as nlohmann writes them) go at the end without a search; a
-      // repeated key keeps the last value.
-      if (o.empty() || o.rbegin()->first < key)
-        o.emplace_hint(o.end(), std::move(key), std::move(v));
-      else
-        o.insert_or_assign(std::move(key), std::move(v));
-      if (object_ends()) break;
-    }
-    --depth_;
-    return obj;
-  }
-
-  json array() {
-    enter();
-    ++p_;
-    json arr = json::array();
-    auto& a = arr.get_ref<json::array_t&>();
-    ws();
-    if (p_ < end_ && *p_ == ']') {
-      ++p_;
-      --depth_;
-      return arr;
-    }
-    for (;;) {
-      a.push_back(value());
-      ws();
-      if (p_ == end_) fail("unexpected end of input");
-      if (*p_ == ',') {
-        ++p_;
-        continue;
-      }
-      if (*p_ == ']') {
-        ++p_;
-        break;
-      }
-      fail("expected ',' or ']'");
-    }
-    --depth_;
-    return arr;
-  }
-
-  json number() {
+  void number(json& out) {
     const char* start = p_;
     bool neg = false, is_float = false;
     if (*p_ == '-') {
@@ -345,11 +455,17 @@ class parser {
       if (neg) {
         std::int64_t v = 0;
         auto r = std::from_chars(start, p_, v);
-        if (r.ec == std::errc() && r.ptr == p_) return json(v);
+        if (r.ec == std::errc() && r.ptr == p_) {
+          out = v;
+          return;
+        }
       } else {
         std::uint64_t v = 0;
         auto r = std::from_chars(start, p_, v);
-        if (r.ec == std::errc() && r.ptr == p_) return json(v);
+        if (r.ec == std::errc() && r.ptr == p_) {
+          out = v;
+          return;
+        }
       }
     }
     // A fraction, an exponent, or an integer too big for 64 bits: a double.
@@ -363,7 +479,7 @@ class parser {
         fail("number overflow");  // nlohmann refuses these too
       }
     }
-    return json(d);
+    out = d;
   }
 
   unsigned hex4() {
@@ -380,6 +496,24 @@ class parser {
         v |= static_cast<unsigned>(c - 'A' + 10);
       else
         fail("invalid \\u escape");
+    }
+    return v;
+  }
+
+  // The value of 4 hex digits at p (end_ - p >= 4), or 0x10000 if they are not.
+  static unsigned peek_hex4(const char* p) noexcept {
+    unsigned v = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char c = p[i];
+      v <<= 4;
+      if (c >= '0' && c <= '9')
+        v |= static_cast<unsigned>(c - '0');
+      else if (c >= 'a' && c <= 'f')
+        v |= static_cast<unsigned>(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F')
+        v |= static_cast<unsigned>(c - 'A' + 10);
+      else
+        return 0x10000;
     }
     return v;
   }
@@ -416,16 +550,19 @@ class parser {
       case 't': out += '\t'; return;
       case 'u': {
         unsigned cp = hex4();
-        if (cp >= 0xD800 && cp <= 0xDBFF) {
-          if (end_ - p_ < 2 || p_[0] != '\\' || p_[1] != 'u')
-            fail("a high surrogate \\uD800-\\uDBFF must be followed by a low one");
-          p_ += 2;
-          unsigned lo = hex4();
-          if (lo < 0xDC00 || lo > 0xDFFF)
-            fail("a high surrogate \\uD800-\\uDBFF must be followed by a low one");
-          cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-        } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-          fail("a low surrogate \\uDC00-\\uDFFF without a high one");
+        if (cp >= 0xD800 && cp <= 0xDFFF) {
+          // A high surrogate followed by a low one is one code point; a lone one (half
+          // a pair: JSON.stringify writes those as escapes) becomes U+FFFD, as Node
+          // makes it when it writes the string as UTF-8. What follows a lone high
+          // surrogate is left for the next round (it may be any escape).
+          unsigned lo = 0;
+          if (cp <= 0xDBFF && end_ - p_ >= 6 && p_[0] == '\\' && p_[1] == 'u' &&
+              (lo = peek_hex4(p_ + 2)) >= 0xDC00 && lo <= 0xDFFF) {
+            p_ += 6;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          } else {
+            cp = 0xFFFD;
+          }
         }
         put_utf8(cp, out);
         return;
@@ -496,6 +633,7 @@ class parser {
   const char* end_;
   std::size_t depth_ = 0;
   std::size_t max_depth_;
+  small_stack<json*, 32> stack_;  // the containers value() is filling
 };
 
 // One JSON value (whitespace around it allowed). Throws json_codec::error.
@@ -571,34 +709,13 @@ void dump_string(std::string_view s, Out& out) {
   out.push_back('"');
 }
 
-// Appends exactly what j.dump() gives. Throws json_codec::error for invalid UTF-8.
+// A value that is not an array or an object with members. Requires !j.is_structured()
+// || j.empty().
 template <class Out>
-void dump(const json& j, Out& out) {
+void dump_leaf(const json& j, Out& out) {
   switch (j.type()) {
-    case json::value_t::object: {
-      out.push_back('{');
-      bool first = true;
-      for (const auto& [k, v] : j.get_ref<const json::object_t&>()) {
-        if (!first) out.push_back(',');
-        first = false;
-        dump_string(k, out);
-        out.push_back(':');
-        dump(v, out);
-      }
-      out.push_back('}');
-      return;
-    }
-    case json::value_t::array: {
-      out.push_back('[');
-      bool first = true;
-      for (const auto& v : j.get_ref<const json::array_t&>()) {
-        if (!first) out.push_back(',');
-        first = false;
-        dump(v, out);
-      }
-      out.push_back(']');
-      return;
-    }
+    case json::value_t::object: put(out, "{}"); return;
+    case json::value_t::array: put(out, "[]"); return;
     case json::value_t::string: dump_string(j.get_ref<const std::string&>(), out); return;
     case json::value_t::boolean: put(out, j.get<bool>() ? "true" : "false"); return;
     case json::value_t::null: put(out, "null"); return;
@@ -610,9 +727,84 @@ void dump(const json& j, Out& out) {
       out.append(buf, static_cast<std::size_t>(r.ptr - buf));
       return;
     }
+    case json::value_t::number_float:
+      if (j.get<double>() == 0) {  // 0.0 and -0.0: JSON.stringify(-0) is "0"
+        put(out, std::signbit(j.get<double>()) ? "0" : "0.0");
+        return;
+      }
+      [[fallthrough]];
     default:
       put(out, j.dump());  // floats (nlohmann's shortest form, non-finite as null), binary
       return;
+  }
+}
+
+// Appends what j.dump() gives (but -0.0 as "0"). Iterative: no depth of nesting
+// recurses. Throws json_codec::error for invalid UTF-8 and for nesting deeper than
+// max_depth (what was appended before is left in out).
+template <class Out>
+void dump(const json& j, Out& out, std::size_t max_depth = default_max_depth) {
+  if (!j.is_structured() || j.empty()) {
+    if (j.is_structured() && max_depth == 0) throw error(too_deep(max_depth), out.size());
+    return dump_leaf(j, out);
+  }
+  struct frame {
+    const json* v;
+    std::size_t i;  // members written
+  };
+  small_stack<frame, 32> stack;
+  auto check_depth = [&] {
+    if (stack.size() >= max_depth) throw error(too_deep(max_depth), out.size());
+  };
+  check_depth();
+  out.push_back(j.is_array() ? '[' : '{');
+  stack.push({&j, 0});
+  // Writes the members of the innermost open container up to its next non-empty
+  // container, which is opened (pushed: `f` is not used after that).
+  while (stack.size() > 0) {
+    frame& f = stack.top();
+    const json& v = *f.v;
+    const json* open = nullptr;
+    if (v.is_array()) {
+      const auto& a = v.get_ref<const array_t&>();
+      while (f.i < a.size()) {
+        if (f.i != 0) out.push_back(',');
+        const json& c = a[f.i++];
+        if (c.is_structured()) {
+          check_depth();
+          if (!c.empty()) {
+            open = &c;
+            break;
+          }
+        }
+        dump_leaf(c, out);
+      }
+      if (!open) out.push_back(']');
+    } else {
+      const auto& o = v.get_ref<const object_t&>();
+      while (f.i < o.size()) {
+        if (f.i != 0) out.push_back(',');
+        const auto& kv = o.begin()[static_cast<std::ptrdiff_t>(f.i++)];
+        dump_string(kv.first, out);
+        out.push_back(':');
+        const json& c = kv.second;
+        if (c.is_structured()) {
+          check_depth();
+          if (!c.empty()) {
+            open = &c;
+            break;
+          }
+        }
+        dump_leaf(c, out);
+      }
+      if (!open) out.push_back('}');
+    }
+    if (open) {
+      out.push_back(open->is_array() ? '[' : '{');
+      stack.push({open, 0});
+    } else {
+      stack.pop();
+    }
   }
 }
 
