@@ -45,6 +45,8 @@
 //   grandchild-pid      fork a grandchild that sleeps forever holding every fd (the
 //                       channel too); print its pid to stdout
 //   flood-lines         write "garbage\n" to the channel until it breaks
+//   serve-nan           a hand-written JSON-RPC loop: "nan" is answered with a line
+//                       that is not JSON ("result":NaN), "square"/"pid" as serve()
 //   dribble MS          write one byte 'x' to the channel every MS ms, never a newline,
 //                       until the parent is gone
 //   touch FILE          create FILE containing "done\n" (a marker: the cleanup ran)
@@ -211,6 +213,29 @@ int main(int argc, char** argv) {
       ch.send(json::parse(next()));
     } else if (act == "serve") {
       ipc::serve(ch, methods(answered, ch));
+    } else if (act == "serve-nan") {
+      // A JSON-RPC worker written by hand, as in a language whose serializer writes
+      // NaN (Python's json.dumps does): method "nan" is answered with a line that
+      // names its id but is not JSON; "square" and "pid" as serve() does; any other
+      // request (a heartbeat) with null.
+      while (auto m = ch.receive()) {
+        if (!m->is_object() || !m->contains("id") || !m->contains("method")) continue;
+        const json id = m->at("id");
+        const std::string method = m->at("method").get<std::string>();
+        if (method == "nan") {
+          write_raw(ch.fd(), "{\"jsonrpc\":\"2.0\",\"id\":" + id.dump() + ",\"result\":NaN}\n");
+          continue;
+        }
+        json result = nullptr;
+        if (method == "square") {
+          const json& q = m->at("params");
+          auto n = (q.is_array() ? q.at(0) : q.at("n")).get<std::int64_t>();
+          result = n * n;
+        } else if (method == "pid") {
+          result = ::getpid();
+        }
+        ch.send(json{{"jsonrpc", "2.0"}, {"id", id}, {"result", result}});
+      }
     } else if (act == "raw") {
       write_raw(ch.fd(), decode(next()));
     } else if (act == "raw-bytes") {
