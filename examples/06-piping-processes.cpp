@@ -81,6 +81,17 @@ void three_process_pipeline(const data_dir& d) {
   auto r = p.run();
   fmt::print("   Found {} ERROR lines\n", trim(r.out));
   fmt::print("   Pipeline exit code: {}\n", r.status.shell_code());
+
+  // No FATAL line: grep exits 1 ("no match"), and pipefail makes that the pipeline's
+  // status, although "0 lines" is the right answer. success_codes({0, 1}) says so.
+  auto strict = sp::pipeline{} | d.cmd({"cat", "log.txt"}) | d.cmd({"grep", "FATAL"}) | d.cmd({"wc", "-l"});
+  auto lenient = sp::pipeline{} | d.cmd({"cat", "log.txt"}) | d.cmd({"grep", "FATAL"}).success_codes({0, 1}) |
+                 d.cmd({"wc", "-l"});
+  auto r1 = strict.run();
+  auto r2 = lenient.run();
+  fmt::print("\n   $ {}\n", strict.to_string());
+  fmt::print("   Found {} FATAL lines, pipeline {}\n", trim(r1.out), r1.status);
+  fmt::print("   With grep's success_codes({{0, 1}}): pipeline {} (grep {})\n", r2.status, r2.stages[1].status);
 }
 
 void transform_stage(const data_dir& d) {

@@ -493,6 +493,97 @@ TEST_CASE("a stage that exits non-zero: pipefail status, failed stage, check()")
   }
 }
 
+TEST_CASE("success_codes: grep finding nothing is an answer, not a failure") {
+  const std::string lines = "alpha\nbeta\n";
+  auto grep_none = sp::command{"grep", "zeta"};  // exits 1: no line matched
+  SECTION("grep with no match in the middle: accepted, the stage still reports code 1") {
+    auto p = sp::pipeline{} | sp::command{"cat"} | sp::command(grep_none).success_codes({0, 1}) |
+             sp::command{"wc", "-l"};
+    auto r = p.run({.input = lines, .check = true});
+    CHECK(r.success());
+    CHECK(r.status == sp::exit_status::exited(0));
+    CHECK_FALSE(r.failed_stage);
+    CHECK_FALSE(r.first_failure());
+    CHECK(r.stages[1].status == sp::exit_status::exited(1));
+    CHECK_FALSE(r.stages[1].failed);
+    CHECK(r.stages[1].success());
+    CHECK(r.out.find('0') != std::string::npos);
+    // Not accepted: the same pipeline fails at grep, as bash's pipefail says.
+    auto plain = (sp::pipeline{} | sp::command{"cat"} | grep_none | sp::command{"wc", "-l"}).run({.input = lines});
+    CHECK(plain.status == sp::exit_status::exited(1));
+    CHECK(plain.status.shell_code() == bash("cat | grep zeta | wc -l", lines).status.shell_code());
+    CHECK(plain.first_failure() == 1u);
+    CHECK(plain.stages[1].failed);
+    CHECK_THROWS_AS(
+        (sp::pipeline{} | sp::command{"cat"} | grep_none | sp::command{"wc", "-l"}).run({.input = lines, .check = true}),
+        sp::pipeline_error);
+  }
+  SECTION("grep with no match at the end, built with add()") {
+    sp::pipeline p;
+    p.add(sp::command{"cat"}).add(sp::command(grep_none).success_codes({0, 1}));
+    auto r = p.run({.input = lines, .check = true});
+    CHECK(r.success());
+    CHECK(r.out.empty());
+    CHECK(r.stages[1].status == sp::exit_status::exited(1));
+    CHECK_FALSE(r.first_failure());
+    // A match is still success (0 is in the set), and an error of grep's (2) is not.
+    CHECK(p.run({.input = "zeta\n"}).out == "zeta\n");
+    sp::pipeline bad;
+    bad.add(sp::command{"cat"}).add(sp::command{"grep", "x", "/nonexistent/file"}.success_codes({0, 1}));
+    auto rb = bad.run({.input = lines, .err = sp::null});
+    CHECK(rb.status == sp::exit_status::exited(2));
+    CHECK(rb.first_failure() == 1u);
+  }
+  SECTION("sh -c 'exit 3': accepted with {0, 3}, not with {0, 1}; pipefail skips accepted stages") {
+    auto exit3 = sp::command{"sh", "-c", "cat >/dev/null; exit 3"};
+    auto ok = (sp::pipeline{} | sp::command{"sh", "-c", "exit 2"} | sp::command(exit3).success_codes({0, 3}) |
+               sp::command{"cat"})
+                  .run();
+    // The rightmost failure is now stage 0 (exit 2), and it is also the first.
+    CHECK(ok.status == sp::exit_status::exited(2));
+    CHECK(ok.failed_stage == 0u);
+    CHECK(ok.first_failure() == 0u);
+    CHECK(ok.stages[1].status == sp::exit_status::exited(3));
+    CHECK_FALSE(ok.stages[1].failed);
+    auto not_ok = (sp::pipeline{} | sp::command{"true"} | sp::command(exit3).success_codes({0, 1}) |
+                   sp::command{"cat"});
+    try {
+      not_ok.run({.check = true});
+      FAIL("no exception");
+    } catch (const sp::pipeline_error& e) {
+      CHECK(e.stage() == 1);
+      CHECK(e.status() == sp::exit_status::exited(3));
+      CHECK_THAT(e.what(), Catch::Contains("stage 2 of 3") && Catch::Contains("exited with code 3"));
+    }
+    // The set replaces {0}: with {3} alone, exiting 0 is a failure.
+    auto only3 = (sp::pipeline{} | sp::command{"true"}.success_codes({3})).run();
+    CHECK(only3.first_failure() == 0u);
+    CHECK(only3.status == sp::exit_status::exited(0));
+    CHECK_FALSE(only3.success());
+  }
+  SECTION("a stage killed by a signal is never accepted, whatever the codes") {
+    auto r = (sp::pipeline{} | sp::command{"sh", "-c", "kill -TERM $$"}.success_codes({0, 1, 15, 143})).run();
+    CHECK(r.stages[0].status == sp::exit_status::signaled(SIGTERM));
+    CHECK(r.first_failure() == 0u);
+    CHECK(r.status == sp::exit_status::signaled(SIGTERM));
+  }
+  SECTION("bad sets are argument_errors naming the command, before anything starts") {
+    const auto grep = sp::command{"grep", "x"};
+    const std::vector<int> empty, too_big{0, 256}, negative{-1};
+    CHECK_THROWS_AS(sp::command(grep).success_codes(empty), sp::argument_error);
+    CHECK_THROWS_WITH(sp::command(grep).success_codes(empty), Catch::Contains("grep x") && Catch::Contains("empty"));
+    CHECK_THROWS_WITH(sp::command(grep).success_codes(too_big), Catch::Contains("grep x") && Catch::Contains("256"));
+    CHECK_THROWS_WITH(sp::command(grep).success_codes(negative), Catch::Contains("grep x") && Catch::Contains("-1"));
+    auto c = sp::command{"grep", "x"}.success_codes({1, 0, 1, 255});
+    CHECK(c.success_codes() == std::vector<int>{0, 1, 255});
+    CHECK(sp::command{"true"}.success_codes() == std::vector<int>{0});
+    CHECK(c.is_success(sp::exit_status::exited(1)));
+    CHECK_FALSE(c.is_success(sp::exit_status::exited(2)));
+    CHECK_FALSE(c.is_success(sp::exit_status::signaled(1)));
+  }
+  CHECK(testing::children().empty());
+}
+
 TEST_CASE("the timeout kills the whole pipeline, the stages' children too") {
   // The last stage's shell forks a sleep that holds the output pipe: only a signal
   // to the whole group ends it in time.

@@ -188,6 +188,21 @@ TEST_CASE("max_output") {
   }
 }
 
+TEST_CASE("run honours the command's success_codes in success() and check") {
+  auto grep_none = sp::command{"grep", "zeta"};
+  auto r = sp::run(sp::command(grep_none).success_codes({0, 1}), {.input = "alpha\n", .check = true});
+  CHECK(r.success());
+  CHECK(r.status == sp::exit_status::exited(1));
+  CHECK(r.success_codes == std::vector<int>{0, 1});
+  CHECK_THROWS_AS(sp::run(grep_none, {.input = "alpha\n", .check = true}), sp::process_error);
+  auto r2 = sp::run(sp::command{"sh", "-c", "exit 3"}.success_codes({0, 1}));
+  CHECK_FALSE(r2.success());
+  CHECK_THROWS_AS(r2.check(), sp::process_error);
+  auto r3 = sp::run(sp::command{"sh", "-c", "kill -TERM $$"}.success_codes({0, 143}));
+  CHECK(r3.status == sp::exit_status::signaled(SIGTERM));
+  CHECK_FALSE(r3.success());
+}
+
 TEST_CASE("communicate on a process spawned by hand") {
   auto p = sp::command{"tr", "a-z", "A-Z"}.in(sp::pipe).out(sp::pipe).err(sp::pipe).spawn();
   auto r = sp::communicate(p, "hello\n");

@@ -36,6 +36,8 @@
 //   new_session()              setsid(): new session and group, no controlling tty
 //   kill_on_parent_death(sig)  the kernel sends sig when the parent dies (see below)
 //   ipc(fd)                    a message channel on child fd `fd` (ipc.hpp)
+//   success_codes({0, 1})      the exit codes that count as success where the
+//                              library judges it (run()'s check, pipelines)
 //
 // Fds you hand over (in/out/err(sp::fd(n)), map_fd) arrive blocking, as programs
 // expect, and your fd is left exactly as it was: a non-blocking pipe or FIFO (say
@@ -78,6 +80,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bitset>
 #include <cctype>
 #include <climits>
 #include <cstdlib>
@@ -254,6 +257,25 @@ class command {
     backend_ = b;
     return *this;
   }
+  // The exit codes that count as success (default {0}) wherever the library judges
+  // one: run()'s success() and check, a pipeline's pipefail status, first_failure()
+  // and check. `grep` exits 1 when nothing matched: success_codes({0, 1}). The set
+  // replaces {0} (list 0 if you want it); the status itself still says "exited with
+  // code 1". A process killed by a signal never succeeds. Each code must be 0..255
+  // and the set non-empty, else argument_error.
+  command& success_codes(const std::vector<int>& codes) {
+    if (codes.empty())
+      throw argument_error(to_string(), "success_codes: the set is empty (nothing could succeed)");
+    std::bitset<256> set;
+    for (int c : codes) {
+      if (c < 0 || c > 255)
+        throw argument_error(to_string(), "success_codes: " + std::to_string(c) +
+                                              " is not an exit code (0..255)");
+      set.set(static_cast<std::size_t>(c));
+    }
+    success_codes_ = set;
+    return *this;
+  }
 
   const std::vector<std::string>& argv() const noexcept { return argv_; }
   const std::optional<std::filesystem::path>& cwd() const noexcept { return cwd_; }
@@ -269,6 +291,19 @@ class command {
   const std::optional<pid_t>& joined_process_group() const noexcept { return join_group_; }
   const std::optional<int>& ipc_fd() const noexcept { return ipc_fd_; }
   bool is_shell() const noexcept { return shell_; }
+  // The exit codes that count as success, ascending (default {0}).
+  std::vector<int> success_codes() const {
+    std::vector<int> v;
+    for (std::size_t c = 0; c < success_codes_.size(); ++c)
+      if (success_codes_.test(c)) v.push_back(static_cast<int>(c));
+    return v;
+  }
+  // Whether `st` counts as success for this command: it exited with one of
+  // success_codes(). A signal death never does.
+  bool is_success(const exit_status& st) const noexcept {
+    auto c = st.code();
+    return c && *c >= 0 && *c < 256 && success_codes_.test(static_cast<std::size_t>(*c));
+  }
 
   // Shell-quoted command line: pasting it into sh runs the same argv. The program
   // name is also quoted when sh would read it as something else ("if", "A=b").
@@ -308,6 +343,7 @@ class command {
   bool new_session_ = false;
   bool shell_ = false;
   spawn_backend backend_ = spawn_backend::automatic;
+  std::bitset<256> success_codes_{1};  // bit c: exit code c is success
 
   // Validates the command and resolves the program: the path to exec.
   std::string checked_program(const std::string& cmdline) const;

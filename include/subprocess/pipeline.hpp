@@ -91,6 +91,19 @@
 // reader went away, exited(1) when fn threw, and the pipeline's signal when it was
 // stopped. result.first_failure() is the leftmost failing stage, usually the cause.
 //
+// Accepted exit codes. A command's success_codes() are the codes that count as
+// success for that stage (default {0}): `grep` exits 1 when nothing matched, which
+// is an answer, not a failure:
+//
+//   auto r = (sp::pipeline{} | sp::command{"cat", "app.log"}
+//             | sp::command{"grep", "FATAL"}.success_codes({0, 1})
+//             | sp::command{"wc", "-l"}).run({.check = true});   // "0\n", no throw
+//
+// Such a stage is not failed: it is left out of the pipefail status, first_failure(),
+// success() and check; its own status still says "exited with code 1". A stage
+// killed by a signal is never accepted (only the SIGPIPE rule can excuse it). It is
+// set on the command, so `|`, add() and run(cmd) all honour it the same way.
+//
 // Errors. Everything is checked before anything starts: an empty pipeline and bad
 // options are argument_errors; every command is validated (arguments, program found
 // in PATH, cwd) first, so a missing program in stage k is a pipeline_spawn_error
@@ -256,7 +269,8 @@ struct stage_result {
   bool is_transform = false;
   pid_t pid = -1;  // -1 for a transform
   exit_status status = exit_status::exited(0);
-  // Counts as a failure under the pipeline's rules (the SIGPIPE rule above).
+  // Counts as a failure under the pipeline's rules (the command's success_codes(),
+  // the SIGPIPE rule above).
   bool failed = false;
   std::string err;           // its stderr, with err = sp::capture
   std::exception_ptr error;  // what a transform threw
@@ -628,6 +642,7 @@ struct stage_slot {
   pipe_reader err;                    // captured stderr (supervisor thread only)
   std::string err_text;               // (supervisor thread only)
   pump* transform_pump = nullptr;
+  std::vector<int> success_codes{0};  // the command's success_codes(), ascending
 };
 
 // Everything a running pipeline shares between the user's threads, the supervisor
@@ -929,7 +944,8 @@ inline void pipeline_state::build_result() {
       sr.status = s.status.value_or(exit_status::signaled(SIGKILL));
     }
     sr.err = std::move(s.err_text);
-    sr.failed = !sr.status.success() &&
+    auto code = sr.status.code();
+    sr.failed = !(code && std::binary_search(s.success_codes.begin(), s.success_codes.end(), *code)) &&
                 !(sr.status.signal() == SIGPIPE && k + 1 < n && !sigpipe_is_failure);
     if (sr.failed) {
       r.status = sr.status;
@@ -1282,6 +1298,9 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
   st->timeout = opts.timeout;
   st->dl = detail::deadline_in(opts.timeout);
   st->stages.resize(n);
+  for (std::size_t k = 0; k < n; ++k)
+    if (const command* c = std::get_if<command>(&stages_[k]))
+      st->stages[k].success_codes = c->success_codes();
   auto new_pump = [&]() -> pump* {
     st->pumps.push_back(std::make_unique<pump>());
     return st->pumps.back().get();

@@ -44,6 +44,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "command.hpp"
 #include "detail/pages.hpp"
@@ -64,7 +65,8 @@ struct run_options {
   std::optional<std::string> input{};
   // Kill the child (and its group) when it runs longer; throws timeout_error.
   std::optional<std::chrono::milliseconds> timeout{};
-  // Throw process_error unless the child exits with code 0.
+  // Throw process_error unless the child exits with code 0 (or one of the
+  // command's success_codes()).
   bool check = false;
   // Most bytes captured per stream; unlimited when unset.
   std::optional<std::size_t> max_output{};
@@ -78,11 +80,17 @@ struct run_result {
   std::string err;
   bool out_truncated = false;
   bool err_truncated = false;
+  // The exit codes that count as success: run() copies the command's success_codes().
+  std::vector<int> success_codes{0};
 
-  bool success() const noexcept { return status.success(); }
-  // Throws process_error unless the child exited with code 0; returns *this.
+  // Exited with one of success_codes() (code 0 unless the command says otherwise).
+  bool success() const noexcept {
+    auto c = status.code();
+    return c && std::find(success_codes.begin(), success_codes.end(), *c) != success_codes.end();
+  }
+  // Throws process_error unless success(); returns *this.
   const run_result& check() const {
-    if (!status.success()) throw process_error(command, status, {out, err});
+    if (!success()) throw process_error(command, status, {out, err});
     return *this;
   }
 };
@@ -312,6 +320,7 @@ inline run_result run(command cmd, const run_options& opts = {}) {
   process p = cmd.spawn();
   run_result r = communicate(p, opts.input ? std::string_view(*opts.input) : std::string_view(),
                              {opts.timeout, opts.max_output, opts.on_output_limit});
+  r.success_codes = cmd.success_codes();
   if (opts.check) r.check();
   return r;
 }
