@@ -6,6 +6,8 @@
 #include <fstream>
 #include <thread>
 
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -430,6 +432,15 @@ TEST_CASE("kill_on_parent_death: a child spawned from a short-lived thread outli
   CHECK(p.wait() == sp::exit_status::exited(0));
 }
 
+// SIGKILL is pending for pid (sent, not yet acted on): /proc/<pid>/status SigPnd/ShdPnd.
+static bool sigkill_pending(int pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("SigPnd:", 0) == 0 || line.rfind("ShdPnd:", 0) == 0)
+      if ((std::stoull(line.substr(7), nullptr, 16) >> (SIGKILL - 1)) & 1) return true;
+  return false;
+}
+
 TEST_CASE("kill_on_parent_death from a thread: the child still goes when the parent process dies") {
   auto p = testing::helper({"pdeath-thread", std::to_string(SIGKILL), "sleep", "60000"}).out(sp::pipe).spawn();
   auto line = p.out().read_line();
@@ -437,10 +448,41 @@ TEST_CASE("kill_on_parent_death from a thread: the child still goes when the par
   int grandchild = std::stoi(*line);
   sp::detail::unique_fd gfd(sp::detail::sys::pidfd_open(grandchild));
   REQUIRE(gfd);
-  CHECK(testing::alive(grandchild));  // the spawning thread of the helper has exited
+  // The helper printed the pid only after its spawning thread's exit was complete
+  // (/proc/self/task/<tid> gone): a parent-death signal would have been sent by then,
+  // so the grandchild would be dead, or about to die with SIGKILL pending.
+  CHECK(testing::alive(grandchild));
+  CHECK_FALSE(sigkill_pending(grandchild));
   p.kill();
   CHECK(p.wait().signal() == SIGKILL);
   CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+}
+
+TEST_CASE("kill_on_parent_death works in a fork() child of a process that used it") {
+  // The helper has a spawner thread and a second thread spawning through it while it
+  // forks; each fork child (alarm(5) ends it if it hangs) must spawn one itself. The
+  // copied spawner state is unusable there (a condition variable waiting for the
+  // parent's thread, a lock another thread held at the fork).
+  auto r = sp::run(testing::helper({"pdeath-fork", "5"}), {.timeout = 30s});
+  CHECK(r.out == "0\n0\n0\n0\n0\n");
+  CHECK(r.status == sp::exit_status::exited(0));
+}
+
+TEST_CASE("kill_on_parent_death: the child gets the caller's nice value and CPU affinity") {
+  // The helper starts its spawner thread first, then changes its own thread's nice
+  // value (to 7) and pins it to one CPU before spawning print-sched.
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  REQUIRE(::sched_getaffinity(0, sizeof set, &set) == 0);
+  int first = 0;
+  while (!CPU_ISSET(first, &set)) ++first;
+  errno = 0;
+  const int nice = ::getpriority(PRIO_PROCESS, 0);
+  REQUIRE(errno == 0);
+  const int want = std::max(nice, 7);  // raising it needs no privilege
+  auto r = sp::run(testing::helper({"pdeath-nice", std::to_string(want)}), {.timeout = 30s});
+  CHECK(r.out == "nice " + std::to_string(want) + " cpus " + std::to_string(first) + "\n");
+  CHECK(r.status == sp::exit_status::exited(0));
 }
 
 TEST_CASE("spawning from many threads at once") {

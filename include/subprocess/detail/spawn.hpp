@@ -27,6 +27,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -108,6 +109,14 @@ struct child_plan {
   pid_t pgid = 0;  // with setpgid: 0 leads a new group, >0 joins that existing group
   int pdeathsig = 0;
   pid_t parent = 0;
+  // Set when another thread (the spawner) clones for the caller: the caller's nice
+  // value and CPU affinity, applied in the child (best effort: lowering the nice
+  // value below the cloning thread's needs CAP_SYS_NICE or RLIMIT_NICE; then the
+  // child keeps the cloning thread's).
+  bool set_nice = false;
+  int nice = 0;
+  bool set_affinity = false;
+  cpu_set_t affinity{};
   // Written by the clone child on failure; read by the parent after the vfork.
   int err = 0;
   child_step step = child_step::none;
@@ -201,6 +210,8 @@ SUBPROCESS_CHILD_CODE inline int clone_child_main(void* arg) noexcept {
   }
   if (p->setsid && ::syscall(SYS_setsid) < 0) return child_fail(p, child_step::setsid);
   if (p->setpgid && ::syscall(SYS_setpgid, 0, p->pgid) < 0) return child_fail(p, child_step::setpgid);
+  if (p->set_nice) ::syscall(SYS_setpriority, PRIO_PROCESS, 0, p->nice);
+  if (p->set_affinity) ::syscall(SYS_sched_setaffinity, 0, sizeof p->affinity, &p->affinity);
   if (p->pdeathsig != 0) {
     if (::syscall(SYS_prctl, PR_SET_PDEATHSIG, p->pdeathsig, 0, 0, 0) < 0)
       return child_fail(p, child_step::pdeathsig);
