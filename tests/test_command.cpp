@@ -141,6 +141,28 @@ TEST_CASE("working directory") {
   CHECK(testing::children().empty());
 }
 
+TEST_CASE("the program and the working directory are checked with the effective ids, as exec uses them") {
+  // A set-uid-like helper: real uid nobody, effective uid root. A directory only root
+  // may enter, holding a program only root may run: exec and chdir (effective ids)
+  // succeed, so the library's own checks must not refuse them (access() would: it
+  // checks the real uid).
+  if (::geteuid() != 0) {
+    WARN("needs root (effective uid 0) to create a real/effective uid split: not checked");
+    return;
+  }
+  const auto dir = fs::temp_directory_path() / ("sp_rootonly_" + std::to_string(::getpid()));
+  fs::create_directory(dir);
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace);
+  const auto prog = dir / "sp_helper";
+  fs::copy_file(testing::helper_path(), prog);
+  fs::permissions(prog, fs::perms::owner_all, fs::perm_options::replace);
+  auto r = sp::run(testing::helper({"as-real-uid", "65534", "spawn-cwd", dir.string(), prog.string()}),
+                   {.timeout = 30s});
+  fs::remove_all(dir);
+  CHECK(r.out == dir.string() + "\n");
+  CHECK(r.status == sp::exit_status::exited(0));
+}
+
 TEST_CASE("an argument list too large for the kernel is a spawn_error that says so, with sizes") {
   auto b = any_backend();
   // Too much in total, or one string over the kernel's 128 KiB per-string limit.

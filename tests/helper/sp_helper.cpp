@@ -51,6 +51,10 @@
 //                       thread with our attributes), then setpriority(own thread, N) and pin the thread to the first
 //                       CPU it may run on, then spawn "sp_helper print-sched" with
 //                       kill_on_parent_death and copy its output
+//   as-real-uid U       setresuid(U, unchanged, unchanged): the real uid becomes U,
+//                       the effective one stays (as in a set-uid program)
+//   spawn-cwd DIR PROG  spawn "PROG print-cwd" with cwd(DIR) and copy its output; on
+//                       an exception print its what() and exit 1
 //   print-sched         print "nice N cpus LIST" (this thread's nice value, and the
 //                       CPUs it may run on)
 //   pdeath-run SIG ACTIONS...
@@ -379,6 +383,21 @@ int main(int argc, char** argv) {
       auto line = r.out().read_line();
       r.wait();
       say(1, line.value_or("no output"));
+    } else if (op == "as-real-uid") {
+      if (::setresuid(static_cast<uid_t>(std::atol(next().c_str())), static_cast<uid_t>(-1),
+                      static_cast<uid_t>(-1)) != 0)
+        return 3;
+    } else if (op == "spawn-cwd") {
+      std::string dir = next(), prog = next();
+      try {
+        auto r = subprocess::command{prog, "print-cwd"}.cwd(dir).out(subprocess::pipe).spawn();
+        auto line = r.out().read_line();
+        r.wait();
+        say(1, line.value_or("no output"));
+      } catch (const std::exception& e) {
+        say(1, e.what());
+        return 1;
+      }
     } else if (op == "print-sched") {
       errno = 0;
       int nice = ::getpriority(PRIO_PROCESS, 0);

@@ -289,9 +289,11 @@ inline int sigtimedwait(const sigset_t* set, siginfo_t* info, const timespec* ti
   SUBPROCESS_FAULT_POINT(call::sigtimedwait);
   return ::sigtimedwait(set, info, timeout);
 }
+// Checked with the effective ids (AT_EACCESS), as execve and chdir will be, not
+// with the real ones as access() does (they differ in a set-uid program).
 inline int access(const char* path, int mode) noexcept {
   SUBPROCESS_FAULT_POINT(call::access);
-  return ::access(path, mode);
+  return ::faccessat(AT_FDCWD, path, mode, AT_EACCESS);
 }
 inline int stat(const char* path, struct stat* st) noexcept {
   SUBPROCESS_FAULT_POINT(call::stat);
