@@ -128,7 +128,9 @@ struct spawned {
   pid_t pid = -1;
   unique_fd pidfd;  // may be empty: the kernel lacks pidfds, or `lost`
   // posix_spawn started the child, but it had exited and been reaped by the kernel
-  // (SIGCHLD ignored) or by other code before pidfd_open: it ran, its status is gone.
+  // (SIGCHLD ignored) or by other code before pidfd_open (which then failed, or
+  // found the pid given to a process that is not our child): it ran, its status is
+  // gone. Not detected: the pid reused by another child of ours in that instant.
   bool lost = false;
 };
 
@@ -341,6 +343,18 @@ inline bool spawn_clone(child_plan& plan, spawned& out, spawn_failure& fail) {
   return true;
 }
 
+// False if the process behind pidfd is not (or no longer) a child of ours: waitid
+// (P_PIDFD, WNOHANG | WNOWAIT) fails with ECHILD for anyone else's process, and
+// otherwise changes nothing (a running child reports si_pid 0; a zombie stays).
+// True when it cannot tell (a kernel without P_PIDFD, any other failure).
+inline bool pidfd_is_own_child(int pidfd) noexcept {
+  siginfo_t info{};
+  int r;
+  while ((r = sys::waitid_pidfd(pidfd, &info, WEXITED | WNOHANG | WNOWAIT)) != 0 && errno == EINTR) {
+  }
+  return r == 0 || errno != ECHILD;
+}
+
 // posix_spawn closes gap fds one action each; past this many, use clone_vfork.
 inline constexpr int max_posix_spawn_gap_fds = 64;
 
@@ -401,6 +415,14 @@ inline bool spawn_posix(const child_plan& plan, spawned& out, spawn_failure& fai
     // command::spawn() takes the clone path in that mode, so this is only the
     // posix_spawn back end chosen by hand, or SIGCHLD ignored by another thread
     // during the spawn.
+    out.lost = true;
+    return true;
+  }
+  if (out.pidfd && !pidfd_is_own_child(out.pidfd.get())) {
+    // The child was reaped (SIGCHLD ignored, or a waitpid(-1) elsewhere) and its pid
+    // already given to a process that is not our child: the pidfd refers to that
+    // stranger, which must never be waited for or signalled. Lost, as above.
+    out.pidfd.reset();
     out.lost = true;
     return true;
   }
