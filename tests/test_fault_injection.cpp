@@ -566,6 +566,24 @@ TEST_CASE("a posix_spawn child reaped by other code before pidfd_open is lost, n
   }
 }
 
+TEST_CASE("a pipeline's first stage gets its pipe_reader input blocking even when /proc cannot reopen it") {
+  // The reader is non-blocking (the library's end of src's stdout). Its reopen
+  // through /proc/self/fd fails here (EACCES on open): the pipeline owns the reader,
+  // so it clears O_NONBLOCK on it instead of handing the child a pipe that EAGAINs.
+  auto src = testing::helper({"out", "one"}).out(sp::pipe).spawn();
+  REQUIRE((::fcntl(src.out().fd(), F_GETFL) & O_NONBLOCK) != 0);
+  plan p;
+  p.fail_every(call::open, 1, EACCES);
+  std::string out;
+  {
+    scope s(p);
+    out = (sp::pipeline{} | testing::helper({"stdin-flags", "cat"})).run({.input = std::move(src.out())}).out;
+  }
+  CHECK(p.injected(call::open) >= 1);
+  CHECK(out == "blocking\none\n");  // and it read the pipe to its end
+  CHECK(src.wait().success());
+}
+
 TEST_CASE("a failed wait does not disarm the destructor (regression)") {
   // Before the fix any waitpid failure marked the child as reaped: signal() then
   // refused to send and the destructor blocked forever on a child it never killed.

@@ -55,6 +55,7 @@
 //                       the effective one stays (as in a set-uid program)
 //   spawn-cwd DIR PROG  spawn "PROG print-cwd" with cwd(DIR) and copy its output; on
 //                       an exception print its what() and exit 1
+//   stdin-flags         print "blocking" or "nonblocking" (O_NONBLOCK of fd 0)
 //   print-sched         print "nice N cpus LIST" (this thread's nice value, and the
 //                       CPUs it may run on)
 //   pdeath-run SIG ACTIONS...
@@ -398,6 +399,8 @@ int main(int argc, char** argv) {
         say(1, e.what());
         return 1;
       }
+    } else if (op == "stdin-flags") {
+      say(1, (::fcntl(0, F_GETFL) & O_NONBLOCK) != 0 ? "nonblocking" : "blocking");
     } else if (op == "print-sched") {
       errno = 0;
       int nice = ::getpriority(PRIO_PROCESS, 0);
