@@ -6,6 +6,8 @@
 #include <fstream>
 #include <thread>
 
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -139,16 +141,46 @@ TEST_CASE("working directory") {
   CHECK(testing::children().empty());
 }
 
+TEST_CASE("the program and the working directory are checked with the effective ids, as exec uses them") {
+  // A set-uid-like helper: real uid nobody, effective uid root. A directory only root
+  // may enter, holding a program only root may run: exec and chdir (effective ids)
+  // succeed, so the library's own checks must not refuse them (access() would: it
+  // checks the real uid).
+  if (::geteuid() != 0) {
+    WARN("needs root (effective uid 0) to create a real/effective uid split: not checked");
+    return;
+  }
+  const auto dir = fs::temp_directory_path() / ("sp_rootonly_" + std::to_string(::getpid()));
+  fs::create_directory(dir);
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace);
+  const auto prog = dir / "sp_helper";
+  fs::copy_file(testing::helper_path(), prog);
+  fs::permissions(prog, fs::perms::owner_all, fs::perm_options::replace);
+  auto r = sp::run(testing::helper({"as-real-uid", "65534", "spawn-cwd", dir.string(), prog.string()}),
+                   {.timeout = 30s});
+  fs::remove_all(dir);
+  CHECK(r.out == dir.string() + "\n");
+  CHECK(r.status == sp::exit_status::exited(0));
+}
+
 TEST_CASE("an argument list too large for the kernel is a spawn_error that says so, with sizes") {
   auto b = any_backend();
-  // Too much in total (the limit is about RLIMIT_STACK / 4), or one string over the
-  // kernel's 128 KiB per-string limit.
+  // Too much in total, or one string over the kernel's 128 KiB per-string limit.
+  // The total limit (fs/exec.c) is RLIMIT_STACK / 4, but at most 3/4 of _STK_LIM
+  // (6 MiB: what an unlimited stack gets) and at least 128 KiB: go past it by 50
+  // strings of 10000 bytes, whatever the stack limit.
   const bool one_huge = GENERATE(false, true);
   std::vector<std::string> args{"print-args"};
+  rlimit stack{};
+  REQUIRE(::getrlimit(RLIMIT_STACK, &stack) == 0);
+  const unsigned long long max_total = std::max<unsigned long long>(
+      std::min<unsigned long long>(6ULL << 20, stack.rlim_cur / 4), 128ULL << 10);
+  const int many = static_cast<int>(max_total / 10000) + 50;
   if (one_huge)
     args.push_back(std::string(200 * 1024, 'x'));
   else
-    for (int i = 0; i < 400; ++i) args.push_back(std::string(10000, 'a' + i % 26));
+    for (int i = 0; i < many; ++i) args.push_back(std::string(10000, 'a' + i % 26));
+  INFO("total limit " << max_total << " bytes, " << args.size() << " arguments");
   try {
     testing::helper(args).backend(b).spawn();
     FAIL("no exception");
@@ -159,7 +191,7 @@ TEST_CASE("an argument list too large for the kernel is a spawn_error that says 
     CHECK(e.code() == std::errc::argument_list_too_long);
     CHECK(e.step() == "exec");
     CHECK(what.find("argument list and environment are too large") != what.npos);
-    CHECK(what.find(one_huge ? "3 arguments" : "402 arguments") != what.npos);
+    CHECK(what.find(std::to_string(args.size() + 1) + " arguments") != what.npos);
     CHECK(what.find("longest single string") != what.npos);
     CHECK(what.find("sp_helper") != what.npos);
     CHECK(what.size() < 1000);  // the command line is cut, not pasted whole
@@ -430,6 +462,15 @@ TEST_CASE("kill_on_parent_death: a child spawned from a short-lived thread outli
   CHECK(p.wait() == sp::exit_status::exited(0));
 }
 
+// SIGKILL is pending for pid (sent, not yet acted on): /proc/<pid>/status SigPnd/ShdPnd.
+static bool sigkill_pending(int pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("SigPnd:", 0) == 0 || line.rfind("ShdPnd:", 0) == 0)
+      if ((std::stoull(line.substr(7), nullptr, 16) >> (SIGKILL - 1)) & 1) return true;
+  return false;
+}
+
 TEST_CASE("kill_on_parent_death from a thread: the child still goes when the parent process dies") {
   auto p = testing::helper({"pdeath-thread", std::to_string(SIGKILL), "sleep", "60000"}).out(sp::pipe).spawn();
   auto line = p.out().read_line();
@@ -437,10 +478,41 @@ TEST_CASE("kill_on_parent_death from a thread: the child still goes when the par
   int grandchild = std::stoi(*line);
   sp::detail::unique_fd gfd(sp::detail::sys::pidfd_open(grandchild));
   REQUIRE(gfd);
-  CHECK(testing::alive(grandchild));  // the spawning thread of the helper has exited
+  // The helper printed the pid only after its spawning thread's exit was complete
+  // (/proc/self/task/<tid> gone): a parent-death signal would have been sent by then,
+  // so the grandchild would be dead, or about to die with SIGKILL pending.
+  CHECK(testing::alive(grandchild));
+  CHECK_FALSE(sigkill_pending(grandchild));
   p.kill();
   CHECK(p.wait().signal() == SIGKILL);
   CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+}
+
+TEST_CASE("kill_on_parent_death works in a fork() child of a process that used it") {
+  // The helper has a spawner thread and a second thread spawning through it while it
+  // forks; each fork child (alarm(5) ends it if it hangs) must spawn one itself. The
+  // copied spawner state is unusable there (a condition variable waiting for the
+  // parent's thread, a lock another thread held at the fork).
+  auto r = sp::run(testing::helper({"pdeath-fork", "5"}), {.timeout = 30s});
+  CHECK(r.out == "0\n0\n0\n0\n0\n");
+  CHECK(r.status == sp::exit_status::exited(0));
+}
+
+TEST_CASE("kill_on_parent_death: the child gets the caller's nice value and CPU affinity") {
+  // The helper starts its spawner thread first, then changes its own thread's nice
+  // value (to 7) and pins it to one CPU before spawning print-sched.
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  REQUIRE(::sched_getaffinity(0, sizeof set, &set) == 0);
+  int first = 0;
+  while (!CPU_ISSET(first, &set)) ++first;
+  errno = 0;
+  const int nice = ::getpriority(PRIO_PROCESS, 0);
+  REQUIRE(errno == 0);
+  const int want = std::max(nice, 7);  // raising it needs no privilege
+  auto r = sp::run(testing::helper({"pdeath-nice", std::to_string(want)}), {.timeout = 30s});
+  CHECK(r.out == "nice " + std::to_string(want) + " cpus " + std::to_string(first) + "\n");
+  CHECK(r.status == sp::exit_status::exited(0));
 }
 
 TEST_CASE("spawning from many threads at once") {

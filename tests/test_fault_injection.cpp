@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -477,6 +478,110 @@ TEST_CASE("any single failing call in run(): a subprocess::error or the right re
   WARN("run() single-fault sweep: " << attempts << " attempts over " << counts.size()
                                     << " kinds of call, " << faults << " faults injected");
   CHECK(faults >= 20);
+}
+
+namespace {
+// Before the pidfd_open that follows posix_spawn: reap the child as other code of
+// the process would (waitpid(-1)), and optionally give its pid to a stranger (a
+// process that is not our child: a grandchild whose parent has exited, leading a
+// process group of its own) by setting ns_last_pid just before it is forked.
+std::atomic<bool> reuse_armed{false};
+bool reuse_wanted = false;
+pid_t reuse_reaped = 0, reuse_stranger = 0;
+int reap_and_reuse_hook(call c) noexcept {
+  if (c != call::pidfd_open || !reuse_armed.exchange(false)) return 0;
+  int ws = 0;
+  reuse_reaped = ::waitpid(-1, &ws, 0);
+  if (reuse_reaped <= 0 || !reuse_wanted) return 0;
+  char last[16];
+  const int len = std::snprintf(last, sizeof last, "%d", reuse_reaped - 1);
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return 0;
+  const pid_t mid = ::fork();
+  if (mid == 0) {
+    const int fd = ::open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) (void)!::write(fd, last, static_cast<size_t>(len));
+    const pid_t g = ::fork();
+    if (g == 0) {
+      ::setpgid(0, 0);
+      ::execl("/bin/sleep", "sleep", "30", static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    (void)!::write(fds[1], &g, sizeof g);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  pid_t g = 0;
+  if (mid > 0 && ::read(fds[0], &g, sizeof g) == sizeof g) reuse_stranger = g;
+  ::close(fds[0]);
+  if (mid > 0) ::waitpid(mid, nullptr, 0);
+  return 0;
+}
+}  // namespace
+
+TEST_CASE("a posix_spawn child reaped by other code before pidfd_open is lost, never a stranger") {
+  // "Other code" is a waitpid(-1) run just before the library's pidfd_open.
+  const bool stranger = GENERATE(false, true);
+  INFO((stranger ? "its pid given to a stranger" : "its pid still free"));
+  const auto old_hook = sp::detail::sys::fault_hook.load();
+  if (stranger && ::access("/proc/sys/kernel/ns_last_pid", W_OK) != 0) {
+    WARN("cannot write /proc/sys/kernel/ns_last_pid (needs CAP_SYS_ADMIN): stranger case not checked");
+    return;
+  }
+  reuse_wanted = stranger;
+  sp::process p;
+  sp::detail::unique_fd stranger_fd;
+  for (int attempt = 0; attempt < 20; ++attempt) {
+    reuse_reaped = reuse_stranger = 0;
+    reuse_armed = true;
+    sp::detail::sys::fault_hook.store(&reap_and_reuse_hook);
+    p = testing::helper({"exit", "0"}).new_process_group().backend(sp::spawn_backend::posix_spawn).spawn();
+    sp::detail::sys::fault_hook.store(old_hook);
+    REQUIRE(reuse_reaped == p.pid());
+    if (!stranger) break;
+    stranger_fd.reset(sp::detail::sys::pidfd_open(reuse_stranger));
+    REQUIRE(stranger_fd);
+    if (reuse_stranger == p.pid()) break;
+    // Another process of the system took the pid first: try again.
+    sp::detail::sys::pidfd_send_signal(stranger_fd.get(), SIGKILL);
+    stranger_fd.reset();
+  }
+  if (stranger) REQUIRE(reuse_stranger == p.pid());
+  // Nothing is sent to the pid or its group: it is not ours.
+  CHECK_FALSE(p.signal(SIGKILL));
+  CHECK_FALSE(p.signal_group(SIGKILL));
+  try {
+    p.wait();
+    FAIL("no exception");
+  } catch (const sp::error& e) {
+    CHECK(e.code() == std::errc::no_child_process);
+    CHECK_THAT(e.what(), Catch::Contains("other code of this process reaped it"));
+    CHECK_THAT(e.what(), !Catch::Contains("SIGCHLD"));
+  }
+  p = sp::process();  // the destructor path: no kill either
+  if (stranger) {
+    CHECK(sp::detail::poll_one(stranger_fd.get(), POLLIN, sp::detail::clock::now()) == 0);  // alive
+    CHECK(testing::alive(reuse_stranger));
+    sp::detail::sys::pidfd_send_signal(stranger_fd.get(), SIGKILL);
+  }
+}
+
+TEST_CASE("a pipeline's first stage gets its pipe_reader input blocking even when /proc cannot reopen it") {
+  // The reader is non-blocking (the library's end of src's stdout). Its reopen
+  // through /proc/self/fd fails here (EACCES on open): the pipeline owns the reader,
+  // so it clears O_NONBLOCK on it instead of handing the child a pipe that EAGAINs.
+  auto src = testing::helper({"out", "one"}).out(sp::pipe).spawn();
+  REQUIRE((::fcntl(src.out().fd(), F_GETFL) & O_NONBLOCK) != 0);
+  plan p;
+  p.fail_every(call::open, 1, EACCES);
+  std::string out;
+  {
+    scope s(p);
+    out = (sp::pipeline{} | testing::helper({"stdin-flags", "cat"})).run({.input = std::move(src.out())}).out;
+  }
+  CHECK(p.injected(call::open) >= 1);
+  CHECK(out == "blocking\none\n");  // and it read the pipe to its end
+  CHECK(src.wait().success());
 }
 
 TEST_CASE("a failed wait does not disarm the destructor (regression)") {

@@ -76,7 +76,17 @@
 // *thread* that created the child exits. So the library creates such children on one
 // internal thread of its own, started on first use and alive until the process
 // exits (detail/spawner.hpp): the child goes when this process dies, however
-// short-lived the thread that called spawn(). Such spawns take turns on that thread.
+// short-lived the thread that called spawn(). Such spawns take turns on that thread
+// (one slow exec, a program on a slow file system, delays the others). The child
+// gets the calling thread's nice value and CPU affinity (best effort: a nice value
+// below the spawner thread's needs CAP_SYS_NICE or RLIMIT_NICE, else the child keeps
+// the spawner thread's); its scheduling policy and real-time priority are the
+// spawner thread's (inherited from the thread that first asked for such a child).
+// An execve() by any thread of this process ends the spawner thread too, so these
+// children also get their signal when this process execs another program. A fork()
+// child of this process may use it as well: it gets a spawner of its own.
+// The program and the working directory are checked with the effective ids, as
+// execve and chdir use them (faccessat AT_EACCESS), not with the real ones.
 #pragma once
 
 #include <algorithm>

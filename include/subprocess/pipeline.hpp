@@ -1387,11 +1387,19 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
       p->sink.set_writer(pipe_writer(std::move(link.write), "stdin", slot.command));
     } else if (auto* r = std::get_if<pipe_reader>(&opts.input)) {
       if (r->buffered().empty()) {
-        // Hand the pipe itself to the child: no copy through us. command::spawn()
-        // gives the child a blocking description of it (see command.hpp), without
-        // touching the one this reader shares with any other holder.
+        // Hand the pipe itself to the child: no copy through us, and blocking, as a
+        // program expects: a new description of it (see command.hpp), so the one
+        // this reader shares with any other holder is not touched. If that reopen
+        // fails (no /proc), clear O_NONBLOCK on the reader's own description: we
+        // own the reader, and the child would get EAGAIN otherwise.
         handed_reader = std::move(*r);
-        c.in(fd(handed_reader.fd()));
+        const int hfd = handed_reader.fd();
+        const int fl = detail::sys::fcntl(hfd, F_GETFL);
+        if (fl >= 0 && (fl & O_NONBLOCK) != 0) {
+          child_in.reset(detail::blocking_copy_for_child(hfd, fl));
+          if (!child_in) detail::sys::fcntl(hfd, F_SETFL, fl & ~O_NONBLOCK);
+        }
+        c.in(fd(child_in ? child_in.get() : hfd));
       } else {
         // It holds bytes read already: they, then the rest, go through a pump.
         auto link = make_link(k, slot.command);

@@ -342,7 +342,7 @@ class process {
       // destructor must still be able to kill it.
       if (e == ECHILD) {
         reaped_.store(true, std::memory_order_release);
-        if (autoreaped_ || detail::children_autoreaped()) throw_status_discarded();
+        if (autoreaped_ || detail::children_autoreaped()) throw_status_discarded();  // blames SIGCHLD
       }
       throw error(std::error_code(e, std::system_category()), command_,
                   "waiting for '" + command_ + "' failed" +
@@ -353,7 +353,14 @@ class process {
     reaped_.store(true, std::memory_order_release);
   }
 
+  // The status is gone. Blames SIGCHLD only if children are (or were, at the spawn)
+  // reaped by the kernel; otherwise other code of this process reaped the child.
   [[noreturn]] void throw_status_discarded() const {
+    if (!autoreaped_ && !detail::children_autoreaped())
+      throw error(std::error_code(ECHILD, std::system_category()), command_,
+                  "cannot get the exit status of '" + command_ +
+                      "': it has exited, and other code of this process reaped it (a "
+                      "waitpid(-1) or wait() elsewhere?) before its status could be read");
     throw error(std::error_code(ECHILD, std::system_category()), command_,
                 "cannot get the exit status of '" + command_ +
                     "': it has exited, but the kernel discarded its status because this "

@@ -37,8 +37,27 @@
 //   wait-stdin-eof      block until stdin reaches EOF
 //   pdeath-child SIG    spawn "sp_helper sleep 60000" with kill_on_parent_death(SIG)
 //                       through the library; print its pid
-//   pdeath-thread SIG   the same, spawned from a std::thread that has exited (joined)
-//                       before the pid is printed
+//   pdeath-thread SIG   the same, spawned from a std::thread that has exited (joined,
+//                       and its /proc/self/task/<tid> gone: the kernel has finished
+//                       its exit and sent any parent-death signals) before the pid
+//                       is printed
+//   pdeath-fork N       spawn one kill_on_parent_death child (starts the spawner
+//                       thread), then while a second thread keeps spawning such
+//                       children, fork() N times; each fork child spawns
+//                       "sp_helper exit 7" with kill_on_parent_death (alarm(5) ends
+//                       it if that hangs) and exits 0 if it got 7. Prints one line per
+//                       fork child: its exit code, or 128 + the signal that ended it
+//   pdeath-nice N       spawn a kill_on_parent_death child (starts the spawner
+//                       thread with our attributes), then setpriority(own thread, N) and pin the thread to the first
+//                       CPU it may run on, then spawn "sp_helper print-sched" with
+//                       kill_on_parent_death and copy its output
+//   as-real-uid U       setresuid(U, unchanged, unchanged): the real uid becomes U,
+//                       the effective one stays (as in a set-uid program)
+//   spawn-cwd DIR PROG  spawn "PROG print-cwd" with cwd(DIR) and copy its output; on
+//                       an exception print its what() and exit 1
+//   stdin-flags         print "blocking" or "nonblocking" (O_NONBLOCK of fd 0)
+//   print-sched         print "nice N cpus LIST" (this thread's nice value, and the
+//                       CPUs it may run on)
 //   pdeath-run SIG ACTIONS...
 //                       spawn sp_helper running the remaining ACTIONS with
 //                       kill_on_parent_death(SIG) (it shares our stdout), print its
@@ -49,6 +68,8 @@
 //                       A signal that arrives mid-job is acted on only once the job
 //                       is done: print "got SIGNAME after K jobs" and exit 0
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -58,7 +79,11 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <subprocess/command.hpp>
@@ -108,6 +133,9 @@ void on_term(int) {
 }
 
 }  // namespace
+
+// pdeath-fork starts threads in a fork child of a threaded process: let TSan allow it.
+extern "C" const char* __tsan_default_options() { return "die_after_fork=0"; }
 
 int main(int argc, char** argv) {
   std::vector<std::string> a(argv + 1, argv + argc);
@@ -298,13 +326,91 @@ int main(int argc, char** argv) {
       // Like pdeath-child, but spawned from a thread that has exited (joined) by the
       // time the pid is printed.
       int sig = std::atoi(next().c_str());
-      pid_t pid = -1;
+      pid_t pid = -1, tid = 0;
       std::thread([&] {
+        tid = static_cast<pid_t>(::syscall(SYS_gettid));
         auto child = subprocess::command{"/proc/self/exe", "sleep", "60000"}.kill_on_parent_death(sig).spawn();
         pid = child.pid();
         child.detach();
       }).join();
+      // join() returns when the thread's tid is cleared, a little before the kernel
+      // finishes its exit and sends the parent-death signals: wait for that too.
+      const std::string task = "/proc/self/task/" + std::to_string(tid);
+      while (::access(task.c_str(), F_OK) == 0) std::this_thread::yield();
       say(1, std::to_string(pid));
+    } else if (op == "pdeath-fork") {
+      int n = std::atoi(next().c_str());
+      auto first = subprocess::command{"/proc/self/exe", "sleep", "60000"}.kill_on_parent_death(SIGKILL).spawn();
+      std::atomic<bool> stop{false};
+      std::thread busy([&] {
+        while (!stop.load()) {
+          auto c = subprocess::command{"/proc/self/exe", "exit", "0"}.kill_on_parent_death(SIGKILL).spawn();
+          c.wait();
+        }
+      });
+      std::string report;
+      for (int k = 0; k < n; ++k) {
+        pid_t f = ::fork();
+        if (f == 0) {
+          ::alarm(5);
+          try {
+            auto c = subprocess::command{"/proc/self/exe", "exit", "7"}.kill_on_parent_death(SIGKILL).spawn();
+            ::_exit(c.wait() == subprocess::exit_status::exited(7) ? 0 : 1);
+          } catch (...) {
+            ::_exit(2);
+          }
+        }
+        int ws = 0;
+        if (f < 0 || ::waitpid(f, &ws, 0) != f) ws = 0xff00;
+        report += std::to_string(WIFSIGNALED(ws) ? 128 + WTERMSIG(ws) : WEXITSTATUS(ws)) + "\n";
+      }
+      stop = true;
+      busy.join();
+      first.kill();
+      first.wait();
+      write_all(1, report.data(), report.size());
+    } else if (op == "pdeath-nice") {
+      int n = std::atoi(next().c_str());
+      subprocess::command{"/proc/self/exe", "exit", "0"}.kill_on_parent_death(SIGKILL).spawn().wait();
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      if (::setpriority(PRIO_PROCESS, 0, n) != 0 || ::sched_getaffinity(0, sizeof set, &set) != 0) return 3;
+      int cpu = 0;
+      while (!CPU_ISSET(cpu, &set)) ++cpu;
+      CPU_ZERO(&set);
+      CPU_SET(cpu, &set);
+      if (::sched_setaffinity(0, sizeof set, &set) != 0) return 3;
+      auto r = subprocess::command{"/proc/self/exe", "print-sched"}.kill_on_parent_death(SIGKILL).out(subprocess::pipe).spawn();
+      auto line = r.out().read_line();
+      r.wait();
+      say(1, line.value_or("no output"));
+    } else if (op == "as-real-uid") {
+      if (::setresuid(static_cast<uid_t>(std::atol(next().c_str())), static_cast<uid_t>(-1),
+                      static_cast<uid_t>(-1)) != 0)
+        return 3;
+    } else if (op == "spawn-cwd") {
+      std::string dir = next(), prog = next();
+      try {
+        auto r = subprocess::command{prog, "print-cwd"}.cwd(dir).out(subprocess::pipe).spawn();
+        auto line = r.out().read_line();
+        r.wait();
+        say(1, line.value_or("no output"));
+      } catch (const std::exception& e) {
+        say(1, e.what());
+        return 1;
+      }
+    } else if (op == "stdin-flags") {
+      say(1, (::fcntl(0, F_GETFL) & O_NONBLOCK) != 0 ? "nonblocking" : "blocking");
+    } else if (op == "print-sched") {
+      errno = 0;
+      int nice = ::getpriority(PRIO_PROCESS, 0);
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      ::sched_getaffinity(0, sizeof set, &set);
+      std::string cpus;
+      for (int c = 0; c < CPU_SETSIZE; ++c)
+        if (CPU_ISSET(c, &set)) cpus += (cpus.empty() ? "" : ",") + std::to_string(c);
+      say(1, "nice " + std::to_string(nice) + " cpus " + cpus);
     } else if (op == "pdeath-run") {
       int sig = std::atoi(next().c_str());
       std::vector<std::string> rest{"/proc/self/exe"};

@@ -27,6 +27,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -108,6 +109,14 @@ struct child_plan {
   pid_t pgid = 0;  // with setpgid: 0 leads a new group, >0 joins that existing group
   int pdeathsig = 0;
   pid_t parent = 0;
+  // Set when another thread (the spawner) clones for the caller: the caller's nice
+  // value and CPU affinity, applied in the child (best effort: lowering the nice
+  // value below the cloning thread's needs CAP_SYS_NICE or RLIMIT_NICE; then the
+  // child keeps the cloning thread's).
+  bool set_nice = false;
+  int nice = 0;
+  bool set_affinity = false;
+  cpu_set_t affinity{};
   // Written by the clone child on failure; read by the parent after the vfork.
   int err = 0;
   child_step step = child_step::none;
@@ -119,7 +128,9 @@ struct spawned {
   pid_t pid = -1;
   unique_fd pidfd;  // may be empty: the kernel lacks pidfds, or `lost`
   // posix_spawn started the child, but it had exited and been reaped by the kernel
-  // (SIGCHLD ignored) or by other code before pidfd_open: it ran, its status is gone.
+  // (SIGCHLD ignored) or by other code before pidfd_open (which then failed, or
+  // found the pid given to a process that is not our child): it ran, its status is
+  // gone. Not detected: the pid reused by another child of ours in that instant.
   bool lost = false;
 };
 
@@ -201,6 +212,8 @@ SUBPROCESS_CHILD_CODE inline int clone_child_main(void* arg) noexcept {
   }
   if (p->setsid && ::syscall(SYS_setsid) < 0) return child_fail(p, child_step::setsid);
   if (p->setpgid && ::syscall(SYS_setpgid, 0, p->pgid) < 0) return child_fail(p, child_step::setpgid);
+  if (p->set_nice) ::syscall(SYS_setpriority, PRIO_PROCESS, 0, p->nice);
+  if (p->set_affinity) ::syscall(SYS_sched_setaffinity, 0, sizeof p->affinity, &p->affinity);
   if (p->pdeathsig != 0) {
     if (::syscall(SYS_prctl, PR_SET_PDEATHSIG, p->pdeathsig, 0, 0, 0) < 0)
       return child_fail(p, child_step::pdeathsig);
@@ -330,6 +343,18 @@ inline bool spawn_clone(child_plan& plan, spawned& out, spawn_failure& fail) {
   return true;
 }
 
+// False if the process behind pidfd is not (or no longer) a child of ours: waitid
+// (P_PIDFD, WNOHANG | WNOWAIT) fails with ECHILD for anyone else's process, and
+// otherwise changes nothing (a running child reports si_pid 0; a zombie stays).
+// True when it cannot tell (a kernel without P_PIDFD, any other failure).
+inline bool pidfd_is_own_child(int pidfd) noexcept {
+  siginfo_t info{};
+  int r;
+  while ((r = sys::waitid_pidfd(pidfd, &info, WEXITED | WNOHANG | WNOWAIT)) != 0 && errno == EINTR) {
+  }
+  return r == 0 || errno != ECHILD;
+}
+
 // posix_spawn closes gap fds one action each; past this many, use clone_vfork.
 inline constexpr int max_posix_spawn_gap_fds = 64;
 
@@ -390,6 +415,14 @@ inline bool spawn_posix(const child_plan& plan, spawned& out, spawn_failure& fai
     // command::spawn() takes the clone path in that mode, so this is only the
     // posix_spawn back end chosen by hand, or SIGCHLD ignored by another thread
     // during the spawn.
+    out.lost = true;
+    return true;
+  }
+  if (out.pidfd && !pidfd_is_own_child(out.pidfd.get())) {
+    // The child was reaped (SIGCHLD ignored, or a waitpid(-1) elsewhere) and its pid
+    // already given to a process that is not our child: the pidfd refers to that
+    // stranger, which must never be waited for or signalled. Lost, as above.
+    out.pidfd.reset();
     out.lost = true;
     return true;
   }

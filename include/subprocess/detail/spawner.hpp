@@ -14,10 +14,30 @@
 // leaked on purpose, so no static destructor can pull it from under the thread at
 // exit. A caller hands over the prepared child_plan (which stays on the caller's
 // stack: the caller blocks until the answer is back) and gets the result back as
-// spawn_clone would have returned it; concurrent callers take turns. After fork() a
-// child process has no such thread: it notices (the pid changed) and starts its own.
+// spawn_clone would have returned it; concurrent callers take turns.
+//
+// After fork() the child process has no spawner thread, and the copied state is
+// unusable there: the condition variable still counts the parent's thread as a
+// waiter (notify_all() would block for ever), and a mutex another thread of the
+// parent held at the fork stays locked for ever. So an instance belongs to the
+// process that created it (home_): a process that finds another process's instance
+// installs a fresh one (compare-and-swap, no lock to inherit) and leaks the old one
+// without touching its locks. The fresh instance starts its own thread.
+//
+// Costs and limits, by design: turn_ is held across the vfork of each child, so one
+// slow exec (a program on a slow file system) delays the other kill_on_parent_death
+// spawns of the process. execve() from any thread ends every other thread, the
+// spawner thread too: these children then get their parent-death signal when this
+// process execs, not only when it dies (as with PR_SET_PDEATHSIG from any thread).
+// Per-thread attributes the kernel copies from the creating thread into the child:
+// the caller's nice value and CPU affinity are carried over (child_plan::nice,
+// affinity), so the child gets the caller's, not the spawner thread's. Others (the
+// scheduling policy and real-time priority, the thread's capabilities, its
+// seccomp filters, its per-thread rlimits do not exist) are the spawner thread's,
+// which it took from the thread that first asked for a kill_on_parent_death child.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <system_error>
@@ -30,17 +50,30 @@ namespace subprocess::detail {
 
 class spawner {
  public:
+  // This process's instance (leaked on purpose: see above).
   static spawner& instance() {
-    static spawner* s = new spawner();  // leaked on purpose: see above
+    static std::atomic<spawner*> current{nullptr};
+    const pid_t me = sys::getpid();
+    spawner* s = current.load(std::memory_order_acquire);
+    while (s == nullptr || s->home_ != me) {
+      // None yet, or the parent's (we are a fork child): never touch its locks.
+      auto* fresh = new spawner(me);
+      if (current.compare_exchange_strong(s, fresh, std::memory_order_acq_rel)) return *fresh;
+      delete fresh;  // another thread of ours installed one first: s is now that one
+    }
     return *s;
   }
 
   // spawn_clone(plan, out, fail), run on the spawner thread. False with fail set on
   // failure, including failure to start the thread (step spawner_thread).
   bool spawn(child_plan& plan, spawned& out, spawn_failure& fail) {
+    // The caller's per-thread attributes, which the child would otherwise take from
+    // the spawner thread. A failed query just leaves that one out.
+    plan.set_nice = sys::thread_nice(&plan.nice) == 0;
+    plan.set_affinity = sys::thread_affinity(sizeof plan.affinity, &plan.affinity) == 0;
     std::lock_guard turn(turn_);  // one job at a time
     std::unique_lock lock(mu_);
-    if (owner_ != sys::getpid() && !start(fail)) return false;
+    if (!started_ && !start(fail)) return false;
     job j{&plan, &out, &fail};
     job_ = &j;
     cv_.notify_all();
@@ -57,7 +90,7 @@ class spawner {
     bool done = false;
   };
 
-  spawner() = default;
+  explicit spawner(pid_t home) : home_(home) {}
 
   // Under mu_. The thread is created with every signal blocked: no handler of the
   // program's ever runs on it.
@@ -81,7 +114,7 @@ class spawner {
       fail = {err, child_step::spawner_thread};
       return false;
     }
-    owner_ = sys::getpid();
+    started_ = true;
     return true;
   }
 
@@ -104,7 +137,8 @@ class spawner {
   std::mutex mu_;
   std::condition_variable cv_;
   job* job_ = nullptr;
-  pid_t owner_ = 0;  // the process the thread runs in (0: none yet)
+  const pid_t home_;     // the process this instance belongs to
+  bool started_ = false;  // the thread runs (under mu_)
 };
 
 }  // namespace subprocess::detail

@@ -48,7 +48,7 @@ enum class call : unsigned char {
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
   signalfd, timerfd, eventfd, madvise, access, stat, getcwd, readlink, getrlimit, mmap, munmap,
   sigpending, sigtimedwait, recv, send, shutdown, fstat, mremap, eventfd_write, setsockopt,
-  sigaction, count_
+  sigaction, sched, count_
 };
 
 inline const char* call_name(call c) noexcept {
@@ -57,7 +57,7 @@ inline const char* call_name(call c) noexcept {
       "open", "close", "pipe2", "socketpair", "dup", "fcntl", "pidfd_open", "pidfd_send_signal",
       "kill", "posix_spawn", "clone", "sigmask", "signalfd", "timerfd", "eventfd", "madvise", "access",
       "stat", "getcwd", "readlink", "getrlimit", "mmap", "munmap", "sigpending", "sigtimedwait",
-      "recv", "send", "shutdown", "fstat", "mremap", "eventfd_write", "setsockopt", "sigaction"};
+      "recv", "send", "shutdown", "fstat", "mremap", "eventfd_write", "setsockopt", "sigaction", "sched"};
   static_assert(sizeof names / sizeof names[0] == static_cast<std::size_t>(call::count_));
   auto i = static_cast<std::size_t>(c);
   return i < static_cast<std::size_t>(call::count_) ? names[i] : "?";
@@ -289,9 +289,11 @@ inline int sigtimedwait(const sigset_t* set, siginfo_t* info, const timespec* ti
   SUBPROCESS_FAULT_POINT(call::sigtimedwait);
   return ::sigtimedwait(set, info, timeout);
 }
+// Checked with the effective ids (AT_EACCESS), as execve and chdir will be, not
+// with the real ones as access() does (they differ in a set-uid program).
 inline int access(const char* path, int mode) noexcept {
   SUBPROCESS_FAULT_POINT(call::access);
-  return ::access(path, mode);
+  return ::faccessat(AT_FDCWD, path, mode, AT_EACCESS);
 }
 inline int stat(const char* path, struct stat* st) noexcept {
   SUBPROCESS_FAULT_POINT(call::stat);
@@ -369,6 +371,20 @@ inline pid_t clone(clone_fn fn, int (*child)(void*), void* stack_top, int flags,
                    int* pidfd) noexcept {
   SUBPROCESS_FAULT_POINT(call::clone);
   return pidfd != nullptr ? fn(child, stack_top, flags, arg, pidfd) : fn(child, stack_top, flags, arg);
+}
+// The calling thread's nice value (getpriority; -1 with errno set on failure, since
+// -1 is also a nice value) and CPU affinity.
+inline int thread_nice(int* nice) noexcept {
+  SUBPROCESS_FAULT_POINT(call::sched);
+  errno = 0;
+  const int n = ::getpriority(PRIO_PROCESS, 0);
+  if (n == -1 && errno != 0) return -1;
+  *nice = n;
+  return 0;
+}
+inline int thread_affinity(std::size_t size, void* mask) noexcept {
+  SUBPROCESS_FAULT_POINT(call::sched);
+  return static_cast<int>(::syscall(SYS_sched_getaffinity, 0, size, mask) < 0 ? -1 : 0);
 }
 // Cannot fail; here so that every call the library makes is in one place.
 inline pid_t getpid() noexcept { return static_cast<pid_t>(::syscall(SYS_getpid)); }
