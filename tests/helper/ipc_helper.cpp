@@ -48,6 +48,9 @@
 //   dribble MS          write one byte 'x' to the channel every MS ms, never a newline,
 //                       until the parent is gone
 //   touch FILE          create FILE containing "done\n" (a marker: the cleanup ran)
+//   on-term-touch FILE  from now on SIGTERM creates FILE (empty) and exits 0: a
+//                       marker that SIGTERM came, even when the parent cannot see
+//                       the exit status (SIGCHLD ignored)
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -68,6 +71,14 @@ namespace ipc = subprocess::ipc;
 using json = ipc::json;
 
 namespace {
+
+char term_marker[4096];
+
+extern "C" void on_term(int) {
+  int fd = ::open(term_marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);  // async-signal-safe
+  if (fd >= 0) ::close(fd);
+  ::_exit(0);
+}
 
 std::string decode(const std::string& s) {
   std::string out;
@@ -263,6 +274,14 @@ int main(int argc, char** argv) {
     } else if (act == "touch") {
       std::FILE* f = std::fopen(next().c_str(), "w");
       if (!f || std::fputs("done\n", f) < 0 || std::fclose(f) != 0) return 5;
+    } else if (act == "on-term-touch") {
+      const std::string f = next();
+      if (f.empty() || f.size() >= sizeof term_marker) return 6;
+      f.copy(term_marker, f.size());
+      term_marker[f.size()] = '\0';
+      struct sigaction sa {};
+      sa.sa_handler = on_term;
+      ::sigaction(SIGTERM, &sa, nullptr);
     } else if (act == "ignore-term") {
       std::signal(SIGTERM, SIG_IGN);
     } else {
