@@ -284,3 +284,50 @@ TEST_CASE("worker_pool: max durations in every option and in wait_idle_for and s
   pool.shutdown(hours::max());
   CHECK(clk::now() - t0 < 5s);
 }
+
+TEST_CASE("worker_pool: term_grace = milliseconds::max(): SIGTERM at the end of the grace, no early SIGKILL") {
+  // The worker ignores the disconnect; SIGTERM ends it (killed by SIGTERM). An
+  // overflowing term_grace would SIGKILL it at once, or never let shutdown() return.
+  std::mutex mu;
+  std::vector<sp::pool_event> stopped;
+  auto on_event = [&](const sp::pool_event& e) {
+    std::lock_guard l(mu);
+    if (e.kind == sp::pool_event_kind::worker_stopped) stopped.push_back(e);
+  };
+  SECTION("shutdown()") {
+    std::promise<void> ready;
+    sp::worker_pool pool(
+        sp::command{IPC_HELPER_PATH, "connect", "send", "{\"ready\":1}", "sleep", "60000"},
+        {.min_workers = 1,
+         .heartbeat_interval = 0ms,
+         .term_grace = milliseconds::max(),
+         .on_event = on_event,
+         .on_message = [&](pid_t, const json&) { ready.set_value(); }});
+    REQUIRE(ready.get_future().wait_for(10s) == std::future_status::ready);
+    auto t0 = clk::now();
+    pool.shutdown(100ms);
+    auto took = clk::now() - t0;
+    CHECK(took >= 100ms);
+    CHECK(took < 5s);
+  }
+  SECTION("a recycled worker that lingers after its channel closed") {
+    sp::worker_pool pool(sp::command{IPC_HELPER_PATH, "connect", "serve", "sleep", "60000"},
+                         {.min_workers = 1,
+                          .max_tasks_per_worker = 1,
+                          .shutdown_grace = 100ms,
+                          .term_grace = milliseconds::max(),
+                          .on_event = on_event});
+    CHECK(pool.submit("square", {3}).get() == 9);
+    auto t0 = clk::now();
+    for (;;) {
+      {
+        std::lock_guard l(mu);
+        if (!stopped.empty() || clk::now() - t0 > 5s) break;
+      }
+      std::this_thread::sleep_for(5ms);  // the pool's events have no fd to wait on
+    }
+  }
+  std::lock_guard l(mu);
+  REQUIRE(stopped.size() >= 1);
+  CHECK(stopped[0].status == sp::exit_status::signaled(SIGTERM));
+}

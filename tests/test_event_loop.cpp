@@ -26,6 +26,25 @@ long peak_rss_kib(bool reset = false) {
   return -1;
 }
 
+// SIGCHLD set to SIG_IGN for one scope (the kernel discards every child's status),
+// restored after.
+struct sigchld_ignored {
+  struct sigaction old {};
+  sigchld_ignored() {
+    struct sigaction sa {};
+    sa.sa_handler = SIG_IGN;
+    ::sigaction(SIGCHLD, &sa, &old);
+  }
+  ~sigchld_ignored() { ::sigaction(SIGCHLD, &old, nullptr); }
+  sigchld_ignored(const sigchld_ignored&) = delete;
+  sigchld_ignored& operator=(const sigchld_ignored&) = delete;
+};
+
+bool says_status_discarded(const sp::error& e) {
+  return e.code() == std::errc::no_child_process &&
+         std::string_view(e.what()).find("discarded") != std::string_view::npos;
+}
+
 }  // namespace
 
 TEST_CASE("on_line: edge cases of line splitting") {
@@ -522,4 +541,60 @@ TEST_CASE("a signal_set watched by the loop: signals as events") {
   loop.run();
   loop.remove(w);
   CHECK(got == std::vector<int>{SIGUSR1, SIGUSR2});
+}
+
+TEST_CASE("SIGCHLD ignored: an exit watch ends once, with the error, and the loop goes on") {
+  sigchld_ignored ignored;
+  sp::event_loop loop;
+  // A child that exits at once, and one that exits when its stdin ends.
+  auto quick = testing::helper({"exit", "3"}).spawn();
+  auto later = sp::command{"cat"}.in(sp::pipe).spawn();
+  int exits = 0;
+  SECTION("two arguments: the error leaves run() once; the other watches go on") {
+    loop.on_exit(quick, [&](sp::exit_status) { ++exits; });
+    loop.on_exit(later, [&](sp::exit_status) { ++exits; });
+    bool threw = false;
+    try {
+      loop.run();
+    } catch (const sp::error& e) {
+      threw = true;
+      CHECK(says_status_discarded(e));
+      CHECK(std::string_view(e.what()).find("sp_helper") != std::string_view::npos);
+    }
+    CHECK(threw);
+    CHECK(exits == 0);
+    // The quick child's watch is gone: the loop now waits for `later` only, and
+    // reports its lost status once too; then nothing is left.
+    later.in().close();
+    threw = false;
+    try {
+      loop.run();
+    } catch (const sp::error& e) {
+      threw = true;
+      CHECK(says_status_discarded(e));
+      CHECK(std::string_view(e.what()).find("cat") != std::string_view::npos);
+    }
+    CHECK(threw);
+    CHECK(exits == 0);
+    CHECK(loop.idle());
+    CHECK_NOTHROW(loop.run());
+  }
+  SECTION("with on_lost: called once per child, instead of fn; run() throws nothing") {
+    std::vector<pid_t> lost;
+    auto on_lost = [&](pid_t pid) {
+      return [&lost, pid](const sp::error& e) {
+        CHECK(says_status_discarded(e));
+        lost.push_back(pid);
+      };
+    };
+    loop.on_exit(quick, [&](sp::exit_status) { ++exits; }, on_lost(quick.pid()));
+    loop.on_exit(later, [&](sp::exit_status) { ++exits; }, on_lost(later.pid()));
+    loop.after(50ms, [&] { later.in().close(); });
+    CHECK_NOTHROW(loop.run());
+    CHECK(exits == 0);
+    REQUIRE(lost.size() == 2);
+    CHECK(lost[0] == quick.pid());
+    CHECK(lost[1] == later.pid());
+    CHECK(loop.idle());
+  }
 }

@@ -1010,3 +1010,82 @@ TEST_CASE("pool: a bad line is an answer only if its top-level id is a task's") 
   CHECK_THAT(e.attempts()[0].what, Catch::Contains("malformed message on its channel"));
   CHECK(pool.stats().workers_hung >= 1);
 }
+
+// ---- SIGCHLD ignored: workers whose exit status the kernel discards --------------------
+
+namespace {
+
+// SIGCHLD set to SIG_IGN for one scope (the kernel reaps every child itself and
+// discards its status), restored after.
+struct sigchld_ignored {
+  struct sigaction old {};
+  sigchld_ignored() {
+    struct sigaction sa {};
+    sa.sa_handler = SIG_IGN;
+    ::sigaction(SIGCHLD, &sa, &old);
+  }
+  ~sigchld_ignored() { ::sigaction(SIGCHLD, &old, nullptr); }
+  sigchld_ignored(const sigchld_ignored&) = delete;
+  sigchld_ignored& operator=(const sigchld_ignored&) = delete;
+};
+
+}  // namespace
+
+TEST_CASE("pool: SIGCHLD ignored: a crashed worker is an exit with an unknown status; the pool goes on") {
+  sigchld_ignored ignored;
+  event_log log;
+  sp::worker_pool pool(helper_worker(), {.min_workers = 1, .max_retries = 1, .on_event = log.fn()});
+  CHECK(pool.submit("square", {3}).get() == 9);
+  // The worker exits in the middle of the task; so does the one it is retried on.
+  auto f = pool.submit("exit", {{"code", 3}});
+  auto e = pool_error_of(f);
+  CHECK(e.kind() == sp::pool_errc::worker_crashed);
+  REQUIRE(e.attempts().size() == 2);
+  for (const auto& a : e.attempts()) {
+    CHECK_FALSE(a.status.has_value());
+    CHECK(a.what.find("unknown status") != std::string::npos);
+  }
+  // Replaced: the pool takes and runs tasks as before.
+  CHECK(pool.submit("square", {4}).get() == 16);
+  CHECK(pool.submit("square", {5}).get() == 25);
+  auto st = pool.stats();
+  CHECK(st.workers_crashed == 2);
+  CHECK(st.retried == 1);
+  CHECK(st.size == 1);
+  {
+    std::lock_guard l(log.mu);
+    for (auto& ev : log.events)
+      if (ev.kind == sp::pool_event_kind::worker_crashed) {
+        INFO(ev.message);
+        CHECK_FALSE(ev.status.has_value());
+      }
+  }
+  auto t0 = clk::now();
+  pool.shutdown(3s);  // the worker exits on the disconnect; its status is lost too
+  CHECK(clk::now() - t0 < 2s);
+  CHECK(log.count(sp::pool_event_kind::worker_stopped) == 1);
+}
+
+TEST_CASE("pool: shutdown: a worker whose status is lost costs the others neither their grace nor SIGTERM") {
+  sigchld_ignored ignored;
+  temp_dir dir;
+  const auto marker = dir.path / "term";
+  // Worker 1 exits at the disconnect (its status is discarded); worker 2 lingers,
+  // and leaves a marker when SIGTERM comes.
+  sp::worker_pool pool(
+      sp::command{"sh", "-c",
+                  "if [ \"$SUBPROCESS_WORKER_ID\" = 1 ]; then exec \"$0\" connect serve; "
+                  "else exec \"$0\" on-term-touch \"$1\" connect serve sleep 60000; fi",
+                  IPC_HELPER_PATH, marker.string()},
+      {.min_workers = 2, .term_grace = 5s});
+  // Both serve (and worker 2 has its SIGTERM handler): each answers a broadcast.
+  auto fs = pool.broadcast("pid");
+  REQUIRE(fs.size() == 2);
+  for (auto& f : fs) CHECK(f.get().get<pid_t>() > 0);
+  auto t0 = clk::now();
+  pool.shutdown(200ms);
+  auto took = clk::now() - t0;
+  CHECK(std::filesystem::exists(marker));  // SIGTERM, at the end of the grace
+  CHECK(took >= 200ms);
+  CHECK(took < 3s);  // and it ended the worker: no SIGKILL term_grace later
+}

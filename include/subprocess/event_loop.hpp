@@ -19,6 +19,7 @@
 //                                  a last line without '\n' delivered at EOF)
 //   on_close(reader, fn())         end of stream (after the last data/line callback)
 //   on_exit(process, fn(status))   the child exited (through its pidfd); it is reaped
+//   on_exit(process, fn, on_lost)  the same, on_lost(error) when its status is gone
 //   after(d, fn), every(d, fn)     timers (any duration; up to max(): never fires)
 //   watch(fd, events, fn(revents)) any other fd: a signalfd, a socket, an IPC channel
 //   post(fn)                       run fn on the loop thread (callable from any thread)
@@ -53,6 +54,17 @@
 //     one-shot timer has run (a repeating timer keeps its schedule), posted callbacks
 //     after the throwing one still run. A watch(fd) is level-triggered: it is called
 //     again while the fd stays ready, so read what you were woken for before throwing.
+//
+// SIGCHLD ignored. If this process sets SIGCHLD to SIG_IGN (or SA_NOCLDWAIT), the
+// kernel discards every child's exit status (see process.hpp). An exit watch then
+// still fires when the child exits, but has no status to give: the watch is removed,
+// fn is not called, and the subprocess::error the process handle reports (code
+// std::errc::no_child_process, "... the kernel discarded its status ...") is thrown
+// out of run() once, like a callback's exception: the loop stays usable and the
+// next run() goes on with the other watches. The same happens when other code
+// reaped the child (a waitpid(-1) elsewhere). To handle it in place instead, pass
+// on_exit a third callback, on_lost(const subprocess::error&): it is called (once,
+// instead of fn) and nothing is thrown. No exit status is ever made up.
 //
 // Cost: one epoll fd and one eventfd per loop; per event one epoll_wait plus the reads
 // or writes it enables; no busy loop and no thread per stream.
@@ -219,12 +231,21 @@ class event_loop {
   // ---- processes --------------------------------------------------------------
 
   // fn(status) once the child has exited; the child is reaped first. If it was
-  // reaped already, fn runs on the next loop iteration.
+  // reaped already, fn runs on the next loop iteration. If its status cannot be had
+  // (SIGCHLD ignored, or reaped by other code: see the top of this file), the watch
+  // ends and the error is thrown out of run() once.
   id on_exit(process& p, std::function<void(exit_status)> fn) {
+    return on_exit(p, std::move(fn), nullptr);
+  }
+  // The same, but if the child's status cannot be had, on_lost(error) is called
+  // (once, instead of fn) and run() throws nothing.
+  id on_exit(process& p, std::function<void(exit_status)> fn,
+             std::function<void(const error&)> on_lost) {
     if (!p.valid()) throw argument_error("", "event_loop::on_exit: empty process handle");
     auto e = std::make_shared<exit_watch>();
     e->proc = &p;
     e->fn = std::move(fn);
+    e->on_lost = std::move(on_lost);
     id i = next_id_++;
     exits_.emplace(i, e);
     auto check = [this, i] { check_exit(i); };
@@ -325,6 +346,7 @@ class event_loop {
   struct exit_watch {
     process* proc = nullptr;
     std::function<void(exit_status)> fn;
+    std::function<void(const error&)> on_lost;
     id watch = 0, poll_timer = 0;
   };
   struct timer {
@@ -486,7 +508,20 @@ class event_loop {
     auto it = exits_.find(i);
     if (it == exits_.end()) return;
     auto e = it->second;
-    auto st = e->proc->try_wait();
+    std::optional<exit_status> st;
+    try {
+      st = e->proc->try_wait();
+    } catch (const error& err) {
+      // The child has exited and its status is gone for good (SIGCHLD ignored, or
+      // reaped by other code): asking again would only throw again. The watch ends
+      // here, and the error is delivered once. Any other failure leaves the watch in
+      // place: the child is still ours, and the next wake-up asks again.
+      if (err.code() != std::errc::no_child_process) throw;
+      remove(i);
+      if (!e->on_lost) throw;
+      e->on_lost(err);
+      return;
+    }
     if (!st) return;
     remove(i);
     e->fn(*st);

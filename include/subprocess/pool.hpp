@@ -31,9 +31,15 @@
 //     P itself (any JSON value; M only names the task in errors and events), and the
 //     worker's next message is the answer, whatever it holds. Answers carry no id, so
 //     max_in_flight must be 1 (the constructor refuses more); no heartbeats are sent
-//     (heartbeat_interval is ignored: use task_timeout against hangs); a message
-//     arriving with no task in flight goes to on_message; a worker cannot fail a task
-//     other than by what its answer says.
+//     (heartbeat_interval is ignored: use task_timeout against hangs); a worker
+//     cannot fail a task other than by what its answer says.
+//     The rule: a plain worker sends nothing but answers, exactly one per message
+//     received, in order. A message of its own (a {ready: true} at start, a progress
+//     note) that arrives while a task is in flight IS taken as that task's answer,
+//     and every later answer of that worker then goes to the task before it. Only a
+//     message arriving when nothing is in flight goes to on_message, and whether
+//     something is in flight is a race. Workers that talk on their own need json_rpc
+//     (their own messages carry no id, so they go to on_message, never to a task).
 //
 // The pool adds .ipc() to the command itself (unless you chose a channel fd with
 // .ipc(fd)). Workers inherit stdin/stdout/stderr by default; sp::pipe is refused for
@@ -116,6 +122,15 @@
 // Queue limit. With max_queue = N, at most N tasks wait for a worker. submit() then
 // blocks until there is room (queue_full_policy::block, the default) or fails at once
 // (fail: the future holds pool_error queue_full). Tasks that are retried do not count.
+//
+// SIGCHLD ignored. If the program sets SIGCHLD to SIG_IGN (or SA_NOCLDWAIT), the
+// kernel discards every worker's exit status (see process.hpp). The pool works all
+// the same: a worker that exits is noticed through its pidfd and handled as an exit
+// with an unknown status (a crash, or a stop if the pool asked for it), so it is
+// replaced and its tasks are retried or fail as above; pool_event::status and
+// pool_attempt::status are then nullopt, and messages say "exited with an unknown
+// status". Shutdown climbs the same ladder worker by worker, so one worker whose
+// status is lost never costs the others their grace period or their SIGTERM.
 //
 // Shutdown. shutdown(grace, mode) stops accepting (later submits fail with
 // pool_error shut_down), then:
@@ -639,7 +654,8 @@ class pool_core {
       if (d < ms::zero()) throw bad(std::string(what) + " is negative");
     // Up to ms::max() means "for ever": kept below overflow when added to time points.
     for (ms* d : {&opts_.scale_up_cooldown, &opts_.idle_timeout, &opts_.heartbeat_interval,
-                  &opts_.heartbeat_timeout, &opts_.task_timeout, &opts_.shutdown_grace})
+                  &opts_.heartbeat_timeout, &opts_.task_timeout, &opts_.shutdown_grace,
+                  &opts_.term_grace})
       *d = detail::clamp_forever(*d);
     if (opts_.heartbeat_interval > ms::zero() && opts_.heartbeat_timeout <= ms::zero())
       throw bad("heartbeat_timeout must be positive when heartbeats are on");
@@ -918,7 +934,9 @@ class pool_core {
         guarded([&] { on_channel(*raw, ev); });
       });
       raw->exit_watch = loop_.on_exit(
-          raw->proc, [this, raw](exit_status st) { guarded([&] { on_exit(*raw, st); }); });
+          raw->proc, [this, raw](exit_status st) { guarded([&] { on_exit(*raw, st); }); },
+          // Exited, its status discarded (SIGCHLD ignored) or taken by other code.
+          [this, raw](const error&) { guarded([&] { on_exit(*raw, std::nullopt); }); });
     } catch (...) {
       forget(*raw);  // the process handle kills and reaps the child
       throw;
@@ -1316,7 +1334,8 @@ class pool_core {
     maintain();
   }
 
-  void on_exit(worker& w, exit_status st) {
+  // st: nullopt if the worker's status cannot be had (see "SIGCHLD ignored").
+  void on_exit(worker& w, std::optional<exit_status> st) {
     w.exit_watch = 0;  // the loop removed it
     // Answers it sent before it died are still results.
     if (w.ch.is_open()) {
@@ -1338,7 +1357,7 @@ class pool_core {
       workers_crashed_.fetch_add(1);
       young_death(w, now);
       emit(pool_event_kind::worker_crashed, &w,
-           "worker " + std::to_string(w.pid) + " " + st.to_string(), 0, st);
+           "worker " + std::to_string(w.pid) + " " + ended(st), 0, st);
       owe(w);
     } else if (w.why == stop_why::hung || w.why == stop_why::timed_out) {
       // Reported when it was killed. Killed young without an answer (garbage or a
@@ -1346,10 +1365,10 @@ class pool_core {
       if (w.why == stop_why::hung) young_death(w, now);
     } else {
       emit(pool_event_kind::worker_stopped, &w,
-           "worker " + std::to_string(w.pid) + " " + st.to_string(), 0, st);
+           "worker " + std::to_string(w.pid) + " " + ended(st), 0, st);
     }
     std::string what =
-        w.why_text.empty() ? st.to_string() : w.why_text + " (" + st.to_string() + ")";
+        w.why_text.empty() ? ended(st) : w.why_text + " (" + ended(st) + ")";
     const bool charge = w.why != stop_why::timed_out;  // victims of another task's timeout
     std::vector<task_ptr> again;
     for (auto& s : w.in_flight) {
@@ -1380,6 +1399,13 @@ class pool_core {
     if (it != workers_.end()) workers_.erase(it);  // &w is gone from here on
     maintain();
   }
+
+  static std::string ended(const std::optional<exit_status>& st) {
+    return st ? st->to_string() : std::string(unknown_status);
+  }
+  static constexpr const char* unknown_status =
+      "exited with an unknown status (the kernel discarded it: SIGCHLD is ignored, or "
+      "other code reaped it)";
 
   // A worker that died (or was killed) young before answering anything.
   void young_death(const worker& w, clock::time_point now) {
@@ -1722,15 +1748,20 @@ class pool_core {
     // then, term_grace later, SIGKILL.
     auto left = std::chrono::duration_cast<ms>(stop_deadline_ - clock::now());
     ms g = stop_mode_ == shutdown_mode::finish ? grace_ : std::max(left, std::min(grace_, ms(100)));
-    try {
-      const auto by_themselves = clock::now() + g;
-      std::vector<process*> still;
-      for (process* p : procs)
+    // Each worker on its own: one whose status cannot be had (SIGCHLD ignored) has
+    // exited, and must not cost the others their grace period or their SIGTERM.
+    const detail::deadline by_themselves = detail::deadline_in(g);
+    std::vector<process*> still;
+    for (process* p : procs) {
+      try {
         if (!p->wait_until(by_themselves)) still.push_back(p);
-      sp_shutdown(still, opts_.term_grace);
-    } catch (...) {
-      // Reaping failed (someone else reaped our child): the handles clean up below.
+      } catch (const error& e) {
+        if (e.code() != std::errc::no_child_process) still.push_back(p);  // else: it exited
+      } catch (...) {
+        still.push_back(p);
+      }
     }
+    stop_all(still, opts_.term_grace);
     for (auto& w : workers_) {
       if (w->proc.status() && w->why == stop_why::none) w->why = stop_why::shutdown;
       emit(pool_event_kind::worker_stopped, w.get(),
@@ -1746,8 +1777,41 @@ class pool_core {
     loop_.stop();
   }
 
-  static void sp_shutdown(std::vector<process*>& procs, ms grace) {
-    if (!procs.empty()) subprocess::shutdown(procs, grace);
+  // SIGTERM (and SIGCONT) to all, SIGKILL to those still running `grace` later,
+  // all reaped. sp::shutdown() does that with one shared deadline, but it throws as
+  // soon as one child turns out to have exited without a status (SIGCHLD ignored,
+  // or reaped by other code), leaving the rest unstopped. So with SIGCHLD ignored,
+  // and if it throws anyway, the ladder is climbed here, one worker at a time and
+  // each failure on its own, by the same deadline. (A group leader's group is then
+  // not waited for after the leader exits: its zombie is not kept in that mode.)
+  static void stop_all(const std::vector<process*>& procs, ms grace) {
+    if (procs.empty()) return;
+    const detail::deadline dl = detail::deadline_in(grace);
+    if (!detail::children_autoreaped()) {
+      try {
+        subprocess::shutdown(procs, grace);
+        return;
+      } catch (...) {
+        // Someone else reaped one of them; SIGTERM may not have been sent yet.
+      }
+    }
+    for (process* p : procs) {
+      try {
+        if (p->status()) continue;
+        send_tree(*p, SIGTERM);  // nothing is sent to a child known to be gone
+        send_tree(*p, SIGCONT);
+      } catch (...) {
+      }
+    }
+    for (process* p : procs) {
+      try {
+        if (p->status() || p->wait_until(dl)) continue;
+        p->kill();
+        p->wait();
+      } catch (...) {
+        // Exited, its status discarded: nothing left to stop.
+      }
+    }
   }
 
   // ---- the published snapshot -----------------------------------------------------

@@ -51,6 +51,9 @@
 //                       until the parent is gone
 //   touch FILE          create FILE containing "done\n" (a marker: the cleanup ran)
 //   flood-bytes         write 'x' (no newline ever) to the channel until it breaks
+//   on-term-touch FILE  from now on SIGTERM creates FILE (empty) and exits 0: a
+//                       marker that SIGTERM came, even when the parent cannot see
+//                       the exit status (SIGCHLD ignored)
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -71,6 +74,14 @@ namespace ipc = subprocess::ipc;
 using json = ipc::json;
 
 namespace {
+
+char term_marker[4096];
+
+extern "C" void on_term(int) {
+  int fd = ::open(term_marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);  // async-signal-safe
+  if (fd >= 0) ::close(fd);
+  ::_exit(0);
+}
 
 std::string decode(const std::string& s) {
   std::string out;
@@ -292,6 +303,14 @@ int main(int argc, char** argv) {
     } else if (act == "flood-bytes") {
       const std::string chunk(1 << 16, 'x');
       for (;;) write_raw(ch.fd(), chunk);  // exits 141 when the parent is gone
+    } else if (act == "on-term-touch") {
+      const std::string f = next();
+      if (f.empty() || f.size() >= sizeof term_marker) return 6;
+      f.copy(term_marker, f.size());
+      term_marker[f.size()] = '\0';
+      struct sigaction sa {};
+      sa.sa_handler = on_term;
+      ::sigaction(SIGTERM, &sa, nullptr);
     } else if (act == "ignore-term") {
       std::signal(SIGTERM, SIG_IGN);
     } else {
