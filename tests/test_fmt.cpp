@@ -12,6 +12,8 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <fmt/ostream.h>
+
 #include <subprocess/fmt.hpp>
 
 #include "testing.hpp"
@@ -72,6 +74,10 @@ TEST_CASE("fmt and operator<<: the same text for every value type") {
     CHECK(both(sp::spawn_backend::clone_vfork) == "clone_vfork");
     CHECK(both(sp::output_limit::kill) == "kill");
     CHECK(both(sp::output_limit::truncate) == "truncate");
+    // What fmt.hpp's manual tells fmt users to do for the pool/ipc types, which have
+    // operator<< but no formatter: fmt::streamed finds the operator<< template.
+    CHECK(fmt::format("{}", fmt::streamed(sp::exit_status::exited(2))) == "exited with code 2");
+    CHECK(fmt::format("[{:>10}]", fmt::streamed(sp::output_limit::kill)) == "[      kill]");
   }
   SECTION("the format spec of a string applies to the whole text") {
     CHECK(fmt::format("[{:<12}]", sp::spawn_backend::automatic) == "[automatic   ]");
