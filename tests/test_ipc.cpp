@@ -2026,3 +2026,65 @@ TEST_CASE("node: the rpc client calling a Node JSON-RPC worker", "[node]") {
   }
   CHECK(p.wait() == sp::exit_status::exited(4));
 }
+
+// ---------------------------------------------------------------------------------
+// Printing: operator<< (beside each type in ipc.hpp), one line each.
+
+#include <sstream>
+
+namespace {
+template <class T>
+std::string printed(const T& x) {
+  std::ostringstream os;
+  os << x;
+  return os.str();
+}
+}  // namespace
+
+TEST_CASE("broadcast_result and beat print as one line") {
+  std::vector<sp::process> ps;
+  std::vector<ipc::channel> chs;
+  for (int i = 0; i < 2; ++i) {
+    ps.push_back(ipc_child({"connect", i == 1 ? "close" : "echo"}).spawn());
+    chs.emplace_back(ps.back());
+  }
+  REQUIRE(ps[1].wait_for(5s).has_value());
+  ipc::broadcast(chs, {{"msg", "hello"}});  // the dead channel may take this one
+  auto r = ipc::broadcast(chs, {{"msg", "again"}});
+  REQUIRE(r.failed.size() == 1);
+  std::string why;
+  try {
+    std::rethrow_exception(r.failed[0].second);
+  } catch (const std::exception& e) {
+    why = e.what();
+  }
+  CHECK_FALSE(why.empty());
+  CHECK(printed(r) == "delivered 1, failed 1 (channel 1: " + why + ")");
+  CHECK(printed(ipc::broadcast_result{.delivered = 3}) == "delivered 3, failed 0");
+  CHECK(chs[0].receive_for(5s) == json{{"msg", "hello"}});  // the echo child answers both
+  CHECK(chs[0].receive_for(5s) == json{{"msg", "again"}});
+  for (auto& ch : chs) ch.close();
+  for (auto& p : ps) CHECK(p.wait_for(5s).has_value());
+  CHECK(ps[0].status() == sp::exit_status::exited(0));
+
+  auto p = ipc_child({"connect", "serve"}).spawn();
+  {
+    ipc::client c(p);
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<ipc::beat> first;
+    ipc::heartbeat hb(c, {.interval = 50ms, .timeout = 2s, .method = "rpc.heartbeat",
+                          .on_beat = [&](const ipc::beat& b) {
+                            std::lock_guard lk(mu);
+                            if (!first) first = b;
+                            cv.notify_all();
+                          },
+                          .on_unresponsive = {}});
+    REQUIRE(wait_until_true(mu, cv, 5s, [&] { return first.has_value(); }));
+    hb.stop();
+    std::lock_guard lk(mu);
+    CHECK(printed(*first) == "beat 1: " + std::to_string(first->latency.count()) + " us");
+    c.close();
+  }
+  CHECK(p.wait_for(5s).has_value());
+}

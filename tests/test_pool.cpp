@@ -1088,4 +1088,68 @@ TEST_CASE("pool: shutdown: a worker whose status is lost costs the others neithe
   CHECK(std::filesystem::exists(marker));  // SIGTERM, at the end of the grace
   CHECK(took >= 200ms);
   CHECK(took < 3s);  // and it ended the worker: no SIGKILL term_grace later
+
+// ---------------------------------------------------------------------------------
+// Printing: operator<< (beside each type in pool.hpp), one line each.
+
+#include <sstream>
+
+namespace {
+template <class T>
+std::string printed(const T& x) {
+  std::ostringstream os;
+  os << x;
+  return os.str();
+}
+}  // namespace
+
+TEST_CASE("pool: stats and events and attempts and the option enums print as one line") {
+  event_log log;
+  sp::worker_pool pool(helper_worker(), {.min_workers = 2, .max_retries = 0, .on_event = log.fn()});
+  CHECK(pool.submit("square", {3}).get() == 9);
+  auto f = pool.submit("exit", {{"code", 5}});
+  auto e = pool_error_of(f);
+  REQUIRE(e.attempts().size() == 1);
+  const auto& a = e.attempts()[0];
+  CHECK(printed(a) == "worker " + std::to_string(a.pid) + " exited with code 5");
+  REQUIRE(log.wait_for(sp::pool_event_kind::worker_started, 3));  // the replacement
+
+  auto st = pool.stats();
+  CHECK(st.completed == 1);
+  CHECK(st.failed == 1);
+  CHECK(st.queue_depth == 0);
+  CHECK(printed(st) == "workers " + std::to_string(st.size) + " (busy " + std::to_string(st.busy) + ", idle " +
+                           std::to_string(st.idle) + "), queued 0, completed 1, failed 1, retried 0");
+  sp::pool_stats made;
+  made.size = 4;
+  made.busy = 2;
+  made.idle = 2;
+  made.queue_depth = 10;
+  made.completed = 120;
+  made.failed = 1;
+  made.retried = 3;
+  CHECK(printed(made) == "workers 4 (busy 2, idle 2), queued 10, completed 120, failed 1, retried 3");
+
+  std::optional<sp::pool_event> crashed;
+  {
+    std::lock_guard l(log.mu);
+    for (auto& ev : log.events)
+      if (ev.kind == sp::pool_event_kind::worker_crashed) crashed = ev;
+  }
+  REQUIRE(crashed);
+  CHECK(crashed->message == "worker " + std::to_string(a.pid) + " exited with code 5");
+  CHECK(printed(*crashed) ==
+        "worker_crashed (workers " + std::to_string(crashed->workers) + "): worker " + std::to_string(a.pid) +
+            " exited with code 5");
+  CHECK(printed(sp::pool_event{}) == "worker_started (workers 0)");
+
+  CHECK(printed(sp::pool_event_kind::task_timed_out) == "task_timed_out");
+  CHECK(printed(sp::dispatch_policy::least_busy) == "least_busy");
+  CHECK(printed(sp::dispatch_policy::round_robin) == "round_robin");
+  CHECK(printed(sp::queue_full_policy::block) == "block");
+  CHECK(printed(sp::queue_full_policy::fail) == "fail");
+  CHECK(printed(sp::shutdown_mode::finish) == "finish");
+  CHECK(printed(sp::shutdown_mode::cancel) == "cancel");
+  CHECK(printed(sp::worker_protocol::json_rpc) == "json_rpc");
+  CHECK(printed(sp::worker_protocol::plain) == "plain");
 }

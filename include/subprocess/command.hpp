@@ -796,4 +796,28 @@ inline process command::spawn() const {
                  autoreap, child.lost);
 }
 
+// ---- printing: operator<< prints what fmt.hpp's formatters print -------------------
+
+// "automatic", "posix_spawn", "clone_vfork".
+inline const char* to_string(spawn_backend b) noexcept {
+  switch (b) {
+    case spawn_backend::automatic:
+      return "automatic";
+    case spawn_backend::posix_spawn:
+      return "posix_spawn";
+    case spawn_backend::clone_vfork:
+      return "clone_vfork";
+  }
+  return "unknown";
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, spawn_backend b) {
+  return detail::put_text(os, to_string(b));
+}
+// The shell-quoted command line, command::to_string().
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const command& c) {
+  return detail::put_text(os, c.to_string());
+}
+
 }  // namespace subprocess

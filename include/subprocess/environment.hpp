@@ -40,6 +40,7 @@
 #include <system_error>
 #include <vector>
 
+#include "detail/printing.hpp"
 #include "detail/syscall.hpp"
 #include "detail/unique_fd.hpp"
 #include "error.hpp"
@@ -406,6 +407,13 @@ inline environment environment::parse(std::string_view text, std::string_view or
     ++i, ++line;  // newline
   }
   return env;
+}
+
+// Prints redacted(), never the secret values: printing an environment is how secrets
+// end up in logs. fmt::format("{}", env) with <subprocess/fmt.hpp> prints the same.
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const environment& e) {
+  return detail::put_text(os, e.redacted());
 }
 
 }  // namespace subprocess

@@ -11,7 +11,7 @@
 //   if (st.success()) ...                    // exited with code 0
 //   if (auto c = st.code()) ...              // exited: *c is the code
 //   if (auto s = st.signal()) ...            // killed: *s is the signal number
-//   std::cout << st.to_string();             // "exited with code 3", "killed by SIGKILL"
+//   std::cout << st;                         // "exited with code 3", "killed by SIGKILL"
 //
 // Shells report a signal death as 128+N ("exit code 143" for SIGTERM); that is a
 // convention of the shell, not what the kernel said. shell_code() gives you that
@@ -25,6 +25,7 @@
 
 #include <sys/wait.h>
 
+#include "detail/printing.hpp"
 #include "detail/signal_table.hpp"
 
 namespace subprocess {
@@ -78,5 +79,11 @@ class exit_status {
   int signal_;
   bool core_;
 };
+
+// Prints to_string(); so does fmt::format("{}", st) with <subprocess/fmt.hpp>.
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const exit_status& s) {
+  return detail::put_text(os, s.to_string());
+}
 
 }  // namespace subprocess

@@ -2763,4 +2763,41 @@ std::unique_ptr<attachment<Loop>> attach(Loop& loop, channel& ch, channel_callba
   return std::make_unique<attachment<Loop>>(loop, ch, std::move(cb));
 }
 
+// ---- printing: one line each ------------------------------------------------------
+// operator<< only: fmt.hpp does not include this header (it would force nlohmann/json
+// on every fmt user); with fmt, print these through fmt::streamed(x) (<fmt/ostream.h>).
+
+// "delivered 3, failed 1 (channel 2: <what>)": each failed channel's index (in the
+// order given) and error.
+inline std::string to_string(const broadcast_result& r) {
+  std::string t = "delivered " + std::to_string(r.delivered) + ", failed " + std::to_string(r.failed.size());
+  if (r.failed.empty()) return t;
+  t += " (";
+  for (std::size_t i = 0; i < r.failed.size(); ++i) {
+    if (i) t += "; ";
+    t += "channel " + std::to_string(r.failed[i].first) + ": ";
+    try {
+      if (r.failed[i].second) std::rethrow_exception(r.failed[i].second);
+      t += "unknown error";
+    } catch (const std::exception& e) {
+      t += e.what();
+    } catch (...) {
+      t += "unknown error";
+    }
+  }
+  return t + ")";
+}
+// "beat 3: 412 us" (the ping's number and round trip; the reply is not printed).
+inline std::string to_string(const beat& b) {
+  return "beat " + std::to_string(b.number) + ": " + std::to_string(b.latency.count()) + " us";
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const broadcast_result& r) {
+  return subprocess::detail::put_text(os, to_string(r));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const beat& b) {
+  return subprocess::detail::put_text(os, to_string(b));
+}
+
 }  // namespace subprocess::ipc

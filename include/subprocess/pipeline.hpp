@@ -1494,4 +1494,58 @@ inline running_pipeline pipeline::spawn(pipeline_options opts) const {
   return running_pipeline(std::move(st));
 }
 
+// ---- printing: one line each; operator<< prints what fmt.hpp's formatters print ----
+
+namespace detail {
+inline std::string stage_text(const stage_result& s) {
+  if (!s.is_transform) return "'" + s.command + "' (pid " + std::to_string(s.pid) + ") " + s.status.to_string();
+  std::string t = s.command + " " + s.status.to_string();
+  if (s.error) {
+    try {
+      std::rethrow_exception(s.error);
+    } catch (const std::exception& e) {
+      t += ", threw: " + std::string(e.what());
+    } catch (...) {
+      t += ", threw an exception";
+    }
+  }
+  return t;
+}
+}  // namespace detail
+
+// "'grep x' (pid 4242) exited with code 1, failed", "'yes' (pid 4243) killed by SIGPIPE",
+// "[square] exited with code 1, threw: bad line, failed".
+inline std::string to_string(const stage_result& s) {
+  return detail::stage_text(s) + (s.failed ? ", failed" : "");
+}
+// "'cat | sort' exited with code 0 (2 stages, out 12 bytes)"; when it failed, the first
+// failing stage (the one check() reports): "'false | cat' failed at stage 1 of 2:
+// 'false' (pid 4242) exited with code 1 (out 0 bytes)". The output is not printed.
+inline std::string to_string(const pipeline_result& r) {
+  const std::string out = "out " + std::to_string(r.out.size()) + " bytes)";
+  if (auto k = r.first_failure())
+    return "'" + r.command + "' failed at stage " + std::to_string(*k + 1) + " of " +
+           std::to_string(r.stages.size()) + ": " + detail::stage_text(r.stages[*k]) + " (" + out;
+  return "'" + r.command + "' " + r.status.to_string() + " (" + std::to_string(r.stages.size()) +
+         (r.stages.size() == 1 ? " stage, " : " stages, ") + out;
+}
+// "[name]", transform::to_string().
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const transform& t) {
+  return detail::put_text(os, t.to_string());
+}
+// "grep -v '^#' | [square] | sort -n", pipeline::to_string().
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const pipeline& p) {
+  return detail::put_text(os, p.to_string());
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const stage_result& s) {
+  return detail::put_text(os, to_string(s));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const pipeline_result& r) {
+  return detail::put_text(os, to_string(r));
+}
+
 }  // namespace subprocess

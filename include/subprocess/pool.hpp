@@ -1965,4 +1965,70 @@ class worker_pool {
   std::unique_ptr<detail::pool_core> core_;
 };
 
+// ---- printing: one line each ------------------------------------------------------
+// operator<< only: fmt.hpp does not include this header (it would force nlohmann/json
+// on every fmt user); with fmt, print these through fmt::streamed(x) (<fmt/ostream.h>).
+
+inline const char* to_string(dispatch_policy d) noexcept {
+  return d == dispatch_policy::least_busy ? "least_busy" : d == dispatch_policy::round_robin ? "round_robin" : "unknown";
+}
+inline const char* to_string(queue_full_policy q) noexcept {
+  return q == queue_full_policy::block ? "block" : q == queue_full_policy::fail ? "fail" : "unknown";
+}
+inline const char* to_string(shutdown_mode m) noexcept {
+  return m == shutdown_mode::finish ? "finish" : m == shutdown_mode::cancel ? "cancel" : "unknown";
+}
+inline const char* to_string(worker_protocol p) noexcept {
+  return p == worker_protocol::json_rpc ? "json_rpc" : p == worker_protocol::plain ? "plain" : "unknown";
+}
+// "workers 4 (busy 2, idle 2), queued 10, completed 120, failed 1, retried 3"
+inline std::string to_string(const pool_stats& s) {
+  return "workers " + std::to_string(s.size) + " (busy " + std::to_string(s.busy) + ", idle " +
+         std::to_string(s.idle) + "), queued " + std::to_string(s.queue_depth) + ", completed " +
+         std::to_string(s.completed) + ", failed " + std::to_string(s.failed) + ", retried " +
+         std::to_string(s.retried);
+}
+// "worker_crashed (workers 3): worker 4242 killed by SIGKILL": the kind, the pool's
+// size after the event, and the event's message.
+inline std::string to_string(const pool_event& e) {
+  std::string t = std::string(to_string(e.kind)) + " (workers " + std::to_string(e.workers) + ")";
+  if (!e.message.empty()) t += ": " + e.message;
+  return t;
+}
+// "worker 4242 killed by SIGKILL"
+inline std::string to_string(const pool_attempt& a) { return "worker " + std::to_string(a.pid) + " " + a.what; }
+
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, pool_event_kind k) {
+  return detail::put_text(os, to_string(k));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, dispatch_policy d) {
+  return detail::put_text(os, to_string(d));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, queue_full_policy q) {
+  return detail::put_text(os, to_string(q));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, shutdown_mode m) {
+  return detail::put_text(os, to_string(m));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, worker_protocol p) {
+  return detail::put_text(os, to_string(p));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const pool_stats& s) {
+  return detail::put_text(os, to_string(s));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const pool_event& e) {
+  return detail::put_text(os, to_string(e));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const pool_attempt& a) {
+  return detail::put_text(os, to_string(a));
+}
+
 }  // namespace subprocess

@@ -325,4 +325,27 @@ inline run_result run(command cmd, const run_options& opts = {}) {
   return r;
 }
 
+// ---- printing: one line each; operator<< prints what fmt.hpp's formatters print ----
+
+// "kill", "truncate".
+inline const char* to_string(output_limit l) noexcept {
+  return l == output_limit::kill ? "kill" : l == output_limit::truncate ? "truncate" : "unknown";
+}
+// "'ls -l /tmp' exited with code 0 (out 1234 bytes, err 0 bytes)"; a truncated stream
+// says so: "(out 65536 bytes, truncated, err 0 bytes)". The output itself is never
+// printed (it may be large, binary or secret): print r.out for that.
+inline std::string to_string(const run_result& r) {
+  return "'" + r.command + "' " + r.status.to_string() + " (out " + std::to_string(r.out.size()) + " bytes" +
+         (r.out_truncated ? ", truncated" : "") + ", err " + std::to_string(r.err.size()) + " bytes" +
+         (r.err_truncated ? ", truncated" : "") + ")";
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, output_limit l) {
+  return detail::put_text(os, to_string(l));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const run_result& r) {
+  return detail::put_text(os, to_string(r));
+}
+
 }  // namespace subprocess

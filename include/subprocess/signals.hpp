@@ -766,4 +766,61 @@ forward_result forward_and_shutdown(signal_set& signals, std::initializer_list<p
   return detail::forward_impl(signals, std::vector<process*>(processes), g);
 }
 
+// ---- printing: one line each; operator<< prints what fmt.hpp's formatters print ----
+
+// "SIGTERM from pid 4242 (uid 1000)", "SIGUSR1 from pid 4242 (uid 1000), value 7",
+// "SIGINT from the kernel".
+inline std::string to_string(const signal_info& s) {
+  std::string t = s.name();
+  if (s.from_kernel())
+    t += " from the kernel";
+  else if (s.sender_pid > 0)
+    t += " from pid " + std::to_string(s.sender_pid) + " (uid " + std::to_string(s.sender_uid) + ")";
+  if (s.code == SI_QUEUE) t += ", value " + std::to_string(s.value);
+  return t;
+}
+// "pid 4242 'sleep 10' killed by SIGTERM after 3 ms",
+// "pid 4243 'sh -c ...' killed by SIGKILL after 2001 ms, needed SIGKILL",
+// "pid 4244 'true' exited with code 0, had already exited".
+inline std::string to_string(const shutdown_entry& e) {
+  std::string t = "pid " + std::to_string(e.pid) + " '" + e.command + "' " + e.status.to_string();
+  if (!e.was_running) return t + ", had already exited";
+  t += " after " + std::to_string(e.exited_after.count()) + " ms";
+  if (e.needed_sigkill) t += ", needed SIGKILL";
+  return t;
+}
+// "3 processes stopped in 2004 ms: 2 gracefully, 1 needed SIGKILL" (a process that
+// had already exited counts as graceful).
+inline std::string to_string(const shutdown_result& r) {
+  const std::size_t n = r.processes.size(), killed = r.killed_count();
+  return std::to_string(n) + (n == 1 ? " process" : " processes") + " stopped in " +
+         std::to_string(r.elapsed.count()) + " ms: " + std::to_string(n - killed) + " gracefully, " +
+         std::to_string(killed) + " needed SIGKILL";
+}
+// "SIGTERM from pid 4242 (uid 1000); 2 processes stopped in 5 ms: 2 gracefully, 0 needed
+// SIGKILL", with ", forced by a second signal" when one came; "no signal (every process
+// exited by itself); 1 process stopped in 0 ms: ..." otherwise.
+inline std::string to_string(const forward_result& r) {
+  std::string t = r.received ? to_string(*r.received) : std::string("no signal (every process exited by itself)");
+  t += "; " + to_string(r.shutdown);
+  if (r.forced_by_second_signal) t += ", forced by a second signal";
+  return t;
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const signal_info& s) {
+  return detail::put_text(os, to_string(s));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const shutdown_entry& e) {
+  return detail::put_text(os, to_string(e));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const shutdown_result& r) {
+  return detail::put_text(os, to_string(r));
+}
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const forward_result& r) {
+  return detail::put_text(os, to_string(r));
+}
+
 }  // namespace subprocess
