@@ -1088,6 +1088,7 @@ TEST_CASE("pool: shutdown: a worker whose status is lost costs the others neithe
   CHECK(std::filesystem::exists(marker));  // SIGTERM, at the end of the grace
   CHECK(took >= 200ms);
   CHECK(took < 3s);  // and it ended the worker: no SIGKILL term_grace later
+}
 
 // ---------------------------------------------------------------------------------
 // Printing: operator<< (beside each type in pool.hpp), one line each.
