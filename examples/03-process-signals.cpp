@@ -275,7 +275,7 @@ void coordinated_shutdown() {
   logs.clear();  // every worker's last line has been shown
   for (std::size_t i = 0; i < result.processes.size(); ++i) {
     const auto& w = result.processes[i];
-    say("   Worker {} (pid {}): {} after {} ms{}\n", i + 1, w.pid, w.status.to_string(),
+    say("   Worker {} (pid {}): {} after {} ms{}\n", i + 1, w.pid, w.status->to_string(),
         w.exited_after.count(), w.needed_sigkill ? " (needed SIGKILL)" : "");
   }
   if (result.all_graceful())
@@ -303,7 +303,7 @@ void parent_signal_handling() {
   if (r.received)
     say("   [Parent] Received {} from pid {} (the shell) and forwarded it\n", r.received->name(),
         r.received->sender_pid);
-  say("   [Parent] Child exited: {}\n", node_style(r.shutdown.processes[0].status));
+  say("   [Parent] Child exited: {}\n", node_style(*r.shutdown.processes[0].status));
   say("   Child terminated, exiting parent\n");
 }
 

@@ -206,6 +206,36 @@ TEST_CASE("a grandchild in the child's process group is gone after signal_group 
 
 // --------------------------------------------------------------- shutdown ----
 
+TEST_CASE("shutdown with SIGCHLD ignored: a discarded status costs nobody their signal or grace") {
+  // The kernel reaps every child itself and discards its status: try_wait() throws
+  // ECHILD for a child that has exited. shutdown() must still signal, wait for and
+  // SIGKILL the others, and say which statuses it could not get.
+  struct sigaction ign {}, old {};
+  ign.sa_handler = SIG_IGN;
+  REQUIRE(::sigaction(SIGCHLD, &ign, &old) == 0);
+  struct restore {
+    struct sigaction* old;
+    ~restore() { ::sigaction(SIGCHLD, old, nullptr); }
+  } restore_sigchld{&old};
+  std::vector<sp::process> ps;
+  ps.push_back(testing::helper({"exit", "3"}).spawn());  // gone before shutdown starts
+  ps.push_back(ready_child({"term-exits-after", "0"}));
+  ps.push_back(ready_child({"ignore-term"}));
+  REQUIRE(sp::detail::poll_one(ps[0].pidfd(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+  auto r = sp::shutdown(ps, 300ms);
+  REQUIRE(r.processes.size() == 3);
+  CHECK_FALSE(r.processes[0].status);  // discarded by the kernel
+  CHECK_FALSE(r.processes[0].was_running);
+  CHECK_FALSE(r.processes[1].status);
+  CHECK(r.processes[1].was_running);
+  CHECK_FALSE(r.processes[1].needed_sigkill);  // SIGTERM reached it, it exited
+  CHECK(r.processes[1].exited_after < 300ms);
+  CHECK(r.processes[2].needed_sigkill);        // SIGTERM ignored: SIGKILL at the deadline
+  CHECK(r.processes[2].exited_after >= 300ms);
+  CHECK(r.killed_count() == 1);
+  CHECK_THAT(sp::to_string(r.processes[0]), Catch::Contains("status discarded by the kernel"));
+}
+
 TEST_CASE("shutdown: one deadline for many processes") {
   SECTION("each entry says how it ended and whether it needed SIGKILL") {
     std::vector<sp::process> ps;
@@ -224,7 +254,7 @@ TEST_CASE("shutdown: one deadline for many processes") {
     CHECK(r.processes[0].was_running);
     CHECK_FALSE(r.processes[0].needed_sigkill);
     CHECK(r.processes[0].exited_after < 500ms);
-    CHECK(r.processes[1].status.signal() == SIGKILL);
+    CHECK(r.processes[1].status->signal() == SIGKILL);
     CHECK(r.processes[1].needed_sigkill);
     CHECK(r.processes[1].exited_after >= 500ms);
     CHECK(r.processes[2].status == sp::exit_status::exited(3));
@@ -271,7 +301,7 @@ TEST_CASE("shutdown: one deadline for many processes") {
     std::vector<sp::process> ps;
     ps.push_back(ready_child({}));
     auto r = sp::shutdown(ps, 10s, {.signal = SIGINT});
-    CHECK(r.processes[0].status.signal() == SIGINT);
+    CHECK(r.processes[0].status->signal() == SIGINT);
   }
   SECTION("ranges of pointers, smart pointers, and a braced list") {
     auto a = ready_child({});
@@ -280,13 +310,13 @@ TEST_CASE("shutdown: one deadline for many processes") {
     CHECK(sp::shutdown(ptrs, 5s).processes.size() == 2);
     auto c = ready_child({});
     auto d = ready_child({});
-    CHECK(sp::shutdown({&c, &d}, 5s).processes[1].status.signal() == SIGTERM);
+    CHECK(sp::shutdown({&c, &d}, 5s).processes[1].status->signal() == SIGTERM);
     std::array<std::unique_ptr<sp::process>, 2> owned{std::make_unique<sp::process>(ready_child({})),
                                                        std::make_unique<sp::process>(ready_child({}))};
     CHECK(sp::shutdown(owned, 5s).all_graceful());
     std::vector<sp::process> v;
     v.push_back(ready_child({}));
-    CHECK(sp::shutdown(std::span<sp::process>(v), 5s).processes[0].status.signal() == SIGTERM);
+    CHECK(sp::shutdown(std::span<sp::process>(v), 5s).processes[0].status->signal() == SIGTERM);
   }
   SECTION("bad input is rejected before anything is sent") {
     auto a = ready_child({});
@@ -318,7 +348,7 @@ TEST_CASE("shutdown of 50 children, half ignoring SIGTERM, takes one grace perio
     INFO("child " << i);
     if (i % 2) {
       CHECK(e.needed_sigkill);
-      CHECK(e.status.signal() == SIGKILL);
+      CHECK(e.status->signal() == SIGKILL);
     } else {
       CHECK_FALSE(e.needed_sigkill);
       CHECK(e.status == sp::exit_status::exited(0));
@@ -644,8 +674,8 @@ TEST_CASE("forward_and_shutdown passes the signal on and stops every child") {
     CHECK(r.received->sender_pid == ::getpid());
     CHECK_FALSE(r.forced_by_second_signal);
     CHECK(r.shutdown.processes[0].status == sp::exit_status::exited(0));
-    CHECK(r.shutdown.processes[1].status.signal() == SIGTERM);
-    CHECK(r.shutdown.processes[2].status.signal() == SIGKILL);
+    CHECK(r.shutdown.processes[1].status->signal() == SIGTERM);
+    CHECK(r.shutdown.processes[2].status->signal() == SIGKILL);
     CHECK(r.shutdown.processes[2].needed_sigkill);
     CHECK(r.shutdown.killed_count() == 1);
   }

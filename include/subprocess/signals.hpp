@@ -228,8 +228,10 @@ inline int signal_number(std::string_view name) {
 struct shutdown_entry {
   pid_t pid;
   std::string command;  // shell-quoted command line
-  // How it ended. For a group leader: the leader's status.
-  exit_status status;
+  // How it ended. For a group leader: the leader's status. nullopt: it exited, but
+  // the kernel discarded its status (SIGCHLD ignored or SA_NOCLDWAIT in this process,
+  // or other code reaped it); see process.hpp.
+  std::optional<exit_status> status;
   // False if it had exited before shutdown() started (nothing was sent to it).
   bool was_running;
   // SIGKILL was sent: it, or a process left in its group, was alive at the deadline.
@@ -277,6 +279,7 @@ struct stop_target {
   bool skip_polite = false;    // it has the polite signal already (forward_and_shutdown)
   bool was_running = true;
   bool reaped = false;
+  bool lost = false;           // exited, status discarded by the kernel
   bool killed = false;
   bool done = false;
   clock::time_point ended{};
@@ -336,16 +339,28 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
   auto check_group = [&](stop_target& t) {
     if (forced || !t.p->is_group_leader() || !group_has_live_members(t.p->pid())) finish(t);
   };
+  // try_wait(), where an exit whose status the kernel discarded (ECHILD: SIGCHLD
+  // ignored, or reaped by other code) is an exit too: one such child must not cost
+  // the others their signal, grace period or SIGKILL.
+  auto exited = [](stop_target& t) {
+    try {
+      return t.p->try_wait().has_value();
+    } catch (const error& e) {
+      if (e.code() != std::errc::no_child_process) throw;
+      t.lost = true;
+      return true;
+    }
+  };
   // Reaps t if it has exited (never blocks).
   auto poll_exit = [&](stop_target& t) {
-    if (t.reaped || !t.p->try_wait()) return;
+    if (t.reaped || !exited(t)) return;
     t.reaped = true;
     check_group(t);
   };
 
   // 1. Everyone at once: reap the ones already gone, signal the rest.
   for (auto& t : ts) {
-    if (!t.p->try_wait()) continue;
+    if (!exited(t)) continue;
     t.was_running = false;
     t.reaped = t.done = true;
     t.ended = t0;
@@ -440,7 +455,8 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
   res.elapsed = std::chrono::duration_cast<milliseconds>(clock::now() - t0);
   res.processes.reserve(ts.size());
   for (auto& t : ts)
-    res.processes.push_back({t.p->pid(), t.p->command_line(), *t.p->status(), t.was_running,
+    res.processes.push_back({t.p->pid(), t.p->command_line(),
+                             t.lost ? std::nullopt : t.p->status(), t.was_running,
                              t.killed, std::chrono::duration_cast<milliseconds>(t.ended - t0)});
   return res;
 }
@@ -783,7 +799,8 @@ inline std::string to_string(const signal_info& s) {
 // "pid 4243 'sh -c ...' killed by SIGKILL after 2001 ms, needed SIGKILL",
 // "pid 4244 'true' exited with code 0, had already exited".
 inline std::string to_string(const shutdown_entry& e) {
-  std::string t = "pid " + std::to_string(e.pid) + " '" + e.command + "' " + e.status.to_string();
+  std::string t = "pid " + std::to_string(e.pid) + " '" + e.command + "' " +
+                  (e.status ? e.status->to_string() : std::string("exited (status discarded by the kernel)"));
   if (!e.was_running) return t + ", had already exited";
   t += " after " + std::to_string(e.exited_after.count()) + " ms";
   if (e.needed_sigkill) t += ", needed SIGKILL";
