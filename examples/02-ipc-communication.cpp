@@ -307,9 +307,7 @@ process.on('message', (req) => {
 
 void node_worker() {
   section(7, "A Node.js Worker", "The same channel speaks Node's format: a C++ parent, a Node child");
-  int err = 0;
-  const char* path = std::getenv("PATH");
-  if (sp::detail::find_program("node", path ? path : "/bin:/usr/bin", err).empty()) {
+  if (!sp::find_program("node")) {
     fmt::print("   node is not installed: section skipped\n");
     return;
   }

@@ -88,6 +88,40 @@ TEST_CASE("program lookup") {
   }
 }
 
+TEST_CASE("find_program: where spawn() would find a program") {
+  auto helper = fs::path(testing::helper_path());
+  SECTION("searched in the given PATH, first match wins") {
+    auto found = sp::find_program(helper.filename().string(),
+                                  "/nonexistent-dir:" + helper.parent_path().string() + ":/bin");
+    REQUIRE(found);
+    CHECK(*found == helper);
+  }
+  SECTION("the parent's PATH by default; the result is what spawn() runs") {
+    auto sh = sp::find_program("sh");
+    REQUIRE(sh);
+    CHECK(sh->is_absolute());
+    CHECK(sp::run(sp::command{sh->string(), "-c", "echo ok"}).out == "ok\n");
+  }
+  SECTION("missing, not executable, a directory: nullopt") {
+    CHECK_FALSE(sp::find_program("no-such-program-xyz"));
+    CHECK_FALSE(sp::find_program("sh", "/nonexistent-dir"));
+    auto p = fs::temp_directory_path() / ("sp_noexec_fp_" + std::to_string(::getpid()));
+    std::ofstream(p) << "#!/bin/sh\n";
+    fs::permissions(p, fs::perms::owner_read | fs::perms::owner_write);
+    CHECK_FALSE(sp::find_program(p.filename().string(), p.parent_path().string()));
+    CHECK_FALSE(sp::find_program(p.string()));
+    fs::remove(p);
+    CHECK_FALSE(sp::find_program("/tmp"));
+  }
+  SECTION("a name with a slash is checked, not searched") {
+    REQUIRE(sp::find_program(helper.string()));
+    CHECK(*sp::find_program(helper.string()) == helper);
+  }
+  SECTION("an empty name is an argument_error") {
+    CHECK_THROWS_AS(sp::find_program(""), sp::argument_error);
+  }
+}
+
 TEST_CASE("bad input is rejected before anything starts") {
   CHECK_THROWS_WITH(sp::command{}.spawn(), Catch::Contains("empty command"));
   CHECK_THROWS_WITH(sp::command{""}.spawn(), Catch::Contains("empty"));

@@ -517,6 +517,35 @@ inline std::vector<char*> c_array(const std::vector<std::string>& v) {
 
 }  // namespace detail
 
+// Where spawn() would find `name`: execvp's search over `path` (PATH's format; the
+// parent's PATH, or "/bin:/usr/bin" without one, when not given), done the way
+// spawn() does it. A name with a '/' is not searched, only checked. nullopt when it
+// is nowhere, or not an executable file (EACCES); any other failure of the lookup
+// (ENOMEM, ELOOP...) is a spawn_error naming the program.
+//
+//   if (!sp::find_program("node")) std::puts("node is not installed");
+inline std::optional<std::filesystem::path> find_program(const std::string& name,
+                                                         std::optional<std::string_view> path = {}) {
+  if (name.empty()) throw argument_error("", "find_program: the program name is empty");
+  std::string search;
+  if (path) {
+    search = *path;
+  } else {
+    const char* p = std::getenv("PATH");
+    search = p ? p : "/bin:/usr/bin";
+  }
+  int err = 0;
+  std::string found;
+  if (name.find('/') != std::string::npos) {
+    if (detail::is_executable_file(name, err)) found = name;
+  } else {
+    found = detail::find_program(name, search, err);
+  }
+  if (!found.empty()) return std::filesystem::path(found);
+  if (err == ENOENT || err == ENOTDIR || err == EACCES) return std::nullopt;
+  throw spawn_error(err, name, "resolve program", "'" + name + "'");
+}
+
 inline std::string command::checked_program(const std::string& cmdline) const {
   if (argv_.empty()) throw argument_error("", "empty command: argv has no program");
   if (argv_[0].empty()) throw argument_error(cmdline, "the program name is empty");
