@@ -1,10 +1,9 @@
 // subprocess/version.hpp - the library's version, for the preprocessor and for code.
 //
-//   #include <subprocess/version.hpp>
-//   #if SUBPROCESS_VERSION < 200   // older than 0.2.0
-//   #error "needs subprocess 0.2 or later"
-//   #endif
-//   std::puts(SUBPROCESS_VERSION_STRING);   // "0.2.0"
+//   ```cpp
+//   static_assert(SUBPROCESS_VERSION >= 200, "needs subprocess 0.2 or later");
+//   std::cout << SUBPROCESS_VERSION_STRING << '\n';   // "0.2.0"
+//   ```
 //
 // The one place the version is written: CMakeLists.txt reads it from here, and the
 // installed CMake package and pkg-config file carry the same number.
