@@ -292,6 +292,7 @@ TEST_CASE("pool: a hung worker (SIGSTOP) is found by the heartbeat and replaced"
   sp::worker_pool pool(helper_worker(), {.min_workers = 2,
                                          .heartbeat_interval = interval,
                                          .heartbeat_timeout = timeout,
+                                         .max_retries = 2,  // retries are opt-in
                                          .on_event = log.fn()});
   SECTION("stopped while busy: its task completes on another worker") {
     auto f = pool.submit("work", {{"ms", 400}});
@@ -450,6 +451,7 @@ TEST_CASE("pool: Node workers", "[node]") {
                                                                       .max_in_flight = 4,
                                                                       .heartbeat_interval = 100ms,
                                                                       .heartbeat_timeout = 2s,
+                                                                      .max_retries = 2,
                                                                       .on_event = log.fn()});
   std::vector<std::future<json>> fs;
   for (int i = 0; i < 200; ++i) fs.push_back(pool.submit("add", {{"a", i}, {"b", 1}}));
@@ -636,7 +638,7 @@ TEST_CASE("pool: workers that cannot be started later do not spin") {
   event_log log;
   {
     sp::worker_pool pool(sp::command{exe.string(), "connect", "serve"},
-                         {.min_workers = 1, .on_event = log.fn()});
+                         {.min_workers = 1, .max_retries = 2, .on_event = log.fn()});
     std::filesystem::remove_all(dir);
     auto victim = pool.pids().at(0);
     auto f = pool.submit("work", {{"ms", 2000}});
@@ -669,10 +671,25 @@ TEST_CASE("pool: workers that die at once are restarted with a backoff") {
   CHECK(pool.stats().workers_started < 15);
 }
 
+TEST_CASE("pool: retries are opt-in: by default a task whose worker died fails at once") {
+  event_log log;
+  sp::worker_pool pool(helper_worker(), {.min_workers = 1, .on_event = log.fn()});
+  auto victim = pool.pids().at(0);
+  auto f = pool.submit("work", {{"ms", 2000}});
+  REQUIRE(eventually([&] { return pool.stats().in_flight == 1; }));
+  ::kill(victim, SIGKILL);
+  auto e = pool_error_of(f);
+  CHECK(e.kind() == sp::pool_errc::worker_crashed);
+  CHECK(e.attempts().size() == 1);  // run once, not again behind the user's back
+  CHECK(pool.stats().retried == 0);
+  CHECK(log.count(sp::pool_event_kind::task_retried) == 0);
+}
+
 TEST_CASE("pool: events say what happened") {
   event_log log;
   std::vector<std::string> lines;
-  sp::worker_pool pool(helper_worker(), {.min_workers = 1, .max_workers = 2, .on_event = log.fn()});
+  sp::worker_pool pool(helper_worker(),
+                       {.min_workers = 1, .max_workers = 2, .max_retries = 2, .on_event = log.fn()});
   REQUIRE(log.wait_for(sp::pool_event_kind::worker_started, 1));
   auto victim = pool.pids().at(0);
   auto f = pool.submit("work", {{"ms", 1000}});

@@ -396,8 +396,10 @@ struct pool_options {
   std::chrono::milliseconds heartbeat_timeout = std::chrono::seconds(3);
   // A task unanswered this long fails; its worker is killed (see the notes). 0: none.
   std::chrono::milliseconds task_timeout = std::chrono::milliseconds(0);
-  // Times a task is sent again after its worker died with it.
-  unsigned max_retries = 2;
+  // Times a task is sent again after its worker died with it. 0 by default: a task
+  // that ran partway on a worker that died may not be safe to run twice (a payment, a
+  // file append); opt in for idempotent tasks.
+  unsigned max_retries = 0;
   // Recycle a worker after this many tasks; 0: never.
   std::size_t max_tasks_per_worker = 0;
   // At most this many tasks wait for a worker; 0: no limit.
