@@ -389,6 +389,9 @@ class process {
   }
 
   std::optional<exit_status> wait_pidfd(const detail::deadline& dl) {
+    // Copied out of the optional: g++ 12 -O2 otherwise warns (falsely) that *dl may be
+    // used uninitialized when wait() passes nullopt.
+    const auto until = dl.value_or(detail::clock::time_point::max());
     for (;;) {
       pollfd fds[3] = {{pidfd_.get(), POLLIN, 0}, {}, {}};
       int n = add_drains(fds, 1);
@@ -400,19 +403,19 @@ class process {
       }
       // Not only when poll() times out: a pipe that never stops being readable (a
       // child flooding its output) would otherwise keep us past the deadline.
-      if (ready == 0 || (dl && detail::clock::now() >= *dl)) return std::nullopt;
+      if (ready == 0 || detail::clock::now() >= until) return std::nullopt;
     }
   }
   // Kernels without pidfds: poll the pipes with a growing timeout, try waitpid.
   std::optional<exit_status> wait_polling(const detail::deadline& dl) {
+    const auto until = dl.value_or(detail::clock::time_point::max());  // see wait_pidfd
     auto step = std::chrono::milliseconds(1);
     for (;;) {
       reap(false);
       if (status_) return status_;
       auto now = detail::clock::now();
-      if (dl && now >= *dl) return std::nullopt;
-      detail::deadline next = now + step;
-      if (dl && *dl < *next) next = dl;
+      if (now >= until) return std::nullopt;
+      detail::deadline next = std::min(until, now + step);
       pollfd fds[2];
       int n = add_drains(fds, 0);
       detail::poll_until(fds, static_cast<nfds_t>(n), next, command_);
