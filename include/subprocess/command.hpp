@@ -13,7 +13,7 @@
 //              .in(sp::pipe).out(sp::pipe).err(sp::merge_with_out)
 //              .spawn();
 //   for (std::string_view line : p.out().lines()) std::cout << line << '\n';
-//   sp::exit_status st = p.wait();
+//   std::cout << p.wait() << '\n';           // "exited with code 0"
 //   ```
 //
 // Options (each returns the command, so they chain; each is described where it is

@@ -9,15 +9,15 @@
 // output_limit_error, io_error (a pipe read or write failed). Each is described below.
 //
 //   ```cpp
-//   auto guarded = [](auto&& work) {  // work(): say, sp::run(cmd).check() (run.hpp)
-//     try {
-//       work();
-//     } catch (const sp::timeout_error& e) { std::cerr << e.what() << '\n' << e.out();
-//     } catch (const sp::process_error& e) { std::cerr << e.status() << '\n' << e.err();
-//     } catch (const sp::spawn_error& e) {
-//       if (e.code() == std::errc::no_such_file_or_directory) std::cerr << "not installed\n";
-//     }
-//   };
+//   try {
+//     // sp::run(sp::command{"make", "-j8"}, {.timeout = 10min}).check();   (run.hpp)
+//   } catch (const sp::timeout_error& e) {   // killed at its timeout
+//     std::cerr << e.what() << '\n' << e.out();
+//   } catch (const sp::process_error& e) {   // ran and failed
+//     std::cerr << e.status() << '\n' << e.err();
+//   } catch (const sp::spawn_error& e) {     // never started
+//     if (e.code() == std::errc::no_such_file_or_directory) std::cerr << "no make?\n";
+//   }
 //   ```
 //
 // Contract: exceptions are values (copyable, as std::system_error is); what() never

@@ -11,7 +11,7 @@
 //   if (auto c = st.code()) std::cout << "code " << *c << '\n';      // it exited
 //   if (auto s = st.signal()) std::cout << "signal " << *s << '\n';  // it was killed
 //   std::cout << st << '\n';    // "killed by SIGTERM", "exited with code 3"
-//   int sh = st.shell_code();   // 143: what a shell's $? would say
+//   std::cout << st.shell_code() << '\n';   // 143: what a shell's $? would say
 //   ```
 //
 // Contract: a small value type (copy it, compare it, store it); nothing throws

@@ -4,11 +4,12 @@
 // parent's ends of any pipes. It is move-only.
 //
 //   ```cpp
-//   auto stop = [](sp::process& p) {   // p = sp::command{"sleep", "10"}.spawn();
-//     std::cout << "pid " << p.pid() << '\n';
-//     if (auto st = p.wait_for(2s)) return *st;   // it exited within 2 s
-//     return p.terminate(5s);  // SIGTERM, then SIGKILL if it ignores that for 5 s
-//   };
+//   sp::process p;   // empty until p = sp::command{"sleep", "10"}.spawn(); (command.hpp)
+//   std::cout << "pid " << p.pid() << '\n';
+//   if (auto st = p.wait_for(2s))            // it exited within 2 s
+//     std::cout << *st << '\n';
+//   else                                     // SIGTERM, then SIGKILL if it ignores that
+//     std::cout << p.terminate(5s) << '\n';  // for 5 s: "killed by SIGTERM"
 //   ```
 //
 // Errors: a call on an empty handle, or a negative timeout or grace period, is an
