@@ -12,7 +12,7 @@
 //   auto min = sp::environment::only({"PATH", "HOME"})  // whitelist: the safe default
 //                  .set("APP_ENV", "production");
 //   std::string bin = env.expand("${HOME}/bin:$PATH");  // shell-style, no shell involved
-//   std::cout << env.redacted();   // printable: secret-looking values hidden
+//   std::cout << env.redacted();   // printable: secrets and URL passwords hidden
 //   // sp::command{"printenv"}.env(min).spawn();        (command.hpp)
 //   ```
 //
