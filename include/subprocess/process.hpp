@@ -321,7 +321,7 @@ class process {
   // SIG_IGN) and its pid went to another process, waitpid(pid) would wait for (and
   // reap) that one; waitid(P_PIDFD) fails with ECHILD instead.
   // A group leader's status is collected with WNOWAIT, unless `final`: its zombie is
-  // then held (zombie_held_) until release_zombie() (see the header notes).
+  // then held (zombie_held_) until release_zombie() (see is_group_leader()).
   void reap(bool blocking, bool final = false) {
     if (lost_) throw_status_discarded();
     int ws = 0;
@@ -383,7 +383,7 @@ class process {
                     "default disposition to wait for children");
   }
 
-  // Output pipes the process owns are drained while waiting (see the header notes).
+  // Output pipes the process owns are drained while waiting (see wait()).
   int add_drains(pollfd* fds, int n) {
     // input_ended(), not eof(): drained bytes stay buffered for the caller, and a
     // pipe at end of file polls readable (POLLHUP) at once, for ever: watching it
