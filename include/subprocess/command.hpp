@@ -1,92 +1,42 @@
 // subprocess/command.hpp - what to start, and spawn() to start it.
 //
-// A command is a description: the program and its arguments, and the options it
-// runs with. Nothing happens until spawn() (or sp::run()). Commands are values:
-// copy one, change the copy, start it as often as you like.
+// A command is a description: the program, its arguments and the options it runs
+// with. Nothing happens until spawn() (or sp::run()). Commands are values: copy one,
+// change the copy, start it as often as you like. There is no shell: arguments reach
+// the program exactly as given, so untrusted input cannot inject commands; ask for one
+// with command::shell("ls *.log | wc -l").
 //
+//   ```cpp
 //   auto p = sp::command{"grep", "-n", "error"}        // argv: no shell involved
 //              .cwd("/var/log")
 //              .env(sp::environment::only({"PATH"}).set("LC_ALL", "C"))
 //              .in(sp::pipe).out(sp::pipe).err(sp::merge_with_out)
 //              .spawn();
+//   for (std::string_view line : p.out().lines()) std::cout << line << '\n';
+//   std::cout << p.wait() << '\n';           // "exited with code 0"
+//   ```
 //
-// The program. argv[0] is looked up like execvp() does: a name without '/' is
-// searched in PATH (the child's PATH when you set an environment, else ours, else
-// /bin:/usr/bin), a name with '/' is used as it is. A relative path such as
-// "./tool" is relative to the parent's working directory, even with cwd() set
-// (predictable; Python's and Node's rules differ by platform). Lookup happens in the
-// parent, so "not found" is a spawn_error before anything starts.
+// Options (each returns the command, so they chain; each is described where it is
+// declared below): arg/args, cwd, env, in/out/err (stdio.hpp), map_fd,
+// new_process_group, join_process_group, new_session, kill_on_parent_death, ipc,
+// success_codes. The program is looked up in PATH like execvp() does (see the
+// constructor); find_program() does the same lookup on its own.
 //
-// No shell. Arguments go to the program exactly as given: spaces, quotes, '$' and
-// '*' are just characters, so untrusted input cannot inject commands. When you do
-// want a shell (pipes, globs, redirections written as text), say so:
-// command::shell("ls *.log | wc -l") runs /bin/sh -c.
-//
-// Options (each returns the command, so they chain):
-//   arg(s) / args(v)           more arguments
-//   cwd(dir)                   working directory of the child
-//   env(environment)           its whole environment (default: a copy of ours)
-//   in(x) / out(x) / err(x)    where stdin/stdout/stderr go: see stdio.hpp
-//   map_fd(child, parent)      child's fd `child` is a copy of our fd `parent`
-//   new_process_group()        the child leads a new process group; signal_group()
-//                              and terminate() then reach its children too
-//   join_process_group(pgid)   the child joins an existing group instead (how a
-//                              shell puts a pipeline's later stages into the group
-//                              its first stage leads; pipeline.hpp does this)
-//   new_session()              setsid(): new session and group, no controlling tty
-//   kill_on_parent_death(sig)  the kernel sends sig when the parent dies (see below)
-//   ipc(fd)                    a message channel on child fd `fd` (ipc.hpp)
-//   success_codes({0, 1})      the exit codes that count as success where the
-//                              library judges it (run()'s check, pipelines)
-//
-// Fds you hand over (in/out/err(sp::fd(n)), map_fd) arrive blocking, as programs
-// expect, and your fd is left exactly as it was: a non-blocking pipe or FIFO (say
-// p.out().fd() of another child, which the library keeps non-blocking) is given to
-// the child as a new open file description of the same pipe, reopened through
-// /proc/self/fd with O_NONBLOCK off, since O_NONBLOCK is shared by every fd of one
-// description. Sockets and terminals cannot be reopened: they go as they are (as
-// does a pipe when /proc is missing), so make those blocking yourself if the child
-// needs it.
-//
-// What the child gets. Every fd is closed in the child except 0, 1, 2 and the ones
-// you mapped: fds your program opened without O_CLOEXEC do not leak into it. Every
-// signal 1..SIGRTMAX is at its default disposition (an ignored SIGPIPE is not
-// inherited; nor are glibc's reserved 32 and 33, which plain posix_spawn leaves
-// ignored) and the signal mask is empty, on both back ends.
-//
-// How it starts. posix_spawn() (glibc: clone(CLONE_VM|CLONE_VFORK), so the cost
-// does not grow with the parent's memory) whenever the options allow; otherwise
-// (kill_on_parent_death; SIGCHLD ignored or SA_NOCLDWAIT, where only clone's
-// CLONE_PIDFD gets a pidfd before the kernel can reap the child) the library's own
-// clone(CLONE_VM|CLONE_VFORK) path, whose child runs only async-signal-safe system
-// calls prepared in advance. The choice costs one read-only rt_sigaction per spawn. Either way a
-// failure of exec, chdir or any other step is a spawn_error in the parent with the
-// errno and the step, and no child is left behind. The working directory is checked
-// in the parent first: missing, empty (""), not a directory or not enterable is a
-// spawn_error, step "chdir", naming it ("to '/x' (no such directory)"), never a
-// "program not found". An argument list plus environment the kernel refuses (E2BIG)
-// is a spawn_error saying so, with their sizes and the limits. validate() runs the same checks
-// (arguments, program lookup, working directory) without starting anything, for
-// callers that start several children and want every one checked before the first
-// runs. spawn() is thread-safe: every fd
-// the library creates is close-on-exec from birth, so concurrent spawns never
-// leak one child's pipe into another.
-//
-// kill_on_parent_death uses PR_SET_PDEATHSIG, which the kernel fires when the
-// *thread* that created the child exits. So the library creates such children on one
-// internal thread of its own, started on first use and alive until the process
-// exits (detail/spawner.hpp): the child goes when this process dies, however
-// short-lived the thread that called spawn(). Such spawns take turns on that thread
-// (one slow exec, a program on a slow file system, delays the others). The child
-// gets the calling thread's nice value and CPU affinity (best effort: a nice value
-// below the spawner thread's needs CAP_SYS_NICE or RLIMIT_NICE, else the child keeps
-// the spawner thread's); its scheduling policy and real-time priority are the
-// spawner thread's (inherited from the thread that first asked for such a child).
-// An execve() by any thread of this process ends the spawner thread too, so these
-// children also get their signal when this process execs another program. A fork()
-// child of this process may use it as well: it gets a spawner of its own.
-// The program and the working directory are checked with the effective ids, as
-// execve and chdir use them (faccessat AT_EACCESS), not with the real ones.
+// Errors: bad input (empty argv, a NUL byte, a bad fd or signal number, conflicting
+// options) is an argument_error, from the option itself or from spawn(); nothing is
+// started. Anything that stops the child from starting (program not found or not
+// executable, bad working directory, a file to open, exec itself) is a spawn_error
+// thrown in the parent, with the errno and the step that failed, never a child
+// exiting 127; no child is left behind. validate() runs the same checks without
+// starting anything.
+// Blocking: spawn() returns as soon as the child has been exec'd; it never waits for
+// the child to run (opening a FIFO given as sp::file waits for its other side).
+// Threads: spawn() is const and thread-safe; concurrent spawns never leak one child's
+// pipe into another, since every fd the library creates is close-on-exec from birth.
+// Cost: posix_spawn (vfork-like) when the options allow, else the library's own
+// clone(CLONE_VM|CLONE_VFORK) path: the cost does not grow with the parent's memory.
+// The child inherits only fds 0-2 and the ones you mapped, with default signals
+// (details at spawn()).
 #pragma once
 
 #include <algorithm>
@@ -156,11 +106,21 @@ inline std::string shell_quote(std::string_view s) {
 class command {
  public:
   // The program and its arguments: command{"ls", "-l", "/tmp"}.
+  //
+  // argv[0] is looked up like execvp() does: a name without '/' is searched in PATH
+  // (the child's PATH when you set an environment, else ours, else /bin:/usr/bin), a
+  // name with '/' is used as it is. A relative path such as "./tool" is relative to
+  // the parent's working directory, even with cwd() set (predictable; Python's and
+  // Node's rules differ by platform). Lookup happens in the parent, so "not found" is
+  // a spawn_error before anything starts. The program and the working directory are
+  // checked with the effective ids, as execve and chdir use them (faccessat
+  // AT_EACCESS), not with the real ones.
   command(std::initializer_list<std::string> argv) : argv_(argv) {}
   explicit command(std::vector<std::string> argv) : argv_(std::move(argv)) {}
 
   // /bin/sh -c script: for pipes, globs and redirections written as shell text.
-  // Never pass untrusted text here; quote it with shell_quote() if you must.
+  // Without it there is no shell: spaces, quotes, '$' and '*' in arguments are just
+  // characters. Never pass untrusted text here; quote it with shell_quote() if you must.
   static command shell(std::string script) {
     command c{"/bin/sh", "-c", std::move(script)};
     c.shell_ = true;
@@ -181,6 +141,7 @@ class command {
     return c;
   }
 
+  // More arguments, appended.
   command& arg(std::string a) {
     argv_.push_back(std::move(a));
     return *this;
@@ -189,14 +150,28 @@ class command {
     argv_.insert(argv_.end(), more.begin(), more.end());
     return *this;
   }
+  // The child's working directory. Checked in the parent first: missing, empty (""),
+  // not a directory or not enterable is a spawn_error, step "chdir", naming it
+  // ("to '/x' (no such directory)"), never a "program not found".
   command& cwd(std::filesystem::path dir) {
     cwd_ = std::move(dir);
     return *this;
   }
+  // The child's whole environment (default: a copy of ours). See environment.hpp.
   command& env(environment e) {
     env_ = std::move(e);
     return *this;
   }
+  // Where the child's stdin, stdout and stderr go (default: inherit): see stdio.hpp.
+  //
+  // Fds you hand over (in/out/err(sp::fd(n)), map_fd) arrive blocking, as programs
+  // expect, and your fd is left exactly as it was: a non-blocking pipe or FIFO (say
+  // p.out().fd() of another child, which the library keeps non-blocking) is given to
+  // the child as a new open file description of the same pipe, reopened through
+  // /proc/self/fd with O_NONBLOCK off, since O_NONBLOCK is shared by every fd of one
+  // description. Sockets and terminals cannot be reopened: they go as they are (as
+  // does a pipe when /proc is missing), so make those blocking yourself if the child
+  // needs it.
   command& in(stdio s) {
     if (std::holds_alternative<merge_with_out_t>(s) || std::holds_alternative<merge_with_err_t>(s))
       throw argument_error(to_string(), "stdin cannot be merged with an output stream");
@@ -216,7 +191,8 @@ class command {
     return *this;
   }
   // The child's fd `child_fd` will be a copy of the parent's fd `parent_fd`, which
-  // stays open and owned by the caller. For fds 0-2 use in()/out()/err().
+  // stays open and owned by the caller. For fds 0-2 use in()/out()/err(). It arrives
+  // blocking (see in()).
   command& map_fd(int child_fd, int parent_fd) {
     if (child_fd < 3) throw argument_error(to_string(), "map_fd: use in()/out()/err() for fds 0-2");
     if (parent_fd < 0) throw argument_error(to_string(), "map_fd: negative parent fd");
@@ -228,6 +204,8 @@ class command {
     fd_maps_.emplace_back(child_fd, parent_fd);
     return *this;
   }
+  // The child leads a new process group; signal_group(), terminate() and kill() then
+  // reach its children too (process.hpp).
   command& new_process_group(bool on = true) {
     new_group_ = on;
     if (on) join_group_.reset();
@@ -235,7 +213,9 @@ class command {
   }
   // The child joins the existing process group `pgid` (setpgid(0, pgid) before exec),
   // so a signal to the group (kill(-pgid, sig)) reaches it too. The group must exist
-  // and belong to our session, else spawn() throws spawn_error (step "setpgid"). The
+  // and belong to our session, else spawn() throws spawn_error (step "setpgid"). This
+  // is how a shell puts a pipeline's later stages into the group its first stage
+  // leads (pipeline.hpp does this). The
   // child is a member, not the leader: its own terminate()/kill() act on it alone.
   // Replaces new_process_group(); cannot be combined with new_session().
   command& join_process_group(pid_t pgid) {
@@ -244,12 +224,28 @@ class command {
     new_group_ = false;
     return *this;
   }
+  // setsid(): the child gets a new session and process group, and no controlling tty.
   command& new_session(bool on = true) {
     new_session_ = on;
     return *this;
   }
-  // The child gets `sig` when this process dies (whichever thread called spawn();
-  // see the notes at the top). 0 turns it off.
+  // The child gets `sig` when this process dies, whichever thread called spawn(). 0
+  // turns it off.
+  //
+  // It uses PR_SET_PDEATHSIG, which the kernel fires when the *thread* that created
+  // the child exits. So the library creates such children on one internal thread of
+  // its own, started on first use and alive until the process exits
+  // (detail/spawner.hpp): the child goes when this process dies, however short-lived
+  // the thread that called spawn(). Such spawns take turns on that thread (one slow
+  // exec, a program on a slow file system, delays the others). The child gets the
+  // calling thread's nice value and CPU affinity (best effort: a nice value below the
+  // spawner thread's needs CAP_SYS_NICE or RLIMIT_NICE, else the child keeps the
+  // spawner thread's); its scheduling policy and real-time priority are the spawner
+  // thread's (inherited from the thread that first asked for such a child). An
+  // execve() by any thread of this process ends the spawner thread too, so these
+  // children also get their signal when this process execs another program. A fork()
+  // child of this process may use it as well: it gets a spawner of its own. Always
+  // takes the clone path (spawn()).
   command& kill_on_parent_death(int sig = SIGKILL) {
     if (sig < 0 || sig >= 65) throw argument_error(to_string(), "kill_on_parent_death: bad signal");
     parent_death_signal_ = sig;
@@ -330,13 +326,35 @@ class command {
 
   // Starts the child. Throws argument_error for bad input (nothing started) and
   // spawn_error if it cannot start (nothing left behind).
+  //
+  // What the child gets. Every fd is closed in the child except 0, 1, 2 and the ones
+  // you mapped: fds your program opened without O_CLOEXEC do not leak into it. Every
+  // signal 1..SIGRTMAX is at its default disposition (an ignored SIGPIPE is not
+  // inherited; nor are glibc's reserved 32 and 33, which plain posix_spawn leaves
+  // ignored) and the signal mask is empty, on both back ends.
+  //
+  // How it starts. posix_spawn() (glibc: clone(CLONE_VM|CLONE_VFORK), so the cost
+  // does not grow with the parent's memory) whenever the options allow; otherwise
+  // (kill_on_parent_death; SIGCHLD ignored or SA_NOCLDWAIT, where only clone's
+  // CLONE_PIDFD gets a pidfd before the kernel can reap the child) the library's own
+  // clone(CLONE_VM|CLONE_VFORK) path, whose child runs only async-signal-safe system
+  // calls prepared in advance. The choice costs one read-only rt_sigaction per spawn.
+  // Either way a failure of exec, chdir or any other step is a spawn_error in the
+  // parent with the errno and the step, and no child is left behind. An argument list
+  // plus environment the kernel refuses (E2BIG) is a spawn_error saying so, with
+  // their sizes and the limits.
+  //
+  // Thread-safe: every fd the library creates is close-on-exec from birth, so
+  // concurrent spawns never leak one child's pipe into another.
   process spawn() const;
 
   // Checks everything spawn() can check without starting anything: the arguments,
   // the options, that the program exists and is executable (PATH lookup), that the
   // working directory exists, that a group to join exists. Throws what spawn() would
   // throw. Passing does not guarantee spawn() succeeds (files change, exec can still
-  // fail), but it catches the common mistakes before a group of children is started.
+  // fail), but it catches the common mistakes before a group of children is started:
+  // for callers that start several children and want every one checked before the
+  // first runs.
   void validate() const { (void)checked_program(to_string()); }
 
  private:

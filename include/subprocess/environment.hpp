@@ -1,32 +1,36 @@
 // subprocess/environment.hpp - the environment a child starts with.
 //
-// Every process has a list of NAME=value strings (its environment) that it hands
-// down to its children. By default a child gets a copy of its parent's. That is
-// convenient and also how secrets leak: the API token in your shell ends up in
-// every tool you start. environment lets you say exactly what the child gets:
+// Every process has a list of NAME=value strings (its environment) that it hands down
+// to its children. By default a child gets a copy of its parent's. That is convenient
+// and also how secrets leak: the API token in your shell ends up in every tool you
+// start. environment lets you say exactly what the child gets (command::env()).
 //
-//   auto env = sp::environment::inherit()        // start from ours...
-//                  .set("LC_ALL", "C")            // ...change one
-//                  .unset("AWS_SECRET_ACCESS_KEY");  // ...drop one
+//   ```cpp
+//   auto env = sp::environment::inherit()            // start from ours...
+//                  .set("LC_ALL", "C")                // ...change one
+//                  .unset("AWS_SECRET_ACCESS_KEY");   // ...drop one
 //   auto min = sp::environment::only({"PATH", "HOME"})  // whitelist: the safe default
 //                  .set("APP_ENV", "production");
-//   auto cfg = sp::environment::from_file(".env");     // KEY=value lines
-//   sp::command{"printenv"}.env(min).spawn();
+//   std::string bin = env.expand("${HOME}/bin:$PATH");  // shell-style, no shell involved
+//   std::cout << env.redacted();   // printable: secrets and URL passwords hidden
+//   // sp::command{"printenv"}.env(min).spawn();        (command.hpp)
+//   ```
 //
-//   env.expand("${HOME}/bin:$PATH")    // shell-style interpolation, no shell involved
-//   env.redacted()                     // printable; secret-looking values and URL
-//                                      // passwords hidden (see is_secret_name)
+// from_file(".env") reads KEY=value lines; each function is described below.
 //
-// An environment is a value: copies are independent, and building one never
-// touches the real environment of this process (no setenv, which is not
-// thread-safe). Names are case-sensitive and kept sorted.
-//
-// Invalid input is rejected at once with an argument_error naming the variable:
-// an empty name, a name containing '=' or a NUL byte, a value containing a NUL byte.
-//
-// Thread safety: inherit() and only() read this process's environment (environ).
-// Like getenv, they race with a concurrent setenv/putenv in another thread; C++
-// programs should not call setenv once threads run.
+// An environment is a value: copies are independent, and building one never touches
+// the real environment of this process (no setenv, which is not thread-safe). Names
+// are case-sensitive and kept sorted.
+// Errors: invalid input is rejected at once with an argument_error naming the
+// variable: an empty name, a name containing '=' or a NUL byte, a value containing a
+// NUL byte. expand() and from_file() report bad text the same way (from_file() names
+// the file and line).
+// Blocking: only from_file() does I/O (it reads the file).
+// Threads: inherit() and only() read this process's environment (environ). Like
+// getenv, they race with a concurrent setenv/putenv in another thread; C++ programs
+// should not call setenv once threads run.
+// Cost: a sorted map of strings; inherit() copies the whole environment; expand() is
+// linear in the text.
 #pragma once
 
 #include <algorithm>

@@ -1,33 +1,28 @@
 // subprocess/error.hpp - what the library throws.
 //
 // Every exception derives from subprocess::error, which derives from
-// std::system_error, so code() carries an errno (std::system_category) or one of
-// the library's own conditions (subprocess::errc), and every what() message names
-// the command it is about. The kinds are kept apart so callers can catch exactly
-// what they can handle:
+// std::system_error, so code() carries an errno (std::system_category) or one of the
+// library's own conditions (subprocess::errc), and every what() message names the
+// command it is about. The kinds are kept apart so callers can catch exactly what they
+// can handle: argument_error (bad input, nothing ran), spawn_error (could not start),
+// timeout_error, process_error (ran and failed, and you asked for an error),
+// output_limit_error, io_error (a pipe read or write failed). Each is described below.
 //
-//   argument_error      bad input, found before anything was started: an empty
-//                       argv, a NUL byte in an argument, an environment variable
-//                       name containing '=', a negative timeout. Nothing ran.
-//   spawn_error         the child could not be started: program not found, not
-//                       executable, bad working directory, fd limit... code() is
-//                       the errno; step() says which step failed ("exec",
-//                       "chdir", "open stdout file", ...). No child is left behind.
-//   timeout_error       the child ran past its timeout and was killed (and reaped).
-//                       Carries the output captured so far.
-//   process_error       the child ran and failed (non-zero exit or killed by a
-//                       signal) and you asked for that to be an error (check()).
-//                       Carries the exit_status and the captured output.
-//   output_limit_error  the child wrote more than the max_output you allowed.
-//   io_error            reading or writing a pipe failed, e.g. EPIPE when the
-//                       child exited before reading all its input.
-//
+//   ```cpp
 //   try {
-//     sp::run(sp::command{"make", "-j8"}, {.timeout = 10min}).check();
-//   } catch (const sp::timeout_error& e) { ... e.out() ...
-//   } catch (const sp::process_error& e) { ... e.status() ... e.err() ...
-//   } catch (const sp::spawn_error& e)   { ... e.code() == std::errc::no_such_file_or_directory
+//     // sp::run(sp::command{"make", "-j8"}, {.timeout = 10min}).check();   (run.hpp)
+//   } catch (const sp::timeout_error& e) {   // killed at its timeout
+//     std::cerr << e.what() << '\n' << e.out();
+//   } catch (const sp::process_error& e) {   // ran and failed
+//     std::cerr << e.status() << '\n' << e.err();
+//   } catch (const sp::spawn_error& e) {     // never started
+//     if (e.code() == std::errc::no_such_file_or_directory) std::cerr << "no make?\n";
 //   }
+//   ```
+//
+// Contract: exceptions are values (copyable, as std::system_error is); what() never
+// throws and shows a NUL byte of a rejected argument as \0. Building one allocates
+// its message; nothing here blocks or touches the process.
 #pragma once
 
 #include <chrono>
@@ -98,7 +93,9 @@ class error : public std::system_error {
   std::string message_;
 };
 
-// Bad input, rejected before anything was started.
+// Bad input, rejected before anything was started: an empty argv, a NUL byte in an
+// argument, an environment variable name containing '=', a negative timeout. Nothing
+// ran. code() is std::errc::invalid_argument.
 class argument_error : public error {
  public:
   argument_error(std::string command, const std::string& problem)
@@ -106,7 +103,9 @@ class argument_error : public error {
               command.empty() ? problem : "command '" + command + "': " + problem) {}
 };
 
-// The child could not be started. code() is the errno.
+// The child could not be started: program not found, not executable, bad working
+// directory, fd limit... code() is the errno; step() says which step failed ("exec",
+// "chdir", "open stdout file", ...). No child is left behind.
 class spawn_error : public error {
  public:
   spawn_error(int err, std::string command, std::string step, const std::string& detail = {})
@@ -121,7 +120,8 @@ class spawn_error : public error {
   std::string step_;
 };
 
-// A pipe read or write failed (EPIPE: the child closed its end or exited).
+// A pipe read or write failed, e.g. EPIPE when the child closed its end or exited
+// before reading all its input.
 class io_error : public error {
  public:
   io_error(int err, std::string command, const std::string& what_failed)
@@ -137,6 +137,7 @@ struct captured_output {
 };
 
 // The child ran past its timeout; it was killed and reaped before this was thrown.
+// Carries the output captured so far. code() is std::errc::timed_out.
 class timeout_error : public error {
  public:
   timeout_error(std::string command, std::chrono::milliseconds timeout,
@@ -161,7 +162,9 @@ class timeout_error : public error {
   captured_output output_;
 };
 
-// The child failed (non-zero exit or killed) and the caller asked for an error.
+// The child ran and failed (non-zero exit, or killed by a signal) and the caller asked
+// for that to be an error (check()). Carries the exit_status and the captured output;
+// what() ends with (at most) the last 512 bytes of its stderr. code() is errc::process_failed.
 class process_error : public error {
  public:
   process_error(std::string command, exit_status status, captured_output output)
@@ -194,7 +197,8 @@ class process_error : public error {
   captured_output output_;
 };
 
-// The child wrote more than the allowed max_output on one stream.
+// The child wrote more than the allowed max_output on one stream; it was killed.
+// code() is errc::output_limit_exceeded.
 class output_limit_error : public error {
  public:
   output_limit_error(std::string command, std::string stream, std::size_t limit,

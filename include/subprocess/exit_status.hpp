@@ -1,23 +1,23 @@
 // subprocess/exit_status.hpp - how a process ended.
 //
-// A child process ends in one of two ways, and exit_status keeps them apart
-// (as Rust's std::process::ExitStatus does) instead of folding both into one int:
+// A child process ends in one of two ways, and exit_status keeps them apart (as
+// Rust's std::process::ExitStatus does) instead of folding both into one int: it
+// exited (it called exit(code) or returned from main; code is 0..255), or a signal
+// killed it (SIGKILL, SIGTERM, SIGSEGV, ...), maybe writing a core dump.
 //
-//   * it exited:     it called exit(code) or returned from main; code is 0..255.
-//   * it was killed: a signal ended it (SIGKILL, SIGTERM, SIGSEGV, ...), maybe
-//                    writing a core dump.
+//   ```cpp
+//   sp::exit_status st = sp::exit_status::signaled(SIGTERM);  // as p.wait() returns it
+//   if (st.success()) std::cout << "ok\n";                    // exited with code 0
+//   if (auto c = st.code()) std::cout << "code " << *c << '\n';      // it exited
+//   if (auto s = st.signal()) std::cout << "signal " << *s << '\n';  // it was killed
+//   std::cout << st << '\n';    // "killed by SIGTERM", "exited with code 3"
+//   std::cout << st.shell_code() << '\n';   // 143: what a shell's $? would say
+//   ```
 //
-//   sp::exit_status st = p.wait();
-//   if (st.success()) ...                    // exited with code 0
-//   if (auto c = st.code()) ...              // exited: *c is the code
-//   if (auto s = st.signal()) ...            // killed: *s is the signal number
-//   std::cout << st;                         // "exited with code 3", "killed by SIGKILL"
-//
-// Shells report a signal death as 128+N ("exit code 143" for SIGTERM); that is a
-// convention of the shell, not what the kernel said. shell_code() gives you that
-// number when you need to mimic a shell; code() never does.
-//
-// exit_status is a small value type: copy it, compare it, store it.
+// Contract: a small value type (copy it, compare it, store it); nothing throws
+// except to_string() and printing, which allocate. code() never reports a signal
+// death as 128+N: that is a convention of the shell, not what the kernel said;
+// shell_code() gives you that number when you need to mimic a shell.
 #pragma once
 
 #include <optional>

@@ -1,68 +1,38 @@
 // subprocess/process.hpp - a running (or finished) child process.
 //
-// command::spawn() returns a process. It owns the child: its pid, a pidfd, and
-// the parent's ends of any pipes.
+// command::spawn() returns a process. It owns the child (its pid, a pidfd) and the
+// parent's ends of any pipes. It is move-only.
 //
-//   auto p = sp::command{"sleep", "10"}.spawn();
-//   p.pid();                        // the child's process id
-//   p.wait_for(2s);                 // nullopt: still running after 2 s
-//   p.terminate(5s);                // SIGTERM, and SIGKILL if it ignores that for 5 s
-//   p.wait();                       // exit_status: "killed by SIGTERM"
+//   ```cpp
+//   sp::process p;   // empty until p = sp::command{"sleep", "10"}.spawn(); (command.hpp)
+//   std::cout << "pid " << p.pid() << '\n';
+//   if (auto st = p.wait_for(2s))            // it exited within 2 s
+//     std::cout << *st << '\n';
+//   else                                     // SIGTERM, then SIGKILL if it ignores that
+//     std::cout << p.terminate(5s) << '\n';  // for 5 s: "killed by SIGTERM"
+//   ```
 //
-// Waiting. wait() blocks until the child exits and reaps it (collects its exit
-// status so it does not linger as a zombie; a group leader is reaped later, when the
-// handle goes: see "A group leader's zombie" below). try_wait() checks without blocking;
-// wait_for(d) gives up after d. All three poll the child's pidfd, so there is no
-// busy loop and no SIGCHLD handler involved. Once reaped, the status is cached and
-// every later call returns it. Durations and deadlines (wait_for, wait_until with a
-// time point of any clock, terminate's grace) saturate: anything up to the type's
-// max() (hours::max(), time_point::max()) means "for ever", never an overflow.
-//
-// wait() and wait_for() never deadlock on output. Before waiting they close the
-// child's stdin if the process still owns that pipe (a child reading to EOF would
-// otherwise wait for you while you wait for it). While waiting they read any
-// stdout/stderr pipe the process still owns into its buffer, so a child writing
-// more than a pipe holds can finish; read it afterwards with p.out().read_all().
-// If you read a pipe from another thread, move it out first
-// (auto r = std::move(p.out())) so wait() leaves it alone. For capture with
-// timeouts and input, use sp::run() or sp::communicate().
-//
-// SIGCHLD ignored. If this process sets SIGCHLD to SIG_IGN or uses SA_NOCLDWAIT,
-// the kernel reaps children itself the moment they exit and throws their status
-// away. Spawning still works (and never reports a child that ran as a failure), but
-// no exit status can be had: wait() and wait_for() wait until the child has exited
-// and then throw subprocess::error with code ECHILD (std::errc::no_child_process),
-// saying so; try_wait() returns nullopt while it runs and throws once it has
-// exited. (CPython returns 0 there, claiming a success nobody saw; we would rather
-// say we do not know.) The destructor still kills a running child, and never
-// throws. Restore SIGCHLD's default to get statuses back.
-//
-// Signals. signal(sig) goes through the pidfd (pidfd_send_signal), so it can never
-// hit an unrelated process that reused the pid: once the child is reaped, signal()
-// returns false and sends nothing. With new_process_group() or new_session(),
-// signal_group(sig) reaches the child's whole process group (its children too), and
-// terminate()/kill() and the destructor act on the group. To stop many children
-// at once, with one deadline, use sp::shutdown() from signals.hpp.
-//
-// A group leader's zombie is kept while the handle lives. The group's id is the
-// leader's pid; once the leader is reaped and its group is empty, the kernel may give
-// that number to a new process, whose own group a later kill(-pgid) would hit. So for
-// a group leader, wait()/try_wait()/wait_for() (and everything built on them:
-// terminate(), shutdown(), run(), event_loop::on_exit) collect the exit status
-// without reaping (waitid with WNOWAIT): status() is set, signal() returns false,
-// and the exited leader stays a zombie, which keeps its pid and its group id
-// reserved. The leader is reaped when the handle is destroyed, assigned over or
-// detached, never earlier; until then signal_group() can only reach its own group.
-// A child that is not a group leader is reaped as soon as its status is collected.
-//
-// Destructor policy. Destroying a process whose child is still running sends it
-// SIGKILL (its group, if it leads one) and reaps it: a process handle never leaks
-// a running child or a zombie. Call detach() to let the child run on instead; a
-// background thread then reaps it when it exits. The destructor blocks only for as
-// long as the kernel takes to deliver SIGKILL.
-//
-// Thread safety: one thread at a time, except that signal(), signal_group() and
-// kill() may be called from another thread while one thread is in wait().
+// Errors: a call on an empty handle, or a negative timeout or grace period, is an
+// argument_error. When the exit status cannot be had (this process ignores SIGCHLD,
+// or other code reaped the child), wait() and friends throw subprocess::error with
+// code ECHILD (see wait()). signal() returns false, not an error, once the child is
+// gone.
+// Blocking: wait() blocks until the child exits, try_wait() never blocks, wait_for(),
+// wait_until() and terminate() block at most their time (durations saturate:
+// hours::max() is for ever). They poll the pidfd: no busy loop, no SIGCHLD handler.
+// Waiting never deadlocks on output: it closes the child's stdin and drains the
+// stdout/stderr pipes the process still owns (see wait()). Signals go through the
+// pidfd, so a recycled pid is never hit (see signal()); a group leader's exited zombie
+// is kept until the handle goes (see is_group_leader()).
+// Destructor: a child still running is sent SIGKILL (its group, if it leads one) and
+// reaped, so a handle never leaks a running child or a zombie; detach() lets the
+// child run on instead. It blocks only as long as the kernel takes to deliver
+// SIGKILL, and never throws.
+// Threads: one thread at a time, except that signal(), signal_group() and kill() may
+// be called from another thread while one thread is in wait().
+// Cost: a few system calls per call; no thread of its own (detach() uses one shared
+// reaper thread). To stop many children at one deadline use sp::shutdown()
+// (signals.hpp); for capture with timeouts and input, sp::run() (run.hpp).
 #pragma once
 
 #include <algorithm>
@@ -121,6 +91,10 @@ class process {
   }
   process(const process&) = delete;
   process& operator=(const process&) = delete;
+  // Destructor policy: a child still running is sent SIGKILL (its group, if it leads
+  // one) and reaped: a process handle never leaks a running child or a zombie. Call
+  // detach() to let the child run on instead; a background thread then reaps it when
+  // it exits. Blocks only for as long as the kernel takes to deliver SIGKILL.
   ~process() { finish(); }
 
   // False for a default-constructed or moved-from handle.
@@ -132,6 +106,17 @@ class process {
   // The command line, shell-quoted, as used in error messages.
   const std::string& command_line() const noexcept { return command_; }
   // Started with new_process_group() or new_session(): its pgid is its pid.
+  //
+  // A group leader's zombie is kept while the handle lives. The group's id is the
+  // leader's pid; once the leader is reaped and its group is empty, the kernel may
+  // give that number to a new process, whose own group a later kill(-pgid) would hit.
+  // So for a group leader, wait()/try_wait()/wait_for() (and everything built on them:
+  // terminate(), shutdown(), run(), event_loop::on_exit) collect the exit status
+  // without reaping (waitid with WNOWAIT): status() is set, signal() returns false,
+  // and the exited leader stays a zombie, which keeps its pid and its group id
+  // reserved. The leader is reaped when the handle is destroyed, assigned over or
+  // detached, never earlier; until then signal_group() can only reach its own group.
+  // A child that is not a group leader is reaped as soon as its status is collected.
   bool is_group_leader() const noexcept { return group_leader_; }
 
   // The parent's pipe ends (closed/empty unless the stream was sp::pipe).
@@ -145,14 +130,39 @@ class process {
   // The exit status if it has been collected already (by wait(), try_wait()...).
   const std::optional<exit_status>& status() const noexcept { return status_; }
 
-  // Blocks until the child exits; reaps it. See the notes above on pipes.
+  // Blocks until the child exits; reaps it (collects its exit status so it does not
+  // linger as a zombie; a group leader is reaped later, when the handle goes: see
+  // is_group_leader()). Once collected, the status is cached and every later call of
+  // wait(), try_wait() or wait_for() returns it.
+  //
+  // wait() and wait_for() never deadlock on output. Before waiting they close the
+  // child's stdin if the process still owns that pipe (a child reading to EOF would
+  // otherwise wait for you while you wait for it). While waiting they read any
+  // stdout/stderr pipe the process still owns into its buffer, so a child writing
+  // more than a pipe holds can finish; read it afterwards with p.out().read_all().
+  // If you read a pipe from another thread, move it out first
+  // (auto r = std::move(p.out())) so wait() leaves it alone. For capture with
+  // timeouts and input, use sp::run() or sp::communicate().
+  //
+  // SIGCHLD ignored. If this process sets SIGCHLD to SIG_IGN or uses SA_NOCLDWAIT,
+  // the kernel reaps children itself the moment they exit and throws their status
+  // away. Spawning still works (and never reports a child that ran as a failure), but
+  // no exit status can be had: wait() and wait_for() wait until the child has exited
+  // and then throw subprocess::error with code ECHILD (std::errc::no_child_process),
+  // saying so; try_wait() returns nullopt while it runs and throws once it has
+  // exited. (CPython returns 0 there, claiming a success nobody saw; we would rather
+  // say we do not know.) The destructor still kills a running child, and never
+  // throws. Restore SIGCHLD's default to get statuses back.
   exit_status wait() { return *wait_until(std::nullopt); }
   // Reaps the child if it has exited; never blocks.
   std::optional<exit_status> try_wait() {
     if (!status_) reap(false);
     return status_;
   }
-  // Waits at most `timeout`; nullopt if the child is still running.
+  // Waits at most `timeout`; nullopt if the child is still running. Durations and
+  // deadlines (here, wait_until with a time point of any clock, terminate's grace)
+  // saturate: anything up to the type's max() (hours::max(), time_point::max())
+  // means "for ever", never an overflow.
   template <class Rep, class Period>
   std::optional<exit_status> wait_for(std::chrono::duration<Rep, Period> timeout) {
     if (timeout < timeout.zero()) throw argument_error(command_, "negative timeout for wait_for");
@@ -173,6 +183,11 @@ class process {
 
   // Sends sig to the child. Returns false (sending nothing) if the child has been
   // reaped already; a child that exited but is not reaped yet accepts and ignores it.
+  // It goes through the pidfd (pidfd_send_signal), so it can never hit an unrelated
+  // process that reused the pid. With new_process_group() or new_session(),
+  // signal_group(sig) reaches the child's whole process group (its children too), and
+  // terminate()/kill() and the destructor act on the group. To stop many children at
+  // once, with one deadline, use sp::shutdown() from signals.hpp.
   bool signal(int sig) {
     check_valid("signal");
     if (reaped_.load(std::memory_order_acquire)) return false;
@@ -306,7 +321,7 @@ class process {
   // SIG_IGN) and its pid went to another process, waitpid(pid) would wait for (and
   // reap) that one; waitid(P_PIDFD) fails with ECHILD instead.
   // A group leader's status is collected with WNOWAIT, unless `final`: its zombie is
-  // then held (zombie_held_) until release_zombie() (see the header notes).
+  // then held (zombie_held_) until release_zombie() (see is_group_leader()).
   void reap(bool blocking, bool final = false) {
     if (lost_) throw_status_discarded();
     int ws = 0;
@@ -368,7 +383,7 @@ class process {
                     "default disposition to wait for children");
   }
 
-  // Output pipes the process owns are drained while waiting (see the header notes).
+  // Output pipes the process owns are drained while waiting (see wait()).
   int add_drains(pollfd* fds, int n) {
     // input_ended(), not eof(): drained bytes stay buffered for the caller, and a
     // pipe at end of file polls readable (POLLHUP) at once, for ever: watching it

@@ -1,24 +1,24 @@
 // subprocess/stdio.hpp - where a child's stdin, stdout and stderr go.
 //
-// Each of the three standard streams of a child is set to one of:
+// Each of the three standard streams of a child (command::in(), out(), err()) is set
+// to one of: sp::inherit (the default for spawn()), sp::null, sp::pipe,
+// sp::file(path), sp::fd(n), sp::merge_with_out (stderr only, like 2>&1) or
+// sp::merge_with_err (stdout only, like 1>&2). Each is described below.
 //
-//   sp::inherit          share the parent's (the default for spawn()): output
-//                        appears in your terminal, input comes from your stdin.
-//   sp::null             /dev/null: input is empty, output is thrown away.
-//   sp::pipe             a pipe to the parent: write to p.in(), read p.out()/p.err().
-//   sp::file(path)       a file: read for stdin; for output truncated by default,
-//                        or sp::file(path, sp::file_mode::append).
-//   sp::fd(n)            an fd of the parent, e.g. a socket or a pipe of your own.
-//                        The parent keeps it; the child gets a copy.
-//   sp::merge_with_out   (stderr only) the same place as stdout, like 2>&1.
-//   sp::merge_with_err   (stdout only) the same place as stderr, like 1>&2.
-//
-//   sp::command{"make"}.in(sp::null).out(sp::file("build.log")).err(sp::merge_with_out)
+//   ```cpp
+//   sp::stdio in = sp::null;                             // empty input
+//   sp::stdio out = sp::file("build.log", sp::file_mode::append);
+//   sp::stdio err = sp::merge_with_out;                  // 2>&1
+//   // sp::command{"make"}.in(in).out(out).err(err).spawn();   (command.hpp)
+//   ```
 //
 // The names are deliberately not stdin/stdout/stderr: those are macros in <cstdio>.
 //
-// Files are opened by the parent before the child starts, so a missing input
-// file is a spawn_error naming the file, not a child that fails mysteriously.
+// Contract: these are plain values; nothing is opened here. Files are opened by the
+// parent when the command is spawned, before the child starts, so a missing input
+// file is a spawn_error naming the file, not a child that fails mysteriously; a
+// merge on the wrong stream is an argument_error from command::in()/out()/err().
+// Opening a FIFO blocks until its other side opens it.
 #pragma once
 
 #include <filesystem>
@@ -43,10 +43,16 @@ struct merge_with_err_t {
   friend bool operator==(merge_with_err_t, merge_with_err_t) = default;
 };
 
+// Share the parent's (the default for spawn()): output appears in your terminal,
+// input comes from your stdin.
 inline constexpr inherit_t inherit{};
+// /dev/null: input is empty, output is thrown away.
 inline constexpr null_t null{};
+// A pipe to the parent: write to p.in(), read p.out()/p.err() (stream.hpp).
 inline constexpr pipe_t pipe{};
+// (stderr only) the same place as stdout, like 2>&1.
 inline constexpr merge_with_out_t merge_with_out{};
+// (stdout only) the same place as stderr, like 1>&2.
 inline constexpr merge_with_err_t merge_with_err{};
 
 enum class file_mode {
@@ -55,6 +61,8 @@ enum class file_mode {
   append,    // create or append
 };
 
+// A file: read for stdin; for output truncated by default, or
+// sp::file(path, sp::file_mode::append).
 struct file {
   // For stdin the mode is read; for stdout/stderr `truncate` unless you say otherwise.
   explicit file(std::filesystem::path p, std::optional<file_mode> m = std::nullopt)
@@ -64,6 +72,8 @@ struct file {
   friend bool operator==(const file&, const file&) = default;
 };
 
+// An fd of the parent, e.g. a socket or a pipe of your own. The parent keeps it; the
+// child gets a copy (blocking: see command::in()).
 struct fd {
   explicit constexpr fd(int n) noexcept : number(n) {}
   int number;

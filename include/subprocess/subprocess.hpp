@@ -1,13 +1,23 @@
 // subprocess/subprocess.hpp - the whole library in one include.
 //
 // Includes every public header that needs nothing beyond the standard library and
-// POSIX. The optional ones are included separately:
-//   <subprocess/ipc.hpp>, <subprocess/pool.hpp>  need nlohmann/json
-//   <subprocess/fmt.hpp>                         needs fmt
+// POSIX. The optional ones are included separately: <subprocess/ipc.hpp> and
+// <subprocess/pool.hpp> need nlohmann/json, <subprocess/fmt.hpp> needs fmt. The
+// examples write `namespace sp = subprocess;`.
 //
-//   #include <subprocess/subprocess.hpp>
-//   namespace sp = subprocess;
-//   auto r = sp::run(sp::command{"uname", "-r"});
+//   ```cpp
+//   auto r = sp::run(sp::command{"sort", "-r"}, {.input = "b\na\n", .timeout = 5s});
+//   r.check();                          // process_error unless it succeeded
+//   std::cout << r.out;                 // "b\na\n"
+//   auto p = sp::command{"wc", "-l"}.in(sp::pipe).out(sp::pipe).spawn();
+//   p.in().write_all(r.out);
+//   p.in().close();
+//   std::cout << p.out().read_all() << p.wait() << '\n';   // "2", "exited with code 0"
+//   ```
+//
+// Contract: including it starts nothing and costs only compile time; each part's
+// errors, blocking, threads and cost are in its own header's manual (command.hpp,
+// process.hpp, run.hpp, ...).
 #pragma once
 
 #include "command.hpp"
