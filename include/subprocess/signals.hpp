@@ -12,7 +12,7 @@
 //   if (r.received) std::cout << "stopped by " << r.received->name() << '\n';
 //   std::cout << r.shutdown << '\n';  // "3 processes stopped in 12 ms: 3 gracefully, 0 needed SIGKILL"
 //   sp::shutdown(workers, 2s);        // no signal needed: SIGTERM to all, SIGKILL at 2 s
-//   int term = sp::signal_number("term");      // 15, and sp::signal_name(15) is "SIGTERM"
+//   std::cout << sp::signal_number("term") << ' ' << sp::signal_name(15) << '\n';  // "15 SIGTERM"
 //   ```
 //
 // Errors: bad arguments (an unknown signal name, SIGKILL or SIGSTOP in a set, a null,
