@@ -10,7 +10,7 @@
 //   std::vector<sp::process> workers;          // filled by sp::command{...}.spawn()
 //   auto r = sp::forward_and_shutdown(signals, workers, 5s);  // wait, pass it on, stop all
 //   if (r.received) std::cout << "stopped by " << r.received->name() << '\n';
-//   std::cout << r.shutdown << '\n';  // "3 processes stopped in 12 ms: 3 gracefully, 0 needed SIGKILL"
+//   std::cout << r.shutdown << '\n';  // "3 processes stopped in 12 ms: 3 gracefully, ..."
 //   sp::shutdown(workers, 2s);        // no signal needed: SIGTERM to all, SIGKILL at 2 s
 //   std::cout << sp::signal_number("term") << ' ' << sp::signal_name(15) << '\n';  // "15 SIGTERM"
 //   ```
@@ -369,7 +369,8 @@ inline shutdown_result shutdown_impl(std::vector<process*> ps, clock::duration g
 // exited, everyone reaped.
 //
 //   sp::shutdown_result r = sp::shutdown(workers, 2s);
-//   for (auto& w : r.processes) std::cout << w << '\n';  // "pid 4242 'sleep 10' killed by SIGTERM after 3 ms"
+//   for (auto& w : r.processes)
+//     std::cout << w << '\n';  // "pid 4242 'sleep 10' killed by SIGTERM after 3 ms"
 //
 // What happens, for every process at the same moment:
 //   1. A child that has already exited is just reaped (was_running = false; a group
@@ -502,7 +503,9 @@ inline void unblock_signals_in_this_thread(std::initializer_list<int> signals) {
 //   ... start threads and children ...
 //   sp::signal_info s = signals.wait();        // s.signal == SIGTERM, s.sender_pid
 //   // or in an event loop:
-//   loop.watch(signals.fd(), EPOLLIN, [&](auto) { for (auto& s : signals.read_pending()) handle(s); });
+//   loop.watch(signals.fd(), EPOLLIN, [&](auto) {
+//     for (auto& s : signals.read_pending()) handle(s);
+//   });
 //
 // THE RULE: every thread must block these signals. A signal sent to the process
 // (kill, Ctrl-C, systemd, docker stop) goes to any one thread that does not block
