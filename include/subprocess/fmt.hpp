@@ -8,8 +8,8 @@
 //
 //   ```cpp
 //   sp::command cmd{"uname", "-r"};
-//   fmt::print("running {}\n", cmd);                          // "running uname -r"
-//   std::cout << fmt::format("[{:>20}]\n", sp::exit_status::exited(3));  // "[  exited with code 3]"
+//   std::cout << fmt::format("running {}\n", cmd);           // "running uname -r"
+//   fmt::print("[{:>20}]\n", sp::exit_status::exited(3));     // "[  exited with code 3]"
 //   fmt::print("{}\n", sp::run(cmd));  // "'uname -r' exited with code 0 (out 7 bytes, ...)"
 //   ```
 //
