@@ -1,71 +1,36 @@
 // subprocess/event_loop.hpp - drive many children's streams from one thread.
 //
-// Reading one child's output with read_line() is easy. Reading three children's
-// stdout and stderr, writing to a fourth's stdin, noticing when any of them exits and
-// doing something every second, all at once and without a thread per pipe, needs an
-// event loop: one thread waits (epoll) until any of those things can make progress,
-// then runs the callback you registered for it.
+// Reading three children's output, writing to a fourth's stdin, noticing when any of
+// them exits and doing something every second, without a thread per pipe: one thread
+// waits (epoll) until any of those can make progress, then runs your callback for it.
+// Watch output (on_data, on_line, on_close), exits (on_exit), timers (after, every),
+// any fd (watch); write without blocking (writer) and move data with backpressure
+// (pump); post() work from other threads.
 //
+//   ```cpp
+//   sp::process p;  // really sp::command{"ping", "-c", "3", "localhost"}.out(sp::pipe).spawn()
 //   sp::event_loop loop;
-//   auto p = sp::command{"ping", "-c", "3", "localhost"}.out(sp::pipe).spawn();
 //   loop.on_line(p.out(), [](std::string_view line) { std::cout << line << '\n'; });
-//   loop.on_exit(p, [](sp::exit_status st) { std::cout << st.to_string() << '\n'; });
+//   loop.on_exit(p, [](sp::exit_status st) { std::cout << st << '\n'; });
 //   loop.after(10s, [&] { p.kill(); });      // a timer
 //   loop.run();                              // returns when nothing is left to wait for
+//   ```
 //
-// What you can watch:
-//   on_data(reader, fn(chunk))     output as it arrives, in chunks of any size
-//   on_line(reader, fn(line))      output split into lines ('\n' removed, CRLF kept,
-//                                  a last line without '\n' delivered at EOF)
-//   on_close(reader, fn())         end of stream (after the last data/line callback)
-//   on_exit(process, fn(status))   the child exited (through its pidfd); it is reaped
-//   on_exit(process, fn, on_lost)  the same, on_lost(error) when its status is gone
-//   after(d, fn), every(d, fn)     timers (any duration; up to max(): never fires)
-//   watch(fd, events, fn(revents)) any other fd: a signalfd, a socket, an IPC channel
-//   post(fn)                       run fn on the loop thread (callable from any thread)
-//
-// Writing without blocking (Node's writable streams). writer(w, high_water_mark)
-// wraps a pipe_writer: write(data) queues what the pipe cannot take yet and returns
-// false once the queue holds high_water_mark bytes or more; on_drain(fn) tells you
-// when it has emptied again; end() closes the pipe after everything queued is written.
-// The loop writes whenever the pipe has room, so a child that writes while you write
-// to it can never deadlock you.
-//
-// Backpressure. pump(reader, writer, transform) moves data from one child's output,
-// optionally through an in-process transform, into another's input. It stops reading
-// while the writer holds high_water_mark bytes or more and resumes on drain, so a
-// slow consumer stalls the producer through the kernel pipe, as `yes | slow` does in a
-// shell, and memory stays bounded by the high-water mark. pump(reader, sink) does the
-// same into your own asynchronous consumer: sink(chunk, done) receives one chunk (at
-// most high_water_mark bytes) and no more data is read until it calls done().
-//
-// Rules:
-//   * Callbacks run on the thread that called run(), one at a time. Adding and
-//     removing watches and timers from inside callbacks is safe, including a callback
-//     removing its own watch. A callback must not block: it would stall every stream.
-//   * The loop owns nothing it was not given: readers, writers and processes stay
-//     yours and must outlive their watches (remove() a watch before destroying what it
-//     refers to, or let it finish: stream watches end at EOF, exit watches at exit).
-//     It never closes a reader; writers are closed only by end().
-//   * Only post() and stop() may be called from other threads.
-//   * An exception thrown by a callback propagates out of run(); the loop stays usable
-//     and the next run() goes on with what comes next: the chunk or line the callback
-//     was given counts as delivered (never handed over twice), an exit callback or a
-//     one-shot timer has run (a repeating timer keeps its schedule), posted callbacks
-//     after the throwing one still run. A watch(fd) is level-triggered: it is called
-//     again while the fd stays ready, so read what you were woken for before throwing.
-//
-// SIGCHLD ignored. If this process sets SIGCHLD to SIG_IGN (or SA_NOCLDWAIT), the
-// kernel discards every child's exit status (see process.hpp). An exit watch then
-// still fires when the child exits, but has no status to give: the watch is removed,
-// fn is not called, and the subprocess::error the process handle reports (code
-// std::errc::no_child_process, "... the kernel discarded its status ...") is thrown
-// out of run() once, like a callback's exception: the loop stays usable and the
-// next run() goes on with the other watches. The same happens when other code
-// reaped the child (a waitpid(-1) elsewhere). To handle it in place instead, pass
-// on_exit a third callback, on_lost(const subprocess::error&): it is called (once,
-// instead of fn) and nothing is thrown. No exit status is ever made up.
-//
+// Errors: registering throws argument_error (a bad fd, an empty process handle,
+// on_data and on_line on one stream) or sp::error (epoll). An exception thrown by a
+// callback propagates out of run(); the loop stays usable and the next run() goes on
+// where it stopped (see run()). A failed write is an io_error out of run() unless
+// writer_options::on_error takes it. A child whose exit status the kernel discarded
+// is an sp::error out of run(), once, unless on_exit was given on_lost (see on_exit()).
+// Blocking: only run(), run_forever() and run_for() block. A callback must not block:
+// it would stall every stream.
+// Threads: callbacks run on the thread that called run(), one at a time; adding and
+// removing watches and timers from inside callbacks is safe, even a callback removing
+// its own watch. Only post() and stop() may be called from other threads.
+// Ownership: the loop owns nothing it was not given. Readers, writers and processes
+// stay yours and must outlive their watches (remove() a watch first, or let it end:
+// stream watches end at EOF, exit watches at exit). It never closes a reader; writers
+// are closed only by end().
 // Cost: one epoll fd and one eventfd per loop; per event one epoll_wait plus the reads
 // or writes it enables; no busy loop and no thread per stream.
 #pragma once
@@ -140,8 +105,9 @@ class event_loop {
 
   // ---- any fd -----------------------------------------------------------------
 
-  // Calls fn(revents) whenever fd is ready for `events` (EPOLLIN, EPOLLOUT, ...;
-  // level-triggered). EPOLLHUP/EPOLLERR are always reported.
+  // Calls fn(revents) whenever fd (a signalfd, a socket, an IPC channel...) is ready
+  // for `events` (EPOLLIN, EPOLLOUT, ...; level-triggered). EPOLLHUP/EPOLLERR are
+  // always reported.
   id watch(int fd, std::uint32_t events, std::function<void(std::uint32_t)> fn) {
     if (fd < 0) throw argument_error("", "event_loop::watch: bad fd " + std::to_string(fd));
     auto w = std::make_shared<fd_watch>();
@@ -210,7 +176,8 @@ class event_loop {
     s->on_data = std::move(fn);
     return s->self;
   }
-  // fn(line) for each line, without its '\n'. A '\r' before it is kept.
+  // fn(line) for each line, without its '\n'. Lines are split on '\n' only; a '\r'
+  // before it is kept (CRLF is data); a last line without '\n' is delivered at EOF.
   id on_line(pipe_reader& r, std::function<void(std::string_view)> fn) {
     auto s = stream_for(r, "on_line");
     if (s->on_data) throw argument_error(r.command(), "on_data and on_line on the same stream");
@@ -232,8 +199,18 @@ class event_loop {
 
   // fn(status) once the child has exited; the child is reaped first. If it was
   // reaped already, fn runs on the next loop iteration. If its status cannot be had
-  // (SIGCHLD ignored, or reaped by other code: see the top of this file), the watch
-  // ends and the error is thrown out of run() once.
+  // (SIGCHLD ignored, or reaped by other code), the watch ends and the error is
+  // thrown out of run() once.
+  //
+  // SIGCHLD ignored: if this process sets SIGCHLD to SIG_IGN (or SA_NOCLDWAIT), the
+  // kernel discards every child's exit status (see process.hpp). An exit watch then
+  // still fires when the child exits, but has no status to give: the watch is removed,
+  // fn is not called, and the subprocess::error the process handle reports (code
+  // std::errc::no_child_process, "... the kernel discarded its status ...") is thrown
+  // out of run() once, like a callback's exception: the loop stays usable and the next
+  // run() goes on with the other watches. The same happens when other code reaped the
+  // child (a waitpid(-1) elsewhere). To handle it in place instead, use the overload
+  // with on_lost. No exit status is ever made up.
   id on_exit(process& p, std::function<void(exit_status)> fn) {
     return on_exit(p, std::move(fn), nullptr);
   }
@@ -266,6 +243,7 @@ class event_loop {
 
   // ---- timers -----------------------------------------------------------------
 
+  // fn() once after d, or every d. Any duration; duration::max() never fires.
   template <class Rep, class Period>
   id after(std::chrono::duration<Rep, Period> d, std::function<void()> fn) {
     return add_timer(detail::to_clock_duration(d), std::move(fn), false);
@@ -278,7 +256,12 @@ class event_loop {
 
   // ---- writing ------------------------------------------------------------------
 
-  // A non-blocking writer over w (see the top of this file).
+  // A non-blocking writer over w, like Node's writable streams: write(data) queues
+  // what the pipe cannot take yet and returns false once the queue holds
+  // high_water_mark bytes or more; on_drain(fn) tells you when it has emptied again;
+  // end() closes the pipe after everything queued is written. The loop writes
+  // whenever the pipe has room, so a child that writes while you write to it can never
+  // deadlock you.
   class writer_handle;
   writer_handle writer(pipe_writer& w, writer_options opts = {});
   writer_handle writer(pipe_writer& w, std::size_t high_water_mark);
@@ -288,16 +271,29 @@ class event_loop {
   using transform_fn = std::function<std::string(std::string_view)>;
   using sink_fn = std::function<void(std::string_view chunk, std::function<void()> done)>;
 
-  // reader -> [transform] -> writer: the destination is wrapped in a writer with
-  // the pump's high-water mark; reading pauses while it is full.
+  // reader -> [transform] -> writer: moves data from one child's output, optionally
+  // through an in-process transform, into another's input. The destination is wrapped
+  // in a writer with the pump's high-water mark; reading stops while it holds that
+  // many bytes or more and resumes on drain, so a slow consumer stalls the producer
+  // through the kernel pipe, as `yes | slow` does in a shell, and memory stays bounded
+  // by the high-water mark.
   id pump(pipe_reader& from, pipe_writer& to, transform_fn transform = {}, pump_options opts = {});
-  // reader -> sink(chunk, done): one chunk of at most high_water_mark bytes in flight.
+  // reader -> sink(chunk, done): the same into your own asynchronous consumer. The
+  // sink receives one chunk (at most high_water_mark bytes) and no more data is read
+  // until it calls done().
   id pump(pipe_reader& from, sink_fn sink, pump_options opts = {});
 
   // ---- running ------------------------------------------------------------------
 
   // Runs until there is nothing left to wait for (no watches, timers, streams,
   // writers with queued data, or posted callbacks), or until stop().
+  //
+  // An exception thrown by a callback propagates out of run(); the loop stays usable
+  // and the next run() goes on with what comes next: the chunk or line the callback
+  // was given counts as delivered (never handed over twice), an exit callback or a
+  // one-shot timer has run (a repeating timer keeps its schedule), posted callbacks
+  // after the throwing one still run. A watch(fd) is level-triggered: it is called
+  // again while the fd stays ready, so read what you were woken for before throwing.
   void run() { run_until(std::nullopt, false); }
   // Runs until stop() only; an idle loop sleeps until something is posted.
   void run_forever() { run_until(std::nullopt, true); }

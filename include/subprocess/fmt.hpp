@@ -1,52 +1,37 @@
 // subprocess/fmt.hpp - fmt formatters for the library's value types.  [needs fmt]
 //
-//   #include <subprocess/fmt.hpp>
-//   fmt::print("{}\n", p.wait());          // "exited with code 0"
-//   fmt::print("running {}\n", cmd);       // the shell-quoted command line
-//   fmt::print("{}", env);                 // NAME=value lines, secrets redacted
-//   fmt::print("{}\n", sp::run(cmd));      // "'uname -r' exited with code 0 (out 7 bytes, err 0 bytes)"
+// fmt::formatter specialisations for exit_status, command, spawn_backend, environment,
+// signal_info, shutdown_entry, shutdown_result, forward_result, output_limit,
+// run_result, transform, pipeline, stage_result and pipeline_result. Each prints the
+// same text as the type's to_string() and operator<< (both declared next to
+// the type, whose comments show the text; `std::cout << x` needs no fmt).
 //
-// Every formatter prints the same text as the type's operator<< (declared next to the
-// type, so `std::cout << x` needs no fmt) and as its to_string(). They accept a
-// string's format spec, applied to the whole text: "{:>30}", "{:-^40}", "{:.20}".
+//   ```cpp
+//   sp::command cmd{"uname", "-r"};
+//   std::cout << fmt::format("running {}\n", cmd);           // "running uname -r"
+//   fmt::print("[{:>20}]\n", sp::exit_status::exited(3));     // "[  exited with code 3]"
+//   fmt::print("{}\n", sp::run(cmd));  // "'uname -r' exited with code 0 (out 7 bytes, ...)"
+//   ```
 //
-//   type (header)                     text
-//   exit_status (exit_status.hpp)     exited with code 3 | killed by SIGSEGV (core dumped)
-//   command (command.hpp)             echo 'a b'     (shell-quoted; the environment is not shown)
-//   spawn_backend (command.hpp)       automatic | posix_spawn | clone_vfork
-//   environment (environment.hpp)     API_TOKEN=***REDACTED***\nUSER=me\n   (one line per variable)
-//   signal_info (signals.hpp)         SIGTERM from pid 4242 (uid 1000) | SIGINT from the kernel
-//                                     | SIGUSR1 from pid 4242 (uid 1000), value 7
-//   shutdown_entry (signals.hpp)      pid 4242 'sleep 10' killed by SIGTERM after 3 ms
-//                                     [, needed SIGKILL] | pid 4243 'true' exited with code 0, had already exited
-//   shutdown_result (signals.hpp)     3 processes stopped in 2004 ms: 2 gracefully, 1 needed SIGKILL
-//   forward_result (signals.hpp)      SIGTERM from pid 4242 (uid 1000); <shutdown_result>[, forced by a second signal]
-//   output_limit (run.hpp)            kill | truncate
-//   run_result (run.hpp)              'ls /tmp' exited with code 0 (out 1234 bytes[, truncated], err 0 bytes)
-//   transform (pipeline.hpp)          [square]
-//   pipeline (pipeline.hpp)           grep -v '^#' | [square] | sort -n
-//   stage_result (pipeline.hpp)       'grep x' (pid 4242) exited with code 1, failed
-//                                     | [square] exited with code 1, threw: bad line, failed
-//   pipeline_result (pipeline.hpp)    'cat | sort' exited with code 0 (2 stages, out 12 bytes)
-//                                     | 'false | cat' failed at stage 1 of 2: 'false' (pid 4242) exited with code 1 (out 0 bytes)
-//
+// A string's format spec applies to the whole text: "{:>30}", "{:-^40}", "{:.20}".
 // Captured output (run_result::out, pipeline_result::out, stderr) is never part of the
-// text: it can be large, binary or secret. Print it yourself.
-//
-// The environment formatter always redacts: printing an environment is how
-// secrets end up in logs. Iterate it yourself if you really need the values.
+// text: it can be large, binary or secret; print it yourself. The environment's
+// formatter always redacts ("API_TOKEN=***REDACTED***", one line per variable):
+// printing an environment is how secrets end up in logs; iterate it yourself if you
+// really need the values. Errors need nothing: print e.what().
 //
 // The types of ipc.hpp and pool.hpp (pool_stats, pool_event, pool_event_kind,
 // pool_attempt, dispatch_policy, queue_full_policy, shutdown_mode, worker_protocol,
 // ipc::broadcast_result, ipc::beat) have operator<< and to_string() in their own
 // headers, but no formatter here: this header would otherwise pull in nlohmann/json
-// for every fmt user. Print them with fmt::streamed (fmt 9 or later):
+// for every fmt user. Print them with fmt::streamed (fmt 9 or later, <fmt/ostream.h>):
+// fmt::print("{}\n", fmt::streamed(pool.stats())).
 //
-//   #include <fmt/ostream.h>
-//   fmt::print("{}\n", fmt::streamed(pool.stats()));
-//   // "workers 4 (busy 2, idle 2), queued 10, completed 120, failed 1, retried 3"
-//
-// Errors need nothing: print e.what().
+// Contract: formatting throws only what fmt throws (std::bad_alloc, or
+// fmt::format_error for a bad spec given through fmt::runtime: a literal one does not
+// compile); it never blocks and reads nothing but the value, so it is as thread-safe
+// as reading the value. Cost: the value's to_string() text (one std::string), then
+// fmt's string formatting of it.
 #pragma once
 
 #include <string>

@@ -1,41 +1,38 @@
 // subprocess/run.hpp - run a command to completion and capture what it printed.
 //
+// Like Python's subprocess.run or Node's execFile: run() spawns the command, writes
+// `input` to it, captures stdout and stderr, and waits. communicate(p, input) does the
+// same for a process you spawned yourself with pipes.
+//
+//   ```cpp
 //   auto r = sp::run(sp::command{"sort", "-r"}, {.input = "b\na\nc\n", .timeout = 5s});
-//   r.status.success();   // exited with code 0?
-//   r.out;                // "c\nb\na\n"
-//   r.err;                // whatever it wrote to stderr
-//   r.check();            // throws process_error (status + stderr tail) unless success
+//   if (r.success()) std::cout << r.out;   // "c\nb\na\n"; r.err holds its stderr
+//   r.check();         // throws process_error (status + stderr tail) unless success
+//   sp::run(sp::command{"make"}, {.check = true});   // the same, throwing at once
+//   ```
 //
-//   sp::run(sp::command{"make"}, {.check = true});   // same, throwing at once
+// Streams you did not set are chosen for capture (stdout and stderr piped; stdin
+// carries `input`, or is /dev/null); streams you did set are respected (see run()).
 //
-// Like Python's subprocess.run or Node's execFile, but:
-//   * Nothing deadlocks, whatever the sizes: the input is written and stdout and
-//     stderr are read at the same time, from one thread, with poll().
-//   * Streams you did not set are chosen for capture: stdout and stderr are piped
-//     and captured; stdin is a pipe carrying `input`, or /dev/null when there is no
-//     input (a child never steals your terminal's input). Streams you did set
-//     (out(sp::inherit), err(sp::merge_with_out), a file, ...) are respected.
-//   * timeout (up to milliseconds::max(), which never strikes): at the deadline the
-//     child is sent SIGKILL (its whole process group if it has one, even when the
-//     leader has exited already and only its children still hold the pipes),
-//     reaped, and timeout_error is thrown carrying the output so far. Exit is
-//     detected through the pidfd, not through end-of-file, so a grandchild that
-//     inherited the pipes and keeps them open cannot hold run() past its timeout.
-//     (Without a timeout, run() reads until every writer of the pipes is gone, as
-//     a shell's $(...) does.)
-//   * max_output caps each captured stream: at the limit the child is killed and
-//     output_limit_error says which stream overflowed (it keeps the first
-//     max_output bytes), or with on_output_limit = truncate the rest is read and
-//     thrown away and out_truncated/err_truncated are set.
-//   * Cost: captured output lands in std::strings. Capturing N bytes needs about N
-//     bytes of memory, not the 2N a growing std::string briefly holds (see
-//     append_output below). A stream whose pipe runs full (a fast producer) gets
-//     its pipe enlarged to 1 MiB, for fewer wake-ups and reads.
-//   * Writing input to a child that exits without reading it all is not an error
-//     (the rest is dropped, like a shell pipe); its exit status tells you what
-//     happened. The parent never gets SIGPIPE.
-//
-// communicate(p, input) does the same for a process you spawned yourself with pipes.
+// Errors: what command::spawn() throws (spawn_error...); timeout_error, carrying the
+// output so far, when the timeout strikes; output_limit_error naming the stream that
+// passed max_output (unless on_output_limit is truncate); process_error with .check
+// when the exit code is not a success code; argument_error for a negative timeout or
+// input while stdin is redirected elsewhere. A child that exits without reading all
+// its input is not an error (the rest is dropped, like a shell pipe): its exit status
+// tells you what happened.
+// Blocking: until the child has exited and its pipes are drained, or until the
+// timeout: then the child (its whole process group, if it has one) gets SIGKILL and
+// is reaped. Exit is seen through the pidfd, so a grandchild that keeps the pipes
+// open cannot hold run() past its timeout; without a timeout, run() reads until every
+// writer of the pipes is gone, as a shell's $(...) does.
+// Threads: none are started. The input is written and both outputs are read at the
+// same time, from the calling thread, with poll(): nothing deadlocks, whatever the
+// sizes. The parent never gets SIGPIPE (it is blocked in the calling thread only
+// while there is input to write; your disposition is not changed).
+// Cost: output lands in std::strings; capturing N bytes needs about N bytes of memory,
+// not the 2N a growing std::string briefly holds (see append_output). A pipe that
+// runs full (a fast producer) is enlarged to 1 MiB, for fewer wake-ups and reads.
 #pragma once
 
 #include <algorithm>
@@ -61,14 +58,22 @@ enum class output_limit {
 };
 
 struct run_options {
-  // Written to the child's stdin, which is then closed.
+  // Written to the child's stdin, which is then closed. A child that exits without
+  // reading it all is not an error: the rest is dropped, like a shell pipe.
   std::optional<std::string> input{};
-  // Kill the child (and its group) when it runs longer; throws timeout_error.
+  // Kill the child (and its group) when it runs longer; throws timeout_error. At the
+  // deadline the child is sent SIGKILL (its whole process group if it has one, even
+  // when the leader has exited already and only its children still hold the pipes),
+  // reaped, and timeout_error is thrown carrying the output so far. Up to
+  // milliseconds::max(), which never strikes.
   std::optional<std::chrono::milliseconds> timeout{};
   // Throw process_error unless the child exits with code 0 (or one of the
   // command's success_codes()).
   bool check = false;
-  // Most bytes captured per stream; unlimited when unset.
+  // Most bytes captured per stream; unlimited when unset. At the limit the child is
+  // killed and output_limit_error says which stream overflowed (it keeps the first
+  // max_output bytes); with on_output_limit = truncate the rest is read and thrown
+  // away and out_truncated/err_truncated are set.
   std::optional<std::size_t> max_output{};
   output_limit on_output_limit = output_limit::kill;
 };
@@ -124,9 +129,9 @@ struct capture {
 // before it is written, instead of faulting page by page. The hand-over is early
 // (1 MiB) because the small strings a std::string outgrows stay resident in
 // malloc's heap once freed: past 1 MiB that leftover is at most about 1 MiB.
-// Not done: asking for transparent huge pages (MADV_HUGEPAGE). Measured here, it
-// fills 1 GiB 1.2x faster on warm memory but 1.4-4x slower right after another
-// process freed its memory, because the kernel then compacts memory synchronously.
+// Not done: asking for transparent huge pages (MADV_HUGEPAGE). Measured, it is a
+// little faster on warm memory but several times slower right after another process
+// freed its memory, because the kernel then compacts memory synchronously.
 inline void append_output(std::string& sink, std::string_view data) {
   constexpr std::size_t large = 1024 * 1024, piece = 1024 * 1024;
   if (sink.size() < large) {
@@ -302,8 +307,12 @@ inline run_result communicate(process& p, std::string_view input = {},
   return res;
 }
 
-// Spawns cmd, feeds opts.input, captures stdout and stderr, waits. See the top of
-// this file for which streams are captured and how timeouts work.
+// Spawns cmd, feeds opts.input, captures stdout and stderr, waits. Streams you did
+// not set are chosen for capture: stdout and stderr are piped and captured; stdin is a
+// pipe carrying `input`, or /dev/null when there is no input (a child never steals
+// your terminal's input). Streams you did set (out(sp::inherit),
+// err(sp::merge_with_out), a file, ...) are respected. See run_options for the
+// timeout and the output limit.
 inline run_result run(command cmd, const run_options& opts = {}) {
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
     throw argument_error(cmd.to_string(), "negative timeout");

@@ -1,154 +1,38 @@
 // subprocess/signals.hpp - signal names, stopping many children, receiving signals.
 //
-// Three tools for the moment a program has to stop, politely first and by force at
-// a deadline:
+// For the moment a program has to stop, politely first and by force at a deadline:
+// signal_name()/signal_number() convert names and numbers; shutdown() stops many
+// children within one grace period; signal_set receives signals as data from a
+// signalfd instead of in a handler; forward_and_shutdown() is a supervisor's main loop.
 //
-//   sp::signal_name(15)        -> "SIGTERM"        sp::signal_number("TERM") -> 15
-//   sp::shutdown(workers, 2s)  SIGTERM to all at once, SIGKILL to whoever is still
-//                              running 2 s later, everyone reaped
-//   sp::signal_set{SIGINT, SIGTERM}
-//                              receive signals as data from a file descriptor
-//                              (signalfd) instead of in a handler
-//   sp::forward_and_shutdown(set, workers, 2s)
-//                              a supervisor's main loop: wait for SIGINT/SIGTERM,
-//                              pass it on to the children, stop them all
+//   ```cpp
+//   sp::signal_set signals{SIGINT, SIGTERM};   // top of main(), before any thread starts
+//   std::vector<sp::process> workers;          // filled by sp::command{...}.spawn()
+//   auto r = sp::forward_and_shutdown(signals, workers, 5s);  // wait, pass it on, stop all
+//   if (r.received) std::cout << "stopped by " << r.received->name() << '\n';
+//   std::cout << r.shutdown << '\n';  // "3 processes stopped in 12 ms: 3 gracefully, ..."
+//   sp::shutdown(workers, 2s);        // no signal needed: SIGTERM to all, SIGKILL at 2 s
+//   std::cout << sp::signal_number("term") << ' ' << sp::signal_name(15) << '\n';  // "15 SIGTERM"
+//   ```
 //
-// ---- Signal names -------------------------------------------------------------
-//
-// signal_name(sig) gives the kernel's name: "SIGTERM", "SIGRTMIN+3". It never
-// throws: a number with no name comes back as "signal 99" (32 and 33 have none;
-// glibc keeps them for itself).
-//
-// signal_number(text) accepts what people write in config files and on command
-// lines: "SIGTERM", "TERM", "sigterm", "term" (case does not matter, the SIG prefix
-// is optional), the aliases SIGIOT, SIGPOLL and SIGCLD, "SIGRTMIN", "SIGRTMIN+3",
-// "SIGRTMAX-1", and decimal numbers "15" (1 to SIGRTMAX). Anything else is an
-// argument_error that quotes the input: "unknown signal 'SIGFOO'".
-//
-// ---- Stopping many children: shutdown() -----------------------------------------
-//
-//   std::vector<sp::process> workers = ...;
-//   sp::shutdown_result r = sp::shutdown(workers, 2s);
-//   for (auto& w : r.processes)
-//     fmt::print("{} {} {}\n", w.pid, w.status.to_string(), w.needed_sigkill ? "(SIGKILL)" : "");
-//
-// What happens, for every process at the same moment:
-//   1. A child that has already exited is just reaped (was_running = false; a group
-//      leader's zombie is kept until its handle goes, see process.hpp).
-//   2. Its stdin is closed (as wait() does) and it gets SIGTERM followed by SIGCONT,
-//      so a stopped child runs its handler too. A group leader (new_process_group()
-//      or new_session()) gets them sent to its whole group.
-//   3. One deadline, start + grace, is shared by all. A single poll() loop watches
-//      every pidfd and reaps each child the moment it exits, while draining the
-//      stdout/stderr pipes the process handles still own (a child blocked on a full
-//      pipe could otherwise not finish its graceful exit).
-//   4. At the deadline, every process that has not exited, and every group that still
-//      has a live member after its leader exited, gets SIGKILL (needed_sigkill =
-//      true); then those are reaped. Whether SIGKILL is needed is decided by whether
-//      the child has exited, never by whether a signal was sent.
-// So fifty children take one grace period, not fifty. shutdown_options::signal picks
-// another polite signal (SIGINT, SIGHUP...).
-//
-// Pass the processes as any range whose elements are process, process*,
-// std::unique_ptr<process>, std::shared_ptr<process> or
-// std::reference_wrapper<process> (a std::vector<sp::process>, an array, a
-// std::vector<sp::process*>...), or as a braced list of pointers: shutdown({&a, &b}, 1s).
-// The result lists them in the same order. A null pointer, an empty (moved-from or
-// detached) handle or a process listed twice is an argument_error, and then nothing
-// was sent to anyone.
-//
-// Thread safety: shutdown() uses the processes as wait() does; meanwhile other
-// threads may only signal() them. It throws sp::error if a signal cannot be sent
-// (not expected for your own children) or a child was reaped by someone else.
-//
-// Cost: one poll() over 1 to 3 fds per process per wake-up. Members of a group other
-// than the leader are not our children, so there is no pidfd for them: once a
-// leader has exited, shutdown() asks kill(-pgid, 0) and scans /proc, 1 ms doubling to
-// 50 ms, until the group is empty or the deadline comes. After SIGKILL the leader is
-// waited for without a time limit (SIGKILL cannot be refused, but a process stuck in
-// the kernel, state D, dies only when the kernel lets go of it); other group members
-// are not waited for.
-//
-// ---- Receiving signals: signal_set --------------------------------------------
-//
-//   sp::signal_set signals{SIGINT, SIGTERM};   // blocks them in this thread
-//   ... start threads and children ...
-//   sp::signal_info s = signals.wait();        // s.signal == SIGTERM, s.sender_pid
-//
-// A signal normally interrupts whatever the program is doing and runs a handler, in
-// which almost nothing is safe to do. signal_set turns signals into data: it blocks
-// the signals in the calling thread (pthread_sigmask), so they stay pending instead
-// of being delivered, and opens a signalfd (close-on-exec, non-blocking) from which
-// they are read as signal_info records. It never installs a handler. Its destructor
-// unblocks exactly the signals it blocked (signals that were blocked before the set
-// existed stay blocked) and closes the fd. A signal of the set that arrived while the
-// set existed and was not read is discarded first: it was meant for the set, and
-// unblocking it would otherwise run its default action (a SIGTERM or SIGUSR1 left
-// pending would end the process the moment the set goes). To have such signals
-// delivered normally instead (your handler runs, or the default action), call
-// set.deliver_unread_on_destroy() before the set goes. A signal that arrives while
-// the destructor runs counts as arriving after it.
-//
-//   wait()           blocks until a signal arrives
-//   wait_for(d)      the same, nullopt after d
-//   try_read()       one pending signal or nullopt, never blocks
-//   read_pending()   every pending signal, never blocks (for an event loop)
-//   fd()             readable when a signal is pending: give it to poll/epoll, or
-//                    loop.watch(set.fd(), EPOLLIN, [&](auto) {
-//                        for (auto& s : set.read_pending()) handle(s); });
-//
-// THE RULE: every thread must block these signals. A signal sent to the process
-// (kill, Ctrl-C, systemd, docker stop) goes to any one thread that does not block
-// it; if such a thread exists, the signal is delivered there (default action: the
-// process ends) and the signalfd never sees it. New threads inherit the mask of the
-// thread that creates them, so the easy way is to create the signal_set, or to call
-// block_signals_in_this_thread({SIGINT, SIGTERM}), at the top of main() before any
-// thread starts (threads that libraries start later inherit it too). Children are
-// unaffected: the library starts every child with an empty signal mask and default
-// dispositions.
-//
-// Other things to know:
-//   * Signals already pending when the set is created (because they were blocked
-//     earlier, say by block_signals_in_this_thread) are read first.
-//   * Standard signals do not queue: three SIGTERMs sent before you read arrive as
-//     one, and several different pending ones come out lowest number first (SIGINT
-//     before SIGTERM). Realtime signals (SIGRTMIN+n) queue and keep their order and
-//     their sigqueue() value.
-//   * A thread reads the signals sent to the process and those sent to that thread
-//     (pthread_kill, raise); read from the thread that created the set to see both.
-//   * A signal whose disposition is SIG_IGN is discarded by the kernel before it
-//     could be blocked: a program started with nohup never sees SIGHUP here, and a
-//     background job of a non-interactive shell never sees SIGINT.
-//   * SIGKILL and SIGSTOP cannot be blocked, and glibc reserves 32 and 33: these are
-//     an argument_error. Blocking SIGSEGV, SIGBUS, SIGFPE or SIGILL does not stop a
-//     crash from killing the process.
-//   * Not copyable or movable: it is a scope, like std::lock_guard. Destroy it on the
-//     thread that created it (elsewhere the creating thread's mask is left as it is).
-//   * Thread safety: wait/try_read/read_pending may be called from several threads;
-//     each signal is read by exactly one of them.
-//
-// ---- Forwarding: forward_and_shutdown() ------------------------------------------
-//
-//   int main() {
-//     sp::signal_set signals{SIGINT, SIGTERM};          // before any thread starts
-//     std::vector<sp::process> workers = start_workers();
-//     auto r = sp::forward_and_shutdown(signals, workers, 5s);
-//     if (r.received) log("stopped by {}", r.received->name());
-//   }
-//
-// Waits until either a signal from the set arrives or every child has exited on its
-// own. On a signal it sends that same signal to every child (its group if it leads
-// one) and shuts them all down as shutdown() does, with one deadline and SIGKILL for
-// stragglers. A second signal from the set during the grace period means "now":
-// everyone still running is SIGKILLed at once (forced_by_second_signal). Children in
-// our own process group are not sent a SIGINT or SIGQUIT that the terminal generated
-// (si_code SI_KERNEL, from Ctrl-C or Ctrl-\): the terminal sent it to the whole
-// foreground group, so they already have it, and a second copy could look like a
-// second Ctrl-C to them. They still get SIGKILL at the deadline.
-//
-// The child side needs nothing special: a worker can hold its own signal_set{SIGTERM},
-// finish the job in hand when it reads SIGTERM, report, and exit 0 (see
-// examples/03-process-signals.cpp).
+// Errors: bad arguments (an unknown signal name, SIGKILL or SIGSTOP in a set, a null,
+// empty or repeated process, a negative grace period) are argument_error, thrown
+// before any signal is sent. A failing system call (a signal that cannot be sent,
+// signalfd) is sp::error. signal_name() never throws.
+// Blocking: shutdown() returns once every process is gone: within the grace period,
+// plus what SIGKILL takes. forward_and_shutdown() first waits, without a limit, for a
+// signal or for every child to exit. signal_set::wait() blocks; try_read(),
+// read_pending() and fd() never do (for event loops).
+// Threads: every thread must block the set's signals. A signal sent to the process
+// goes to any one thread that does not block it (default action: the process ends)
+// and the signalfd never sees it. So create the signal_set, or call
+// block_signals_in_this_thread(), at the top of main() before any thread starts:
+// threads inherit the mask. While shutdown() runs, other threads may only signal()
+// its processes. Children start with an empty mask and default dispositions.
+// Cost: one poll() loop over every child's pidfd and pipes, so fifty children take
+// one grace period, not fifty. No handler is ever installed.
+// Destructor: ~signal_set unblocks only the signals it blocked and discards those of
+// them that arrived unread (deliver_unread_on_destroy() delivers them instead).
 #pragma once
 
 #include <algorithm>
@@ -182,11 +66,15 @@ namespace subprocess {
 
 // ================================================================ names =====
 
-// "SIGTERM", "SIGRTMIN+3"; "signal N" for a number with no name. Never throws.
+// The kernel's name: "SIGTERM", "SIGRTMIN+3". Never throws: a number with no name
+// comes back as "signal 99" (32 and 33 have none; glibc keeps them for itself).
 inline std::string signal_name(int sig) { return detail::signal_name_of(sig); }
 
-// 15 for "SIGTERM", "TERM", "sigterm", "term" or "15". Throws argument_error naming
-// the input for anything that is not a Linux signal.
+// Accepts what people write in config files and on command lines: "SIGTERM", "TERM",
+// "sigterm", "term" (case does not matter, the SIG prefix is optional), the aliases
+// SIGIOT, SIGPOLL and SIGCLD, "SIGRTMIN", "SIGRTMIN+3", "SIGRTMAX-1", and decimal
+// numbers "15" (1 to SIGRTMAX). Anything else is an argument_error that quotes the
+// input: "unknown signal 'SIGFOO'".
 inline int signal_number(std::string_view name) {
   auto fail = [&]() -> int {
     throw argument_error("", "unknown signal '" + std::string(name) +
@@ -320,7 +208,7 @@ inline void send_tree(process& p, int sig) {
     p.signal(sig);
 }
 
-// The engine of shutdown() and forward_and_shutdown(): see the header notes.
+// The engine of shutdown() and forward_and_shutdown(): see shutdown().
 // `interrupt_fd`, if >= 0, is polled during the grace period; when it is readable
 // and on_interrupt() returns true, the deadline moves to now.
 template <class OnInterrupt>
@@ -478,7 +366,49 @@ inline shutdown_result shutdown_impl(std::vector<process*> ps, clock::duration g
 
 // Stops every process in `processes` within one grace period: the polite signal
 // (SIGTERM) to all at once, SIGKILL at the shared deadline to whoever has not
-// exited, everyone reaped. See the header notes for what counts as a process range.
+// exited, everyone reaped.
+//
+//   sp::shutdown_result r = sp::shutdown(workers, 2s);
+//   for (auto& w : r.processes)
+//     std::cout << w << '\n';  // "pid 4242 'sleep 10' killed by SIGTERM after 3 ms"
+//
+// What happens, for every process at the same moment:
+//   1. A child that has already exited is just reaped (was_running = false; a group
+//      leader's zombie is kept until its handle goes, see process.hpp).
+//   2. Its stdin is closed (as wait() does) and it gets SIGTERM followed by SIGCONT,
+//      so a stopped child runs its handler too. A group leader (new_process_group()
+//      or new_session()) gets them sent to its whole group.
+//   3. One deadline, start + grace, is shared by all. A single poll() loop watches
+//      every pidfd and reaps each child the moment it exits, while draining the
+//      stdout/stderr pipes the process handles still own (a child blocked on a full
+//      pipe could otherwise not finish its graceful exit).
+//   4. At the deadline, every process that has not exited, and every group that still
+//      has a live member after its leader exited, gets SIGKILL (needed_sigkill =
+//      true); then those are reaped. Whether SIGKILL is needed is decided by whether
+//      the child has exited, never by whether a signal was sent.
+// shutdown_options::signal picks another polite signal (SIGINT, SIGHUP...).
+//
+// Pass the processes as any range whose elements are process, process*,
+// std::unique_ptr<process>, std::shared_ptr<process> or
+// std::reference_wrapper<process> (a std::vector<sp::process>, an array, a
+// std::vector<sp::process*>...), or as a braced list of pointers: shutdown({&a, &b}, 1s).
+// The result lists them in the same order. A null pointer, an empty (moved-from or
+// detached) handle or a process listed twice is an argument_error, and then nothing
+// was sent to anyone.
+//
+// Thread safety: shutdown() uses the processes as wait() does; meanwhile other
+// threads may only signal() them. It throws sp::error if a signal cannot be sent
+// (not expected for your own children). A child whose status the kernel discarded
+// (SIGCHLD ignored, or reaped by other code) counts as exited: its entry's status is
+// nullopt, and it costs the others neither their signal, grace period nor SIGKILL.
+//
+// Cost: one poll() over 1 to 3 fds per process per wake-up. Members of a group other
+// than the leader are not our children, so there is no pidfd for them: once a
+// leader has exited, shutdown() asks kill(-pgid, 0) and scans /proc, 1 ms doubling to
+// 50 ms, until the group is empty or the deadline comes. After SIGKILL the leader is
+// waited for without a time limit (SIGKILL cannot be refused, but a process stuck in
+// the kernel, state D, dies only when the kernel lets go of it); other group members
+// are not waited for.
 template <class Processes, class Rep, class Period>
   requires detail::process_range<Processes>
 shutdown_result shutdown(Processes&& processes, std::chrono::duration<Rep, Period> grace,
@@ -516,7 +446,7 @@ struct signal_info {
 
 namespace detail {
 
-// Validates and builds a mask; see the signal_set notes for what is refused.
+// Validates and builds a mask; see signal_set for what is refused.
 inline sigset_t signal_mask_of(std::span<const int> sigs, const char* who) {
   if (sigs.empty()) throw argument_error("", std::string(who) + ": no signals given");
   sigset_t m;
@@ -562,6 +492,59 @@ inline void unblock_signals_in_this_thread(std::initializer_list<int> signals) {
   detail::change_thread_mask(SIG_UNBLOCK, m, "pthread_sigmask(SIG_UNBLOCK)");
 }
 
+// Receives signals as data. A signal normally interrupts whatever the program is
+// doing and runs a handler, in which almost nothing is safe to do. signal_set turns
+// signals into data: it blocks the signals in the calling thread (pthread_sigmask), so
+// they stay pending instead of being delivered, and opens a signalfd (close-on-exec,
+// non-blocking) from which they are read as signal_info records. It never installs a
+// handler.
+//
+//   sp::signal_set signals{SIGINT, SIGTERM};   // blocks them in this thread
+//   ... start threads and children ...
+//   sp::signal_info s = signals.wait();        // s.signal == SIGTERM, s.sender_pid
+//   // or in an event loop:
+//   loop.watch(signals.fd(), EPOLLIN, [&](auto) {
+//     for (auto& s : signals.read_pending()) handle(s);
+//   });
+//
+// THE RULE: every thread must block these signals. A signal sent to the process
+// (kill, Ctrl-C, systemd, docker stop) goes to any one thread that does not block
+// it; if such a thread exists, the signal is delivered there (default action: the
+// process ends) and the signalfd never sees it. New threads inherit the mask of the
+// thread that creates them, so the easy way is to create the signal_set, or to call
+// block_signals_in_this_thread({SIGINT, SIGTERM}), at the top of main() before any
+// thread starts (threads that libraries start later inherit it too). Children are
+// unaffected: the library starts every child with an empty signal mask and default
+// dispositions.
+//
+// Destruction unblocks exactly the signals the set blocked (signals that were blocked
+// before the set existed stay blocked) and closes the fd. A signal of the set that
+// arrived while the set existed and was not read is discarded first: it was meant for
+// the set, and unblocking it would otherwise run its default action (a SIGTERM or
+// SIGUSR1 left pending would end the process the moment the set goes). To have such
+// signals delivered normally instead (your handler runs, or the default action), call
+// deliver_unread_on_destroy() before the set goes. A signal that arrives while the
+// destructor runs counts as arriving after it.
+//
+// Other things to know:
+//   * Signals already pending when the set is created (because they were blocked
+//     earlier, say by block_signals_in_this_thread) are read first.
+//   * Standard signals do not queue: three SIGTERMs sent before you read arrive as
+//     one, and several different pending ones come out lowest number first (SIGINT
+//     before SIGTERM). Realtime signals (SIGRTMIN+n) queue and keep their order and
+//     their sigqueue() value.
+//   * A thread reads the signals sent to the process and those sent to that thread
+//     (pthread_kill, raise); read from the thread that created the set to see both.
+//   * A signal whose disposition is SIG_IGN is discarded by the kernel before it
+//     could be blocked: a program started with nohup never sees SIGHUP here, and a
+//     background job of a non-interactive shell never sees SIGINT.
+//   * SIGKILL and SIGSTOP cannot be blocked, and glibc reserves 32 and 33: these are
+//     an argument_error. Blocking SIGSEGV, SIGBUS, SIGFPE or SIGILL does not stop a
+//     crash from killing the process.
+//   * Not copyable or movable: it is a scope, like std::lock_guard. Destroy it on the
+//     thread that created it (elsewhere the creating thread's mask is left as it is).
+//   * Thread safety: wait/try_read/read_pending may be called from several threads;
+//     each signal is read by exactly one of them.
 class signal_set {
  public:
   // Blocks `signals` in this thread and opens a signalfd for them. Throws
@@ -766,8 +749,26 @@ inline forward_result forward_impl(signal_set& set, std::vector<process*> ps, cl
 
 // A supervisor's wait: blocks until a signal from `signals` arrives or every
 // process has exited by itself; on a signal, forwards it to every process (its
-// group if it leads one) and shuts them down like shutdown() with `grace`. A second
-// signal during the grace period SIGKILLs the rest at once. See the header notes.
+// group if it leads one) and shuts them down like shutdown() with `grace`: one
+// deadline, SIGKILL for stragglers. The processes are given as to shutdown().
+//
+//   int main() {
+//     sp::signal_set signals{SIGINT, SIGTERM};          // before any thread starts
+//     std::vector<sp::process> workers = start_workers();
+//     auto r = sp::forward_and_shutdown(signals, workers, 5s);
+//     if (r.received) std::cout << "stopped by " << r.received->name() << '\n';
+//   }
+//
+// A second signal from the set during the grace period means "now": everyone still
+// running is SIGKILLed at once (forced_by_second_signal). Children in our own process
+// group are not sent a SIGINT or SIGQUIT that the terminal generated (si_code
+// SI_KERNEL, from Ctrl-C or Ctrl-\): the terminal sent it to the whole foreground
+// group, so they already have it, and a second copy could look like a second Ctrl-C
+// to them. They still get SIGKILL at the deadline.
+//
+// The child side needs nothing special: a worker can hold its own signal_set{SIGTERM},
+// finish the job in hand when it reads SIGTERM, report, and exit 0 (see
+// examples/03-process-signals.cpp).
 template <class Processes, class Rep, class Period>
   requires detail::process_range<Processes>
 forward_result forward_and_shutdown(signal_set& signals, Processes&& processes,

@@ -1,39 +1,37 @@
 // subprocess/stream.hpp - the parent's ends of a child's pipes.
 //
 // When a stream is set to sp::pipe, the parent gets one end of a kernel pipe:
+// p.in() is a pipe_writer (write_all, write_some, close), p.out() and p.err() are
+// pipe_readers (read, read_line, lines, read_all).
 //
-//   pipe_writer  p.in()            the child's stdin:  write_all(), close()
-//   pipe_reader  p.out(), p.err()  the child's output: read(), read_line(),
-//                                  lines(), read_all()
+//   ```cpp
+//   sp::pipe_writer in;   // p.in() of sp::command{"sort"}.in(sp::pipe).out(sp::pipe).spawn()
+//   sp::pipe_reader out;  // and its p.out()
+//   in.write_all("b\na\n");
+//   in.close();                          // EOF: sort can now produce output
+//   for (std::string_view line : out.lines()) std::cout << line << '\n';
+//   ```
 //
-//   auto p = sp::command{"sort"}.in(sp::pipe).out(sp::pipe).spawn();
-//   p.in().write_all("b\na\n");
-//   p.in().close();                          // EOF: sort can now produce output
-//   for (std::string_view line : p.out().lines()) std::cout << line << '\n';
-//   p.wait();
+// Close stdin when you are done writing: programs like sort, wc and cat read until
+// EOF and will wait for you forever otherwise. A pipe holds about 64 KiB; a child that
+// writes more blocks until you read. Writing a lot to its stdin while it writes a lot
+// to stdout, from one thread, deadlocks: use sp::run() or sp::communicate(), which
+// feed and drain all pipes at once, or an sp::event_loop.
 //
-// What to know:
-//   * Close stdin when you are done writing. Programs like sort, wc and cat
-//     read until EOF and will wait for you forever otherwise.
-//   * A pipe holds about 64 KiB. A child that writes more blocks until you read.
-//     Writing a lot to its stdin while it writes a lot to stdout, from one
-//     thread, deadlocks: you wait for it, it waits for you. Use sp::run() or
-//     sp::communicate(), which feed and drain all pipes at once, or an
-//     sp::event_loop.
-//   * Writing to a child that exited (or closed its stdin) throws io_error with
-//     EPIPE. The parent never dies of SIGPIPE, and the library does not change
-//     your SIGPIPE disposition to achieve that (it blocks SIGPIPE in the writing
-//     thread for the duration of the write).
-//   * The parent's ends are non-blocking (O_NONBLOCK) and close-on-exec. The
-//     blocking calls here wait with poll(). fd() hands the descriptor to your
-//     own event loop; do not mix your own reads with read_line(), which buffers.
-//   * Lines are split on '\n' only. The '\n' is removed; a '\r' before it is
-//     kept (CRLF is data); a last line without '\n' is still returned.
-//
-// Readers and writers are move-only and not thread-safe: one thread uses one
-// stream at a time (different streams of one child may be used by different
-// threads). Moving one out of the process (auto r = std::move(p.out())) makes
-// you its only owner.
+// Errors: io_error naming the stream and the command ("read from stdout of 'sort'").
+// Writing to a child that exited (or closed its stdin) is an io_error with EPIPE; the
+// parent never dies of SIGPIPE, and your SIGPIPE disposition is not changed (SIGPIPE
+// is blocked in the writing thread for the duration of the write).
+// Blocking: read(), read_line(), lines(), read_all() and write_all() wait with poll();
+// read_line_for() gives up after a timeout; write_some() and fill() never wait. The
+// parent's ends are non-blocking (O_NONBLOCK) and close-on-exec; fd() hands the
+// descriptor to your own event loop (do not mix your own reads with read_line(),
+// which buffers).
+// Threads: readers and writers are move-only and not thread-safe: one thread uses one
+// stream at a time (different streams of one child may be used by different threads).
+// Moving one out of the process (auto r = std::move(p.out())) makes you its only owner.
+// Destructor: closes the pipe; a child still writing to it then gets EPIPE/SIGPIPE, a
+// child reading from it gets EOF.
 #pragma once
 
 #include <chrono>
@@ -137,7 +135,9 @@ class pipe_reader {
     return s;
   }
 
-  // The next line without its '\n', or nullopt at end of stream.
+  // The next line without its '\n', or nullopt at end of stream. Lines are split on
+  // '\n' only; a '\r' before it is kept (CRLF is data); a last line without '\n' is
+  // still returned.
   std::optional<std::string> read_line() { return read_line_until(std::nullopt); }
   // Same, giving up after `timeout`: nullopt then means "no full line yet" if
   // !eof(), or end of stream if eof(). A partial line stays buffered.
