@@ -1,121 +1,45 @@
 // subprocess/ipc.hpp - message channels between processes (Node-compatible) and
 // JSON-RPC on top. Needs nlohmann/json (CMake target subprocess::ipc).
 //
-// A channel carries JSON messages both ways over a Unix socket. It speaks the wire
-// format of Node.js's process.send() in "json" serialization mode: each message is
-// compact JSON followed by '\n'. So a C++ parent can drive a Node child, a Node
-// parent can drive a C++ child, and C++ can talk to C++.
+// A channel carries JSON messages both ways over a Unix socket, in the wire format of
+// Node.js's process.send() in "json" serialization mode (compact JSON + '\n'): a C++
+// parent can drive a Node child, a Node parent a C++ child, and C++ can talk to C++.
 //
-//   // parent                                   // child (this program, or Node)
-//   auto p = sp::command{"./worker"}            auto ch = sp::ipc::connect_to_parent();
-//                .ipc().spawn();                while (auto msg = ch.receive())
-//   sp::ipc::channel ch(p);                       ch.send({{"echo", *msg}});
+//   ```cpp
+//   auto p = sp::command{"./worker"}.ipc().spawn();   // the child's end at fd 3
+//   sp::ipc::channel ch(p);
 //   ch.send({{"hello", "world"}});
-//   auto reply = ch.receive();                  // Node: process.on('message', m =>
-//   ch.close();   // the child sees the end     //          process.send({echo: m}))
+//   std::optional<sp::ipc::json> reply = ch.receive();  // nullopt: the child is gone
+//   ch.close();                                          // the child sees the end
 //   p.wait();
+//   // the child (Node: process.on('message', m => process.send({echo: m}))):
+//   auto up = sp::ipc::connect_to_parent();   // early in main(), before threads
+//   while (auto msg = up.receive()) up.send({{"echo", *msg}});
+//   ```
 //
-// How a child finds its channel. command::ipc(fd) creates a socketpair, puts the
-// child's end at `fd` (default 3) and sets NODE_CHANNEL_FD=fd and
-// NODE_CHANNEL_SERIALIZATION_MODE=json, exactly what Node's fork() and
-// spawn(..., {stdio: [..., 'ipc']}) do. A Node child opens it by itself (process.send,
-// process.on('message')); a C++ child calls ipc::connect_to_parent(), which, like
-// Node, unsets both variables (so grandchildren do not inherit a stale fd number) and
-// marks the fd close-on-exec. Call it early in main(), before starting threads:
-// unsetenv() is not safe while other threads read the environment. Node's
-// "advanced" (V8) serialization is not supported; connect_to_parent() says so.
+// Errors. channel_error: errc::channel_closed for sending to a peer that is gone (never
+// SIGPIPE) or on a closed channel; errc::protocol_error for a message that is not valid
+// JSON (that message only: the channel goes on) or longer than max_message_size (the
+// channel is shut down); std::errc::not_connected from connect_to_parent() without a
+// channel. argument_error for sending invalid UTF-8 (nothing is sent). The peer exiting
+// is no error: receive() returns nullopt once its messages have been read.
 //
-// Node's internal messages (objects whose "cmd" starts with "NODE_", used for handle
-// passing and cluster) are passed over, as Node's own 'message' event does; set
-// channel_options::internal_messages to see them. Handles (sockets, servers) cannot be
-// passed to a C++ process: the kernel drops the fd, and the channel answers
-// NODE_HANDLE_NACK as Node would, so a Node parent gives up instead of stalling.
+// Blocking. send(), receive() and receive_for() block (in poll or recv, never
+// spinning); a send() waiting for room keeps reading, so two peers sending to each
+// other do not deadlock. fd(), read_available(), try_receive(), post() and flush() are
+// a non-blocking core for event loops; ipc::attach() plugs a channel into one.
+// Threads: any number may send (each message is written whole) and receive (they take
+// turns); close() from any thread wakes blocked calls; never move or destroy a channel
+// another thread uses. The destructor closes the channel. Cost: a message is one
+// send(2) and usually one recv(2) plus its JSON; big strings are not copied on the way
+// out. The details are at class channel and connect_to_parent().
 //
-// Framing, and what can go wrong on the wire:
-//   * Reassembly is linear: each byte is scanned for '\n' once, however the message
-//     was split, so a 100 MiB message costs what its bytes cost.
-//   * A line that is not valid JSON (or nests deeper than max_nesting_depth) is a
-//     channel_error (errc::protocol_error) for that message only, whose sample() holds
-//     its first bytes; the channel stays usable: is_open() true, send() works, the
-//     next receive() reads the next line.
-//   * A message longer than channel_options::max_message_size (default 64 MiB) is a
-//     channel_error (errc::protocol_error), and the channel is shut down, since the
-//     rest of that message cannot be told from the next one: the peer sees the end;
-//     is_open() is false, send() throws channel_error (errc::channel_closed),
-//     receive() returns nullopt and eof() is true from then on (close() still frees it).
-//   * The peer dying (or closing its end) in the middle of a message ends the channel
-//     as Node's 'disconnect' does, after the messages that did arrive: receive()
-//     returns nullopt, never a hang and never an exception for it; end_error() then
-//     holds the torn bytes (Node drops them silently).
-//   * Sending to a peer that is gone is a channel_error (errc::channel_closed), never
-//     SIGPIPE: writes use send(MSG_NOSIGNAL).
-//   * Sending a string that is not valid UTF-8 is an argument_error; nothing is sent.
-//   * Messages are parsed strictly (RFC 8259, UTF-8 checked), like
-//     nlohmann::ordered_json::parse but several times faster on big strings, and read
-//     as Node means them: object keys keep their order (see ipc::json), a lone UTF-16
-//     surrogate escape ("\ud83d", which JSON.stringify writes for half a pair) is
-//     U+FFFD as Node makes it, -0 is written 0. Nesting deeper than
-//     max_nesting_depth (10,000) is a protocol error for that message (Node itself
-//     writes at most ~4,100 levels); no depth is a stack overflow: the codec never
-//     recurses.
-//
-// What it costs. A message is one send(2) on one side and usually one recv(2) on the
-// other, plus JSON: serializing a small message takes ~30 ns, parsing it into an
-// nlohmann value and freeing that ~170 ns (the value is a few heap allocations). A big
-// string is scanned once by send(), which writes it from the message itself (no copy),
-// and copied once by the receiver into its std::string (a 100 MiB message, one way,
-// parsed: ~0.15-0.3 s; Node: ~0.75-1.1 s). On the machine this was written on, a small
-// message's round trip costs what a raw socketpair ping-pong costs when the two
-// processes run on different cores (the cross-core wake-up dominates), and about
-// 1.2-1.4x that when they share a core, the difference being nlohmann values: with
-// JSON text in place of values the channel is within 5% of the raw socket. A channel
-// keeps up to 64 KiB of buffer between messages; a bigger buffer lives in its own
-// mapping, grows without copying and is given back after use.
-//
-// Blocking and non-blocking use. send(), receive(), receive_for() block (in poll or
-// recv, never spinning). For an event loop, the same channel has a non-blocking core:
-//   fd()              the socket, to watch for readability (and writability)
-//   read_available()  reads what the socket holds now, never blocks
-//   try_receive()     the next complete message already read, or nullopt
-//   post(msg)         sends what fits now and queues the rest; never blocks
-//   enqueue(msg)      queues only (enqueue many, flush once: one send(2) for all);
-//                     enqueue_request(id, method, params) and enqueue_response(id,
-//                     result) queue a JSON-RPC request or answer from its parts
-//   flush()           writes queued bytes that fit now; wants_write() says if any remain
-//                     (flush_all() writes them all, waiting for room)
-//   try_receive_rpc() like try_receive() for JSON-RPC traffic: a request's or an
-//                     answer's envelope is decoded into a small struct instead of a
-//                     json object (receive_rpc() blocks)
-// On readable: read_available(), then try_receive() until it returns nullopt (the
-// buffer may hold many messages); eof() then says the peer is gone. On writable:
-// flush(). ipc::attach() below does exactly this for an event loop.
-//
-// Deadlock freedom. A blocking send() to a peer that is itself busy sending to us
-// would deadlock two programs that each wait for the other to read. While send()
-// waits for room it therefore also reads incoming bytes into the receive buffer
-// (up to max_message_size), unless another thread is inside receive() at that
-// moment. Those messages are returned by the next receive()/try_receive(). If you
-// watch fd() yourself, use post() rather than send(), or call try_receive() after a
-// send(): bytes read ahead no longer make the socket readable.
-//
-// Thread safety. Sending (send, post, flush) may happen from any number of threads:
-// each message is written whole, never interleaved with another. Receiving (receive,
-// receive_for, try_receive, read_available) may also be called from several threads;
-// they take turns. The intended use is one reading thread while others send.
-// close() may be called from any thread and wakes blocked calls. Moving or
-// destroying a channel while another thread uses it is not allowed.
-//
-// On top of channels:
-//   ipc::serve(ch, handlers)      answer JSON-RPC 2.0 requests (the child side)
-//   ipc::client                   call(method, params, timeout) -> std::future<json>,
-//                                 call_sync(...) -> json, notify(); pending calls fail
-//                                 on timeout or when the peer exits, carrying its exit
-//                                 status
-//   ipc::heartbeat                pings a client's peer, measures latency, reports
-//                                 a peer that stops answering
+// On top of channels (each described where it is defined, below):
+//   ipc::serve(ch, handlers)      answers JSON-RPC 2.0 requests (the child side)
+//   ipc::client                   call() -> std::future<json>, call_sync(), notify()
+//   ipc::heartbeat                pings a client's peer, reports one that stops answering
 //   ipc::broadcast(channels, msg) one message to many channels
 //   ipc::attach(loop, ch, ...)    plugs a channel into an event loop
-// Each is described where it is defined, below.
 #pragma once
 
 #include <algorithm>
@@ -359,6 +283,85 @@ class encoded {
 
 // ---------------------------------------------------------------------------------
 // channel
+//
+// The notes below hold for every channel, whichever side opened it.
+//
+// Node's internal messages (objects whose "cmd" starts with "NODE_", used for handle
+// passing and cluster) are passed over, as Node's own 'message' event does; set
+// channel_options::internal_messages to see them. Handles (sockets, servers) cannot be
+// passed to a C++ process: the kernel drops the fd, and the channel answers
+// NODE_HANDLE_NACK as Node would, so a Node parent gives up instead of stalling.
+//
+// Framing, and what can go wrong on the wire:
+//   * Reassembly is linear: each byte is scanned for '\n' once, however the message
+//     was split, so a 100 MiB message costs what its bytes cost.
+//   * A line that is not valid JSON (or nests deeper than max_nesting_depth) is a
+//     channel_error (errc::protocol_error) for that message only, whose sample() holds
+//     its first bytes; the channel stays usable: is_open() true, send() works, the
+//     next receive() reads the next line.
+//   * A message longer than channel_options::max_message_size (default 64 MiB) is a
+//     channel_error (errc::protocol_error), and the channel is shut down, since the
+//     rest of that message cannot be told from the next one: the peer sees the end;
+//     is_open() is false, send() throws channel_error (errc::channel_closed),
+//     receive() returns nullopt and eof() is true from then on (close() still frees it).
+//   * The peer dying (or closing its end) in the middle of a message ends the channel
+//     as Node's 'disconnect' does, after the messages that did arrive: receive()
+//     returns nullopt, never a hang and never an exception for it; end_error() then
+//     holds the torn bytes (Node drops them silently).
+//   * Sending to a peer that is gone is a channel_error (errc::channel_closed), never
+//     SIGPIPE: writes use send(MSG_NOSIGNAL).
+//   * Sending a string that is not valid UTF-8 is an argument_error; nothing is sent.
+//   * Messages are parsed strictly (RFC 8259, UTF-8 checked), like
+//     nlohmann::ordered_json::parse, and read
+//     as Node means them: object keys keep their order (see ipc::json), a lone UTF-16
+//     surrogate escape ("\ud83d", which JSON.stringify writes for half a pair) is
+//     U+FFFD as Node makes it, -0 is written 0. Nesting deeper than
+//     max_nesting_depth (10,000) is a protocol error for that message (Node itself
+//     writes at most ~4,100 levels); no depth is a stack overflow: the codec never
+//     recurses.
+//
+// What it costs. A message is one send(2) on one side and usually one recv(2) on the
+// other, plus JSON: serializing a small message is cheap next to the system calls;
+// parsing it builds an nlohmann value (a few heap allocations). A big string is
+// scanned once by send(), which writes it from the message itself (no copy), and
+// copied once by the receiver into its std::string. A small message's round trip is
+// dominated by the wake-up of the other process, as for a raw socketpair; the README
+// has the measurements. A channel keeps up to 64 KiB of buffer between messages; a
+// bigger buffer lives in its own mapping, grows without copying and is given back
+// after use.
+//
+// Blocking and non-blocking use. send(), receive(), receive_for() block (in poll or
+// recv, never spinning). For an event loop, the same channel has a non-blocking core:
+//   fd()              the socket, to watch for readability (and writability)
+//   read_available()  reads what the socket holds now, never blocks
+//   try_receive()     the next complete message already read, or nullopt
+//   post(msg)         sends what fits now and queues the rest; never blocks
+//   enqueue(msg)      queues only (enqueue many, flush once: one send(2) for all);
+//                     enqueue_request(id, method, params) and enqueue_response(id,
+//                     result) queue a JSON-RPC request or answer from its parts
+//   flush()           writes queued bytes that fit now; wants_write() says if any remain
+//                     (flush_all() writes them all, waiting for room)
+//   try_receive_rpc() like try_receive() for JSON-RPC traffic: a request's or an
+//                     answer's envelope is decoded into a small struct instead of a
+//                     json object (receive_rpc() blocks)
+// On readable: read_available(), then try_receive() until it returns nullopt (the
+// buffer may hold many messages); eof() then says the peer is gone. On writable:
+// flush(). ipc::attach() below does exactly this for an event loop.
+//
+// Deadlock freedom. A blocking send() to a peer that is itself busy sending to us
+// would deadlock two programs that each wait for the other to read. While send()
+// waits for room it therefore also reads incoming bytes into the receive buffer
+// (up to max_message_size), unless another thread is inside receive() at that
+// moment. Those messages are returned by the next receive()/try_receive(). If you
+// watch fd() yourself, use post() rather than send(), or call try_receive() after a
+// send(): bytes read ahead no longer make the socket readable.
+//
+// Thread safety. Sending (send, post, flush) may happen from any number of threads:
+// each message is written whole, never interleaved with another. Receiving (receive,
+// receive_for, try_receive, read_available) may also be called from several threads;
+// they take turns. The intended use is one reading thread while others send.
+// close() may be called from any thread and wakes blocked calls. Moving or
+// destroying a channel while another thread uses it is not allowed.
 
 class channel {
  public:
@@ -394,8 +397,9 @@ class channel {
   ~channel() { close(); }
 
   // Open until close(), or until an oversized message shut it down (then send()
-  // throws and receive() returns nullopt, see the header notes). A channel whose peer
-  // has gone stays open (receive() returns nullopt; send() throws) until closed.
+  // throws and receive() returns nullopt, see the notes above class channel). A
+  // channel whose peer has gone stays open (receive() returns nullopt; send()
+  // throws) until closed.
   bool is_open() const noexcept { return s_ && s_->fd && !s_->closed.load() && !s_->shut_down.load(); }
   // The socket, for your own poll/epoll. -1 when empty or closed.
   int fd() const noexcept { return s_ && !s_->closed.load() ? s_->fd.get() : -1; }
@@ -451,7 +455,7 @@ class channel {
   // the channel (or exited) and every message it sent has been returned, or the
   // channel was closed (end_error() says whether the peer died in the middle of a
   // message). Throws channel_error for a malformed or oversized message (see the
-  // header notes).
+  // notes above class channel).
   std::optional<json> receive() { return receive_until(std::nullopt); }
   // The same, giving up after `timeout`. nullopt then means "nothing yet" if !eof(),
   // and the end if eof().
@@ -957,7 +961,7 @@ class channel {
   // Framing: finds the next complete line and hands it to decode(line), which
   // returns false to pass the message over. True once a message was decoded; false
   // when no complete message is buffered. Throws for malformed, oversized and
-  // truncated messages (see the header notes). Requires rmu.
+  // truncated messages (see the notes above class channel). Requires rmu.
   template <class Decode>
   static bool next_line_locked(state& s, Decode&& decode) {
     for (;;) {
@@ -1022,6 +1026,16 @@ class channel {
 // ---------------------------------------------------------------------------------
 // The child side: the channel our parent gave us.
 
+// How a child finds its channel. command::ipc(fd) creates a socketpair, puts the
+// child's end at `fd` (default 3) and sets NODE_CHANNEL_FD=fd and
+// NODE_CHANNEL_SERIALIZATION_MODE=json, exactly what Node's fork() and
+// spawn(..., {stdio: [..., 'ipc']}) do. A Node child opens it by itself (process.send,
+// process.on('message')); a C++ child calls ipc::connect_to_parent(), which, like
+// Node, unsets both variables (so grandchildren do not inherit a stale fd number) and
+// marks the fd close-on-exec. Call it early in main(), before starting threads:
+// unsetenv() is not safe while other threads read the environment. Node's
+// "advanced" (V8) serialization is not supported; connect_to_parent() says so.
+//
 // Opens the channel announced in NODE_CHANNEL_FD, like Node does at startup: checks
 // it, marks it close-on-exec and unsets NODE_CHANNEL_FD and
 // NODE_CHANNEL_SERIALIZATION_MODE (so programs we start do not inherit them). Works

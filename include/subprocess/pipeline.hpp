@@ -1,133 +1,43 @@
 // subprocess/pipeline.hpp - shell pipelines, with the safety of a library.
 //
-// A pipeline is a row of stages, each reading what the previous one wrote:
+// A pipeline is a row of stages, each reading what the previous one wrote. A stage is
+// a command (a child process) or a transform (a function running in this process).
 //
-//   auto r = (sp::pipeline{}
-//             | sp::command{"grep", "ERROR"}
-//             | sp::command{"cut", "-d", " ", "-f", "2"}
-//             | sp::command{"sort"}
+//   ```cpp
+//   auto r = (sp::pipeline{} | sp::command{"grep", "ERROR"} | sp::command{"sort"}
 //             | sp::command{"uniq", "-c"})
 //                .run({.input = sp::file("app.log"), .timeout = 10s});
-//   r.out;               // what the last stage printed
-//   r.status;            // pipefail: the rightmost failure, or "exited with code 0"
-//   r.stages[1].status;  // how `cut` ended
-//
-// A stage is a command (a child process) or a transform (a function running in
-// this process). The same pipeline built from data, as easily as with `|`:
-//
-//   sp::pipeline p;
-//   for (auto& argv : steps) p.add(sp::command(argv));
-//   std::cout << p.to_string();           // grep ERROR | cut -d ' ' -f 2 | sort
-//
-// Transforms. sp::transform(fn) runs fn in the parent, on a thread of its own,
-// over the bytes flowing between two stages. fn is either
-//   * a line function: std::optional<std::string>(std::string_view line), called
-//     for every line without its '\n'; what it returns is written followed by '\n',
-//     nullopt drops the line. A last line without '\n' is passed too and its output
-//     gets no '\n' (like sed). Lines longer than max_line() (64 MiB) fail the stage.
-//   * a chunk function: void(std::string_view data, sp::emitter& emit), called for
-//     every chunk read (any size up to 64 KiB; chunks do not follow lines); call
-//     emit(bytes) as often as you like. at_end(fn(emitter&)) runs once at the end.
-//
-//   auto square = sp::transform([](std::string_view n) -> std::optional<std::string> {
-//     int v = std::stoi(std::string(n));
-//     return std::to_string(v) + " -> " + std::to_string(v * v);
-//   }, "square");
-//   (sp::pipeline{} | sp::command{"seq", "3"} | square).run().out;   // "1 -> 1\n2 -> 4\n3 -> 9\n"
-//
-// How the bytes flow, and what it costs.
-//   * Two adjacent commands are joined by a kernel pipe that the parent creates
-//     (close-on-exec) and hands to the children: their bytes never pass through this
-//     process, and the parent closes its copies of the ends right after each spawn,
-//     so a stage sees end-of-file exactly when its writer is gone. An all-command
-//     pipeline moves its bytes as fast as the same shell pipeline; here it costs a
-//     thread that waits for the children (and one more that reads the output when
-//     you capture it or take it with a callback).
-//   * A transform stage reads from a pipe, calls fn, and writes into the next pipe,
-//     with bounded buffers (a 64 KiB chunk in, up to 64 KiB of output batched):
-//     a slow consumer fills its pipe, the transform blocks writing, stops reading,
-//     and the producer blocks in turn. Backpressure holds end to end; memory stays
-//     flat however much flows (except a line function's current line). A pipe the
-//     parent reads from and finds full is enlarged to 1 MiB (best effort, within
-//     the per-user pipe limit): the fast producer runs longer between reads, so
-//     both sides sleep and wake less. That much more can sit in the kernel pipe
-//     before backpressure reaches the producer; this process's memory is unchanged.
-//   * The parent side (feeding string input, capturing output, capturing stderr,
-//     transforms) runs on library threads: the pipeline makes progress whether or
-//     not you are in wait(), so nothing deadlocks on a full pipe.
-//
-// Options (pipeline_options, given to run() or spawn()):
-//   input    sp::null (default: a child never steals your terminal), a std::string,
-//            sp::file(path), sp::fd(n) (yours; keep it open until the end), a
-//            pipe_reader (for example another process's out(), moved in), sp::inherit.
-//   output   sp::capture (default: into result.out), sp::inherit, sp::null,
-//            sp::file(path[, mode]), sp::fd(n), or a callback(std::string_view)
-//            that receives the bytes as they come (on a library thread).
-//   err      every command stage's stderr, unless the command sets err() itself:
-//            sp::inherit (default), sp::null, sp::capture (into result.stages[k].err)
-//            or sp::merge_with_out (2>&1: into the next stage, or the output).
-//   timeout  for the whole pipeline: at the deadline every stage is killed (SIGKILL,
-//            the whole group), transforms are stopped, all is reaped, and wait() /
-//            run() throw timeout_error.
-//   process_group (default true): every stage in one process group, which the
-//            first command stage leads and the later ones join, so one signal
-//            (signal(), terminate(), the timeout) reaches the stages and the
-//            processes they started. The group is a background job of your
-//            terminal: a stage reading the terminal (input = sp::inherit) is stopped
-//            by SIGTTIN, and Ctrl-C reaches only your program. Set it to false to
-//            keep the stages in your group (and to keep a command's own
-//            new_process_group()/new_session(), which are refused otherwise).
-//   sigpipe_is_failure (default false): see "Exit status" below.
-//   check    throw pipeline_error from run()/wait() unless the pipeline succeeded.
-//
-// Exit status. result.stages[k].status says how each stage ended; result.status is
-// the pipeline's, with pipefail semantics: the status of the rightmost stage that
-// failed, or "exited with code 0" if none did. One choice differs from bash's
-// pipefail: a stage killed by SIGPIPE, other than the last, is not a failure. That
-// is what happens to `yes` in `yes | head -n 1` when head has what it needs and
-// exits: the normal way for a producer to learn that nobody wants more. Set
-// sigpipe_is_failure = true to count it (bash's `set -o pipefail`). A transform's
-// status mimics a process: exited(0) when it finished, signaled(SIGPIPE) when its
-// reader went away, exited(1) when fn threw, and the pipeline's signal when it was
-// stopped. result.first_failure() is the leftmost failing stage, usually the cause.
-//
-// Accepted exit codes. A command's success_codes() are the codes that count as
-// success for that stage (default {0}): `grep` exits 1 when nothing matched, which
-// is an answer, not a failure:
-//
-//   auto r = (sp::pipeline{} | sp::command{"cat", "app.log"}
-//             | sp::command{"grep", "FATAL"}.success_codes({0, 1})
-//             | sp::command{"wc", "-l"}).run({.check = true});   // "0\n", no throw
-//
-// Such a stage is not failed: it is left out of the pipefail status, first_failure(),
-// success() and check; its own status still says "exited with code 1". A stage
-// killed by a signal is never accepted (only the SIGPIPE rule can excuse it). It is
-// set on the command, so `|`, add() and run(cmd) all honour it the same way.
+//   std::cout << r.out;      // what the last stage printed
+//   std::cout << r.status;   // pipefail: the rightmost failure, or "exited with code 0"
+//   std::cout << r.stages[1].status;   // how `sort` ended
+//   ```
 //
 // Errors. Everything is checked before anything starts: an empty pipeline and bad
-// options are argument_errors; every command is validated (arguments, program found
-// in PATH, cwd) first, so a missing program in stage k is a pipeline_spawn_error
-// (a spawn_error; stage() is k) and nothing has run. If a stage still fails to
-// start (exec fails, fd limit), the stages already started are killed and reaped
-// before spawn() throws. An exception thrown by a transform (or by the output
-// callback) stops the pipeline: every stage is killed, the others stopped, all
-// reaped, and wait()/run() rethrow that exception. On every path no child, zombie,
-// thread or fd is left behind.
+// options are argument_errors; a missing program in stage k is a pipeline_spawn_error
+// (stage() is k) and nothing has run. run() and wait() throw timeout_error at
+// options.timeout (every stage killed and reaped first), rethrow what a transform or
+// the output callback threw (the pipeline is stopped first), and throw pipeline_error
+// for a failed pipeline when options.check is set. Otherwise a failed stage is no
+// exception: read result.status (pipefail; a producer killed by SIGPIPE is no failure)
+// and result.stages[k].status (see "Exit status" at stage_result). On every path no
+// child, zombie, thread or fd is left behind.
 //
-// The running pipeline. spawn() returns a running_pipeline: wait(), wait_for(d),
-// statuses() (live), signal(sig), terminate(grace), pids(), pgid(), and done_fd()
-// (readable once everything has finished: put it in a poll set or an event loop,
-// then call wait(), which returns at once). Destroying a running pipeline that has
-// not finished kills and reaps it (like process). A transform function or output
-// callback that blocks forever cannot be interrupted: wait() and the destructor then
-// wait for it.
+// Blocking. run() blocks until every stage has ended; spawn() returns at once with a
+// running_pipeline (wait(), wait_for(), done_fd() for an event loop). The parent's
+// side (string input, captured output, transforms) runs on library threads, so
+// nothing deadlocks on a full pipe, whether or not you are in wait().
 //
-// Thread safety. A pipeline is a value: build it in one thread, run it from any
-// thread, as often as you like (each run copies the commands and transforms; a
-// transform's captured references are shared by every run). running_pipeline:
-// signal(), terminate(), statuses() and wait() may be called from different threads.
-// Transform functions and the output callback run on library threads, one call at
-// a time per function, with asynchronous signals blocked.
+// Threads. A pipeline is a value: build it in one thread, run it from any thread, as
+// often as you like. Transforms and the output callback run on library threads, one
+// call at a time per function, with asynchronous signals blocked.
+//
+// Cost. Adjacent commands are joined by kernel pipes (their bytes never pass through
+// this process); the pipeline costs a thread that waits for the children, one more to
+// read captured output, and one per transform, whose buffers are bounded: memory stays
+// flat however much flows. The details are at class pipeline.
+//
+// Destructor. Destroying a running_pipeline that has not finished kills and reaps it
+// (like process); a transform or output callback that blocks forever makes it wait.
 #pragma once
 
 #include <algorithm>
@@ -193,7 +103,23 @@ class emitter {
   void (*fn_)(void*, std::string_view);
 };
 
-// A stage that runs a function in this process. See the top of this file.
+// A stage that runs a function in this process.
+//
+// Transforms. sp::transform(fn) runs fn in the parent, on a thread of its own,
+// over the bytes flowing between two stages. fn is either
+//   * a line function: std::optional<std::string>(std::string_view line), called
+//     for every line without its '\n'; what it returns is written followed by '\n',
+//     nullopt drops the line. A last line without '\n' is passed too and its output
+//     gets no '\n' (like sed). Lines longer than max_line() (64 MiB) fail the stage.
+//   * a chunk function: void(std::string_view data, sp::emitter& emit), called for
+//     every chunk read (any size up to 64 KiB; chunks do not follow lines); call
+//     emit(bytes) as often as you like. at_end(fn(emitter&)) runs once at the end.
+//
+//   auto square = sp::transform([](std::string_view n) -> std::optional<std::string> {
+//     int v = std::stoi(std::string(n));
+//     return std::to_string(v) + " -> " + std::to_string(v * v);
+//   }, "square");
+//   (sp::pipeline{} | sp::command{"seq", "3"} | square).run().out;   // "1 -> 1\n2 -> 4\n3 -> 9\n"
 class transform {
  public:
   using chunk_function = std::function<void(std::string_view, emitter&)>;
@@ -249,6 +175,29 @@ using pipeline_output = std::variant<capture_t, inherit_t, null_t, file, fd, out
 // Where each command stage's stderr goes (unless the command sets err() itself).
 using stage_stderr = std::variant<inherit_t, null_t, capture_t, merge_with_out_t>;
 
+// Options (pipeline_options, given to run() or spawn()):
+//   input    sp::null (default: a child never steals your terminal), a std::string,
+//            sp::file(path), sp::fd(n) (yours; keep it open until the end), a
+//            pipe_reader (for example another process's out(), moved in), sp::inherit.
+//   output   sp::capture (default: into result.out), sp::inherit, sp::null,
+//            sp::file(path[, mode]), sp::fd(n), or a callback(std::string_view)
+//            that receives the bytes as they come (on a library thread).
+//   err      every command stage's stderr, unless the command sets err() itself:
+//            sp::inherit (default), sp::null, sp::capture (into result.stages[k].err)
+//            or sp::merge_with_out (2>&1: into the next stage, or the output).
+//   timeout  for the whole pipeline: at the deadline every stage is killed (SIGKILL,
+//            the whole group), transforms are stopped, all is reaped, and wait() /
+//            run() throw timeout_error.
+//   process_group (default true): every stage in one process group, which the
+//            first command stage leads and the later ones join, so one signal
+//            (signal(), terminate(), the timeout) reaches the stages and the
+//            processes they started. The group is a background job of your
+//            terminal: a stage reading the terminal (input = sp::inherit) is stopped
+//            by SIGTTIN, and Ctrl-C reaches only your program. Set it to false to
+//            keep the stages in your group (and to keep a command's own
+//            new_process_group()/new_session(), which are refused otherwise).
+//   sigpipe_is_failure (default false): see "Exit status" below.
+//   check    throw pipeline_error from run()/wait() unless the pipeline succeeded.
 struct pipeline_options {
   pipeline_input input{null};
   pipeline_output output{capture};
@@ -263,7 +212,31 @@ struct pipeline_options {
   bool check = false;
 };
 
-// How one stage ended.
+// Exit status. result.stages[k].status says how each stage ended; result.status is
+// the pipeline's, with pipefail semantics: the status of the rightmost stage that
+// failed, or "exited with code 0" if none did. One choice differs from bash's
+// pipefail: a stage killed by SIGPIPE, other than the last, is not a failure. That
+// is what happens to `yes` in `yes | head -n 1` when head has what it needs and
+// exits: the normal way for a producer to learn that nobody wants more. Set
+// sigpipe_is_failure = true to count it (bash's `set -o pipefail`). A transform's
+// status mimics a process: exited(0) when it finished, signaled(SIGPIPE) when its
+// reader went away, exited(1) when fn threw, and the pipeline's signal when it was
+// stopped. result.first_failure() is the leftmost failing stage, usually the cause.
+//
+// Accepted exit codes. A command's success_codes() are the codes that count as
+// success for that stage (default {0}): `grep` exits 1 when nothing matched, which
+// is an answer, not a failure:
+//
+//   auto r = (sp::pipeline{} | sp::command{"cat", "app.log"}
+//             | sp::command{"grep", "FATAL"}.success_codes({0, 1})
+//             | sp::command{"wc", "-l"}).run({.check = true});   // "0\n", no throw
+//
+// Such a stage is not failed: it is left out of the pipefail status, first_failure(),
+// success() and check; its own status still says "exited with code 1". A stage
+// killed by a signal is never accepted (only the SIGPIPE rule can excuse it). It is
+// set on the command, so `|`, add() and run(cmd) all honour it the same way.
+//
+// How one stage ended (result.stages[k]):
 struct stage_result {
   std::string command;  // shell-quoted command line, or "[name]" for a transform
   bool is_transform = false;
@@ -1005,7 +978,15 @@ inline void pipeline_state::supervise() noexcept {
 
 // ======================================================== running pipeline ====
 
-// A started pipeline. Move-only. See the top of this file.
+// A started pipeline. Move-only.
+//
+// The running pipeline. spawn() returns a running_pipeline: wait(), wait_for(d),
+// statuses() (live), signal(sig), terminate(grace), pids(), pgid(), and done_fd()
+// (readable once everything has finished: put it in a poll set or an event loop,
+// then call wait(), which returns at once). Destroying a running pipeline that has
+// not finished kills and reaps it (like process). A transform function or output
+// callback that blocks forever cannot be interrupted: wait() and the destructor then
+// wait for it.
 class running_pipeline {
  public:
   running_pipeline() = default;
@@ -1153,6 +1134,49 @@ class running_pipeline {
 
 // ================================================================ pipeline ====
 
+// A pipeline: the stages, built with `|` or, from data, with add():
+//
+//   sp::pipeline p;
+//   for (auto& argv : steps) p.add(sp::command(argv));
+//   std::cout << p.to_string();           // grep ERROR | cut -d ' ' -f 2 | sort
+//
+// How the bytes flow, and what it costs.
+//   * Two adjacent commands are joined by a kernel pipe that the parent creates
+//     (close-on-exec) and hands to the children: their bytes never pass through this
+//     process, and the parent closes its copies of the ends right after each spawn,
+//     so a stage sees end-of-file exactly when its writer is gone. An all-command
+//     pipeline moves its bytes as fast as the same shell pipeline; here it costs a
+//     thread that waits for the children (and one more that reads the output when
+//     you capture it or take it with a callback).
+//   * A transform stage reads from a pipe, calls fn, and writes into the next pipe,
+//     with bounded buffers (a 64 KiB chunk in, up to 64 KiB of output batched):
+//     a slow consumer fills its pipe, the transform blocks writing, stops reading,
+//     and the producer blocks in turn. Backpressure holds end to end; memory stays
+//     flat however much flows (except a line function's current line). A pipe the
+//     parent reads from and finds full is enlarged to 1 MiB (best effort, within
+//     the per-user pipe limit): the fast producer runs longer between reads, so
+//     both sides sleep and wake less. That much more can sit in the kernel pipe
+//     before backpressure reaches the producer; this process's memory is unchanged.
+//   * The parent side (feeding string input, capturing output, capturing stderr,
+//     transforms) runs on library threads: the pipeline makes progress whether or
+//     not you are in wait(), so nothing deadlocks on a full pipe.
+//
+// Errors. Everything is checked before anything starts: an empty pipeline and bad
+// options are argument_errors; every command is validated (arguments, program found
+// in PATH, cwd) first, so a missing program in stage k is a pipeline_spawn_error
+// (a spawn_error; stage() is k) and nothing has run. If a stage still fails to
+// start (exec fails, fd limit), the stages already started are killed and reaped
+// before spawn() throws. An exception thrown by a transform (or by the output
+// callback) stops the pipeline: every stage is killed, the others stopped, all
+// reaped, and wait()/run() rethrow that exception. On every path no child, zombie,
+// thread or fd is left behind.
+//
+// Thread safety. A pipeline is a value: build it in one thread, run it from any
+// thread, as often as you like (each run copies the commands and transforms; a
+// transform's captured references are shared by every run). running_pipeline:
+// signal(), terminate(), statuses() and wait() may be called from different threads.
+// Transform functions and the output callback run on library threads, one call at
+// a time per function, with asynchronous signals blocked.
 class pipeline {
  public:
   pipeline() = default;

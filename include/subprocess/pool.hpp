@@ -3,199 +3,44 @@
 //
 // A worker is any program started with an ipc channel that answers the pool's
 // messages: a C++ program running ipc::serve(), this very program in a worker role
-// (command::self), or a Node script (process.on('message') / process.send()). The
-// pool starts the workers, hands them tasks, keeps the number of workers between a
-// minimum and a maximum, notices workers that crash or hang, replaces them and runs
-// their tasks again elsewhere.
+// (command::self), or a Node script. The pool starts the workers, hands them tasks,
+// keeps their number between min_workers and max_workers, notices workers that crash
+// or hang, replaces them and runs their tasks again elsewhere.
 //
-//   sp::worker_pool pool(sp::command::self({"--worker"}),
-//                        {.min_workers = 2, .max_workers = 8});
+//   ```cpp
+//   using json = sp::ipc::json;
+//   sp::worker_pool pool(sp::command::self({"--worker"}), {.min_workers = 2, .max_workers = 8});
 //   std::future<json> f = pool.submit("fib", {{"n", 30}});
-//   f.get();                      // 832040, or throws: see "Errors" below
-//
-//   // the worker side (same program, main() sees "--worker"):
+//   json r = f.get();   // the worker's result, or throws (see Errors)
+//   // the worker side (the same program, when main() sees "--worker"):
 //   auto ch = sp::ipc::connect_to_parent();
-//   sp::ipc::serve(ch, {{"fib", [](const json& p) -> json { return fib(p.at("n")); }}});
+//   sp::ipc::serve(ch, {{"fib", [](const json& p) -> json { return p.at("n"); }}});
+//   ```
 //
-// The protocol a worker speaks (options.protocol), one JSON message per line:
-//   json_rpc (default): the pool sends {"jsonrpc":"2.0","id":N,"method":M,"params":P}
-//     (submit(M, P)); the worker answers {"jsonrpc":"2.0","id":N,"result":R} or
-//     {"jsonrpc":"2.0","id":N,"error":{"code":C,"message":S}}, with the same id, in
-//     any order. It must also answer the pool's pings the same way: requests with
-//     method "rpc.heartbeat" (params {"beat":N}; any result will do). serve() does all
-//     of this; tests/ipc/rpc_worker.js is the same in 30 lines of Node. A worker that
-//     cannot answer pings needs heartbeat_interval = 0 (or the plain protocol).
-//     Messages that are not answers go to options.on_message.
-//   plain: for workers that know nothing of JSON-RPC, written the way Node course
-//     workers are: process.on('message', m => process.send(result)). The pool sends
-//     P itself (any JSON value; M only names the task in errors and events), and the
-//     worker's next message is the answer, whatever it holds. Answers carry no id, so
-//     max_in_flight must be 1 (the constructor refuses more); no heartbeats are sent
-//     (heartbeat_interval is ignored: use task_timeout against hangs); a worker
-//     cannot fail a task other than by what its answer says.
-//     The rule: a plain worker sends nothing but answers, exactly one per message
-//     received, in order. A message of its own (a {ready: true} at start, a progress
-//     note) that arrives while a task is in flight IS taken as that task's answer,
-//     and every later answer of that worker then goes to the task before it. Only a
-//     message arriving when nothing is in flight goes to on_message, and whether
-//     something is in flight is a race. Workers that talk on their own need json_rpc
-//     (their own messages carry no id, so they go to on_message, never to a task).
-//
-// The pool adds .ipc() to the command itself (unless you chose a channel fd with
-// .ipc(fd)). Workers inherit stdin/stdout/stderr by default; sp::pipe is refused for
-// them (nobody would read the pipe, and a worker writing to it would stall). Each
-// worker finds its number in the environment variable SUBPROCESS_WORKER_ID: 1, 2, 3...
-// in the order the pool started them, replacements included (to tell workers apart in
-// logs, or to seed a random generator per worker).
-//
-// Dispatch. A task goes to a worker with room: fewer than max_in_flight tasks of the
-// pool's in flight on it. least_busy (default) picks the worker with the fewest tasks
-// in flight, rotating among equals, so idle workers are used first; round_robin takes
-// the next worker with room in a fixed cycle. max_in_flight = 1 (default) sends a
-// worker its next task only once it has answered the last one. A larger value
-// pipelines: the worker finds its next request already waiting when it finishes one,
-// which hides the round trip and lets one send(2)/recv(2) carry many tasks. A serve()
-// worker still runs its tasks one at a time, in order; a Node worker may run them
-// concurrently.
-//
-// Size. The pool starts min_workers workers (the constructor throws the spawn_error
-// if the program cannot be started; nothing is left running). While tasks wait in the
-// queue (all workers' capacity is taken) and fewer than max_workers run, it starts one
-// more worker, then at most one per scale_up_cooldown. A worker that has had nothing to
-// do for idle_timeout is retired (its channel closed), never below min_workers. If a
-// worker cannot be started later on (the program is gone, no processes left), the pool
-// reports spawn_failed, tries again after 50 ms, 100 ms, ... up to 5 s, and while no
-// worker runs at all it fails the waiting tasks with pool_error no_workers. Workers
-// that die right after starting, before answering anything, are restarted with a
-// growing delay too (100 ms doubling to 5 s): a broken worker program never makes the
-// pool spin.
-//
-// Failures, retries and exactly-once. Every future (or callback) is fulfilled exactly
-// once, with the result or with an error saying why. When a worker dies (crashes,
-// is killed, exits) its tasks in flight are sent again to other workers, up to
-// max_retries times each; a task whose every attempt died fails with a pool_error
-// (worker_crashed) listing each attempt's worker and exit status. A dead worker is
-// replaced (if the pool would fall below min_workers, or tasks are waiting). A task
-// the worker answered with a JSON-RPC error fails with that ipc::rpc_error and is not
-// retried: the worker did run it. Because a retried task may have run partway (or
-// even to the end) on the worker that died before answering, execution is
-// at-least-once while completion is exactly-once: make tasks idempotent, or set
+// Errors. The constructor throws argument_error for bad options and spawn_error if the
+// program cannot be started (nothing is left running); submit() throws argument_error
+// for bad params. A future holds the result or one of: ipc::rpc_error (the worker
+// answered with an error; not retried), ipc::channel_error (its answer could not be
+// decoded), pool_error (kind(): worker_crashed after every attempt, task_timeout,
+// cancelled, shut_down, queue_full, no_workers). Every future (or callback) is
+// fulfilled exactly once, but a task whose worker died is retried elsewhere
+// (max_retries), so it may run more than once: make tasks idempotent, or set
 // max_retries = 0.
 //
-// Hangs. Every heartbeat_interval the pool pings each worker it has not heard from
-// for that long (rpc.heartbeat, which serve() answers by itself, even while a handler
-// is busy; see ipc.hpp). A worker with a ping unanswered for heartbeat_timeout (a
-// stopped process, a wedged one) is killed (SIGKILL), counted as hung, and handled as
-// a crash: its tasks are retried elsewhere. Only complete messages count as signs of
-// life: a worker that writes bytes but never finishes a line (one byte every few ms,
-// no newline) misses its ping all the same. A Node worker answers from its event loop,
-// so a Node handler that keeps the CPU busy delays its pings: give Node workers a
-// heartbeat_timeout longer than their longest synchronous task.
+// Blocking and threads. submit() queues and returns, from any thread; it blocks only
+// when max_queue is full with queue_full_policy::block. The pool owns one I/O thread
+// (an sp::event_loop) that fulfils futures and runs callbacks and on_event: they must
+// not block for long, nor call shutdown() or destroy the pool.
 //
-// Garbage. A line that cannot be decoded and shows the id of a task in flight in its
-// first 64 bytes ("id":N, where serve() and Node put it) is one bad answer: that task
-// fails with an ipc::channel_error (protocol_error) saying what the codec refused
-// (invalid UTF-8, nesting deeper than 1000...), and the worker stays. With the plain
-// protocol a bad line is the answer to the task in flight. Any other line that is not
-// JSON (a stray printf to the wrong fd, a corrupted peer, a flood) means the worker is
-// broken: it is killed, counted as hung, and its tasks are retried, as for a crash. A
-// worker's unfinished line is held in memory up to max_message_size bytes (64 MiB by
-// default; plus at most one read of 4 MiB before the check): longer, and the worker
-// is killed the same way (its task, if the line shows its id, fails with the error).
+// Destructor. shutdown(options.shutdown_grace, shutdown_mode::cancel): queued tasks
+// fail, channels close, workers get the grace, then SIGTERM, then SIGKILL; it returns
+// within about shutdown_grace + term_grace. Call shutdown(grace, shutdown_mode::finish)
+// first to finish the queue.
 //
-// Task timeout. With task_timeout, a task unanswered that long fails with pool_error
-// (task_timeout); its worker, which may be stuck in it, is killed and replaced, and
-// its other tasks in flight are retried without counting against their max_retries.
-// The timed-out task itself is not retried (it would most likely time out again and
-// kill another worker). The clock of a task starts when its worker can start it: when
-// it is sent to a worker with nothing else in flight, or, with max_in_flight > 1,
-// when the worker answers the task sent before it. That is exact for serve() workers
-// (one task at a time, in order); for workers that run tasks concurrently (Node) it
-// is the clock of the oldest unanswered task, which keeps running while later ones
-// complete. Checked every few ms (a tenth of the timeout, at most every 100 ms).
-//
-// Recycling. With max_tasks_per_worker = N a worker gets no more tasks after its N-th;
-// once it has answered them all its channel is closed (a serve() loop returns, a Node
-// worker sees 'disconnect') and a fresh worker takes its place, like Python's
-// max_tasks_per_child. Useful for workers that leak memory.
-//
-// Queue limit. With max_queue = N, at most N tasks wait for a worker. submit() then
-// blocks until there is room (queue_full_policy::block, the default) or fails at once
-// (fail: the future holds pool_error queue_full). Tasks that are retried do not count.
-//
-// SIGCHLD ignored. If the program sets SIGCHLD to SIG_IGN (or SA_NOCLDWAIT), the
-// kernel discards every worker's exit status (see process.hpp). The pool works all
-// the same: a worker that exits is noticed through its pidfd and handled as an exit
-// with an unknown status (a crash, or a stop if the pool asked for it), so it is
-// replaced and its tasks are retried or fail as above; pool_event::status and
-// pool_attempt::status are then nullopt, and messages say "exited with an unknown
-// status". Shutdown climbs the same ladder worker by worker, so one worker whose
-// status is lost never costs the others their grace period or their SIGTERM.
-//
-// Shutdown. shutdown(grace, mode) stops accepting (later submits fail with
-// pool_error shut_down), then:
-//   finish (the default): every queued and running task completes first;
-//   cancel: queued tasks fail at once with pool_error cancelled ("cancelled: pool
-//           shut down"); running tasks may finish until `grace` has passed, the
-//           rest then fail the same way.
-// Then every channel is closed (a serve() loop returns, a Node worker sees
-// 'disconnect') and the workers get the grace period to exit by themselves and clean
-// up (cancel: what is left of it, at least 100 ms); those still running then get
-// SIGTERM (and SIGCONT), and SIGKILL term_grace later (options.term_grace, 1 s by
-// default); all are reaped. A worker that exits within the grace is never signalled:
-// its worker_stopped event carries its own status. The destructor calls
-// shutdown(options.shutdown_grace, shutdown_mode::cancel): it never waits for queued
-// work, and it returns within about shutdown_grace + term_grace (plus 100 ms) even if
-// the workers hang. Call shutdown(grace, shutdown_mode::finish) first when the queue
-// must be finished; wait_idle() waits for every task submitted so far. Retired and
-// recycled workers are stopped the same way: channel closed, shutdown_grace, SIGTERM,
-// term_grace, SIGKILL.
-//
-// Events and statistics. options.on_event is told what happens (pool_event: a worker
-// started, crashed, hung, was recycled; the pool scaled up or down, to how many; a
-// task was retried or timed out; a spawn failed), with a readable message. stats()
-// returns counters (submitted, completed, failed, retried, timed out, workers started,
-// crashed, hung, replaced, recycled, retired) and the current state (size, busy, idle,
-// queue depth, tasks in flight, tasks answered by each live worker), taken together;
-// pids() lists the live workers. broadcast(method, params) calls one method on every
-// worker (to reload a configuration, to ask for their statistics).
-//
-// Errors a future can hold:
-//   ipc::rpc_error        the worker answered with an error (its code and message)
-//   ipc::channel_error    (protocol_error) its answer could not be decoded; the
-//                         message says why (see "Garbage")
-//   pool_error            kind(): worker_crashed (after every attempt; attempts()
-//                         has the statuses), task_timeout, cancelled, shut_down,
-//                         queue_full, no_workers (none could be started: the spawn
-//                         error is in the message)
-//   argument_error        (thrown by submit() itself) params that are not an object,
-//                         an array or null, or strings that are not valid UTF-8
-//
-// Threads. The pool owns one I/O thread. It runs an sp::event_loop that watches every
-// worker's channel and pidfd and the timers (heartbeats, timeouts, idle scale-down,
-// cooldowns), and it starts and stops the workers (a spawn briefly blocks it: about a
-// millisecond). submit() may be called from any thread: it queues the task under a
-// mutex and wakes the loop; it blocks only when max_queue is full with the block
-// policy. Futures are fulfilled, and submit callbacks and on_event run, on the I/O
-// thread, never while the pool holds a lock: they may call submit(), broadcast(),
-// stats() and pids(), but must not block for long (they hold up every worker) and
-// must not call shutdown() or destroy the pool (that throws argument_error: it would
-// wait for itself). Exceptions they throw are caught and dropped. A task refused at
-// submit (queue full, pool shut down) is failed at once on the calling thread.
-//
-// What it costs. Per task: two heap allocations (the task, its future); the request
-// is serialized straight into the worker's socket buffer (params are not copied) and
-// the answer's envelope is decoded without building a json object for it (see
-// channel::try_receive_rpc); fulfilling a std::future costs one futex call (libstdc++
-// runs std::promise through pthread_once), which the callback form of submit()
-// avoids. send(2) and recv(2) are shared by all the tasks that are ready at the same
-// moment, on both sides (serve() writes its answers together too). Measured on a
-// shared 2-vCPU VM (tests/bench, figure 6), two serve() workers squaring numbers:
-// with max_in_flight 64, 700,000-900,000 tasks/s (Node with two forked workers:
-// ~110,000; Python's multiprocessing.Pool: ~60,000). With max_in_flight 1 every task
-// is a round trip with two wake-ups, and the rate is what the scheduler allows:
-// 0.6-0.8x a raw C++ loop that moves 8 bytes each way over socketpairs. Use
-// max_in_flight > 1 for short tasks.
+// Cost. Per task two heap allocations and, with max_in_flight > 1, a share of the
+// send(2)/recv(2) calls; with max_in_flight = 1 every task is a round trip with two
+// wake-ups: use max_in_flight > 1 for short tasks. The notes above class worker_pool
+// say how dispatch, scaling, retries, hangs, timeouts and shutdown work.
 #pragma once
 
 #include <algorithm>
@@ -288,8 +133,19 @@ struct pool_attempt {
   std::string what = {};  // "killed by SIGKILL", "killed: no answer to a heartbeat for 612 ms"
 };
 
-// A task failed for a reason of the pool's (see the header notes). command() is the
+// A task failed for a reason of the pool's (kind() says which). command() is the
 // pool's name (the worker command line).
+//
+// Errors a future can hold:
+//   ipc::rpc_error        the worker answered with an error (its code and message)
+//   ipc::channel_error    (protocol_error) its answer could not be decoded; the
+//                         message says why (see "Garbage" at worker_pool)
+//   pool_error            kind(): worker_crashed (after every attempt; attempts()
+//                         has the statuses), task_timeout, cancelled, shut_down,
+//                         queue_full, no_workers (none could be started: the spawn
+//                         error is in the message)
+//   argument_error        (thrown by submit() itself) params that are not an object,
+//                         an array or null, or strings that are not valid UTF-8
 class pool_error : public error {
  public:
   pool_error(pool_errc kind, std::string pool, std::string message, std::string method = {},
@@ -318,10 +174,41 @@ class pool_error : public error {
 // ---------------------------------------------------------------------------------
 // Options, events, statistics
 
+// Dispatch. A task goes to a worker with room: fewer than max_in_flight tasks of the
+// pool's in flight on it. least_busy (default) picks the worker with the fewest tasks
+// in flight, rotating among equals, so idle workers are used first; round_robin takes
+// the next worker with room in a fixed cycle. max_in_flight = 1 (default) sends a
+// worker its next task only once it has answered the last one. A larger value
+// pipelines: the worker finds its next request already waiting when it finishes one,
+// which hides the round trip and lets one send(2)/recv(2) carry many tasks. A serve()
+// worker still runs its tasks one at a time, in order; a Node worker may run them
+// concurrently.
 enum class dispatch_policy { least_busy, round_robin };
 enum class queue_full_policy { block, fail };
 enum class shutdown_mode { finish, cancel };
-// What a worker speaks on its channel (see "The protocol a worker speaks").
+// The protocol a worker speaks (options.protocol), one JSON message per line:
+//   json_rpc (default): the pool sends {"jsonrpc":"2.0","id":N,"method":M,"params":P}
+//     (submit(M, P)); the worker answers {"jsonrpc":"2.0","id":N,"result":R} or
+//     {"jsonrpc":"2.0","id":N,"error":{"code":C,"message":S}}, with the same id, in
+//     any order. It must also answer the pool's pings the same way: requests with
+//     method "rpc.heartbeat" (params {"beat":N}; any result will do). serve() does all
+//     of this; tests/ipc/rpc_worker.js is the same in 30 lines of Node. A worker that
+//     cannot answer pings needs heartbeat_interval = 0 (or the plain protocol).
+//     Messages that are not answers go to options.on_message.
+//   plain: for workers that know nothing of JSON-RPC, written the way Node course
+//     workers are: process.on('message', m => process.send(result)). The pool sends
+//     P itself (any JSON value; M only names the task in errors and events), and the
+//     worker's next message is the answer, whatever it holds. Answers carry no id, so
+//     max_in_flight must be 1 (the constructor refuses more); no heartbeats are sent
+//     (heartbeat_interval is ignored: use task_timeout against hangs); a worker
+//     cannot fail a task other than by what its answer says.
+//     The rule: a plain worker sends nothing but answers, exactly one per message
+//     received, in order. A message of its own (a {ready: true} at start, a progress
+//     note) that arrives while a task is in flight IS taken as that task's answer,
+//     and every later answer of that worker then goes to the task before it. Only a
+//     message arriving when nothing is in flight goes to on_message, and whether
+//     something is in flight is a race. Workers that talk on their own need json_rpc
+//     (their own messages carry no id, so they go to on_message, never to a task).
 enum class worker_protocol {
   json_rpc,  // JSON-RPC 2.0 requests and answers matched by id; heartbeats
   plain,     // the message is params itself, the worker's next message is the answer
@@ -394,7 +281,8 @@ struct pool_options {
   std::chrono::milliseconds heartbeat_interval = std::chrono::seconds(1);
   // A ping unanswered this long: the worker is hung (killed and replaced).
   std::chrono::milliseconds heartbeat_timeout = std::chrono::seconds(3);
-  // A task unanswered this long fails; its worker is killed (see the notes). 0: none.
+  // A task unanswered this long fails; its worker is killed (see "Task timeout" at
+  // worker_pool). 0: none.
   std::chrono::milliseconds task_timeout = std::chrono::milliseconds(0);
   // Times a task is sent again after its worker died with it. 0 by default: a task
   // that ran partway on a worker that died may not be safe to run twice (a payment, a
@@ -1888,6 +1776,139 @@ class pool_core {
 
 }  // namespace detail
 
+// worker_pool: how it works.
+//
+// The pool adds .ipc() to the command itself (unless you chose a channel fd with
+// .ipc(fd)). Workers inherit stdin/stdout/stderr by default; sp::pipe is refused for
+// them (nobody would read the pipe, and a worker writing to it would stall). Each
+// worker finds its number in the environment variable SUBPROCESS_WORKER_ID: 1, 2, 3...
+// in the order the pool started them, replacements included (to tell workers apart in
+// logs, or to seed a random generator per worker).
+//
+// Size. The pool starts min_workers workers (the constructor throws the spawn_error
+// if the program cannot be started; nothing is left running). While tasks wait in the
+// queue (all workers' capacity is taken) and fewer than max_workers run, it starts one
+// more worker, then at most one per scale_up_cooldown. A worker that has had nothing to
+// do for idle_timeout is retired (its channel closed), never below min_workers. If a
+// worker cannot be started later on (the program is gone, no processes left), the pool
+// reports spawn_failed, tries again after 50 ms, 100 ms, ... up to 5 s, and while no
+// worker runs at all it fails the waiting tasks with pool_error no_workers. Workers
+// that die right after starting, before answering anything, are restarted with a
+// growing delay too (100 ms doubling to 5 s): a broken worker program never makes the
+// pool spin.
+//
+// Failures, retries and exactly-once. Every future (or callback) is fulfilled exactly
+// once, with the result or with an error saying why. When a worker dies (crashes,
+// is killed, exits) its tasks in flight are sent again to other workers, up to
+// max_retries times each; a task whose every attempt died fails with a pool_error
+// (worker_crashed) listing each attempt's worker and exit status. A dead worker is
+// replaced (if the pool would fall below min_workers, or tasks are waiting). A task
+// the worker answered with a JSON-RPC error fails with that ipc::rpc_error and is not
+// retried: the worker did run it. Because a retried task may have run partway (or
+// even to the end) on the worker that died before answering, execution is
+// at-least-once while completion is exactly-once: make tasks idempotent, or set
+// max_retries = 0.
+//
+// Hangs. Every heartbeat_interval the pool pings each worker it has not heard from
+// for that long (rpc.heartbeat, which serve() answers by itself, even while a handler
+// is busy; see ipc.hpp). A worker with a ping unanswered for heartbeat_timeout (a
+// stopped process, a wedged one) is killed (SIGKILL), counted as hung, and handled as
+// a crash: its tasks are retried elsewhere. Only complete messages count as signs of
+// life: a worker that writes bytes but never finishes a line (one byte every few ms,
+// no newline) misses its ping all the same. A Node worker answers from its event loop,
+// so a Node handler that keeps the CPU busy delays its pings: give Node workers a
+// heartbeat_timeout longer than their longest synchronous task.
+//
+// Garbage. A line that cannot be decoded and shows the id of a task in flight in its
+// first 64 bytes ("id":N, where serve() and Node put it) is one bad answer: that task
+// fails with an ipc::channel_error (protocol_error) saying what the codec refused
+// (invalid UTF-8, nesting deeper than 1000...), and the worker stays. With the plain
+// protocol a bad line is the answer to the task in flight. Any other line that is not
+// JSON (a stray printf to the wrong fd, a corrupted peer, a flood) means the worker is
+// broken: it is killed, counted as hung, and its tasks are retried, as for a crash. A
+// worker's unfinished line is held in memory up to max_message_size bytes (64 MiB by
+// default; plus at most one read of 4 MiB before the check): longer, and the worker
+// is killed the same way (its task, if the line shows its id, fails with the error).
+//
+// Task timeout. With task_timeout, a task unanswered that long fails with pool_error
+// (task_timeout); its worker, which may be stuck in it, is killed and replaced, and
+// its other tasks in flight are retried without counting against their max_retries.
+// The timed-out task itself is not retried (it would most likely time out again and
+// kill another worker). The clock of a task starts when its worker can start it: when
+// it is sent to a worker with nothing else in flight, or, with max_in_flight > 1,
+// when the worker answers the task sent before it. That is exact for serve() workers
+// (one task at a time, in order); for workers that run tasks concurrently (Node) it
+// is the clock of the oldest unanswered task, which keeps running while later ones
+// complete. Checked every few ms (a tenth of the timeout, at most every 100 ms).
+//
+// Recycling. With max_tasks_per_worker = N a worker gets no more tasks after its N-th;
+// once it has answered them all its channel is closed (a serve() loop returns, a Node
+// worker sees 'disconnect') and a fresh worker takes its place, like Python's
+// max_tasks_per_child. Useful for workers that leak memory.
+//
+// Queue limit. With max_queue = N, at most N tasks wait for a worker. submit() then
+// blocks until there is room (queue_full_policy::block, the default) or fails at once
+// (fail: the future holds pool_error queue_full). Tasks that are retried do not count.
+//
+// SIGCHLD ignored. If the program sets SIGCHLD to SIG_IGN (or SA_NOCLDWAIT), the
+// kernel discards every worker's exit status (see process.hpp). The pool works all
+// the same: a worker that exits is noticed through its pidfd and handled as an exit
+// with an unknown status (a crash, or a stop if the pool asked for it), so it is
+// replaced and its tasks are retried or fail as above; pool_event::status and
+// pool_attempt::status are then nullopt, and messages say "exited with an unknown
+// status". Shutdown climbs the same ladder worker by worker, so one worker whose
+// status is lost never costs the others their grace period or their SIGTERM.
+//
+// Shutdown. shutdown(grace, mode) stops accepting (later submits fail with
+// pool_error shut_down), then:
+//   finish (the default): every queued and running task completes first;
+//   cancel: queued tasks fail at once with pool_error cancelled ("cancelled: pool
+//           shut down"); running tasks may finish until `grace` has passed, the
+//           rest then fail the same way.
+// Then every channel is closed (a serve() loop returns, a Node worker sees
+// 'disconnect') and the workers get the grace period to exit by themselves and clean
+// up (cancel: what is left of it, at least 100 ms); those still running then get
+// SIGTERM (and SIGCONT), and SIGKILL term_grace later (options.term_grace, 1 s by
+// default); all are reaped. A worker that exits within the grace is never signalled:
+// its worker_stopped event carries its own status. The destructor calls
+// shutdown(options.shutdown_grace, shutdown_mode::cancel): it never waits for queued
+// work, and it returns within about shutdown_grace + term_grace (plus 100 ms) even if
+// the workers hang. Call shutdown(grace, shutdown_mode::finish) first when the queue
+// must be finished; wait_idle() waits for every task submitted so far. Retired and
+// recycled workers are stopped the same way: channel closed, shutdown_grace, SIGTERM,
+// term_grace, SIGKILL.
+//
+// Events and statistics. options.on_event is told what happens (pool_event: a worker
+// started, crashed, hung, was recycled; the pool scaled up or down, to how many; a
+// task was retried or timed out; a spawn failed), with a readable message. stats()
+// returns counters (submitted, completed, failed, retried, timed out, workers started,
+// crashed, hung, replaced, recycled, retired) and the current state (size, busy, idle,
+// queue depth, tasks in flight, tasks answered by each live worker), taken together;
+// pids() lists the live workers. broadcast(method, params) calls one method on every
+// worker (to reload a configuration, to ask for their statistics).
+//
+// Threads. The pool owns one I/O thread. It runs an sp::event_loop that watches every
+// worker's channel and pidfd and the timers (heartbeats, timeouts, idle scale-down,
+// cooldowns), and it starts and stops the workers (a spawn briefly blocks it: about a
+// millisecond). submit() may be called from any thread: it queues the task under a
+// mutex and wakes the loop; it blocks only when max_queue is full with the block
+// policy. Futures are fulfilled, and submit callbacks and on_event run, on the I/O
+// thread, never while the pool holds a lock: they may call submit(), broadcast(),
+// stats() and pids(), but must not block for long (they hold up every worker) and
+// must not call shutdown() or destroy the pool (that throws argument_error: it would
+// wait for itself). Exceptions they throw are caught and dropped. A task refused at
+// submit (queue full, pool shut down) is failed at once on the calling thread.
+//
+// What it costs. Per task: two heap allocations (the task, its future); the request
+// is serialized straight into the worker's socket buffer (params are not copied) and
+// the answer's envelope is decoded without building a json object for it (see
+// channel::try_receive_rpc); fulfilling a std::future costs one futex call (libstdc++
+// runs std::promise through pthread_once), which the callback form of submit()
+// avoids. send(2) and recv(2) are shared by all the tasks that are ready at the same
+// moment, on both sides (serve() writes its answers together too). With
+// max_in_flight 1 every task is a round trip with two wake-ups, and the rate is what
+// the scheduler allows: use max_in_flight > 1 for short tasks. The measured rates
+// are in the README (tests/bench, figure 6).
 class worker_pool {
  public:
   using json = ipc::json;
@@ -1907,7 +1928,7 @@ class worker_pool {
 
   // Queues a call of `method` with `params` (an object, an array or null; any JSON
   // value with worker_protocol::plain, where params is the message). The future
-  // holds the result or an error (see the header notes). Never blocks, except with
+  // holds the result or an error (see pool_error). Never blocks, except with
   // max_queue full and queue_full_policy::block. Throws argument_error for bad params.
   std::future<json> submit(std::string_view method, json params = nullptr) {
     return core().submit(method, std::move(params));
@@ -1948,8 +1969,8 @@ class worker_pool {
 
   // Stops accepting tasks, finishes them (shutdown_mode::finish) or cancels them
   // (cancel), then closes every channel and gives the workers `grace` to exit by
-  // themselves (SIGTERM after it, SIGKILL term_grace later), all reaped: see the
-  // header notes. Returns when that is done. Idempotent; a second call waits
+  // themselves (SIGTERM after it, SIGKILL term_grace later), all reaped: see
+  // "Shutdown" above. Returns when that is done. Idempotent; a second call waits
   // for the first. Throws argument_error when called from a pool callback.
   template <class Rep = long, class Period = std::ratio<1>>
   void shutdown(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5),
