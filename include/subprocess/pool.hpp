@@ -23,9 +23,9 @@
 // answered with an error; not retried), ipc::channel_error (its answer could not be
 // decoded), pool_error (kind(): worker_crashed after every attempt, task_timeout,
 // cancelled, shut_down, queue_full, no_workers). Every future (or callback) is
-// fulfilled exactly once, but a task whose worker died is retried elsewhere
-// (max_retries), so it may run more than once: make tasks idempotent, or set
-// max_retries = 0.
+// fulfilled exactly once. A task whose worker died fails (worker_crashed) unless you
+// opt into retries (max_retries > 0): a retried task may run more than once, so opt
+// in for idempotent tasks only.
 //
 // Blocking and threads. submit() queues and returns, from any thread; it blocks only
 // when max_queue is full with queue_full_policy::block. The pool owns one I/O thread
@@ -1800,14 +1800,14 @@ class pool_core {
 // Failures, retries and exactly-once. Every future (or callback) is fulfilled exactly
 // once, with the result or with an error saying why. When a worker dies (crashes,
 // is killed, exits) its tasks in flight are sent again to other workers, up to
-// max_retries times each; a task whose every attempt died fails with a pool_error
+// max_retries times each (0 by default: no retry); a task whose every attempt died fails with a pool_error
 // (worker_crashed) listing each attempt's worker and exit status. A dead worker is
 // replaced (if the pool would fall below min_workers, or tasks are waiting). A task
 // the worker answered with a JSON-RPC error fails with that ipc::rpc_error and is not
 // retried: the worker did run it. Because a retried task may have run partway (or
 // even to the end) on the worker that died before answering, execution is
-// at-least-once while completion is exactly-once: make tasks idempotent, or set
-// max_retries = 0.
+// at-least-once once retries are on: make tasks idempotent before you set
+// max_retries.
 //
 // Hangs. Every heartbeat_interval the pool pings each worker it has not heard from
 // for that long (rpc.heartbeat, which serve() answers by itself, even while a handler
