@@ -19,6 +19,18 @@
 #include "testing.hpp"
 
 namespace sp = subprocess;
+
+#if defined(__SANITIZE_THREAD__)
+constexpr bool under_tsan = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool under_tsan = true;
+#else
+constexpr bool under_tsan = false;
+#endif
+#else
+constexpr bool under_tsan = false;
+#endif
 using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
 using std::chrono::milliseconds;
@@ -575,6 +587,11 @@ TEST_CASE("signal_set: unread signals die with the set unless deliver_unread_on_
     CHECK(WEXITSTATUS(ws) == 0);
   }
   SECTION("deliver_unread_on_destroy(): the default action happens at destruction") {
+    if (under_tsan) {
+      WARN("not checked under ThreadSanitizer, which defers signal handlers (Catch2's "
+           "SIGTERM handler here) past the point checked; the other builds check it");
+      return;
+    }
     const int ws = in_forked_copy([] {
       {
         sp::signal_set set{SIGTERM};
@@ -587,6 +604,11 @@ TEST_CASE("signal_set: unread signals die with the set unless deliver_unread_on_
     CHECK(WTERMSIG(ws) == SIGTERM);
   }
   SECTION("deliver_unread_on_destroy(): a handler runs at destruction") {
+    if (under_tsan) {
+      WARN("not checked under ThreadSanitizer, which defers signal handlers past the "
+           "point checked; the other builds check it");
+      return;
+    }
     const int ws = in_forked_copy([] {
       static volatile sig_atomic_t got = 0;
       struct sigaction sa {};
