@@ -26,19 +26,7 @@ long peak_rss_kib(bool reset = false) {
   return -1;
 }
 
-// SIGCHLD set to SIG_IGN for one scope (the kernel discards every child's status),
-// restored after.
-struct sigchld_ignored {
-  struct sigaction old {};
-  sigchld_ignored() {
-    struct sigaction sa {};
-    sa.sa_handler = SIG_IGN;
-    ::sigaction(SIGCHLD, &sa, &old);
-  }
-  ~sigchld_ignored() { ::sigaction(SIGCHLD, &old, nullptr); }
-  sigchld_ignored(const sigchld_ignored&) = delete;
-  sigchld_ignored& operator=(const sigchld_ignored&) = delete;
-};
+using sigchld_ignored = testing::sigchld_discarding;
 
 bool says_status_discarded(const sp::error& e) {
   return e.code() == std::errc::no_child_process &&

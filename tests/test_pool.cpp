@@ -1030,23 +1030,7 @@ TEST_CASE("pool: a bad line is an answer only if its top-level id is a task's") 
 
 // ---- SIGCHLD ignored: workers whose exit status the kernel discards --------------------
 
-namespace {
-
-// SIGCHLD set to SIG_IGN for one scope (the kernel reaps every child itself and
-// discards its status), restored after.
-struct sigchld_ignored {
-  struct sigaction old {};
-  sigchld_ignored() {
-    struct sigaction sa {};
-    sa.sa_handler = SIG_IGN;
-    ::sigaction(SIGCHLD, &sa, &old);
-  }
-  ~sigchld_ignored() { ::sigaction(SIGCHLD, &old, nullptr); }
-  sigchld_ignored(const sigchld_ignored&) = delete;
-  sigchld_ignored& operator=(const sigchld_ignored&) = delete;
-};
-
-}  // namespace
+using sigchld_ignored = testing::sigchld_discarding;
 
 TEST_CASE("pool: SIGCHLD ignored: a crashed worker is an exit with an unknown status; the pool goes on") {
   sigchld_ignored ignored;

@@ -324,19 +324,7 @@ TEST_CASE("a stopped child can still be waited with a timeout and killed") {
 }
 
 namespace {
-// SIGCHLD set to SIG_IGN (or SA_NOCLDWAIT) for one scope, restored after.
-struct sigchld_discarding {
-  struct sigaction old {};
-  explicit sigchld_discarding(bool nocldwait) {
-    struct sigaction sa {};
-    sa.sa_handler = nocldwait ? SIG_DFL : SIG_IGN;
-    sa.sa_flags = nocldwait ? SA_NOCLDWAIT : 0;
-    ::sigaction(SIGCHLD, &sa, &old);
-  }
-  ~sigchld_discarding() { ::sigaction(SIGCHLD, &old, nullptr); }
-  sigchld_discarding(const sigchld_discarding&) = delete;
-  sigchld_discarding& operator=(const sigchld_discarding&) = delete;
-};
+using testing::sigchld_discarding;
 bool says_status_discarded(const sp::error& e) {
   return e.code() == std::errc::no_child_process &&
          std::string_view(e.what()).find("SIGCHLD") != std::string_view::npos;

@@ -222,13 +222,7 @@ TEST_CASE("shutdown with SIGCHLD ignored: a discarded status costs nobody their 
   // The kernel reaps every child itself and discards its status: try_wait() throws
   // ECHILD for a child that has exited. shutdown() must still signal, wait for and
   // SIGKILL the others, and say which statuses it could not get.
-  struct sigaction ign {}, old {};
-  ign.sa_handler = SIG_IGN;
-  REQUIRE(::sigaction(SIGCHLD, &ign, &old) == 0);
-  struct restore {
-    struct sigaction* old;
-    ~restore() { ::sigaction(SIGCHLD, old, nullptr); }
-  } restore_sigchld{&old};
+  testing::sigchld_discarding ignored;
   std::vector<sp::process> ps;
   ps.push_back(testing::helper({"exit", "3"}).spawn());  // gone before shutdown starts
   ps.push_back(ready_child({"term-exits-after", "0"}));

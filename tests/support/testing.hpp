@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <signal.h>
+
 #include <subprocess/subprocess.hpp>
 
 namespace testing {
@@ -28,5 +30,20 @@ struct child_info {
 std::vector<child_info> children();
 // Is there a process with this pid (that is not a zombie)?
 bool alive(int pid);
+
+// For one scope, the kernel discards every child's exit status: SIGCHLD set to
+// SIG_IGN (or, with nocldwait, SA_NOCLDWAIT). Restored after.
+struct sigchld_discarding {
+  struct sigaction old {};
+  explicit sigchld_discarding(bool nocldwait = false) {
+    struct sigaction sa {};
+    sa.sa_handler = nocldwait ? SIG_DFL : SIG_IGN;
+    sa.sa_flags = nocldwait ? SA_NOCLDWAIT : 0;
+    ::sigaction(SIGCHLD, &sa, &old);
+  }
+  ~sigchld_discarding() { ::sigaction(SIGCHLD, &old, nullptr); }
+  sigchld_discarding(const sigchld_discarding&) = delete;
+  sigchld_discarding& operator=(const sigchld_discarding&) = delete;
+};
 
 }  // namespace testing
