@@ -765,19 +765,23 @@ void dump(const json& j, Out& out, std::size_t max_depth = default_max_depth) {
     frame& f = stack.top();
     const json& v = *f.v;
     const json* open = nullptr;
+    // Writes one member's value; a non-empty container is left to be opened instead.
+    auto member = [&](const json& c) {
+      if (c.is_structured()) {
+        check_depth();
+        if (!c.empty()) {
+          open = &c;
+          return false;
+        }
+      }
+      dump_leaf(c, out);
+      return true;
+    };
     if (v.is_array()) {
       const auto& a = v.get_ref<const array_t&>();
       while (f.i < a.size()) {
         if (f.i != 0) out.push_back(',');
-        const json& c = a[f.i++];
-        if (c.is_structured()) {
-          check_depth();
-          if (!c.empty()) {
-            open = &c;
-            break;
-          }
-        }
-        dump_leaf(c, out);
+        if (!member(a[f.i++])) break;
       }
       if (!open) out.push_back(']');
     } else {
@@ -787,15 +791,7 @@ void dump(const json& j, Out& out, std::size_t max_depth = default_max_depth) {
         const auto& kv = o.begin()[static_cast<std::ptrdiff_t>(f.i++)];
         dump_string(kv.first, out);
         out.push_back(':');
-        const json& c = kv.second;
-        if (c.is_structured()) {
-          check_depth();
-          if (!c.empty()) {
-            open = &c;
-            break;
-          }
-        }
-        dump_leaf(c, out);
+        if (!member(kv.second)) break;
       }
       if (!open) out.push_back('}');
     }
