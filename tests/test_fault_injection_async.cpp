@@ -430,7 +430,7 @@ TEST_CASE("the pipeline's eventfd signals survive EINTR (regression)") {
   p.fail_every(call::write, 1, EINTR, 1).fail_every(call::eventfd_write, 1, EINTR, 1);
   {
     scope s(p);
-    sp::detail::eventfd_signal(efd.get());
+    sp::detail::eventfd_notify(efd.get());
   }
   CHECK(injected_of(p, {call::write, call::eventfd_write}) == 1);
   CHECK(sp::detail::poll_one(efd.get(), POLLIN, clk::now()) == POLLIN);

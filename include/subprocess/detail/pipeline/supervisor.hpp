@@ -1,0 +1,192 @@
+// subprocess/detail/pipeline/supervisor.hpp - the thread that waits for a
+// pipeline's children. Not public API.
+//
+// It polls every stage's pidfd (a stage without one is looked at every 50 ms),
+// the stderr pipes it captures and the pumps' wake-up eventfd; it kills everything
+// at the deadline, and once every stage has exited and every pump is done it
+// joins the pumps and marks the pipeline finished. A stage that exited is reaped
+// at once, except the process group's leader: it stays a zombie until every other
+// stage is gone, which keeps the group's id from being reused while the group may
+// still be signalled.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <csignal>
+#include <cstddef>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "../deadline.hpp"
+#include "../eventfd.hpp"
+#include "../poll.hpp"
+#include "control.hpp"
+#include "exit_watch.hpp"
+#include "pump.hpp"
+#include "state.hpp"
+
+namespace subprocess::detail {
+
+class supervisor {
+ public:
+  explicit supervisor(pipeline_state& st) noexcept : st_(st) {}
+
+  // The supervisor thread's body. On return, finished is set and done_fd readable.
+  void run() noexcept {
+    block_async_signals();
+    try {
+      loop();
+    } catch (...) {
+      st_.fail(std::current_exception());
+      reap_all();
+    }
+    for (auto& p : st_.pumps)
+      if (p->thread.joinable()) p->thread.join();
+    {
+      std::lock_guard lk(st_.mu);
+      st_.finished = true;
+    }
+    st_.cv.notify_all();
+    eventfd_notify(st_.done_fd.get());
+  }
+
+ private:
+  void loop() {
+    auto& stages = st_.stages;
+    std::vector<pollfd> fds;
+    std::vector<std::size_t> who;  // per fd: SIZE_MAX wake, k a stage's pidfd, n + k its stderr
+    const std::size_t n = stages.size();
+    for (;;) {
+      fds.clear();
+      who.clear();
+      fds.push_back({st_.wake_fd.get(), POLLIN, 0});
+      who.push_back(SIZE_MAX);
+      bool tick = false;  // a stage without pidfd: look every 50 ms
+      bool all_exited;
+      {
+        std::lock_guard lk(st_.mu);
+        for (std::size_t k = 0; k < n; ++k) {
+          if (stages[k].is_transform || stages[k].status) continue;
+          if (stages[k].proc.pidfd() >= 0) {
+            fds.push_back({stages[k].proc.pidfd(), POLLIN, 0});
+            who.push_back(k);
+          } else {
+            tick = true;
+          }
+        }
+        all_exited = st_.exited == st_.commands;
+      }
+      bool errs_open = false;
+      for (std::size_t k = 0; k < n; ++k)
+        if (stages[k].err.is_open() && !stages[k].err.eof()) {
+          errs_open = true;
+          fds.push_back({stages[k].err.fd(), POLLIN, 0});
+          who.push_back(n + k);
+        }
+      bool pumps_done = std::all_of(st_.pumps.begin(), st_.pumps.end(), [](const std::unique_ptr<pump>& p) {
+        return p->done.load(std::memory_order_acquire);
+      });
+      if (all_exited && pumps_done && !errs_open) return;
+      const bool stopped = st_.stopping.load();
+      if (all_exited && stopped && errs_open) {
+        // Killed, and something (a grandchild outside our reach) still holds a stderr
+        // pipe: take what is there and stop waiting for end-of-file.
+        for (auto& s : stages) {
+          drain_err(s, 16);
+          s.err.close();
+        }
+        continue;
+      }
+      deadline wake = (!stopped && st_.dl) ? st_.dl : std::nullopt;
+      if (tick) {
+        auto soon = clock::now() + std::chrono::milliseconds(50);
+        if (!wake || soon < *wake) wake = soon;
+      }
+      poll_until(fds.data(), static_cast<nfds_t>(fds.size()), wake);
+      if (!stopped && st_.dl && clock::now() >= *st_.dl) {
+        std::lock_guard lk(st_.mu);
+        if (!st_.aborting) {
+          st_.timed_out = true;
+          st_.abort_locked(SIGKILL);
+        }
+        continue;
+      }
+      for (std::size_t i = 0; i < fds.size(); ++i) {
+        if (fds[i].revents == 0) continue;
+        if (who[i] == SIZE_MAX)
+          eventfd_drain(st_.wake_fd.get());
+        else if (who[i] >= n)
+          drain_err(stages[who[i] - n], 4);
+        else
+          check_exit(who[i]);
+      }
+      if (tick)
+        for (std::size_t k = 0; k < n; ++k)
+          if (!stages[k].is_transform && !stages[k].status) check_exit(k);
+    }
+  }
+
+  // Records stage k's status if it has exited, and reaps it (see the top).
+  void check_exit(std::size_t k) {
+    stage_slot& s = st_.stages[k];
+    std::optional<exit_status> status = peek_exit(s.proc.pidfd(), s.pid, s.command);  // TODO(watcher)
+    if (!status) return;  // still running
+    {
+      std::lock_guard lk(st_.mu);
+      s.status = status;
+      ++st_.exited;
+      const std::size_t leader = st_.leader;
+      if (k != leader) {
+        s.proc.try_wait();
+        s.reaped = true;
+      }
+      if (leader != SIZE_MAX && st_.exited == st_.commands && !st_.stages[leader].reaped) {
+        st_.stages[leader].proc.try_wait();
+        st_.stages[leader].reaped = true;
+      }
+    }
+    st_.cv.notify_all();
+  }
+
+  void drain_err(stage_slot& s, int rounds) {
+    while (rounds-- > 0 && s.err.is_open()) {
+      ssize_t r = s.err.fill(pump_chunk);
+      if (r == 0) s.err.close();  // end of file: release the fd now
+      if (r <= 0) return;
+      s.err_text.append(s.err.buffered());
+      s.err.consume(s.err.buffered().size());
+    }
+  }
+
+  // After a failure everything was sent SIGKILL: reap what is left, blocking.
+  void reap_all() noexcept {
+    for (auto& s : st_.stages) {
+      if (s.is_transform || !s.proc.valid()) continue;
+      bool reaped;
+      {
+        std::lock_guard lk(st_.mu);
+        reaped = s.reaped;
+      }
+      if (reaped) continue;
+      std::optional<exit_status> status;
+      try {
+        status = s.proc.wait();
+      } catch (...) {
+      }
+      std::lock_guard lk(st_.mu);
+      if (!s.status) {
+        s.status = status;
+        ++st_.exited;
+      }
+      s.reaped = true;
+    }
+  }
+
+  pipeline_state& st_;
+};
+
+}  // namespace subprocess::detail
