@@ -7,6 +7,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <future>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "../../error.hpp"
@@ -73,6 +76,24 @@ class dispatcher {
       return;
     }
     scaler_.count_task(w, *w.in_flight.back().t);
+  }
+
+  // One call on every worker taking tasks: not a task (not retried, not counted).
+  std::vector<std::future<json>> broadcast(const std::string& method, const json& params) {
+    std::vector<std::future<json>> out;
+    for (auto& wp : workers_) {
+      worker_link& w = *wp;
+      if (w.state != wstate::ready) continue;
+      auto t = std::make_unique<task>();
+      t->method = method;
+      t->params = params;
+      t->broadcast = true;
+      out.push_back(t->promise.get_future());
+      queue_.add_outstanding();
+      send(w, std::move(t));
+      w.flush();
+    }
+    return out;
   }
 
   // Request ids, shared with heartbeats.

@@ -1,6 +1,6 @@
 // subprocess/detail/pool/engine.hpp - what the parts of a worker_pool's engine ask of
-// the coordinator (pool_core): every loop callback runs through guarded(), and the
-// pool-wide reactions (replace a worker, kill one, start one) are made in one place.
+// the coordinator (pool_core): every loop callback runs through guarded(), and a
+// broken worker is killed, counted, reported and replaced in one place.
 // Not public API.
 #pragma once
 
@@ -44,10 +44,6 @@ class engine {
   // A worker is broken (no heartbeat answer, garbage, a task timed out): killed,
   // counted, reported and replaced.
   virtual void kill(worker_link& w, stop_why why, std::string text) = 0;
-  // Starts the workers the pool needs (min_workers, replacements owed).
-  virtual void maintain() = 0;
-  // Starts one worker; nullptr if it cannot be started (reported, retried later).
-  virtual worker_link* start_worker(bool replacing) = 0;
 
  protected:
   ~engine() = default;

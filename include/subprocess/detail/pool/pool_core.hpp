@@ -19,7 +19,6 @@
 #include <string_view>
 #include <thread>
 #include <utility>
-#include <variant>
 #include <vector>
 
 #include "../../command.hpp"
@@ -29,9 +28,8 @@
 #include "../../pool/error.hpp"
 #include "../../pool/events.hpp"
 #include "../../pool/options.hpp"
-#include "../../stdio.hpp"
-#include "../deadline.hpp"
 #include "answers.hpp"
+#include "checks.hpp"
 #include "dispatch.hpp"
 #include "engine.hpp"
 #include "failure_policy.hpp"
@@ -49,7 +47,7 @@ class pool_core final : private pool::engine {
 
   // The public operations of worker_pool (documented there).
   pool_core(command worker, pool_options opts) : cmd_(std::move(worker)), opts_(std::move(opts)) {
-    check_options();
+    pool::check_options(cmd_, opts_);
     if (opts_.name.empty()) opts_.name = cmd_.to_string();
     if (!cmd_.ipc_fd()) cmd_.ipc();
     cmd_.validate();  // a missing program is a spawn_error before anything starts
@@ -95,7 +93,6 @@ class pool_core final : private pool::engine {
 
   std::vector<std::future<json>> broadcast(std::string_view method, json params = nullptr) {
     check_params(method, params);
-    check_utf8(params);
     if (on_io_thread()) return do_broadcast(std::string(method), params);
     auto job = std::make_shared<std::promise<std::vector<std::future<json>>>>();
     auto f = job->get_future();
@@ -133,61 +130,10 @@ class pool_core final : private pool::engine {
   using ms = pool::ms;
   using worker_link = pool::worker_link;
 
-  // ---- checks (the constructor, and submit() on the caller's thread) ----------------
-
-  void check_options() {
-    const std::string n = opts_.name.empty() ? cmd_.to_string() : opts_.name;
-    auto bad = [&](const std::string& what) { return argument_error(n, "worker_pool: " + what); };
-    if (opts_.max_workers == 0) opts_.max_workers = std::max<std::size_t>(opts_.min_workers, 1);
-    if (opts_.max_workers < opts_.min_workers) throw bad("max_workers is less than min_workers");
-    if (opts_.max_in_flight == 0) throw bad("max_in_flight must be at least 1");
-    for (auto [d, what] : {std::pair{opts_.scale_up_cooldown, "scale_up_cooldown"},
-                           std::pair{opts_.idle_timeout, "idle_timeout"},
-                           std::pair{opts_.heartbeat_interval, "heartbeat_interval"},
-                           std::pair{opts_.heartbeat_timeout, "heartbeat_timeout"},
-                           std::pair{opts_.task_timeout, "task_timeout"},
-                           std::pair{opts_.shutdown_grace, "shutdown_grace"},
-                           std::pair{opts_.term_grace, "term_grace"}})
-      if (d < ms::zero()) throw bad(std::string(what) + " is negative");
-    // Up to ms::max() means "for ever": kept below overflow when added to time points.
-    for (ms* d : {&opts_.scale_up_cooldown, &opts_.idle_timeout, &opts_.heartbeat_interval,
-                  &opts_.heartbeat_timeout, &opts_.task_timeout, &opts_.shutdown_grace,
-                  &opts_.term_grace})
-      *d = detail::clamp_forever(*d);
-    if (opts_.heartbeat_interval > ms::zero() && opts_.heartbeat_timeout <= ms::zero())
-      throw bad("heartbeat_timeout must be positive when heartbeats are on");
-    if (opts_.max_message_size == 0) throw bad("max_message_size must be positive");
-    if (plain() && opts_.max_in_flight != 1)
-      throw bad(
-          "max_in_flight must be 1 with worker_protocol::plain (answers carry no id: they are "
-          "matched to tasks by order)");
-    for (const auto* s : {&cmd_.in(), &cmd_.out(), &cmd_.err()})
-      if (*s && std::holds_alternative<pipe_t>(**s))
-        throw bad(
-            "a worker's stdin, stdout and stderr cannot be sp::pipe (nobody would read or "
-            "write it); use inherit, null or a file");
-  }
-
   bool plain() const noexcept { return opts_.protocol == worker_protocol::plain; }
-
   void check_params(std::string_view method, const json& params) const {
-    if (plain()) return;  // the message itself: any JSON value
-    if (!(params.is_null() || params.is_array() || params.is_object()))
-      throw argument_error(opts_.name,
-                           "submit '" + std::string(method) +
-                               "': params must be an object, an array or null (JSON-RPC)");
-  }
-
-  // Strings must be valid UTF-8: found here, on the caller's thread, not later. (The
-  // serializer run into a sink that keeps nothing: no allocation.)
-  void check_utf8(const json& params) const {
-    struct discard {
-      void append(const char*, std::size_t) noexcept {}
-      void push_back(char) noexcept {}
-      std::size_t size() const noexcept { return 0; }
-      void reserve(std::size_t) noexcept {}
-    } sink;
-    if (!params.is_null()) ipc::detail::dump_to(sink, params, opts_.name);
+    pool::check_params(opts_, method, params);
+    pool::check_utf8(opts_, params);
   }
 
   bool on_io_thread() const noexcept { return io_id_.load() == std::this_thread::get_id(); }
@@ -196,7 +142,6 @@ class pool_core final : private pool::engine {
 
   pool::task_ptr make_task(std::string_view method, json params) {
     check_params(method, params);
-    check_utf8(params);
     auto t = std::make_unique<pool::task>();
     t->method = std::string(method);
     t->params = std::move(params);
@@ -224,7 +169,7 @@ class pool_core final : private pool::engine {
   void io_main(std::promise<void>& started) {
     io_id_.store(std::this_thread::get_id());
     try {
-      for (std::size_t i = 0; i < opts_.min_workers; ++i) start_worker(false, true);
+      for (std::size_t i = 0; i < opts_.min_workers; ++i) scaler_.start_worker(false, true);
       loop_.every(choose_tick(), [this] { guarded([this] { on_tick(); }); });
       queue_.set_running(true);
       publish();
@@ -287,11 +232,11 @@ class pool_core final : private pool::engine {
     // A worker started here (scale-up, replacement) gets the waiting tasks at once: one
     // more pass then.
     for (int pass = 0; pass < 2 && !phase_.cancelling(); ++pass) {
-      const std::uint64_t started_before = serial_;
+      const std::uint64_t started_before = scaler_.started();
       const std::size_t left = dispatch_.dispatch();
       if (left > 0) scaler_.scale_up();
       if (pool::live(workers_) < opts_.min_workers) scaler_.maintain();
-      if (serial_ == started_before || left == 0) break;
+      if (scaler_.started() == started_before || left == 0) break;
     }
     scaler_.fail_if_hopeless();
   }
@@ -326,33 +271,6 @@ class pool_core final : private pool::engine {
   }
 
   // ---- workers (engine) ----------------------------------------------------------
-
-  worker_link* start_worker(bool replacing) override { return start_worker(replacing, false); }
-
-  // Starts one worker. initial: a spawn_error propagates (the constructor's); else it
-  // is reported, and retried after a backoff. Returns the worker or nullptr.
-  worker_link* start_worker(bool replacing, bool initial) {
-    pool::engine& self = *this;
-    auto w = std::make_unique<worker_link>(++serial_, opts_, loop_, self);
-    try {
-      w->start(cmd_);
-    } catch (const std::exception& e) {
-      if (initial) throw;
-      scaler_.spawn_failed(e.what());
-      return nullptr;
-    }
-    scaler_.spawn_succeeded();
-    w->watch();
-    worker_link* raw = w.get();
-    workers_.push_back(std::move(w));
-    counters_.workers_started.fetch_add(1);
-    if (replacing) counters_.workers_replaced.fetch_add(1);
-    out_.emit(pool_event_kind::worker_started, raw, pool::live(workers_),
-              "worker " + std::to_string(raw->pid) + " started" + (replacing ? " (a replacement)" : ""));
-    return raw;
-  }
-
-  void maintain() override { scaler_.maintain(); }
 
   void on_readable(worker_link& w, std::uint32_t ev) override {
     guarded([&] {
@@ -438,21 +356,8 @@ class pool_core final : private pool::engine {
   }
 
   std::vector<std::future<json>> do_broadcast(const std::string& method, const json& params) {
-    std::vector<std::future<json>> out;
-    if (phase_.stop_now || !queue_.accepting()) return out;
-    for (auto& wp : workers_) {
-      worker_link& w = *wp;
-      if (w.state != pool::wstate::ready) continue;
-      auto t = std::make_unique<pool::task>();
-      t->method = method;
-      t->params = params;
-      t->broadcast = true;
-      out.push_back(t->promise.get_future());
-      queue_.add_outstanding();
-      dispatch_.send(w, std::move(t));
-      w.flush();
-    }
-    return out;
+    if (phase_.stop_now || !queue_.accepting()) return {};
+    return dispatch_.broadcast(method, params);
   }
 
   // ---- members ---------------------------------------------------------------------
@@ -472,12 +377,11 @@ class pool_core final : private pool::engine {
   pool::phase phase_;
   pool::outbox out_{opts_, counters_, queue_};
   pool::failure_policy failures_{opts_, phase_, workers_, queue_, out_, counters_, *this};
-  pool::scaler scaler_{opts_, phase_, workers_, queue_, out_, counters_, failures_, loop_, *this};
+  pool::scaler scaler_{cmd_, opts_, phase_, workers_, queue_, out_, counters_, failures_, loop_, *this};
   pool::answer_reader answers_{opts_, out_, scaler_, *this};
   pool::dispatcher dispatch_{opts_, workers_, queue_, out_, scaler_};
   pool::shutdown_ladder ladder_{opts_, phase_, workers_, queue_, out_, failures_, scaler_, loop_, *this};
   std::vector<pool::published_worker> published_;  // publish()'s scratch
-  std::uint64_t serial_ = 0;
 
   std::thread io_;  // last: started after everything above exists
 };

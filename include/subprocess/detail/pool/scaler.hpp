@@ -9,8 +9,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
 #include <string>
 
+#include "../../command.hpp"
 #include "../../event_loop.hpp"
 #include "../../pool/error.hpp"
 #include "../../pool/options.hpp"
@@ -24,10 +28,35 @@ namespace subprocess::detail::pool {
 
 class scaler {
  public:
-  scaler(const pool_options& o, const phase& ph, worker_list& ws, task_queue& q, outbox& out,
-         counters& c, failure_policy& failures, event_loop& loop, engine& owner)
-      : opts_(o), phase_(ph), workers_(ws), queue_(q), out_(out), counters_(c),
+  scaler(const command& cmd, const pool_options& o, const phase& ph, worker_list& ws, task_queue& q,
+         outbox& out, counters& c, failure_policy& failures, event_loop& loop, engine& owner)
+      : cmd_(cmd), opts_(o), phase_(ph), workers_(ws), queue_(q), out_(out), counters_(c),
         failures_(failures), loop_(loop), owner_(owner) {}
+
+  // Starts one worker. initial: a spawn_error propagates (the constructor's); else it
+  // is reported, and retried after a backoff. Returns the worker or nullptr.
+  worker_link* start_worker(bool replacing, bool initial = false) {
+    auto w = std::make_unique<worker_link>(++serial_, opts_, loop_, owner_);
+    try {
+      w->start(cmd_);
+    } catch (const std::exception& e) {
+      if (initial) throw;
+      spawn_failed(e.what());
+      return nullptr;
+    }
+    spawn_failing_ = false;
+    spawn_error_.clear();
+    w->watch();
+    worker_link* raw = w.get();
+    workers_.push_back(std::move(w));
+    counters_.workers_started.fetch_add(1);
+    if (replacing) counters_.workers_replaced.fetch_add(1);
+    out_.emit(pool_event_kind::worker_started, raw, live(workers_),
+              "worker " + std::to_string(raw->pid) + " started" + (replacing ? " (a replacement)" : ""));
+    return raw;
+  }
+  // Workers started so far (SUBPROCESS_WORKER_ID of the last one).
+  std::uint64_t started() const noexcept { return serial_; }
 
   // w stopped taking tasks without the pool wanting fewer workers: one replacement.
   void owe(worker_link& w) {
@@ -60,7 +89,7 @@ class scaler {
         }
       }
       bool replacing = owed_ > 0;
-      if (!owner_.start_worker(replacing)) return;
+      if (!start_worker(replacing)) return;
       if (replacing) --owed_;
     }
     if (live(workers_) >= opts_.min_workers && queue_.size() == 0) owed_ = 0;
@@ -82,7 +111,7 @@ class scaler {
       }
       return;
     }
-    if (worker_link* w = owner_.start_worker(false)) {
+    if (worker_link* w = start_worker(false)) {
       scaled_once_ = true;
       last_scale_up_ = now;
       out_.emit(pool_event_kind::scaled_up, w, live(workers_),
@@ -127,10 +156,6 @@ class scaler {
 
   // ---- spawn failures --------------------------------------------------------------
 
-  void spawn_succeeded() {
-    spawn_failing_ = false;
-    spawn_error_.clear();
-  }
   // Reported, retried after 50 ms, 100 ms, ... up to 5 s; with no worker running,
   // the waiting tasks fail with no_workers.
   void spawn_failed(const std::string& why) {
@@ -172,6 +197,7 @@ class scaler {
     });
   }
 
+  const command& cmd_;
   const pool_options& opts_;
   const phase& phase_;
   worker_list& workers_;
@@ -182,6 +208,7 @@ class scaler {
   event_loop& loop_;
   engine& owner_;
 
+  std::uint64_t serial_ = 0;
   std::size_t owed_ = 0;  // replacements owed for workers lost
   int crash_loop_ = 0;    // workers that died young in a row, without answering
   clock::time_point last_early_death_{}, last_scale_up_{};
