@@ -37,10 +37,9 @@
 // within about shutdown_grace + term_grace. Call shutdown(grace, shutdown_mode::finish)
 // first to finish the queue.
 //
-// Cost. Per task two heap allocations and, with max_in_flight > 1, a share of the
-// send(2)/recv(2) calls; with max_in_flight = 1 every task is a round trip with two
-// wake-ups: use max_in_flight > 1 for short tasks. The notes above class worker_pool
-// say how dispatch, scaling, retries, hangs, timeouts and shutdown work.
+// Cost. Two heap allocations per task; use max_in_flight > 1 for short tasks. The
+// notes above class worker_pool say how it works; pool_options, pool_event,
+// pool_stats and pool_error have their own headers in pool/.
 #pragma once
 
 #include <chrono>
