@@ -19,13 +19,16 @@
 // Options (each returns the command, so they chain; each is described where it is
 // declared below): arg/args, cwd, env, in/out/err (stdio.hpp), map_fd,
 // new_process_group, join_process_group, new_session, kill_on_parent_death, ipc,
-// success_codes. The program is looked up in PATH like execvp() does (see the
-// constructor); find_program() does the same lookup on its own.
+// success_codes, backend; credentials, limits and start state: uid, gid, groups,
+// umask, limit, nice, cpu_affinity, arg0, blocked_signals, pre_exec. The program is
+// looked up in PATH like execvp() does (see the constructor); find_program() does
+// the same lookup on its own. plan() shows what spawn() would do.
 //
 // Errors: bad input (empty argv, a NUL byte, a bad fd or signal number, conflicting
 // options) is an argument_error, from the option itself or from spawn(); nothing is
 // started. Anything that stops the child from starting (program not found or not
-// executable, bad working directory, a file to open, exec itself) is a spawn_error
+// executable, bad working directory, a file to open, a setting the kernel refuses,
+// exec itself) is a spawn_error
 // thrown in the parent, with the errno and the step that failed, never a child
 // exiting 127; no child is left behind. validate() runs the same checks without
 // starting anything.
@@ -53,6 +56,7 @@
 
 #include <sys/stat.h>
 
+#include "detail/signal_table.hpp"
 #include "detail/spawn.hpp"
 #include "detail/syscall.hpp"
 #include "detail/unique_fd.hpp"
@@ -262,8 +266,121 @@ class command {
     ipc_fd_ = child_fd;
     return *this;
   }
+  // Which back end starts the child (default automatic: posix_spawn when it can
+  // express the options, else clone_vfork). posix_spawn with an option it cannot
+  // express (kill_on_parent_death, uid...) is an argument_error naming the option.
   command& backend(spawn_backend b) {
     backend_ = b;
+    return *this;
+  }
+
+  // ---- credentials, limits and the child's start state. Each value is checked here
+  // (argument_error naming the option; nothing starts). Each is applied in the child
+  // before exec, in the order umask, limits, nice, affinity, groups, gid, uid,
+  // pre_exec; a failure there is a spawn_error in the parent naming the step and the
+  // errno, like an exec failure ("setuid to 65534: Operation not permitted"). All
+  // but arg0() and blocked_signals() take the clone_vfork back end.
+  //
+  // The child's user id (setuid) and group id (setgid). As root, uid() without
+  // groups() also clears the supplementary groups (setgroups(0)): a child that drops
+  // to `nobody` does not keep root's groups (Rust does this; Python keeps them).
+  command& uid(uid_t u) {
+    if (u == static_cast<uid_t>(-1)) throw argument_error(to_string(), "uid: -1 is not a user id");
+    settings_.uid = u;
+    return *this;
+  }
+  command& gid(gid_t g) {
+    if (g == static_cast<gid_t>(-1)) throw argument_error(to_string(), "gid: -1 is not a group id");
+    settings_.gid = g;
+    return *this;
+  }
+  // The supplementary groups (setgroups); {} clears them. Python's extra_groups.
+  command& groups(std::vector<gid_t> gs) {
+    const long max = ::sysconf(_SC_NGROUPS_MAX);
+    if (max > 0 && gs.size() > static_cast<std::size_t>(max))
+      throw argument_error(to_string(), "groups: " + std::to_string(gs.size()) +
+                                            " groups, the system allows " + std::to_string(max));
+    for (gid_t g : gs)
+      if (g == static_cast<gid_t>(-1)) throw argument_error(to_string(), "groups: -1 is not a group id");
+    settings_.groups = std::move(gs);
+    return *this;
+  }
+  // The child's file mode creation mask, 0 to 0777 (umask(022)).
+  command& umask(mode_t mask) {
+    if ((mask & ~mode_t{0777}) != 0)
+      throw argument_error(to_string(), "umask: " + std::to_string(mask) + " is not a mask (0 to 0777)");
+    settings_.umask = mask;
+    return *this;
+  }
+  // A resource limit, soft and hard (setrlimit; RLIM_INFINITY for none):
+  // limit(RLIMIT_NOFILE, 256, 1024), limit(RLIMIT_CORE, 0). Raising a hard limit
+  // needs CAP_SYS_RESOURCE. A second call for the same resource replaces the first.
+  command& limit(int resource, rlim_t soft, rlim_t hard) {
+    if (resource < 0 || resource >= RLIM_NLIMITS)
+      throw argument_error(to_string(), "limit: " + std::to_string(resource) + " is not an RLIMIT_* resource");
+    if (soft > hard)
+      throw argument_error(to_string(), "limit " + detail::rlimit_name(resource) + ": the soft limit " +
+                                            detail::rlim_text(soft) + " is above the hard limit " +
+                                            detail::rlim_text(hard));
+    auto& ls = settings_.limits;
+    ls.erase(std::remove_if(ls.begin(), ls.end(), [&](auto& l) { return l.resource == resource; }), ls.end());
+    ls.push_back({resource, soft, hard});
+    return *this;
+  }
+  command& limit(int resource, rlim_t both) { return limit(resource, both, both); }
+  // The child's nice value, -20 (most favourable) to 19: an absolute value
+  // (setpriority), not an increment like nice(1). Below the parent's needs
+  // CAP_SYS_NICE or RLIMIT_NICE.
+  command& nice(int value) {
+    if (value < -20 || value > 19)
+      throw argument_error(to_string(), "nice: " + std::to_string(value) + " is not a nice value (-20 to 19)");
+    settings_.nice = value;
+    return *this;
+  }
+  // The CPUs the child may run on (sched_setaffinity): cpu_affinity({0, 2}).
+  command& cpu_affinity(std::vector<int> cpus) {
+    if (cpus.empty()) throw argument_error(to_string(), "cpu_affinity: no CPUs given");
+    for (int c : cpus)
+      if (c < 0 || c >= CPU_SETSIZE)
+        throw argument_error(to_string(), "cpu_affinity: " + std::to_string(c) + " is not a CPU number (0 to " +
+                                              std::to_string(CPU_SETSIZE - 1) + ")");
+    settings_.cpus = std::move(cpus);
+    return *this;
+  }
+  // The child's argv[0], when it should differ from the program run (login shells
+  // use "-sh"; busybox-style programs look at it). The program is still found from
+  // the first argument.
+  command& arg0(std::string name) {
+    if (name.find('\0') != std::string::npos) throw argument_error(to_string(), "arg0 contains a NUL byte");
+    settings_.arg0 = std::move(name);
+    return *this;
+  }
+  // The child's initial signal mask (default: empty): a child that must not die of
+  // SIGTERM before it has installed its handler starts with SIGTERM blocked and
+  // unblocks it itself. SIGKILL and SIGSTOP cannot be blocked; 32 and 33 belong to
+  // the C library.
+  command& blocked_signals(std::vector<int> sigs) {
+    for (int s : sigs) {
+      if (s == SIGKILL || s == SIGSTOP)
+        throw argument_error(to_string(), "blocked_signals: " + detail::signal_name_of(s) + " cannot be blocked");
+      if (s < 1 || s > SIGRTMAX || (s > 31 && s < SIGRTMIN))
+        throw argument_error(to_string(), "blocked_signals: " + std::to_string(s) + " is not a signal to block");
+    }
+    settings_.blocked_signals = std::move(sigs);
+    return *this;
+  }
+  // Runs fn(arg) in the child just before exec (after every setting above, before
+  // the inherited fds are closed); a non-zero return is an errno, reported like an
+  // exec failure (step "pre_exec hook") and the child is not run. Takes the
+  // clone_vfork back end, whose child SHARES THE PARENT'S MEMORY while the calling
+  // thread waits: fn may only make async-signal-safe calls (man signal-safety) on
+  // memory prepared in advance: no allocation, no locks, no stdio, no exceptions, no
+  // thread-local state. Rust's CommandExt::pre_exec and Python's preexec_fn carry
+  // the same warning; a captureless lambda converts.
+  command& pre_exec(int (*fn)(void*), void* arg = nullptr) {
+    if (fn == nullptr) throw argument_error(to_string(), "pre_exec: the hook is a null pointer");
+    settings_.pre_exec = fn;
+    settings_.pre_exec_arg = arg;
     return *this;
   }
   // The exit codes that count as success (default {0}) wherever the library judges
@@ -379,6 +496,7 @@ class command {
   bool new_session_ = false;
   bool shell_ = false;
   spawn_backend backend_ = spawn_backend::automatic;
+  detail::child_settings settings_;
   std::bitset<256> success_codes_{1};  // bit c: exit code c is success
 
   // Opens the fds the child gets (pipes, files, copies) for a validated plan.
@@ -463,9 +581,16 @@ inline detail::spawn_plan command::plan() const {
     throw argument_error(cmdline, "kill_on_parent_death() cannot use the posix_spawn backend");
   plan.autoreap = detail::children_autoreaped();
   using detail::spawn_method;
+  const std::string clone_only = settings_.clone_only();
+  if (backend_ == spawn_backend::posix_spawn && !clone_only.empty())
+    throw argument_error(cmdline, "backend(posix_spawn) cannot apply " + clone_only +
+                                      ": leave the backend automatic (clone_vfork does)");
   if (parent_death_signal_ != 0) {
     plan.method = spawn_method::spawner;
     plan.why = "kill_on_parent_death()";
+  } else if (!clone_only.empty()) {
+    plan.method = spawn_method::clone_vfork;
+    plan.why = clone_only;
   } else if (backend_ == spawn_backend::clone_vfork) {
     plan.method = spawn_method::clone_vfork;
     plan.why = "backend(clone_vfork)";
@@ -530,6 +655,9 @@ inline detail::spawn_plan command::plan() const {
   plan.new_group = new_group_ && !new_session_;
   plan.new_session = new_session_;
   plan.pdeathsig = parent_death_signal_;
+  plan.settings = settings_;
+  if (settings_.arg0) plan.argv[0] = *settings_.arg0;
+  plan.clear_groups = settings_.uid && !settings_.groups && detail::sys::geteuid() == 0;
   return plan;
 }
 

@@ -405,5 +405,6 @@ inline int thread_affinity(std::size_t size, void* mask) noexcept {
 }
 // Cannot fail; here so that every call the library makes is in one place.
 inline pid_t getpid() noexcept { return static_cast<pid_t>(::syscall(SYS_getpid)); }
+inline uid_t geteuid() noexcept { return ::geteuid(); }
 
 }  // namespace subprocess::detail::sys

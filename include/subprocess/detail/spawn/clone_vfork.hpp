@@ -132,14 +132,6 @@ SUBPROCESS_CHILD_CODE inline int clone_child_main(void* arg) noexcept {
   if (p->setpgid) SUBPROCESS_CHILD_STEP(p, child_step::setpgid, ::syscall(SYS_setpgid, 0, p->pgid));
   if (p->caller_nice) ::syscall(SYS_setpriority, PRIO_PROCESS, 0, p->caller_nice_value);
   if (p->caller_affinity) ::syscall(SYS_sched_setaffinity, 0, sizeof p->caller_cpus, &p->caller_cpus);
-  if (p->pdeathsig != 0) {
-    SUBPROCESS_CHILD_STEP(p, child_step::pdeathsig,
-                          ::syscall(SYS_prctl, PR_SET_PDEATHSIG, p->pdeathsig, 0, 0, 0));
-    // The parent may have died before prctl took effect: then nobody will send the
-    // signal, so send it ourselves (it stays pending until the mask is cleared).
-    if (::syscall(SYS_getppid) != p->parent)
-      ::syscall(SYS_kill, ::syscall(SYS_getpid), p->pdeathsig);
-  }
   for (int i = 0; i < p->n_moves; ++i)
     SUBPROCESS_CHILD_STEP(p, child_step::dup, ::syscall(SYS_dup3, p->moves[i].from, p->moves[i].to, 0));
   for (int i = 0; i < p->n_gaps; ++i) {
@@ -168,6 +160,15 @@ SUBPROCESS_CHILD_CODE inline int clone_child_main(void* arg) noexcept {
     SUBPROCESS_CHILD_STEP(p, child_step::setgroups, ::syscall(SYS_setgroups, p->n_groups, p->groups));
   if (p->set_gid) SUBPROCESS_CHILD_STEP(p, child_step::setgid, ::syscall(SYS_setgid, p->gid));
   if (p->set_uid) SUBPROCESS_CHILD_STEP(p, child_step::setuid, ::syscall(SYS_setuid, p->uid));
+  // After the ids: the kernel clears the parent-death signal when they change.
+  if (p->pdeathsig != 0) {
+    SUBPROCESS_CHILD_STEP(p, child_step::pdeathsig,
+                          ::syscall(SYS_prctl, PR_SET_PDEATHSIG, p->pdeathsig, 0, 0, 0));
+    // The parent may have died before prctl took effect: then nobody will send the
+    // signal, so send it ourselves (it stays pending until the mask is cleared).
+    if (::syscall(SYS_getppid) != p->parent)
+      ::syscall(SYS_kill, ::syscall(SYS_getpid), p->pdeathsig);
+  }
   if (p->pre_exec != nullptr) {
     if (int e = p->pre_exec(p->pre_exec_arg)) return child_fail(p, child_step::pre_exec, e);
   }
