@@ -451,12 +451,14 @@ class command {
   // you mapped: fds your program opened without O_CLOEXEC do not leak into it. Every
   // signal 1..SIGRTMAX is at its default disposition (an ignored SIGPIPE is not
   // inherited; nor are glibc's reserved 32 and 33, which plain posix_spawn leaves
-  // ignored) and the signal mask is empty, on both back ends.
+  // ignored) and the signal mask is empty (unless blocked_signals()), on both back
+  // ends.
   //
   // How it starts. posix_spawn() (glibc: clone(CLONE_VM|CLONE_VFORK), so the cost
   // does not grow with the parent's memory) whenever the options allow; otherwise
-  // (kill_on_parent_death; SIGCHLD ignored or SA_NOCLDWAIT, where only clone's
-  // CLONE_PIDFD gets a pidfd before the kernel can reap the child) the library's own
+  // (kill_on_parent_death; uid, gid, groups, umask, limit, nice, cpu_affinity,
+  // pre_exec; SIGCHLD ignored or SA_NOCLDWAIT, where only clone's CLONE_PIDFD gets a
+  // pidfd before the kernel can reap the child) the library's own
   // clone(CLONE_VM|CLONE_VFORK) path, whose child runs only async-signal-safe system
   // calls prepared in advance. The choice costs one read-only rt_sigaction per spawn.
   // Either way a failure of exec, chdir or any other step is a spawn_error in the

@@ -65,8 +65,8 @@ struct resource_limit {
 
 // The steps a start can fail at; step_name() is what spawn_error::step() says.
 enum class child_step : int {
-  none, stack, sigmask, pidfd, setsid, setpgid, pdeathsig, dup, chdir, close_fds, exec,
-  spawner_thread, umask, setrlimit, setpriority, setaffinity, setgroups, setgid, setuid,
+  none, stack, sigmask, pidfd, setsid, setpgid, pdeathsig, dup, chdir, exec,
+  spawner_thread, setrlimit, setpriority, setaffinity, setgroups, setgid, setuid,
   pre_exec, count_
 };
 
@@ -81,10 +81,8 @@ inline const char* step_name(child_step s) noexcept {
     case child_step::pdeathsig: return "prctl(PR_SET_PDEATHSIG)";
     case child_step::dup: return "dup2";
     case child_step::chdir: return "chdir";
-    case child_step::close_fds: return "close inherited fds";
     case child_step::exec: return "exec";
     case child_step::spawner_thread: return "start the spawner thread";
-    case child_step::umask: return "umask";
     case child_step::setrlimit: return "setrlimit";
     case child_step::setpriority: return "setpriority";
     case child_step::setaffinity: return "sched_setaffinity";
