@@ -209,6 +209,20 @@ void graceful_shutdown() {
   // terminate(): SIGTERM, and SIGKILL only if it is still running after 2 s.
   sp::exit_status st = worker.terminate(2s);
   say("   [Parent] Worker exited: {}\n", node_style(st));
+
+  // start_worker() waits for the worker's first line before signalling it: a
+  // SIGTERM that arrived while the worker was still starting up would kill it at
+  // once, cleanup or not. Starting it with SIGTERM blocked closes that window:
+  // the signal waits, pending, until the worker is ready to read it.
+  say("   Started with SIGTERM blocked, the worker gets a SIGTERM sent at once only when it is ready:\n");
+  auto early = sp::command::self({"--worker", "graceful"}).out(sp::pipe).blocked_signals({SIGTERM}).spawn();
+  early.signal(SIGTERM);  // no waiting: the worker has not set anything up yet
+  say("   [Parent] Sent SIGTERM right after the start\n");
+  {
+    worker_log early_log(early, "worker");
+    st = early.wait();
+  }
+  say("   [Parent] Worker exited: {}\n", node_style(st));
 }
 
 void force_kill_timeout() {

@@ -15,6 +15,8 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -423,6 +425,54 @@ TEST_CASE("ENOMEM/EAGAIN from posix_spawn and clone: clear error, no half-starte
       CHECK(e.step() == "pidfd_open");
     }
     CHECK(testing::children().empty());
+  }
+}
+
+TEST_CASE("the clone child's setgroups, setgid, setuid, setrlimit, setpriority, sched_setaffinity can fail: a spawn_error naming the step") {
+  // Settings any user may apply (its own ids, limits, nice value and CPUs), so
+  // only the injected fault can make them fail. setgroups needs CAP_SETGID: not
+  // root, it fails anyway, with the same step and errno.
+  rlimit core{};
+  REQUIRE(::getrlimit(RLIMIT_CORE, &core) == 0);
+  const int nice = ::getpriority(PRIO_PROCESS, 0);
+  cpu_set_t set;
+  REQUIRE(::sched_getaffinity(0, sizeof set, &set) == 0);
+  int cpu = 0;
+  while (!CPU_ISSET(cpu, &set)) ++cpu;
+  struct kase {
+    call kind;
+    sp::command cmd;
+    const char* step;
+  };
+  const sp::command t{"true"};
+  const kase cases[] = {
+      {call::setgroups, sp::command(t).groups({::getegid()}), "setgroups"},
+      {call::setgid, sp::command(t).gid(::getgid()), "setgid"},
+      {call::setuid, sp::command(t).uid(::getuid()), "setuid"},
+      {call::setrlimit, sp::command(t).limit(RLIMIT_CORE, core.rlim_cur, core.rlim_max), "setrlimit"},
+      {call::setpriority, sp::command(t).nice(nice), "setpriority"},
+      {call::setaffinity, sp::command(t).cpu_affinity({cpu}), "sched_setaffinity"},
+  };
+  for (const kase& k : cases) {
+    INFO(name(k.kind));
+    if (k.kind != call::setgroups || ::geteuid() == 0) CHECK(sp::run(k.cmd).status.success());
+    for (bool on_spawner : {false, true}) {
+      plan p;
+      p.fail_nth(k.kind, 1, EPERM);
+      scope s(p);
+      try {
+        sp::command c = k.cmd;
+        if (on_spawner) c.kill_on_parent_death();
+        c.spawn();
+        FAIL("no exception");
+      } catch (const sp::spawn_error& e) {
+        CHECK(e.step() == k.step);
+        CHECK(e.code() == std::errc::operation_not_permitted);
+        CHECK_THAT(e.what(), Catch::Contains("cannot start 'true': ") && Catch::Contains(k.step));
+      }
+      CHECK(p.injected(k.kind) == 1);
+      CHECK(testing::children().empty());
+    }
   }
 }
 

@@ -19,13 +19,16 @@
 // Options (each returns the command, so they chain; each is described where it is
 // declared below): arg/args, cwd, env, in/out/err (stdio.hpp), map_fd,
 // new_process_group, join_process_group, new_session, kill_on_parent_death, ipc,
-// success_codes. The program is looked up in PATH like execvp() does (see the
-// constructor); find_program() does the same lookup on its own.
+// success_codes, backend; credentials, limits and start state: uid, gid, groups,
+// umask, limit, nice, cpu_affinity, arg0, blocked_signals, pre_exec. The program is
+// looked up in PATH like execvp() does (see the constructor); find_program() does
+// the same lookup on its own. plan() shows what spawn() would do.
 //
 // Errors: bad input (empty argv, a NUL byte, a bad fd or signal number, conflicting
 // options) is an argument_error, from the option itself or from spawn(); nothing is
 // started. Anything that stops the child from starting (program not found or not
-// executable, bad working directory, a file to open, exec itself) is a spawn_error
+// executable, bad working directory, a file to open, a setting the kernel refuses,
+// exec itself) is a spawn_error
 // thrown in the parent, with the errno and the step that failed, never a child
 // exiting 127; no child is left behind. validate() runs the same checks without
 // starting anything.
@@ -53,8 +56,8 @@
 
 #include <sys/stat.h>
 
+#include "detail/signal_table.hpp"
 #include "detail/spawn.hpp"
-#include "detail/spawner.hpp"
 #include "detail/syscall.hpp"
 #include "detail/unique_fd.hpp"
 #include "environment.hpp"
@@ -85,6 +88,10 @@ inline bool shell_special_command_word(std::string_view w) noexcept {
   return false;
 }
 }  // namespace detail
+
+namespace detail {
+struct child_fds;
+}
 
 // Quotes one word for a POSIX shell: unchanged if it is made only of safe
 // characters, otherwise in single quotes ('it'\''s').
@@ -259,8 +266,121 @@ class command {
     ipc_fd_ = child_fd;
     return *this;
   }
+  // Which back end starts the child (default automatic: posix_spawn when it can
+  // express the options, else clone_vfork). posix_spawn with an option it cannot
+  // express (kill_on_parent_death, uid...) is an argument_error naming the option.
   command& backend(spawn_backend b) {
     backend_ = b;
+    return *this;
+  }
+
+  // ---- credentials, limits and the child's start state. Each value is checked here
+  // (argument_error naming the option; nothing starts). Each is applied in the child
+  // before exec, in the order umask, limits, nice, affinity, groups, gid, uid,
+  // pre_exec; a failure there is a spawn_error in the parent naming the step and the
+  // errno, like an exec failure ("setuid to 65534: Operation not permitted"). All
+  // but arg0() and blocked_signals() take the clone_vfork back end.
+  //
+  // The child's user id (setuid) and group id (setgid). As root, uid() without
+  // groups() also clears the supplementary groups (setgroups(0)): a child that drops
+  // to `nobody` does not keep root's groups (Rust does this; Python keeps them).
+  command& uid(uid_t u) {
+    if (u == static_cast<uid_t>(-1)) throw argument_error(to_string(), "uid: -1 is not a user id");
+    settings_.uid = u;
+    return *this;
+  }
+  command& gid(gid_t g) {
+    if (g == static_cast<gid_t>(-1)) throw argument_error(to_string(), "gid: -1 is not a group id");
+    settings_.gid = g;
+    return *this;
+  }
+  // The supplementary groups (setgroups); {} clears them. Python's extra_groups.
+  command& groups(std::vector<gid_t> gs) {
+    const long max = ::sysconf(_SC_NGROUPS_MAX);
+    if (max > 0 && gs.size() > static_cast<std::size_t>(max))
+      throw argument_error(to_string(), "groups: " + std::to_string(gs.size()) +
+                                            " groups, the system allows " + std::to_string(max));
+    for (gid_t g : gs)
+      if (g == static_cast<gid_t>(-1)) throw argument_error(to_string(), "groups: -1 is not a group id");
+    settings_.groups = std::move(gs);
+    return *this;
+  }
+  // The child's file mode creation mask, 0 to 0777 (umask(022)).
+  command& umask(mode_t mask) {
+    if ((mask & ~mode_t{0777}) != 0)
+      throw argument_error(to_string(), "umask: " + std::to_string(mask) + " is not a mask (0 to 0777)");
+    settings_.umask = mask;
+    return *this;
+  }
+  // A resource limit, soft and hard (setrlimit; RLIM_INFINITY for none):
+  // limit(RLIMIT_NOFILE, 256, 1024), limit(RLIMIT_CORE, 0). Raising a hard limit
+  // needs CAP_SYS_RESOURCE. A second call for the same resource replaces the first.
+  command& limit(int resource, rlim_t soft, rlim_t hard) {
+    if (resource < 0 || resource >= RLIM_NLIMITS)
+      throw argument_error(to_string(), "limit: " + std::to_string(resource) + " is not an RLIMIT_* resource");
+    if (soft > hard)
+      throw argument_error(to_string(), "limit " + detail::rlimit_name(resource) + ": the soft limit " +
+                                            detail::rlim_text(soft) + " is above the hard limit " +
+                                            detail::rlim_text(hard));
+    auto& ls = settings_.limits;
+    ls.erase(std::remove_if(ls.begin(), ls.end(), [&](auto& l) { return l.resource == resource; }), ls.end());
+    ls.push_back({resource, soft, hard});
+    return *this;
+  }
+  command& limit(int resource, rlim_t both) { return limit(resource, both, both); }
+  // The child's nice value, -20 (most favourable) to 19: an absolute value
+  // (setpriority), not an increment like nice(1). Below the parent's needs
+  // CAP_SYS_NICE or RLIMIT_NICE.
+  command& nice(int value) {
+    if (value < -20 || value > 19)
+      throw argument_error(to_string(), "nice: " + std::to_string(value) + " is not a nice value (-20 to 19)");
+    settings_.nice = value;
+    return *this;
+  }
+  // The CPUs the child may run on (sched_setaffinity): cpu_affinity({0, 2}).
+  command& cpu_affinity(std::vector<int> cpus) {
+    if (cpus.empty()) throw argument_error(to_string(), "cpu_affinity: no CPUs given");
+    for (int c : cpus)
+      if (c < 0 || c >= CPU_SETSIZE)
+        throw argument_error(to_string(), "cpu_affinity: " + std::to_string(c) + " is not a CPU number (0 to " +
+                                              std::to_string(CPU_SETSIZE - 1) + ")");
+    settings_.cpus = std::move(cpus);
+    return *this;
+  }
+  // The child's argv[0], when it should differ from the program run (login shells
+  // use "-sh"; busybox-style programs look at it). The program is still found from
+  // the first argument.
+  command& arg0(std::string name) {
+    if (name.find('\0') != std::string::npos) throw argument_error(to_string(), "arg0 contains a NUL byte");
+    settings_.arg0 = std::move(name);
+    return *this;
+  }
+  // The child's initial signal mask (default: empty): a child that must not die of
+  // SIGTERM before it has installed its handler starts with SIGTERM blocked and
+  // unblocks it itself. SIGKILL and SIGSTOP cannot be blocked; 32 and 33 belong to
+  // the C library.
+  command& blocked_signals(std::vector<int> sigs) {
+    for (int s : sigs) {
+      if (s == SIGKILL || s == SIGSTOP)
+        throw argument_error(to_string(), "blocked_signals: " + detail::signal_name_of(s) + " cannot be blocked");
+      if (s < 1 || s > SIGRTMAX || (s > 31 && s < SIGRTMIN))
+        throw argument_error(to_string(), "blocked_signals: " + std::to_string(s) + " is not a signal to block");
+    }
+    settings_.blocked_signals = std::move(sigs);
+    return *this;
+  }
+  // Runs fn(arg) in the child just before exec (after every setting above, before
+  // the inherited fds are closed); a non-zero return is an errno, reported like an
+  // exec failure (step "pre_exec hook") and the child is not run. Takes the
+  // clone_vfork back end, whose child SHARES THE PARENT'S MEMORY while the calling
+  // thread waits: fn may only make async-signal-safe calls (man signal-safety) on
+  // memory prepared in advance: no allocation, no locks, no stdio, no exceptions, no
+  // thread-local state. Rust's CommandExt::pre_exec and Python's preexec_fn carry
+  // the same warning; a captureless lambda converts.
+  command& pre_exec(int (*fn)(void*), void* arg = nullptr) {
+    if (fn == nullptr) throw argument_error(to_string(), "pre_exec: the hook is a null pointer");
+    settings_.pre_exec = fn;
+    settings_.pre_exec_arg = arg;
     return *this;
   }
   // The exit codes that count as success (default {0}) wherever the library judges
@@ -331,12 +451,14 @@ class command {
   // you mapped: fds your program opened without O_CLOEXEC do not leak into it. Every
   // signal 1..SIGRTMAX is at its default disposition (an ignored SIGPIPE is not
   // inherited; nor are glibc's reserved 32 and 33, which plain posix_spawn leaves
-  // ignored) and the signal mask is empty, on both back ends.
+  // ignored) and the signal mask is empty (unless blocked_signals()), on both back
+  // ends.
   //
   // How it starts. posix_spawn() (glibc: clone(CLONE_VM|CLONE_VFORK), so the cost
   // does not grow with the parent's memory) whenever the options allow; otherwise
-  // (kill_on_parent_death; SIGCHLD ignored or SA_NOCLDWAIT, where only clone's
-  // CLONE_PIDFD gets a pidfd before the kernel can reap the child) the library's own
+  // (kill_on_parent_death; uid, gid, groups, umask, limit, nice, cpu_affinity,
+  // pre_exec; SIGCHLD ignored or SA_NOCLDWAIT, where only clone's CLONE_PIDFD gets a
+  // pidfd before the kernel can reap the child) the library's own
   // clone(CLONE_VM|CLONE_VFORK) path, whose child runs only async-signal-safe system
   // calls prepared in advance. The choice costs one read-only rt_sigaction per spawn.
   // Either way a failure of exec, chdir or any other step is a spawn_error in the
@@ -355,7 +477,12 @@ class command {
   // fail), but it catches the common mistakes before a group of children is started:
   // for callers that start several children and want every one checked before the
   // first runs.
-  void validate() const { (void)checked_program(to_string()); }
+  void validate() const { (void)plan(); }
+
+  // What spawn() would do, validated as validate() does: the resolved program, the
+  // settings, the back end and why (to_string() prints it for logs and tests). The
+  // plan's type lives in detail/ and is not promised; its text is for people.
+  detail::spawn_plan plan() const;
 
  private:
   std::vector<std::string> argv_;
@@ -371,169 +498,13 @@ class command {
   bool new_session_ = false;
   bool shell_ = false;
   spawn_backend backend_ = spawn_backend::automatic;
+  detail::child_settings settings_;
   std::bitset<256> success_codes_{1};  // bit c: exit code c is success
 
-  // Validates the command and resolves the program: the path to exec.
-  std::string checked_program(const std::string& cmdline) const;
+  // Opens the fds the child gets (pipes, files, copies) for a validated plan.
+  detail::child_fds open_fds(const detail::spawn_plan& plan) const;
 };
 
-namespace detail {
-
-inline bool is_executable_file(const std::string& p, int& err) {
-  if (sys::access(p.c_str(), X_OK) != 0) {
-    err = errno;
-    return false;
-  }
-  struct stat st;
-  if (sys::stat(p.c_str(), &st) != 0) {
-    err = errno;
-    return false;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    err = EACCES;
-    return false;
-  }
-  return true;
-}
-
-// The parent's working directory, for re-basing relative program paths.
-inline std::string current_dir(const std::string& cmdline) {
-  std::string buf(256, '\0');
-  for (;;) {
-    if (sys::getcwd(buf.data(), buf.size()) != nullptr) {
-      buf.resize(std::char_traits<char>::length(buf.c_str()));
-      return buf;
-    }
-    if (errno != ERANGE) {
-      int e = errno;
-      throw spawn_error(e, cmdline, "resolve program", "(cannot read the current directory)");
-    }
-    buf.resize(buf.size() * 2);
-  }
-}
-
-// execvp's search, done in the parent. Returns "" and sets err on failure. A name
-// with a '/' is not searched and not checked: exec itself reports ENOENT/EACCES.
-inline std::string find_program(const std::string& name, std::string_view path, int& err) {
-  if (name.find('/') != std::string::npos) return name;
-  bool denied = false;
-  std::string cand;
-  for (std::size_t start = 0;;) {
-    std::size_t end = path.find(':', start);
-    std::string_view dir = path.substr(start, end == std::string_view::npos ? end : end - start);
-    cand.assign(dir.empty() ? "." : dir);
-    cand += '/';
-    cand += name;
-    int e = 0;
-    if (is_executable_file(cand, e)) return cand;
-    if (e == EACCES) denied = true;
-    // Like execvp: ENOENT/ENOTDIR mean "not here, keep looking"; anything else
-    // (ENOMEM, EIO, ELOOP...) is a real error worth reporting as it is.
-    if (e != ENOENT && e != ENOTDIR && e != EACCES) {
-      err = e;
-      return {};
-    }
-    if (end == std::string_view::npos) break;
-    start = end + 1;
-  }
-  err = denied ? EACCES : ENOENT;
-  return {};
-}
-
-// An fd the caller hands to a child (in/out/err(fd(n)), map_fd) must arrive the way
-// a plain program expects it: blocking. O_NONBLOCK belongs to the open file
-// description, which the child would share with the caller (a pipe_reader's end is
-// non-blocking, so `cat`/`grep` reading it would fail with EAGAIN), and clearing it
-// there would change an fd the caller still uses. So a non-blocking pipe or FIFO
-// gets a new description of the same pipe for the child: open("/proc/self/fd/N"),
-// O_NONBLOCK cleared on the copy only. Returns that fd (close-on-exec, the caller
-// owns it), or -1: give the child `n` itself (it is blocking already, or it is not
-// a pipe, or the reopen failed: no /proc, EACCES, ENXIO for a write end nobody
-// reads). Sockets and terminals cannot be reopened this way and are passed as they
-// are. `flags` is F_GETFL of n. Costs nothing for a blocking fd; three calls else.
-inline int blocking_copy_for_child(int n, int flags) {
-  if ((flags & O_NONBLOCK) == 0) return -1;
-  struct stat st;
-  if (sys::fstat(n, &st) != 0 || !S_ISFIFO(st.st_mode)) return -1;
-  const std::string path = "/proc/self/fd/" + std::to_string(n);
-  // O_NONBLOCK for the open itself: opening a FIFO end must never wait for a partner.
-  int copy = sys::open(path.c_str(), (flags & O_ACCMODE) | O_NONBLOCK);
-  if (copy < 0) return -1;
-  if (sys::fcntl(copy, F_SETFL, flags & ~O_NONBLOCK) != 0) {
-    sys::close(copy);
-    return -1;
-  }
-  return copy;
-}
-
-// What is wrong with a working directory, checked in the parent ("" if nothing
-// seen; then err is untouched): "to 'dir' (no such directory)" and the like, with
-// err set to the errno a chdir() would give.
-inline std::string cwd_problem(const std::filesystem::path& dir, int& err) {
-  const std::string quoted = "to '" + dir.string() + "'";
-  if (dir.empty()) {
-    err = ENOENT;
-    return "to '' (the working directory is an empty string; leave cwd() unset to run in "
-           "the parent's)";
-  }
-  struct stat st;
-  if (sys::stat(dir.c_str(), &st) != 0) {
-    err = errno;
-    return quoted + (err == ENOENT ? " (no such directory)" : "");
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    err = ENOTDIR;
-    return quoted + " (not a directory)";
-  }
-  if (sys::access(dir.c_str(), X_OK) != 0) {
-    err = errno;
-    return quoted + " (cannot enter it)";
-  }
-  return {};
-}
-
-// The kernel refused exec with E2BIG: say how big argv and the environment are, and
-// the limits (the total, about a quarter of RLIMIT_STACK; each string at most 32
-// pages, MAX_ARG_STRLEN).
-inline std::string too_big_detail(const std::string& path, char* const* argv, char* const* envp) {
-  auto measure = [](char* const* v, std::size_t& bytes, std::size_t& count, std::size_t& longest) {
-    for (; v != nullptr && *v != nullptr; ++v, ++count) {
-      std::size_t n = std::char_traits<char>::length(*v) + 1;
-      bytes += n + sizeof(char*);
-      longest = std::max(longest, n);
-    }
-  };
-  std::size_t abytes = 0, acount = 0, ebytes = 0, ecount = 0, longest = 0;
-  measure(argv, abytes, acount, longest);
-  measure(envp, ebytes, ecount, longest);
-  long limit = ::sysconf(_SC_ARG_MAX);
-  constexpr std::size_t max_string = 32 * 4096;  // MAX_ARG_STRLEN, with its NUL
-  return "'" + path + "': the argument list and environment are too large for the kernel (" +
-         std::to_string(acount) + " arguments, " + std::to_string(abytes) + " bytes; " +
-         std::to_string(ecount) + " environment variables, " + std::to_string(ebytes) +
-         " bytes; together at most " + (limit > 0 ? std::to_string(limit) : std::string("?")) +
-         " bytes; longest single string " + std::to_string(longest) + " bytes, at most " +
-         std::to_string(max_string) + ")";
-}
-
-// A command line short enough for an error message: a huge one (E2BIG) is cut.
-inline std::string abbreviated(const std::string& cmdline, std::size_t argc) {
-  constexpr std::size_t keep = 200;
-  if (cmdline.size() <= keep) return cmdline;
-  return cmdline.substr(0, keep) + "... (" + std::to_string(argc) + " arguments, " +
-         std::to_string(cmdline.size()) + " characters)";
-}
-
-// A C-style, null-terminated array of pointers into strings that outlive it.
-inline std::vector<char*> c_array(const std::vector<std::string>& v) {
-  std::vector<char*> a;
-  a.reserve(v.size() + 1);
-  for (const auto& s : v) a.push_back(const_cast<char*>(s.c_str()));
-  a.push_back(nullptr);
-  return a;
-}
-
-}  // namespace detail
 
 // Where spawn() would find `name`: execvp's search over `path` (PATH's format; the
 // parent's PATH, or "/bin:/usr/bin" without one, when not given), done the way
@@ -564,7 +535,11 @@ inline std::optional<std::filesystem::path> find_program(const std::string& name
   throw spawn_error(err, name, "resolve program", "'" + name + "'");
 }
 
-inline std::string command::checked_program(const std::string& cmdline) const {
+inline detail::spawn_plan command::plan() const {
+  detail::spawn_plan plan;
+  plan.cmdline = to_string();
+  const std::string& cmdline = plan.cmdline;
+  // ---- bad input: argument_error, naming the argument or the option
   if (argv_.empty()) throw argument_error("", "empty command: argv has no program");
   if (argv_[0].empty()) throw argument_error(cmdline, "the program name is empty");
   for (std::size_t i = 0; i < argv_.size(); ++i)
@@ -582,9 +557,61 @@ inline std::string command::checked_program(const std::string& cmdline) const {
   if (join_group_ && new_session_)
     throw argument_error(cmdline, "join_process_group() cannot be combined with new_session()");
 
-  std::string path;
+  // ---- the fd layout: fds 0-2 and the mapped ones; everything between and above
+  // them is closed in the child.
+  std::vector<int> targets{0, 1, 2};
+  for (auto [c, p] : fd_maps_) {
+    (void)p;
+    targets.push_back(c);
+  }
+  if (ipc_fd_) targets.push_back(*ipc_fd_);
+  std::sort(targets.begin(), targets.end());
+  targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+  plan.close_from = targets.back() + 1;
+  int gap_fds = 0;
+  for (std::size_t i = 1; i < targets.size(); ++i)
+    if (targets[i] > targets[i - 1] + 1) {
+      plan.gaps.push_back({targets[i - 1] + 1, targets[i] - 1});
+      gap_fds += targets[i] - targets[i - 1] - 1;
+    }
+
+  // ---- the back end. With SIGCHLD ignored (or SA_NOCLDWAIT) the kernel reaps a
+  // child the moment it exits, so a pidfd_open after posix_spawn can come too late
+  // (and even find the pid reused): take the clone path, which gets the pidfd
+  // atomically (CLONE_PIDFD). One read-only rt_sigaction per plan.
+  if (backend_ == spawn_backend::posix_spawn && parent_death_signal_ != 0)
+    throw argument_error(cmdline, "kill_on_parent_death() cannot use the posix_spawn backend");
+  plan.autoreap = detail::children_autoreaped();
+  using detail::spawn_method;
+  const std::string clone_only = settings_.clone_only();
+  if (backend_ == spawn_backend::posix_spawn && !clone_only.empty())
+    throw argument_error(cmdline, "backend(posix_spawn) cannot apply " + clone_only +
+                                      ": leave the backend automatic (clone_vfork does)");
+  if (parent_death_signal_ != 0) {
+    plan.method = spawn_method::spawner;
+    plan.why = "kill_on_parent_death()";
+  } else if (!clone_only.empty()) {
+    plan.method = spawn_method::clone_vfork;
+    plan.why = clone_only;
+  } else if (backend_ == spawn_backend::clone_vfork) {
+    plan.method = spawn_method::clone_vfork;
+    plan.why = "backend(clone_vfork)";
+  } else if (!detail::posix_spawn_backend_available()) {
+    plan.method = spawn_method::clone_vfork;
+    plan.why = "no posix_spawn with closefrom here";
+  } else if (backend_ == spawn_backend::automatic && gap_fds > detail::max_posix_spawn_gap_fds) {
+    plan.method = spawn_method::clone_vfork;
+    plan.why = std::to_string(gap_fds) + " fds to close between the mapped ones";
+  } else if (backend_ == spawn_backend::automatic && plan.autoreap && detail::clone_backend_available()) {
+    plan.method = spawn_method::clone_vfork;
+    plan.why = "SIGCHLD is ignored: pidfd from CLONE_PIDFD";
+  }
+  if (plan.method != spawn_method::posix_spawn && !detail::clone_backend_available())
+    throw spawn_error(ENOSYS, cmdline, "spawn", "(no spawn backend for this platform)");
+
+  // ---- the program and the working directory: spawn_error, as exec would fail
   if (program_) {
-    path = *program_;
+    plan.path = *program_;
   } else {
     std::string search;
     if (env_) {
@@ -594,14 +621,14 @@ inline std::string command::checked_program(const std::string& cmdline) const {
       search = p ? p : "/bin:/usr/bin";
     }
     int err = 0;
-    path = detail::find_program(argv_[0], search, err);
-    if (path.empty())
+    plan.path = detail::find_program(argv_[0], search, err);
+    if (plan.path.empty())
       throw spawn_error(err, cmdline, "resolve program",
                         argv_[0].find('/') == std::string::npos ? "'" + argv_[0] + "' in PATH"
                                                                 : "'" + argv_[0] + "'");
   }
-  if (cwd_ && path[0] != '/' && path.find('/') != std::string::npos)
-    path = detail::current_dir(cmdline) + "/" + path;  // relative to the parent
+  if (cwd_ && plan.path[0] != '/' && plan.path.find('/') != std::string::npos)
+    plan.path = detail::current_dir(cmdline) + "/" + plan.path;  // relative to the parent
   if (cwd_) {
     int e = 0;
     std::string why = detail::cwd_problem(*cwd_, e);
@@ -612,92 +639,86 @@ inline std::string command::checked_program(const std::string& cmdline) const {
   if (join_group_ && detail::sys::kill(-*join_group_, 0) != 0 && errno == ESRCH)
     throw spawn_error(ESRCH, cmdline, "setpgid",
                       "to join process group " + std::to_string(*join_group_));
-  return path;
-}
 
-inline process command::spawn() const {
-  std::string cmdline = to_string();
-  // ---- validate everything before creating anything
-  std::string path = checked_program(cmdline);
-  std::vector<int> targets{0, 1, 2};
-  for (auto [c, p] : fd_maps_) {
-    (void)p;
-    targets.push_back(c);
-  }
-  if (ipc_fd_) targets.push_back(*ipc_fd_);
-  std::sort(targets.begin(), targets.end());
-  targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
-  const int max_target = targets.back();
-  // fds between the targets (say 3..6 when only 7 is mapped) must be closed too.
-  std::vector<detail::fd_range> gaps;
-  int gap_fds = 0;
-  for (std::size_t i = 1; i < targets.size(); ++i)
-    if (targets[i] > targets[i - 1] + 1) {
-      gaps.push_back({targets[i - 1] + 1, targets[i] - 1});
-      gap_fds += targets[i] - targets[i - 1] - 1;
-    }
-
-  // ---- environment
-  std::vector<std::string> env_strings;
-  const bool custom_env = env_.has_value() || ipc_fd_.has_value();
-  if (custom_env) {
+  // ---- what the child gets
+  plan.argv = argv_;
+  if (env_ || ipc_fd_) {
     environment e = env_ ? *env_ : environment::inherit();
     if (ipc_fd_) {
       e.set("NODE_CHANNEL_FD", std::to_string(*ipc_fd_));
       e.set("NODE_CHANNEL_SERIALIZATION_MODE", "json");
     }
-    env_strings.reserve(e.size());
-    for (const auto& [k, v] : e) env_strings.push_back(k + "=" + v);
+    plan.env.emplace();
+    plan.env->reserve(e.size());
+    for (const auto& [k, v] : e) plan.env->push_back(k + "=" + v);
   }
+  plan.cwd = cwd_;
+  plan.join_group = join_group_;
+  plan.new_group = new_group_ && !new_session_;
+  plan.new_session = new_session_;
+  plan.pdeathsig = parent_death_signal_;
+  plan.settings = settings_;
+  if (settings_.arg0) plan.argv[0] = *settings_.arg0;
+  plan.clear_groups = settings_.uid && !settings_.groups && detail::sys::geteuid() == 0;
+  return plan;
+}
 
-  // ---- file descriptors. `owned` closes everything we opened when spawn() returns
-  // (or throws): every fd is owned the moment it exists, so no failure leaks one.
-  std::vector<detail::unique_fd> owned;
-  std::vector<detail::fd_move> moves, merges;
-  owned.reserve(16 + fd_maps_.size());
-  moves.reserve(8 + fd_maps_.size());
-  pipe_writer in_end;
-  pipe_reader out_end, err_end;
-  detail::unique_fd channel_end;
-  detail::unique_fd devnull;
+namespace detail {
+// The fds spawn() opens for one child. `owned` closes everything opened for the
+// child when spawn() returns or throws: every fd is owned the moment it exists, so
+// no failure leaks one.
+struct child_fds {
+  std::vector<unique_fd> owned;
+  std::vector<fd_move> moves;  // applied in order in the child
+  pipe_writer in;
+  pipe_reader out, err;
+  unique_fd channel;  // the parent's end of the ipc socketpair
+};
+}  // namespace detail
+
+inline detail::child_fds command::open_fds(const detail::spawn_plan& plan) const {
+  const std::string& cmdline = plan.cmdline;
+  detail::child_fds fds;
+  std::vector<detail::fd_move> merges;
+  fds.owned.reserve(16 + fd_maps_.size());
+  fds.moves.reserve(8 + fd_maps_.size());
+  int devnull = -1;  // opened once, shared by the slots that want it
   auto own = [&](int fd) {
-    owned.emplace_back(fd);
+    fds.owned.emplace_back(fd);
     return fd;
+  };
+  // Every spawn_error here is a failed call: its errno, the step, what it was about.
+  auto fail = [&](std::string step, const std::string& what = {}) {
+    int e = errno;
+    throw spawn_error(e, cmdline, std::move(step), what);
   };
   static constexpr const char* names[3] = {"stdin", "stdout", "stderr"};
   for (int slot = 0; slot < 3; ++slot) {
     const stdio& s = stdio_[slot] ? *stdio_[slot] : stdio(inherit);
+    const std::string name = names[slot];
     if (std::holds_alternative<inherit_t>(s)) continue;
     if (std::holds_alternative<null_t>(s)) {
-      if (!devnull) {
-        devnull.reset(detail::sys::no_eintr([] { return detail::sys::open("/dev/null", O_RDWR); }));
-        if (!devnull) {
-          int e = errno;
-          throw spawn_error(e, cmdline, "open /dev/null");
-        }
+      if (devnull < 0) {
+        devnull = detail::sys::no_eintr([] { return detail::sys::open("/dev/null", O_RDWR); });
+        if (devnull < 0) fail("open /dev/null");
+        own(devnull);
       }
-      moves.push_back({devnull.get(), slot});
+      fds.moves.push_back({devnull, slot});
     } else if (std::holds_alternative<pipe_t>(s)) {
-      int fds[2];
-      if (detail::sys::pipe2(fds, 0) != 0) {
-        int e = errno;
-        throw spawn_error(e, cmdline, std::string("create ") + names[slot] + " pipe");
-      }
-      detail::unique_fd parent(slot == 0 ? fds[1] : fds[0]);
-      int child = own(slot == 0 ? fds[0] : fds[1]);
-      moves.push_back({child, slot});
+      int p[2];
+      if (detail::sys::pipe2(p, 0) != 0) fail("create " + name + " pipe");
+      detail::unique_fd parent(slot == 0 ? p[1] : p[0]);
+      fds.moves.push_back({own(slot == 0 ? p[0] : p[1]), slot});
       // The parent's end only: O_NONBLOCK lives in the open file description, and
       // the child's end must stay blocking.
-      if (detail::sys::fcntl(parent.get(), F_SETFL, O_NONBLOCK) != 0) {
-        int e = errno;
-        throw spawn_error(e, cmdline, std::string("make ") + names[slot] + " pipe non-blocking");
-      }
+      if (detail::sys::fcntl(parent.get(), F_SETFL, O_NONBLOCK) != 0)
+        fail("make " + name + " pipe non-blocking");
       if (slot == 0)
-        in_end = pipe_writer(detail::nonblocking_fd, std::move(parent), "stdin", cmdline);
+        fds.in = pipe_writer(detail::nonblocking_fd, std::move(parent), "stdin", cmdline);
       else if (slot == 1)
-        out_end = pipe_reader(detail::nonblocking_fd, std::move(parent), "stdout", cmdline);
+        fds.out = pipe_reader(detail::nonblocking_fd, std::move(parent), "stdout", cmdline);
       else
-        err_end = pipe_reader(detail::nonblocking_fd, std::move(parent), "stderr", cmdline);
+        fds.err = pipe_reader(detail::nonblocking_fd, std::move(parent), "stderr", cmdline);
     } else if (auto* f = std::get_if<file>(&s)) {
       file_mode m = f->mode.value_or(slot == 0 ? file_mode::read : file_mode::truncate);
       int flags = m == file_mode::read       ? O_RDONLY
@@ -705,20 +726,16 @@ inline process command::spawn() const {
                                              : O_WRONLY | O_CREAT | O_APPEND;
       // Retried on EINTR: opening a FIFO blocks until the other side opens it.
       int fd = detail::sys::no_eintr([&] { return detail::sys::open(f->path.c_str(), flags, 0666); });
-      if (fd < 0) {
-        int e = errno;
-        throw spawn_error(e, cmdline, std::string("open ") + names[slot] + " file",
-                          "'" + f->path.string() + "'");
-      }
-      moves.push_back({own(fd), slot});
+      if (fd < 0) fail("open " + name + " file", "'" + f->path.string() + "'");
+      fds.moves.push_back({own(fd), slot});
     } else if (auto* d = std::get_if<fd>(&s)) {
       int fl = d->number < 0 ? -1 : detail::sys::fcntl(d->number, F_GETFL);
       if (fl < 0) {
-        int e = d->number < 0 ? EBADF : errno;
-        throw spawn_error(e, cmdline, std::string(names[slot]) + " fd", std::to_string(d->number));
+        if (d->number < 0) errno = EBADF;
+        fail(name + " fd", std::to_string(d->number));
       }
       int copy = detail::blocking_copy_for_child(d->number, fl);
-      moves.push_back({copy >= 0 ? own(copy) : d->number, slot});
+      fds.moves.push_back({copy >= 0 ? own(copy) : d->number, slot});
     } else if (std::holds_alternative<merge_with_out_t>(s)) {
       merges.push_back({1, 2});
     } else if (std::holds_alternative<merge_with_err_t>(s)) {
@@ -727,120 +744,41 @@ inline process command::spawn() const {
   }
   for (auto [c, p] : fd_maps_) {
     int fl = detail::sys::fcntl(p, F_GETFL);
-    if (fl < 0) {
-      int e = errno;
-      throw spawn_error(e, cmdline, "map fd",
-                        std::to_string(p) + (e == EBADF ? " (not open in the parent)" : ""));
-    }
+    if (fl < 0) fail("map fd", std::to_string(p) + (errno == EBADF ? " (not open in the parent)" : ""));
     int copy = detail::blocking_copy_for_child(p, fl);
-    moves.push_back({copy >= 0 ? own(copy) : p, c});
+    fds.moves.push_back({copy >= 0 ? own(copy) : p, c});
   }
   if (ipc_fd_) {
     int sv[2];
-    if (detail::sys::socketpair(AF_UNIX, SOCK_STREAM, sv) != 0) {
-      int e = errno;
-      throw spawn_error(e, cmdline, "create ipc socketpair");
-    }
-    channel_end.reset(sv[0]);
-    moves.push_back({own(sv[1]), *ipc_fd_});
+    if (detail::sys::socketpair(AF_UNIX, SOCK_STREAM, sv) != 0) fail("create ipc socketpair");
+    fds.channel.reset(sv[0]);
+    fds.moves.push_back({own(sv[1]), *ipc_fd_});
   }
   // Move every source above every target, so applying the moves in order never
   // overwrites a source that a later move still needs (e.g. swapping 1 and 2, or a
   // pipe that landed on fd 0 because the parent had closed its stdin).
-  for (auto& m : moves) {
-    if (m.from <= max_target) {
-      int up = detail::sys::dup_above(m.from, max_target + 1);
-      if (up < 0) {
-        int e = errno;
-        throw spawn_error(e, cmdline, "dup fd", std::to_string(m.from));
-      }
+  for (auto& m : fds.moves) {
+    if (m.from < plan.close_from) {
+      int up = detail::sys::dup_above(m.from, plan.close_from);
+      if (up < 0) fail("dup fd", std::to_string(m.from));
       m.from = own(up);
     }
   }
   // A merge (2>&1) copies a target that is in place by then, so it comes last.
-  moves.insert(moves.end(), merges.begin(), merges.end());
+  fds.moves.insert(fds.moves.end(), merges.begin(), merges.end());
+  return fds;
+}
 
-  // ---- start it
-  std::vector<char*> argv_c = detail::c_array(argv_);
-  std::vector<char*> env_c;
-  if (custom_env) env_c = detail::c_array(env_strings);
-  detail::child_plan plan;
-  plan.path = path.c_str();
-  plan.argv = argv_c.data();
-  plan.envp = custom_env ? env_c.data() : environ;
-  plan.cwd = cwd_ ? cwd_->c_str() : nullptr;
-  plan.moves = moves.data();
-  plan.n_moves = static_cast<int>(moves.size());
-  plan.gaps = gaps.data();
-  plan.n_gaps = static_cast<int>(gaps.size());
-  plan.close_from = max_target + 1;
-  plan.setsid = new_session_;
-  plan.setpgid = (new_group_ || join_group_) && !new_session_;
-  plan.pgid = join_group_.value_or(0);
-  plan.pdeathsig = parent_death_signal_;
-  if (parent_death_signal_ != 0) plan.parent = detail::sys::getpid();
-
-  // With SIGCHLD ignored (or SA_NOCLDWAIT) the kernel reaps a child the moment it
-  // exits, so a pidfd_open after posix_spawn can come too late (and even find the
-  // pid reused): take the clone path, which gets the pidfd atomically (CLONE_PIDFD).
-  // One read-only rt_sigaction per spawn.
-  const bool autoreap = detail::children_autoreaped();
-  bool use_clone = backend_ == spawn_backend::clone_vfork || parent_death_signal_ != 0 ||
-                   !detail::posix_spawn_backend_available() ||
-                   (backend_ == spawn_backend::automatic &&
-                    (gap_fds > detail::max_posix_spawn_gap_fds ||
-                     (autoreap && detail::clone_backend_available())));
-  if (backend_ == spawn_backend::posix_spawn && parent_death_signal_ != 0)
-    throw argument_error(cmdline, "kill_on_parent_death() cannot use the posix_spawn backend");
-  if (use_clone && !detail::clone_backend_available())
-    throw spawn_error(ENOSYS, cmdline, "spawn", "(no spawn backend for this platform)");
-
-  if (use_clone) {
-    // Only the clone child's last-resort close loop (no close_range, no /proc) needs it.
-    rlimit rl{};
-    plan.fd_limit = detail::sys::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536
-                        ? static_cast<int>(rl.rlim_cur)
-                        : 65536;
-  }
-  detail::spawned child;
-  detail::spawn_failure fail;
-  // kill_on_parent_death: created by the library's long-lived spawner thread, so the
-  // signal comes when the process dies, not when the calling thread does.
-  bool ok = parent_death_signal_ != 0 ? detail::spawner::instance().spawn(plan, child, fail)
-            : use_clone              ? detail::spawn_clone(plan, child, fail)
-                                     : detail::spawn_posix(plan, child, fail);
-  if (!ok) {
-    std::string step = detail::step_name(fail.step), what;
-    if (fail.step == detail::child_step::exec) {
-      what = "'" + path + "'";
-      // posix_spawn reports chdir failures as its return value too: if the directory
-      // is (now) missing or cannot be entered, that was the step that failed.
-      int e = 0;
-      std::string why = cwd_ && fail.err != E2BIG ? detail::cwd_problem(*cwd_, e) : std::string();
-      if (!why.empty()) {
-        step = "chdir";
-        what = why;
-      } else if (fail.err == E2BIG) {
-        what = detail::too_big_detail(path, plan.argv, plan.envp);
-        cmdline = detail::abbreviated(cmdline, argv_.size());
-      }
-    } else if (fail.step == detail::child_step::chdir) {
-      int e = 0;
-      what = detail::cwd_problem(*cwd_, e);
-      if (what.empty()) what = "to '" + cwd_->string() + "'";
-    }
-    // posix_spawn reports a failed setpgid as its return value too (EPERM: the group
-    // is gone or in another session); say which.
-    if (join_group_ && (fail.step == detail::child_step::exec || fail.step == detail::child_step::setpgid) &&
-        (fail.err == EPERM || fail.err == ESRCH)) {
-      step = "setpgid";
-      what = "to join process group " + std::to_string(*join_group_);
-    }
-    throw spawn_error(fail.err, cmdline, step, what);
-  }
-  return process(child.pid, std::move(child.pidfd), std::move(cmdline), new_group_ || new_session_,
-                 std::move(in_end), std::move(out_end), std::move(err_end), std::move(channel_end),
-                 autoreap, child.lost);
+inline process command::spawn() const {
+  detail::spawn_plan plan = this->plan();  // validated; nothing created yet
+  detail::child_fds fds = open_fds(plan);
+  std::vector<char*> argv = detail::c_array(plan.argv), envp;
+  if (plan.env) envp = detail::c_array(*plan.env);
+  detail::child_plan raw = plan.raw(argv, envp, fds.moves);
+  detail::spawned child = detail::launch(plan, raw);
+  return process(child.pid, std::move(child.pidfd), std::move(plan.cmdline), new_group_ || new_session_,
+                 std::move(fds.in), std::move(fds.out), std::move(fds.err), std::move(fds.channel),
+                 plan.autoreap, child.lost);
 }
 
 // ---- printing: operator<< prints what fmt.hpp's formatters print -------------------

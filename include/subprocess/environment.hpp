@@ -96,7 +96,7 @@ class environment {
   static environment from_file(const std::filesystem::path& path) {
     auto fail = [&](int e) {
       throw argument_error("", "cannot read environment file '" + path.string() +
-                                   "': " + std::error_code(e, std::system_category()).message());
+                                   "': " + detail::errno_text(e));
     };
     detail::unique_fd fd(detail::sys::no_eintr([&] { return detail::sys::open(path.c_str(), O_RDONLY); }));
     if (!fd) fail(errno);

@@ -130,6 +130,22 @@ class io_error : public error {
                   std::error_code(err, std::system_category()).message()) {}
 };
 
+namespace detail {
+
+// The errno's text, as std::system_category() gives it: "No such file or directory".
+inline std::string errno_text(int err) { return std::error_code(err, std::system_category()).message(); }
+
+// The one way the library raises a failed system call (the spawn path has
+// spawn_error, which adds the step): a subprocess::error whose code() is the
+// errno, about `command` ("" if none), with the message "<what>: <errno text>".
+// `what` names the operation and what it was about ("cannot send SIGTERM to 'x'").
+[[noreturn]] inline void throw_errno(int err, std::string command, const std::string& what) {
+  throw error(std::error_code(err, std::system_category()), std::move(command), what + ": " + errno_text(err));
+}
+[[noreturn]] inline void throw_errno(int err, const std::string& what) { throw_errno(err, "", what); }
+
+}  // namespace detail
+
 // Output captured from a child, as far as it got.
 struct captured_output {
   std::string out;

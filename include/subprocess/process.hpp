@@ -193,10 +193,9 @@ class process {
     if (reaped_.load(std::memory_order_acquire)) return false;
     int r = pidfd_ ? detail::sys::pidfd_send_signal(pidfd_.get(), sig) : detail::sys::kill(pid_, sig);
     if (r == 0) return true;
-    if (errno == ESRCH) return false;
-    throw error(std::error_code(errno, std::system_category()), command_,
-                "cannot send " + detail::signal_name_of(sig) + " to '" + command_ +
-                    "': " + std::error_code(errno, std::system_category()).message());
+    const int e = errno;
+    if (e == ESRCH) return false;
+    detail::throw_errno(e, command_, "cannot send " + detail::signal_name_of(sig) + " to '" + command_ + "'");
   }
   // Sends sig to the child's process group (requires new_process_group() or
   // new_session()). Also signals the child itself through its pidfd, in case it
@@ -359,10 +358,9 @@ class process {
         reaped_.store(true, std::memory_order_release);
         if (autoreaped_ || detail::children_autoreaped()) throw_status_discarded();  // blames SIGCHLD
       }
-      throw error(std::error_code(e, std::system_category()), command_,
-                  "waiting for '" + command_ + "' failed" +
-                      (e == ECHILD ? " (was it reaped by other code calling waitpid(-1)?)" : "") +
-                      ": " + std::error_code(e, std::system_category()).message());
+      detail::throw_errno(e, command_,
+                          "waiting for '" + command_ + "' failed" +
+                              (e == ECHILD ? " (was it reaped by other code calling waitpid(-1)?)" : ""));
     }
     status_ = exit_status::from_wait_status(ws);
     reaped_.store(true, std::memory_order_release);

@@ -30,8 +30,8 @@
 // spawner thread too: these children then get their parent-death signal when this
 // process execs, not only when it dies (as with PR_SET_PDEATHSIG from any thread).
 // Per-thread attributes the kernel copies from the creating thread into the child:
-// the caller's nice value and CPU affinity are carried over (child_plan::nice,
-// affinity), so the child gets the caller's, not the spawner thread's. Others (the
+// the caller's nice value and CPU affinity are carried over (child_plan::caller_nice,
+// caller_affinity), so the child gets the caller's, not the spawner thread's. Others (the
 // scheduling policy and real-time priority, the thread's capabilities, its
 // seccomp filters, its per-thread rlimits do not exist) are the spawner thread's,
 // which it took from the thread that first asked for a kill_on_parent_death child.
@@ -43,7 +43,7 @@
 #include <system_error>
 #include <thread>
 
-#include "spawn.hpp"
+#include "spawn/clone_vfork.hpp"
 #include "syscall.hpp"
 
 namespace subprocess::detail {
@@ -69,8 +69,8 @@ class spawner {
   bool spawn(child_plan& plan, spawned& out, spawn_failure& fail) {
     // The caller's per-thread attributes, which the child would otherwise take from
     // the spawner thread. A failed query just leaves that one out.
-    plan.set_nice = sys::thread_nice(&plan.nice) == 0;
-    plan.set_affinity = sys::thread_affinity(sizeof plan.affinity, &plan.affinity) == 0;
+    plan.caller_nice = sys::thread_nice(&plan.caller_nice_value) == 0;
+    plan.caller_affinity = sys::thread_affinity(sizeof plan.caller_cpus, &plan.caller_cpus) == 0;
     std::lock_guard turn(turn_);  // one job at a time
     std::unique_lock lock(mu_);
     if (!started_ && !start(fail)) return false;

@@ -11,8 +11,9 @@
 //
 // The rule: every system call the library makes in the parent goes through here,
 // so a test can fail any of them. The only exceptions are the raw syscall()s made
-// by the vfork child in spawn.hpp, which shares our memory and must not run
-// anything but the kernel call (no hook, no sanitizer, no errno games).
+// by the vfork child in detail/spawn/clone_vfork.hpp, which shares our memory and
+// must not run anything but the kernel call (no hook, no sanitizer, no errno
+// games); the parent asks the hook for it in advance (child_fault()).
 // When a new header needs a new kind of call, add a wrapper here and a `call`
 // enumerator (before count_) with its name in call_name().
 #pragma once
@@ -48,7 +49,9 @@ enum class call : unsigned char {
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
   signalfd, timerfd, eventfd, madvise, access, stat, getcwd, readlink, getrlimit, mmap, munmap,
   sigpending, sigtimedwait, recv, send, shutdown, fstat, mremap, eventfd_write, setsockopt,
-  sigaction, sched, count_
+  sigaction, sched,
+  // Made by the clone child (see child_fault below), never through a wrapper.
+  setgroups, setgid, setuid, setrlimit, setpriority, setaffinity, count_
 };
 
 inline const char* call_name(call c) noexcept {
@@ -57,7 +60,8 @@ inline const char* call_name(call c) noexcept {
       "open", "close", "pipe2", "socketpair", "dup", "fcntl", "pidfd_open", "pidfd_send_signal",
       "kill", "posix_spawn", "clone", "sigmask", "signalfd", "timerfd", "eventfd", "madvise", "access",
       "stat", "getcwd", "readlink", "getrlimit", "mmap", "munmap", "sigpending", "sigtimedwait",
-      "recv", "send", "shutdown", "fstat", "mremap", "eventfd_write", "setsockopt", "sigaction", "sched"};
+      "recv", "send", "shutdown", "fstat", "mremap", "eventfd_write", "setsockopt", "sigaction", "sched",
+      "setgroups", "setgid", "setuid", "setrlimit", "setpriority", "setaffinity"};
   static_assert(sizeof names / sizeof names[0] == static_cast<std::size_t>(call::count_));
   auto i = static_cast<std::size_t>(c);
   return i < static_cast<std::size_t>(call::count_) ? names[i] : "?";
@@ -83,6 +87,19 @@ inline int injected(call c) noexcept {
   do {                            \
   } while (0)
 #endif
+
+// The calls the clone child makes (setuid, setrlimit...) cannot ask the hook: the
+// child shares our memory and runs no library code. The parent asks on its behalf,
+// once per call kind, before the clone (child_plan::faults), and the child fails
+// that step with the answer instead of making the call. 0 without the macro.
+inline int child_fault(call c) noexcept {
+#if defined(SUBPROCESS_FAULT_INJECTION)
+  return injected(c);
+#else
+  (void)c;
+  return 0;
+#endif
+}
 
 // Retries a call while it fails with EINTR. For calls without a timeout only.
 template <class F>
@@ -388,5 +405,6 @@ inline int thread_affinity(std::size_t size, void* mask) noexcept {
 }
 // Cannot fail; here so that every call the library makes is in one place.
 inline pid_t getpid() noexcept { return static_cast<pid_t>(::syscall(SYS_getpid)); }
+inline uid_t geteuid() noexcept { return ::geteuid(); }
 
 }  // namespace subprocess::detail::sys

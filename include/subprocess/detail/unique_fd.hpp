@@ -36,13 +36,6 @@ class unique_fd {
   int fd_ = -1;
 };
 
-// A failed system call as a subprocess::error (the base of everything the library
-// throws; it is a std::system_error): "what: Too many open files", code() the errno.
-[[noreturn]] inline void throw_errno(int err, const std::string& what) {
-  std::error_code ec(err, std::system_category());
-  throw error(ec, "", what + ": " + ec.message());
-}
-
 // Both ends close-on-exec; the caller decides which end goes to a child.
 struct fd_pair {
   unique_fd read, write;
