@@ -69,6 +69,8 @@ namespace subprocess {
 enum class spawn_backend { automatic, posix_spawn, clone_vfork };
 
 namespace detail {
+struct pty_access;  // pty.hpp: spawn_in_pty()
+
 // Characters a POSIX shell never treats specially inside a word. ASCII only and
 // independent of the locale (std::isalnum is not).
 inline bool shell_safe_char(char c) noexcept {
@@ -372,6 +374,11 @@ class command {
   bool shell_ = false;
   spawn_backend backend_ = spawn_backend::automatic;
   std::bitset<256> success_codes_{1};  // bit c: exit code c is success
+  // ---- pty (pty.hpp): spawn_in_pty() sets the terminal's slave path here, puts the
+  // slave on the unset stdio slots and asks for a new session; spawn() then makes
+  // the slave (fd 0) the child's controlling terminal (child_plan::ctty).
+  friend struct detail::pty_access;
+  std::string controlling_tty_;
 
   // Validates the command and resolves the program: the path to exec.
   std::string checked_program(const std::string& cmdline) const;
@@ -778,6 +785,7 @@ inline process command::spawn() const {
   plan.setpgid = (new_group_ || join_group_) && !new_session_;
   plan.pgid = join_group_.value_or(0);
   plan.pdeathsig = parent_death_signal_;
+  plan.ctty = controlling_tty_.empty() ? nullptr : controlling_tty_.c_str();  // pty.hpp
   if (parent_death_signal_ != 0) plan.parent = detail::sys::getpid();
 
   // With SIGCHLD ignored (or SA_NOCLDWAIT) the kernel reaps a child the moment it

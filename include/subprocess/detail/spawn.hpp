@@ -26,6 +26,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -66,7 +67,7 @@ struct fd_move {
 
 enum class child_step : int {
   none, stack, sigmask, pidfd, setsid, setpgid, pdeathsig, dup, chdir, close_fds, exec,
-  spawner_thread
+  spawner_thread, ctty
 };
 
 inline const char* step_name(child_step s) noexcept {
@@ -83,6 +84,7 @@ inline const char* step_name(child_step s) noexcept {
     case child_step::close_fds: return "close inherited fds";
     case child_step::exec: return "exec";
     case child_step::spawner_thread: return "start the spawner thread";
+    case child_step::ctty: return "acquire the controlling terminal";
   }
   return "spawn";
 }
@@ -109,6 +111,12 @@ struct child_plan {
   pid_t pgid = 0;  // with setpgid: 0 leads a new group, >0 joins that existing group
   int pdeathsig = 0;
   pid_t parent = 0;
+  // ---- pty (pty.hpp): fd 0, a terminal's slave, becomes the controlling terminal
+  // of the new session (needs setsid). The clone child asks with ioctl(TIOCSCTTY);
+  // posix_spawn cannot, so its file actions re-open this path on fd 0 without
+  // O_NOCTTY after the moves: glibc runs setsid before the file actions, and a
+  // session leader without a terminal that opens one acquires it.
+  const char* ctty = nullptr;
   // Set when another thread (the spawner) clones for the caller: the caller's nice
   // value and CPU affinity, applied in the child (best effort: lowering the nice
   // value below the cloning thread's needs CAP_SYS_NICE or RLIMIT_NICE; then the
@@ -224,6 +232,7 @@ SUBPROCESS_CHILD_CODE inline int clone_child_main(void* arg) noexcept {
   }
   for (int i = 0; i < p->n_moves; ++i)
     if (::syscall(SYS_dup3, p->moves[i].from, p->moves[i].to, 0) < 0) return child_fail(p, child_step::dup);
+  if (p->ctty != nullptr && ::syscall(SYS_ioctl, 0, TIOCSCTTY, 0) < 0) return child_fail(p, child_step::ctty);
   for (int i = 0; i < p->n_gaps; ++i) {
 #if defined(SYS_close_range)
     if (::syscall(SYS_close_range, p->gaps[i].lo, p->gaps[i].hi, 0) == 0) continue;
@@ -389,6 +398,7 @@ inline bool spawn_posix(const child_plan& plan, spawned& out, spawn_failure& fai
   if (plan.setpgid) e = e ? e : posix_spawnattr_setpgroup(&attr, plan.pgid);
   for (int i = 0; i < plan.n_moves && !e; ++i)
     e = posix_spawn_file_actions_adddup2(&fa, plan.moves[i].from, plan.moves[i].to);
+  if (plan.ctty) e = e ? e : posix_spawn_file_actions_addopen(&fa, 0, plan.ctty, O_RDWR, 0);  // pty
   // glibc ignores EBADF from these closes: a gap fd need not be open.
   for (int i = 0; i < plan.n_gaps && !e; ++i)
     for (int fd = plan.gaps[i].lo; fd <= plan.gaps[i].hi && !e; ++fd)
