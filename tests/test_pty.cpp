@@ -1,10 +1,12 @@
 // pty.hpp: children on a pseudo-terminal, and expect.
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -326,4 +328,27 @@ TEST_CASE("a pty_process destroyed while its child runs: the child is gone, noth
     pid = t.child().pid();
   }
   CHECK_FALSE(testing::alive(pid));
+}
+
+TEST_CASE("kill_on_parent_death children (the spawner thread's clone path) get their terminal too") {
+  auto t = sp::spawn_in_pty(sp::command{"tty"}.kill_on_parent_death());
+  CHECK(t.expect_eof(5s) == t.terminal_name() + "\r\n");
+  CHECK(t.wait().success());
+}
+
+TEST_CASE("concurrent spawns: no child ever holds another child's terminal") {
+  std::vector<std::thread> threads;
+  std::atomic<int> bad{0}, done{0};
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] {
+      for (int j = 0; j < 5; ++j) {
+        auto b = (i + j) % 2 ? sp::spawn_backend::posix_spawn : sp::spawn_backend::clone_vfork;
+        auto t = sp::spawn_in_pty(testing::helper({"list-fds"}).backend(b));
+        if (t.expect_eof(10s) != "0 1 2\r\n" || !t.wait().success()) ++bad;
+        ++done;
+      }
+    });
+  for (auto& th : threads) th.join();
+  CHECK(done == 20);
+  CHECK(bad == 0);
 }
