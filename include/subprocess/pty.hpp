@@ -245,7 +245,8 @@ class pty_process {
   }
 
   // Types `data`, waiting while the terminal's input queue is full (at most the
-  // timeout: expect_error). io_error once the child has hung up.
+  // timeout: expect_error). io_error once the child has hung up. A terminal in its
+  // default (canonical) mode takes lines of up to 4095 bytes; it drops the rest.
   void send(std::string_view data) { send(data, opts_.timeout); }
   template <class Rep, class Period>
   void send(std::string_view data, std::chrono::duration<Rep, Period> timeout) {
