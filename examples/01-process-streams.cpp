@@ -3,7 +3,8 @@
 // A child talks to its parent through three byte streams: stdin, stdout, stderr.
 // With sp::pipe the parent holds the other end of each one. This lesson reads them,
 // writes them, chains them, slows them down (backpressure) and watches several at once
-// with sp::event_loop: one thread, no blocking, no deadlocks.
+// with sp::event_loop: one thread, no blocking, no deadlocks. Section 8 (not in the
+// original course) swaps the pipes for a terminal, for programs that want a person.
 //
 // Run with no arguments. Children are standard tools: echo, cat, grep, wc, yes, bc,
 // sh, date, whoami, pwd.
@@ -165,6 +166,54 @@ void stream_multiplexing() {
   for (auto& s : sources) s.proc.wait();
 }
 
+// 8. An interactive program wants a person at a terminal: on pipes `sh -i` is not
+// really interactive (its job control needs a terminal; python buffers its output
+// and shows no >>>). A pseudo-terminal gives it one: its stdin/stdout/stderr are
+// the terminal, we hold the other side (the master), expect() waits until the
+// output shows what we wait for, sendline() types a line. A terminal echoes what
+// we type and ends lines with \r\n, as the screen needs.
+void running_on_a_terminal() {
+  section(8, "Running a Program on a Terminal", "sh -i on a pseudo-terminal: wait for the prompt, type, read");
+  const std::string prompt = "lesson$ ";
+  auto env = sp::environment::inherit().set("PS1", prompt).unset("ENV");
+  try {
+    auto sh = sp::spawn_in_pty(sp::command{"sh", "-i"}.env(env), {.rows = 24, .cols = 80});
+    sh.expect(prompt, 5s);  // nothing is typed before the shell asks
+    fmt::print("   Got the prompt {:?}\n", prompt);
+
+    sh.sendline("tty");
+    auto tty = sh.expect(sp::pattern::regex(R"((/dev/\S+)\r\n)"), 5s);
+    fmt::print("   sh's terminal is {} (the slave side; we hold the master)\n", tty.group(1));
+
+    auto ask = [&](const std::string& line) {  // type a line, return its answer
+      sh.expect(prompt, 5s);
+      sh.sendline(line);
+      // The answer is the line after the echo of ours, up to the next prompt.
+      auto m = sh.expect(sp::pattern::regex(R"(\r\n([^\r\n]*)\r\n)"), 5s);
+      return std::string(m.group(1));
+    };
+    fmt::print("   echo $((6 * 7)) -> Result: {}\n", ask("echo $((6 * 7))"));
+    fmt::print("   stty size -> {} (rows, columns)\n", ask("stty size"));
+    sh.resize(30, 100);  // the kernel tells the terminal's foreground job: SIGWINCH
+    fmt::print("   after resize(30, 100): stty size -> {}\n", ask("stty size"));
+
+    // ^C is not a signal we send: it is a key. The terminal turns it into SIGINT for
+    // its foreground job (sleep), and the shell, which ignores it, lives on.
+    sh.expect(prompt, 5s);
+    sh.sendline("sh -c 'echo sleeping; exec sleep 100'");
+    sh.expect("\r\nsleeping\r\n", 5s);  // the job is running: now press ^C
+    sh.send_control('c');
+    fmt::print("   ^C interrupted sleep: exit status {}\n", ask("echo $?"));
+
+    sh.expect(prompt, 5s);
+    sh.sendline("exit");
+    sh.expect_eof(5s);  // the terminal hangs up: all output read
+    fmt::print("   sh exited with code {}\n", *sh.wait().code());
+  } catch (const sp::error& e) {
+    fmt::print("   Terminal error: {}\n", e.what());  // e.g. a prompt that never came
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -181,6 +230,7 @@ int main() {
   bidirectional_communication();
   separate_stdout_stderr();
   stream_multiplexing();
+  running_on_a_terminal();
 
   std::filesystem::remove_all(dir);
   fmt::print("\n=== All Examples Completed ===\n");
@@ -190,5 +240,6 @@ int main() {
   fmt::print("   - Pass a child's stdout as the next child's stdin to chain them\n");
   fmt::print("   - Backpressure: read no faster than you can consume\n");
   fmt::print("   - One event_loop drives many streams without threads or deadlocks\n");
+  fmt::print("   - A pseudo-terminal runs programs that want a person; expect() waits for them\n");
   return 0;
 }

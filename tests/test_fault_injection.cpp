@@ -762,3 +762,73 @@ TEST_CASE("a pipe that never stops being readable cannot hold a deadline (regres
                     sp::timeout_error);
   });
 }
+
+TEST_CASE("every call spawn_in_pty makes before the child runs can fail: a clear spawn_error, nothing leaked") {
+  auto b = GENERATE(sp::spawn_backend::posix_spawn, sp::spawn_backend::clone_vfork);
+  auto op = [&] {
+    auto t = sp::spawn_in_pty(sp::command{"true"}.backend(b), {.echo = false});
+    t.wait();
+  };
+  auto counts = census(op);
+  CHECK(counts[call::openpt] == 1);
+  CHECK(counts[call::ioctl] == 6);  // grantpt, unlockpt, ptsname_r, TIOCSWINSZ, TCGETS, TCSETS
+  struct kind_faults {
+    call kind;
+    std::vector<int> errs;
+  };
+  const std::vector<kind_faults> kinds = {
+      {call::openpt, {EMFILE, ENOSPC}}, {call::ioctl, {EIO, ENOTTY}}, {call::open, {EMFILE, ENXIO}},
+      {call::fcntl, {EBADF}},           {call::dup, {EMFILE}},         {call::posix_spawn, {ENOMEM}},
+      {call::clone, {EAGAIN}},          {call::pidfd_open, {EMFILE}}};
+  long faults = 0;
+  for (const auto& k : kinds) {
+    auto it = counts.find(k.kind);
+    if (it == counts.end()) continue;
+    for (long n = 1; n <= it->second; ++n) {
+      for (int err : k.errs) {
+        auto fds_before = testing::open_fds();
+        plan p;
+        p.fail_nth(k.kind, n, err);
+        attempt a = try_once(p, op);
+        INFO(sp::to_string(b) << ": " << name(k.kind) << " call " << n << " of " << it->second << " fails with "
+                              << std::error_code(err, std::system_category()).message() << " -> "
+                              << (a.ok ? "ok" : a.what));
+        faults += p.injected(k.kind);
+        CHECK(a.spawn_error);
+        CHECK(a.code == err);
+        CHECK_THAT(a.what, Catch::StartsWith("cannot start 'true'"));
+        CHECK(testing::open_fds() == fds_before);
+        CHECK(testing::children().empty());
+      }
+    }
+  }
+  CHECK(faults > 15);
+}
+
+TEST_CASE("a pty_process retries EINTR everywhere, and reports a failed resize") {
+  auto t = sp::spawn_in_pty(sp::command{"cat"}, {.echo = false});
+  {
+    plan p;
+    p.fail_every(call::read, 2, EINTR).fail_every(call::poll, 2, EINTR).fail_every(call::write, 2, EINTR);
+    scope s(p);
+    t.sendline("hello");
+    CHECK(t.expect("hello\r\n", 5s).before.empty());
+    t.send_eof();
+    CHECK(t.expect_eof(5s).empty());
+    CHECK(p.injected(call::read) + p.injected(call::write) > 1);
+  }
+  CHECK(t.wait().success());
+  auto u = sp::spawn_in_pty(sp::command{"cat"});
+  {
+    plan p;
+    p.fail_nth(call::ioctl, 1, EIO);
+    scope s(p);
+    try {
+      u.resize(10, 10);
+      FAIL("no exception");
+    } catch (const sp::io_error& e) {
+      CHECK(e.code().value() == EIO);
+      CHECK_THAT(e.what(), Catch::StartsWith("resize the terminal of 'cat'"));
+    }
+  }
+}

@@ -72,6 +72,8 @@ namespace subprocess {
 enum class spawn_backend { automatic, posix_spawn, clone_vfork };
 
 namespace detail {
+struct pty_access;  // pty.hpp: spawn_in_pty()
+
 // Characters a POSIX shell never treats specially inside a word. ASCII only and
 // independent of the locale (std::isalnum is not).
 inline bool shell_safe_char(char c) noexcept {
@@ -500,6 +502,11 @@ class command {
   spawn_backend backend_ = spawn_backend::automatic;
   detail::child_settings settings_;
   std::bitset<256> success_codes_{1};  // bit c: exit code c is success
+  // ---- pty (pty.hpp): spawn_in_pty() sets the terminal's slave path here, puts the
+  // slave on the unset stdio slots and asks for a new session; spawn() then makes
+  // the slave (fd 0) the child's controlling terminal (child_plan::ctty).
+  friend struct detail::pty_access;
+  std::string controlling_tty_;
 
   // Opens the fds the child gets (pipes, files, copies) for a validated plan.
   detail::child_fds open_fds(const detail::spawn_plan& plan) const;
@@ -656,6 +663,7 @@ inline detail::spawn_plan command::plan() const {
   plan.join_group = join_group_;
   plan.new_group = new_group_ && !new_session_;
   plan.new_session = new_session_;
+  plan.ctty = controlling_tty_;  // pty.hpp
   plan.pdeathsig = parent_death_signal_;
   plan.settings = settings_;
   if (settings_.arg0) plan.argv[0] = *settings_.arg0;

@@ -57,6 +57,12 @@ struct nonblocking_fd_t {
   explicit nonblocking_fd_t() = default;
 };
 inline constexpr nonblocking_fd_t nonblocking_fd{};
+// Tag for a pseudo-terminal's master (pty.hpp): read() failing with EIO there means
+// every slave fd has closed (the child hung up): the end of its output, not an error.
+struct terminal_master_t {
+  explicit terminal_master_t() = default;
+};
+inline constexpr terminal_master_t terminal_master{};
 
 // set_nonblocking for a stream: failures are io_errors naming the stream.
 inline void make_stream_nonblocking(const unique_fd& fd, const std::string& stream,
@@ -85,15 +91,21 @@ class pipe_reader {
   pipe_reader(detail::nonblocking_fd_t, detail::unique_fd fd, std::string stream,
               std::string command) noexcept
       : fd_(std::move(fd)), stream_(std::move(stream)), command_(std::move(command)) {}
+  // For pty.hpp: a non-blocking terminal master, where EIO is the end of output.
+  pipe_reader(detail::terminal_master_t, detail::unique_fd fd, std::string stream,
+              std::string command) noexcept
+      : fd_(std::move(fd)), stream_(std::move(stream)), command_(std::move(command)),
+        eio_is_eof_(true) {}
   pipe_reader(pipe_reader&& o) noexcept
       : fd_(std::move(o.fd_)), stream_(std::move(o.stream_)), command_(std::move(o.command_)),
-        buf_(std::move(o.buf_)), eof_(std::exchange(o.eof_, false)) {}
+        buf_(std::move(o.buf_)), eof_(std::exchange(o.eof_, false)), eio_is_eof_(o.eio_is_eof_) {}
   pipe_reader& operator=(pipe_reader&& o) noexcept {
     fd_ = std::move(o.fd_);
     stream_ = std::move(o.stream_);
     command_ = std::move(o.command_);
     buf_ = std::move(o.buf_);
     eof_ = std::exchange(o.eof_, false);
+    eio_is_eof_ = o.eio_is_eof_;
     return *this;
   }
 
@@ -177,7 +189,7 @@ class pipe_reader {
     for (;;) {
       ssize_t r = detail::sys::read(fd_.get(), p, n);
       if (r > 0) return r;
-      if (r == 0) {
+      if (r == 0 || (errno == EIO && eio_is_eof_)) {
         eof_ = true;
         return 0;
       }
@@ -225,6 +237,7 @@ class pipe_reader {
   std::string command_;
   detail::byte_buffer buf_;
   bool eof_ = false;
+  bool eio_is_eof_ = false;  // a terminal master (pty.hpp)
 };
 
 class pipe_reader::line_range {

@@ -26,6 +26,7 @@
 #include "exit_status.hpp"
 #include "pipeline.hpp"
 #include "process.hpp"
+#include "pty.hpp"
 #include "run.hpp"
 #include "signals.hpp"
 #include "stdio.hpp"

@@ -23,6 +23,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <cstdlib>
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -30,6 +32,7 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -49,7 +52,7 @@ enum class call : unsigned char {
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
   signalfd, timerfd, eventfd, madvise, access, stat, getcwd, readlink, getrlimit, mmap, munmap,
   sigpending, sigtimedwait, recv, send, shutdown, fstat, mremap, eventfd_write, setsockopt,
-  sigaction, sched,
+  sigaction, sched, openpt, ioctl,
   // Made by the clone child (see child_fault below), never through a wrapper.
   setgroups, setgid, setuid, setrlimit, setpriority, setaffinity, count_
 };
@@ -61,7 +64,7 @@ inline const char* call_name(call c) noexcept {
       "kill", "posix_spawn", "clone", "sigmask", "signalfd", "timerfd", "eventfd", "madvise", "access",
       "stat", "getcwd", "readlink", "getrlimit", "mmap", "munmap", "sigpending", "sigtimedwait",
       "recv", "send", "shutdown", "fstat", "mremap", "eventfd_write", "setsockopt", "sigaction", "sched",
-      "setgroups", "setgid", "setuid", "setrlimit", "setpriority", "setaffinity"};
+      "openpt", "ioctl", "setgroups", "setgid", "setuid", "setrlimit", "setpriority", "setaffinity"};
   static_assert(sizeof names / sizeof names[0] == static_cast<std::size_t>(call::count_));
   auto i = static_cast<std::size_t>(c);
   return i < static_cast<std::size_t>(call::count_) ? names[i] : "?";
@@ -403,6 +406,35 @@ inline int thread_affinity(std::size_t size, void* mask) noexcept {
   SUBPROCESS_FAULT_POINT(call::sched);
   return static_cast<int>(::syscall(SYS_sched_getaffinity, 0, size, mask) < 0 ? -1 : 0);
 }
+// Pseudo-terminals (pty.hpp). posix_openpt opens /dev/ptmx (flags gain O_CLOEXEC);
+// grantpt, unlockpt and ptsname_r are ioctls on the master in glibc, so they fail
+// as kind `ioctl`, like the window-size and termios ioctls.
+inline int posix_openpt(int flags) noexcept {
+  SUBPROCESS_FAULT_POINT(call::openpt);
+  return ::posix_openpt(flags | O_CLOEXEC);
+}
+inline int grantpt(int master) noexcept {
+  SUBPROCESS_FAULT_POINT(call::ioctl);
+  return ::grantpt(master);
+}
+inline int unlockpt(int master) noexcept {
+  SUBPROCESS_FAULT_POINT(call::ioctl);
+  return ::unlockpt(master);
+}
+// -1 with errno set on failure (ptsname_r itself returns the errno).
+inline int ptsname_r(int master, char* buf, std::size_t n) noexcept {
+  SUBPROCESS_FAULT_POINT(call::ioctl);
+  if (int e = ::ptsname_r(master, buf, n)) {
+    errno = e;
+    return -1;
+  }
+  return 0;
+}
+inline int ioctl(int fd, unsigned long request, void* arg) noexcept {
+  SUBPROCESS_FAULT_POINT(call::ioctl);
+  return ::ioctl(fd, request, arg);
+}
+
 // Cannot fail; here so that every call the library makes is in one place.
 inline pid_t getpid() noexcept { return static_cast<pid_t>(::syscall(SYS_getpid)); }
 inline uid_t geteuid() noexcept { return ::geteuid(); }

@@ -19,6 +19,7 @@
 #include <dirent.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -134,6 +135,7 @@ SUBPROCESS_CHILD_CODE inline int clone_child_main(void* arg) noexcept {
   if (p->caller_affinity) ::syscall(SYS_sched_setaffinity, 0, sizeof p->caller_cpus, &p->caller_cpus);
   for (int i = 0; i < p->n_moves; ++i)
     SUBPROCESS_CHILD_STEP(p, child_step::dup, ::syscall(SYS_dup3, p->moves[i].from, p->moves[i].to, 0));
+  if (p->ctty != nullptr) SUBPROCESS_CHILD_STEP(p, child_step::ctty, ::syscall(SYS_ioctl, 0, TIOCSCTTY, 0));
   for (int i = 0; i < p->n_gaps; ++i) {
 #if defined(SYS_close_range)
     if (::syscall(SYS_close_range, p->gaps[i].lo, p->gaps[i].hi, 0) == 0) continue;

@@ -67,7 +67,7 @@ struct resource_limit {
 enum class child_step : int {
   none, stack, sigmask, pidfd, setsid, setpgid, pdeathsig, dup, chdir, exec,
   spawner_thread, setrlimit, setpriority, setaffinity, setgroups, setgid, setuid,
-  pre_exec, count_
+  pre_exec, ctty, count_
 };
 
 inline const char* step_name(child_step s) noexcept {
@@ -90,6 +90,7 @@ inline const char* step_name(child_step s) noexcept {
     case child_step::setgid: return "setgid";
     case child_step::setuid: return "setuid";
     case child_step::pre_exec: return "pre_exec hook";
+    case child_step::ctty: return "acquire the controlling terminal";
     case child_step::count_: break;
   }
   return "spawn";
@@ -175,6 +176,12 @@ struct child_plan {
   pid_t pgid = 0;  // with setpgid: 0 leads a new group, >0 joins that existing group
   int pdeathsig = 0;
   pid_t parent = 0;
+  // pty.hpp: fd 0, a terminal's slave, becomes the controlling terminal of the new
+  // session (needs setsid). The clone child asks with ioctl(TIOCSCTTY); posix_spawn
+  // cannot, so its file actions re-open this path on fd 0 without O_NOCTTY after the
+  // moves: glibc runs setsid before the file actions, and a session leader without a
+  // terminal that opens one acquires it.
+  const char* ctty = nullptr;
   // Set when another thread (the spawner) clones for the caller: the caller's nice
   // value and CPU affinity, applied in the child (best effort: lowering the nice
   // value below the cloning thread's needs CAP_SYS_NICE or RLIMIT_NICE; then the
@@ -416,6 +423,7 @@ struct spawn_plan {
   int close_from = 3;          // one above the highest target fd
   bool autoreap = false;       // SIGCHLD ignored at planning time (process.hpp)
   bool clear_groups = false;   // uid() without groups() by root: no supplementary groups
+  std::string ctty;            // pty.hpp: the terminal's slave path ("" for none)
 
   // The back ends' view: pointers into this plan and into the given arrays, which
   // must outlive it.
@@ -436,6 +444,7 @@ struct spawn_plan {
     p.pgid = join_group.value_or(0);
     p.pdeathsig = pdeathsig;
     if (pdeathsig != 0) p.parent = sys::getpid();
+    p.ctty = ctty.empty() ? nullptr : ctty.c_str();
     const child_settings& c = settings;
     p.set_umask = c.umask.has_value();
     p.umask = c.umask.value_or(0);
@@ -472,6 +481,7 @@ struct spawn_plan {
     if (cwd) s += "; cwd '" + cwd->string() + "'";
     if (env) s += "; " + std::to_string(env->size()) + " environment variables";
     if (new_session) s += "; new session";
+    if (!ctty.empty()) s += "; controlling terminal " + ctty;
     if (new_group) s += "; new process group";
     if (join_group) s += "; joins process group " + std::to_string(*join_group);
     if (pdeathsig) s += "; signal " + std::to_string(pdeathsig) + " on parent death";

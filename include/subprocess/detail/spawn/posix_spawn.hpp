@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include <signal.h>
+#include <fcntl.h>
 #include <spawn.h>
 
 #include "../syscall.hpp"
@@ -73,6 +74,7 @@ inline bool spawn_posix(const child_plan& plan, spawned& out, spawn_failure& fai
   if (plan.setpgid) e = e ? e : posix_spawnattr_setpgroup(&attr, plan.pgid);
   for (int i = 0; i < plan.n_moves && !e; ++i)
     e = posix_spawn_file_actions_adddup2(&fa, plan.moves[i].from, plan.moves[i].to);
+  if (plan.ctty) e = e ? e : posix_spawn_file_actions_addopen(&fa, 0, plan.ctty, O_RDWR, 0);  // pty.hpp
   // glibc ignores EBADF from these closes: a gap fd need not be open.
   for (int i = 0; i < plan.n_gaps && !e; ++i)
     for (int fd = plan.gaps[i].lo; fd <= plan.gaps[i].hi && !e; ++fd)
