@@ -607,6 +607,29 @@ TEST_CASE("kernels without pidfds: the fallbacks wait, time out and reap correct
       std::this_thread::sleep_for(10ms);
     CHECK(sp::detail::reaper::instance().pending() == 0);
   }
+  SECTION("event_loop::on_exit() looks on the exit_poll schedule") {
+    auto q = testing::helper({"sleep", "50"}).backend(b).spawn();
+    REQUIRE(q.pidfd() == -1);
+    sp::event_loop loop;
+    std::optional<sp::exit_status> st;
+    loop.on_exit(q, [&](sp::exit_status e) { st = e; });
+    auto t0 = clk::now();
+    CHECK(loop.run_for(10s));
+    CHECK(st == sp::exit_status::exited(0));
+    CHECK(clk::now() - t0 < 3s);
+  }
+  SECTION("shutdown(): one deadline, SIGKILL for the one that ignores SIGTERM") {
+    std::vector<sp::process> ps;
+    ps.push_back(testing::helper({"ready", "sleep", "60000"}).backend(b).out(sp::pipe).spawn());
+    ps.push_back(testing::helper({"ignore-term", "ready", "sleep", "60000"}).backend(b).out(sp::pipe).spawn());
+    for (auto& q : ps) REQUIRE(q.out().read_line_for(10s) == "ready");
+    auto t0 = clk::now();
+    auto r = sp::shutdown(ps, 300ms);
+    CHECK(clk::now() - t0 < 3s);
+    REQUIRE(r.processes.size() == 2);
+    CHECK(r.processes[0].status == sp::exit_status::signaled(SIGTERM));
+    CHECK(r.processes[1].status == sp::exit_status::signaled(SIGKILL));
+  }
   CHECK(p.injected(call::pidfd_open) + p.injected(call::clone) > 0);
 }
 
