@@ -65,10 +65,7 @@ sp::process term_child(int ms = 0, bool group = false) {
   return p;
 }
 
-sp::command ipc_child(std::vector<std::string> actions) {
-  actions.insert(actions.begin(), IPC_HELPER_PATH);
-  return sp::command(std::move(actions)).ipc();
-}
+using testing::ipc_child;
 
 constexpr auto far_system_time = std::chrono::system_clock::time_point::max();
 const auto dmax = std::chrono::duration<double>::max();  // 1.8e308 s

@@ -44,6 +44,17 @@ TEST_CASE("exit_status keeps exits and signal deaths apart") {
     CHECK(sp::exit_status::from_wait_status(SIGTERM) == sp::exit_status::signaled(SIGTERM));
     CHECK(sp::exit_status::from_wait_status(SIGABRT | 0x80) == sp::exit_status::signaled(SIGABRT, true));
   }
+  SECTION("from what waitid says") {
+    auto info = [](int code, int status) {
+      siginfo_t si{};
+      si.si_code = code;
+      si.si_status = status;
+      return si;
+    };
+    CHECK(sp::exit_status::from_siginfo(info(CLD_EXITED, 7)) == sp::exit_status::exited(7));
+    CHECK(sp::exit_status::from_siginfo(info(CLD_KILLED, SIGTERM)) == sp::exit_status::signaled(SIGTERM));
+    CHECK(sp::exit_status::from_siginfo(info(CLD_DUMPED, SIGABRT)) == sp::exit_status::signaled(SIGABRT, true));
+  }
 }
 
 TEST_CASE("exit_status of real children") {

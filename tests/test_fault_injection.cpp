@@ -29,15 +29,17 @@ namespace sp = subprocess;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
+using testing::faults::attempt;
 using testing::faults::call;
+using testing::faults::census;
+using testing::faults::kind_faults;
+using testing::faults::name;
+using testing::faults::out_of;
 using testing::faults::plan;
 using testing::faults::scope;
+using testing::faults::try_once;
 
 namespace {
-
-const char* name(call c) {
-  return sp::detail::sys::call_name(c);
-}
 
 std::string numbered_lines(int n) {
   std::string s;
@@ -56,48 +58,6 @@ struct temp_dir {
     fs::remove_all(path, ec);
   }
 };
-
-// What one attempt under a fault did.
-struct attempt {
-  bool ok = false;
-  bool spawn_error = false;
-  bool library_error = false;  // derived from subprocess::error
-  int code = 0;
-  std::string what;
-};
-
-attempt try_once(plan& p, const std::function<void()>& op, scope::who who = scope::this_thread) {
-  attempt a;
-  scope s(p, who);
-  try {
-    op();
-    a.ok = true;
-  } catch (const sp::spawn_error& e) {
-    a.spawn_error = a.library_error = true;
-    a.code = e.code().value();
-    a.what = e.what();
-  } catch (const sp::error& e) {
-    a.library_error = true;
-    a.code = e.code().value();
-    a.what = e.what();
-  } catch (const std::exception& e) {
-    a.what = std::string("not a subprocess::error: ") + e.what();
-  }
-  return a;
-}
-
-// Counts the calls `op` makes, per kind, with no fault injected.
-std::map<call, long> census(const std::function<void()>& op, scope::who who = scope::this_thread) {
-  plan p;
-  {
-    scope s(p, who);
-    op();
-  }
-  std::map<call, long> m;
-  for (std::size_t i = 0; i < testing::faults::n_kinds; ++i)
-    if (long n = p.calls(static_cast<call>(i))) m[static_cast<call>(i)] = n;
-  return m;
-}
 
 }  // namespace
 
@@ -327,20 +287,15 @@ TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothin
   // The errnos each kind is failed with, and which of its calls must stop the
   // spawn when they fail (-1: all; 1: only the first, e.g. blocking signals before
   // the clone, not restoring them after; 0: none, a failure may be tolerated).
-  struct kind_faults {
-    call kind;
-    std::vector<int> errs;
-    long must_fail;
-  };
   const std::vector<kind_faults> kinds = {
-      {call::pipe2, {EMFILE, ENFILE}, -1},
-      {call::open, {EMFILE, ENFILE}, -1},
-      {call::dup, {EMFILE, ENFILE}, -1},
-      {call::socketpair, {EMFILE, ENFILE}, -1},
-      {call::pidfd_open, {EMFILE, ENFILE}, -1},
-      {call::clone, {ENOMEM, EAGAIN, EMFILE}, -1},
-      {call::posix_spawn, {ENOMEM, EAGAIN}, -1},
-      {call::mmap, {ENOMEM}, -1},
+      out_of(call::pipe2),
+      out_of(call::open),
+      out_of(call::dup),
+      out_of(call::socketpair),
+      out_of(call::pidfd_open),
+      out_of(call::clone),
+      out_of(call::posix_spawn),
+      out_of(call::mmap),
       {call::sigmask, {EINVAL}, 1},
       {call::fcntl, {EBADF, EINVAL}, -1},
       {call::access, {EIO, ENOMEM}, -1},
@@ -483,39 +438,14 @@ TEST_CASE("any single failing call in run(): a subprocess::error or the right re
     if (r.out != input || r.err != "e\n" || !r.success()) throw std::runtime_error("wrong result");
   };
   auto counts = census(op);
-  auto err_for = [](call c) {
-    switch (c) {
-      case call::pipe2:
-      case call::open:
-      case call::dup:
-      case call::pidfd_open:
-        return EMFILE;
-      case call::posix_spawn:
-      case call::clone:
-      case call::mmap:
-        return EAGAIN;
-      case call::poll:
-        return ENOMEM;
-      case call::waitpid:
-      case call::waitid:
-        return EINVAL;
-      case call::kill:
-      case call::pidfd_send_signal:
-        return EPERM;
-      case call::sigmask:
-        return EINVAL;
-      default:
-        return EIO;
-    }
-  };
   long faults = 0, attempts = 0;
   for (auto [kind, n_calls] : counts) {
     for (long n = 1; n <= n_calls; ++n) {
       auto fds_before = testing::open_fds();
       plan p;
-      p.fail_nth(kind, n, err_for(kind));
+      p.fail_nth(kind, n, testing::faults::typical_errno(kind));
       auto t0 = clk::now();
-      attempt a = try_once(p, op);
+      attempt a = try_once(p, op, scope::this_thread);
       INFO(name(kind) << " call " << n << " of " << n_calls << " -> " << (a.ok ? "ok" : a.what));
       ++attempts;
       faults += p.injected(kind);
@@ -726,6 +656,29 @@ TEST_CASE("kernels without pidfds: the fallbacks wait, time out and reap correct
     for (int i = 0; i < 300 && sp::detail::reaper::instance().pending() > 0; ++i)
       std::this_thread::sleep_for(10ms);
     CHECK(sp::detail::reaper::instance().pending() == 0);
+  }
+  SECTION("event_loop::on_exit() looks on the exit_poll schedule") {
+    auto q = testing::helper({"sleep", "50"}).backend(b).spawn();
+    REQUIRE(q.pidfd() == -1);
+    sp::event_loop loop;
+    std::optional<sp::exit_status> st;
+    loop.on_exit(q, [&](sp::exit_status e) { st = e; });
+    auto t0 = clk::now();
+    CHECK(loop.run_for(10s));
+    CHECK(st == sp::exit_status::exited(0));
+    CHECK(clk::now() - t0 < 3s);
+  }
+  SECTION("shutdown(): one deadline, SIGKILL for the one that ignores SIGTERM") {
+    std::vector<sp::process> ps;
+    ps.push_back(testing::helper({"ready", "sleep", "60000"}).backend(b).out(sp::pipe).spawn());
+    ps.push_back(testing::helper({"ignore-term", "ready", "sleep", "60000"}).backend(b).out(sp::pipe).spawn());
+    for (auto& q : ps) REQUIRE(q.out().read_line_for(10s) == "ready");
+    auto t0 = clk::now();
+    auto r = sp::shutdown(ps, 300ms);
+    CHECK(clk::now() - t0 < 3s);
+    REQUIRE(r.processes.size() == 2);
+    CHECK(r.processes[0].status == sp::exit_status::signaled(SIGTERM));
+    CHECK(r.processes[1].status == sp::exit_status::signaled(SIGKILL));
   }
   CHECK(p.injected(call::pidfd_open) + p.injected(call::clone) > 0);
 }

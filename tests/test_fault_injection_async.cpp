@@ -47,7 +47,11 @@ namespace fs = std::filesystem;
 using json = ipc::json;
 using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
+using testing::faults::attempt;
 using testing::faults::call;
+using testing::faults::kind_faults;
+using testing::faults::name;
+using testing::faults::out_of;
 using testing::faults::plan;
 using testing::faults::scope;
 
@@ -61,14 +65,7 @@ plan& new_plan() {
   return all.emplace_back();
 }
 
-const char* name(call c) {
-  return sp::detail::sys::call_name(c);
-}
-
-sp::command ipc_child(std::vector<std::string> actions) {
-  actions.insert(actions.begin(), IPC_HELPER_PATH);
-  return sp::command(std::move(actions)).ipc();
-}
+using testing::ipc_child;
 
 std::string seq_text(int n) {
   std::string s;
@@ -97,45 +94,12 @@ long injected_of(const plan& p, std::initializer_list<call> kinds) {
   return n;
 }
 
-// What one attempt under a fault did.
-struct attempt {
-  bool ok = false;
-  bool library_error = false;  // a subprocess::error
-  bool bad_alloc = false;
-  int code = 0;
-  std::string what;
-};
-
 attempt try_once(plan& p, const std::function<void()>& op) {
-  attempt a;
-  scope s(p, scope::all_threads);
-  try {
-    op();
-    a.ok = true;
-  } catch (const sp::error& e) {
-    a.library_error = true;
-    a.code = e.code().value();
-    a.what = e.what();
-  } catch (const std::bad_alloc&) {
-    a.bad_alloc = true;
-    a.what = "std::bad_alloc";
-  } catch (const std::exception& e) {
-    a.what = std::string("not a subprocess::error: ") + e.what();
-  }
-  return a;
+  return testing::faults::try_once(p, op, scope::all_threads);
 }
-
 // The calls `op` makes, per kind, with no fault injected (all threads).
 std::map<call, long> census(const std::function<void()>& op) {
-  plan& p = new_plan();
-  {
-    scope s(p, scope::all_threads);
-    op();
-  }
-  std::map<call, long> m;
-  for (std::size_t i = 0; i < testing::faults::n_kinds; ++i)
-    if (long n = p.calls(static_cast<call>(i))) m[static_cast<call>(i)] = n;
-  return m;
+  return testing::faults::census(op, scope::all_threads, &new_plan());
 }
 
 // Figures for the closing WARN of each test case, and for the report.
@@ -698,16 +662,10 @@ TEST_CASE("every fd a pipeline creates can fail: a spawn_error, no half-started 
          if (!r.success()) throw std::runtime_error("failed");
        }},
   };
-  struct kind_faults {
-    call kind;
-    std::vector<int> errs;
-  };
-  const std::vector<kind_faults> kinds = {
-      {call::pipe2, {EMFILE, ENFILE}},        {call::eventfd, {EMFILE, ENFILE}},
-      {call::pidfd_open, {EMFILE, ENFILE}},   {call::open, {EMFILE, ENFILE}},
-      {call::dup, {EMFILE, ENFILE}},          {call::clone, {EMFILE, ENOMEM, EAGAIN}},
-      {call::posix_spawn, {ENOMEM, EAGAIN}},
-  };
+  const std::vector<kind_faults> kinds = {out_of(call::pipe2),      out_of(call::eventfd),
+                                          out_of(call::pidfd_open), out_of(call::open),
+                                          out_of(call::dup),        out_of(call::clone),
+                                          out_of(call::posix_spawn)};
   long faults = 0, attempts = 0;
   for (const auto& cfg : configs) {
     auto counts = census(cfg.op);
@@ -822,47 +780,13 @@ long single_fault_sweep(const std::string& what, const std::function<void()>& op
   auto counts = census(op);
   if (std::getenv("SP_SWEEP_TRACE"))
     for (auto [k, n] : counts) std::fprintf(stderr, "%s: census %s %ld\n", what.c_str(), name(k), n);
-  auto err_for = [](call c) {
-    switch (c) {
-      case call::pipe2:
-      case call::open:
-      case call::dup:
-      case call::pidfd_open:
-      case call::eventfd:
-      case call::epoll_create:
-      case call::signalfd:
-      case call::socketpair:
-        return EMFILE;
-      case call::posix_spawn:
-      case call::clone:
-        return EAGAIN;
-      case call::mmap:
-      case call::mremap:
-      case call::poll:
-      case call::epoll_ctl:
-        return ENOMEM;
-      case call::waitpid:
-      case call::waitid:
-      case call::sigmask:
-        return EINVAL;
-      case call::kill:
-      case call::pidfd_send_signal:
-        return EPERM;
-      case call::eventfd_write:
-        // The only ways an eventfd write fails: EINTR, and EAGAIN when the counter is
-        // full, i.e. when the fd is readable already (see detail/eventfd.hpp).
-        return EINTR;
-      default:
-        return EIO;
-    }
-  };
   long faults = 0, attempts = 0, ok = 0;
   std::map<std::string, long> outcomes;
   for (auto [kind, n_calls] : counts) {
     for (long n = 1; n <= n_calls; ++n) {
       auto fds_before = testing::open_fds();
       plan& p = new_plan();
-      p.fail_nth(kind, n, err_for(kind));
+      p.fail_nth(kind, n, testing::faults::typical_errno(kind));
       if (std::getenv("SP_SWEEP_TRACE"))
         std::fprintf(stderr, "%s: %s call %ld of %ld\n", what.c_str(), name(kind), n, n_calls);
       auto t0 = clk::now();

@@ -23,18 +23,11 @@ using namespace std::chrono_literals;
 
 namespace {
 
-template <class T>
-std::string streamed(const T& x) {
-  std::ostringstream os;
-  os << x;
-  return os.str();
-}
-
 // fmt and operator<< agree, and this is the text.
 template <class T>
 std::string both(const T& x) {
   const std::string f = fmt::format("{}", x);
-  CHECK(streamed(x) == f);
+  CHECK(testing::printed(x) == f);
   return f;
 }
 

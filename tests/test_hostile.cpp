@@ -442,10 +442,7 @@ namespace ipc = subprocess::ipc;
 using json = ipc::json;
 
 namespace {
-sp::command ipc_child(std::vector<std::string> actions) {
-  actions.insert(actions.begin(), IPC_HELPER_PATH);
-  return sp::command(std::move(actions)).ipc();
-}
+using testing::ipc_child;
 void wait_stopped(pid_t pid) {
   siginfo_t info{};
   REQUIRE(::waitid(P_PID, static_cast<id_t>(pid), &info, WSTOPPED | WNOWAIT) == 0);

@@ -29,29 +29,8 @@ using clk = std::chrono::steady_clock;
 
 namespace {
 
-// ipc_helper with these actions and a channel.
-sp::command ipc_child(std::vector<std::string> actions) {
-  actions.insert(actions.begin(), IPC_HELPER_PATH);
-  return sp::command(std::move(actions)).ipc();
-}
-
-std::string script(const char* name) { return std::string(IPC_SCRIPTS_DIR) + "/" + name; }
-
-bool have_node() {
-  int err = 0;
-  const char* path = std::getenv("PATH");
-  return !sp::detail::find_program("node", path ? path : "/bin:/usr/bin", err).empty();
-}
-
-// Node tests say so when they cannot run instead of passing silently; ctest's ipc_node
-// entry is reported as skipped when CMake found no node.
-#define REQUIRE_NODE()                                                       \
-  do {                                                                       \
-    if (!have_node()) {                                                      \
-      WARN("node is not installed: this Node interop test did not run");     \
-      return;                                                                \
-    }                                                                        \
-  } while (0)
+using testing::ipc_child;
+using testing::script;  // REQUIRE_NODE(): testing.hpp
 
 // A connected socketpair: a channel on one end, the raw other end for the test to
 // write hostile bytes into.
@@ -2030,16 +2009,7 @@ TEST_CASE("node: the rpc client calling a Node JSON-RPC worker", "[node]") {
 // ---------------------------------------------------------------------------------
 // Printing: operator<< (beside each type in ipc.hpp), one line each.
 
-#include <sstream>
-
-namespace {
-template <class T>
-std::string printed(const T& x) {
-  std::ostringstream os;
-  os << x;
-  return os.str();
-}
-}  // namespace
+using testing::printed;
 
 TEST_CASE("broadcast_result and beat print as one line") {
   std::vector<sp::process> ps;

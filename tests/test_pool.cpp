@@ -35,23 +35,7 @@ sp::command helper_worker(std::vector<std::string> extra = {}) {
   return sp::command(std::move(argv));
 }
 
-std::string script(const char* name) {
-  return std::string(IPC_SCRIPTS_DIR) + "/" + name;
-}
-
-bool have_node() {
-  int err = 0;
-  const char* path = std::getenv("PATH");
-  return !sp::detail::find_program("node", path ? path : "/bin:/usr/bin", err).empty();
-}
-
-#define REQUIRE_NODE()                                                \
-  do {                                                                \
-    if (!have_node()) {                                               \
-      WARN("node is not installed: this Node pool test did not run"); \
-      return;                                                         \
-    }                                                                 \
-  } while (0)
+using testing::script;  // REQUIRE_NODE(): testing.hpp
 
 // Waits (polling the pool's own snapshot, which has no fd to wait on) until pred().
 template <class Pred>
@@ -1094,16 +1078,7 @@ TEST_CASE("pool: shutdown: a worker whose status is lost costs the others neithe
 // ---------------------------------------------------------------------------------
 // Printing: operator<< (beside each type in pool.hpp), one line each.
 
-#include <sstream>
-
-namespace {
-template <class T>
-std::string printed(const T& x) {
-  std::ostringstream os;
-  os << x;
-  return os.str();
-}
-}  // namespace
+using testing::printed;
 
 TEST_CASE("pool: stats and events and attempts and the option enums print as one line") {
   event_log log;

@@ -55,6 +55,7 @@
 
 #include "detail/buffer.hpp"
 #include "detail/eventfd.hpp"
+#include "detail/exit_watch.hpp"
 #include "detail/poll.hpp"
 #include "detail/sigpipe.hpp"
 #include "detail/syscall.hpp"
@@ -229,8 +230,8 @@ class event_loop {
     try {
       if (p.status()) {
         e->poll_timer = after(std::chrono::milliseconds(0), check);  // reaped already
-      } else if (p.pidfd() < 0) {
-        e->poll_timer = every(std::chrono::milliseconds(20), check);  // no pidfd: old kernel
+      } else if (p.pidfd() < 0) {  // no pidfd (an old kernel): look on the exit_poll schedule
+        e->poll_timer = after(e->backoff.next(), check);
       } else {
         e->watch = watch(p.pidfd(), EPOLLIN, [check](std::uint32_t) { check(); });
       }
@@ -344,6 +345,7 @@ class event_loop {
     std::function<void(exit_status)> fn;
     std::function<void(const error&)> on_lost;
     id watch = 0, poll_timer = 0;
+    detail::exit_poll backoff;  // without a pidfd: when to look again
   };
   struct timer {
     clock::duration period{};
@@ -504,6 +506,10 @@ class event_loop {
     auto it = exits_.find(i);
     if (it == exits_.end()) return;
     auto e = it->second;
+    // Without a pidfd: the next look is booked first, so that a failure below
+    // (thrown out of run()) leaves the watch in place.
+    if (e->watch == 0 && !e->proc->status())
+      e->poll_timer = after(e->backoff.next(), [this, i] { check_exit(i); });
     std::optional<exit_status> st;
     try {
       st = e->proc->try_wait();

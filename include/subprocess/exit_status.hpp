@@ -23,6 +23,7 @@
 #include <optional>
 #include <string>
 
+#include <signal.h>
 #include <sys/wait.h>
 
 #include "detail/printing.hpp"
@@ -43,6 +44,12 @@ class exit_status {
   static constexpr exit_status from_wait_status(int ws) noexcept {
     if (WIFSIGNALED(ws)) return signaled(WTERMSIG(ws), WCOREDUMP(ws));
     return exited(WEXITSTATUS(ws));
+  }
+  // From what waitid() fills in for a child that ended (si_code CLD_EXITED,
+  // CLD_KILLED or CLD_DUMPED; not a stopped/continued one, and not si_pid 0).
+  static exit_status from_siginfo(const siginfo_t& info) noexcept {
+    if (info.si_code == CLD_EXITED) return exited(info.si_status);
+    return signaled(info.si_status, info.si_code == CLD_DUMPED);
   }
 
   // Exited with code 0.

@@ -42,6 +42,7 @@
 #include <string>
 #include <utility>
 
+#include "detail/exit_watch.hpp"
 #include "detail/pgroup.hpp"
 #include "detail/poll.hpp"
 #include "detail/reaper.hpp"
@@ -52,16 +53,6 @@
 #include "stream.hpp"
 
 namespace subprocess {
-
-namespace detail {
-// True if the kernel reaps our children itself and discards their status: SIGCHLD
-// is set to SIG_IGN, or SA_NOCLDWAIT is set. One system call (rt_sigaction, read only).
-inline bool children_autoreaped() noexcept {
-  struct sigaction sa {};
-  if (sys::sigaction(SIGCHLD, nullptr, &sa) != 0) return false;
-  return sa.sa_handler == SIG_IGN || (sa.sa_flags & SA_NOCLDWAIT) != 0;
-}
-}  // namespace detail
 
 class command;
 
@@ -178,7 +169,13 @@ class process {
     check_valid("wait");
     if (status_) return status_;
     in_.close();
-    return pidfd_ ? wait_pidfd(dl) : wait_polling(dl);
+    if (lost_) throw_status_discarded();
+    const detail::collect how = collecting(false);
+    settle(watcher().wait_until(
+               dl, how, command_, [this](pollfd* fds) { return add_drains(fds); },
+               [this](const pollfd* fds, int n) { drain_ready(fds, n); }),
+           how);
+    return status_;
   }
 
   // Sends sig to the child. Returns false (sending nothing) if the child has been
@@ -302,87 +299,51 @@ class process {
   }
   // After the leader was reaped: waits until no live process is left in its group.
   // False if some are still alive at the deadline. No pidfds exist for them, so this
-  // polls, 1 ms doubling to 50 ms.
+  // polls (detail::exit_poll).
   bool wait_group_until(const detail::deadline& dl) {
-    auto step = std::chrono::milliseconds(1);
+    detail::exit_poll backoff;
     while (detail::group_has_live_members(pid_)) {
       auto now = detail::clock::now();
       if (now >= *dl) return false;
-      detail::deadline next = std::min(*dl, now + step);
+      detail::deadline next = std::min(*dl, backoff.next_time(now));
       detail::poll_until(nullptr, 0, next);  // a sleep that respects the deadline
-      step = std::min(step * 2, std::chrono::milliseconds(50));
     }
     return true;
   }
 
-  // Reaps our own child only. blocking=false: WNOHANG. Through the pidfd when there
-  // is one: if someone else reaped the child (a waitpid(-1) elsewhere, SIGCHLD set to
-  // SIG_IGN) and its pid went to another process, waitpid(pid) would wait for (and
-  // reap) that one; waitid(P_PIDFD) fails with ECHILD instead.
+  detail::exit_watcher watcher() const noexcept { return {pid_, pidfd_.get()}; }
   // A group leader's status is collected with WNOWAIT, unless `final`: its zombie is
   // then held (zombie_held_) until release_zombie() (see is_group_leader()).
+  detail::collect collecting(bool final) const noexcept {
+    return group_leader_ && !final ? detail::collect::keep : detail::collect::reap;
+  }
+  // Reaps our own child only (detail::exit_watcher: through the pidfd when there is
+  // one). blocking=false: WNOHANG.
   void reap(bool blocking, bool final = false) {
     if (lost_) throw_status_discarded();
-    int ws = 0;
-    const bool keep = group_leader_ && !final;
-    const int flags = WEXITED | (blocking ? 0 : WNOHANG) | (keep ? WNOWAIT : 0);
-    for (bool by_pidfd = static_cast<bool>(pidfd_);;) {
-      if (by_pidfd || keep) {
-        siginfo_t info{};
-        const int r = by_pidfd ? detail::sys::waitid_pidfd(pidfd_.get(), &info, flags)
-                               : detail::sys::waitid(P_PID, static_cast<id_t>(pid_), &info, flags);
-        if (r == 0) {
-          if (info.si_pid == 0) return;  // still running
-          status_ = info.si_code == CLD_EXITED ? exit_status::exited(info.si_status)
-                                               : exit_status::signaled(info.si_status, info.si_code == CLD_DUMPED);
-          zombie_held_ = keep;  // published by the release store below
-          reaped_.store(true, std::memory_order_release);
-          return;
-        }
-        if (errno == EINTR) continue;
-        if (errno == EINVAL && by_pidfd) {  // a kernel without P_PIDFD (5.3): by pid, then
-          by_pidfd = false;
-          continue;
-        }
-      } else {
-        pid_t r = detail::sys::waitpid(pid_, &ws, blocking ? 0 : WNOHANG);
-        if (r == pid_) break;
-        if (r == 0) return;  // still running
-        if (errno == EINTR) continue;
-      }
-      int e = errno;
-      // ECHILD: someone else reaped it, the pid may be reused: never signal it
-      // again. Any other failure changes nothing: the child is still ours, and the
-      // destructor must still be able to kill it.
-      if (e == ECHILD) {
-        reaped_.store(true, std::memory_order_release);
-        if (autoreaped_ || detail::children_autoreaped()) throw_status_discarded();  // blames SIGCHLD
-      }
-      detail::throw_errno(e, command_,
-                          "waiting for '" + command_ + "' failed" +
-                              (e == ECHILD ? " (was it reaped by other code calling waitpid(-1)?)" : ""));
+    const detail::collect how = collecting(final);
+    settle(blocking ? watcher().collect_now(how) : watcher().check(how), how);
+  }
+  // Takes in what the watcher found: a status, "still running", or a failure.
+  void settle(const detail::exit_check& r, detail::collect how) {
+    if (r.status) {
+      status_ = r.status;
+      zombie_held_ = how == detail::collect::keep;  // published by the release store below
+      reaped_.store(true, std::memory_order_release);
+      return;
     }
-    status_ = exit_status::from_wait_status(ws);
-    reaped_.store(true, std::memory_order_release);
+    if (r.error == 0) return;  // still running
+    // ECHILD: someone else reaped it, the pid may be reused: never signal it
+    // again. Any other failure changes nothing: the child is still ours, and the
+    // destructor must still be able to kill it.
+    if (r.error == ECHILD) reaped_.store(true, std::memory_order_release);
+    detail::throw_wait_failure(r.error, command_, autoreaped_);
   }
-
-  // The status is gone. Blames SIGCHLD only if children are (or were, at the spawn)
-  // reaped by the kernel; otherwise other code of this process reaped the child.
-  [[noreturn]] void throw_status_discarded() const {
-    if (!autoreaped_ && !detail::children_autoreaped())
-      throw error(std::error_code(ECHILD, std::system_category()), command_,
-                  "cannot get the exit status of '" + command_ +
-                      "': it has exited, and other code of this process reaped it (a "
-                      "waitpid(-1) or wait() elsewhere?) before its status could be read");
-    throw error(std::error_code(ECHILD, std::system_category()), command_,
-                "cannot get the exit status of '" + command_ +
-                    "': it has exited, but the kernel discarded its status because this "
-                    "process ignores SIGCHLD (SIG_IGN) or set SA_NOCLDWAIT; restore SIGCHLD's "
-                    "default disposition to wait for children");
-  }
+  [[noreturn]] void throw_status_discarded() const { detail::throw_status_discarded(command_, autoreaped_); }
 
   // Output pipes the process owns are drained while waiting (see wait()).
-  int add_drains(pollfd* fds, int n) {
+  int add_drains(pollfd* fds) {
+    int n = 0;
     // input_ended(), not eof(): drained bytes stay buffered for the caller, and a
     // pipe at end of file polls readable (POLLHUP) at once, for ever: watching it
     // again would spin until the child exits.
@@ -398,42 +359,6 @@ class process {
       // keep us here past the deadline.
       for (int round = 0; round < 4 && r.fill() > 0; ++round) {
       }
-    }
-  }
-
-  std::optional<exit_status> wait_pidfd(const detail::deadline& dl) {
-    // Copied out of the optional: g++ 12 -O2 otherwise warns (falsely) that *dl may be
-    // used uninitialized when wait() passes nullopt.
-    const auto until = dl.value_or(detail::clock::time_point::max());
-    for (;;) {
-      pollfd fds[3] = {{pidfd_.get(), POLLIN, 0}, {}, {}};
-      int n = add_drains(fds, 1);
-      int ready = detail::poll_until(fds, static_cast<nfds_t>(n), dl, command_);
-      drain_ready(fds + 1, n - 1);
-      if (fds[0].revents != 0) {
-        reap(true);  // exited: this returns at once
-        return status_;
-      }
-      // Not only when poll() times out: a pipe that never stops being readable (a
-      // child flooding its output) would otherwise keep us past the deadline.
-      if (ready == 0 || detail::clock::now() >= until) return std::nullopt;
-    }
-  }
-  // Kernels without pidfds: poll the pipes with a growing timeout, try waitpid.
-  std::optional<exit_status> wait_polling(const detail::deadline& dl) {
-    const auto until = dl.value_or(detail::clock::time_point::max());  // see wait_pidfd
-    auto step = std::chrono::milliseconds(1);
-    for (;;) {
-      reap(false);
-      if (status_) return status_;
-      auto now = detail::clock::now();
-      if (now >= until) return std::nullopt;
-      detail::deadline next = std::min(until, now + step);
-      pollfd fds[2];
-      int n = add_drains(fds, 0);
-      detail::poll_until(fds, static_cast<nfds_t>(n), next, command_);
-      drain_ready(fds, n);
-      step = std::min(step * 2, std::chrono::milliseconds(50));
     }
   }
 

@@ -45,6 +45,7 @@
 
 #include "command.hpp"
 #include "detail/pages.hpp"
+#include "detail/exit_watch.hpp"
 #include "detail/poll.hpp"
 #include "detail/sigpipe.hpp"
 #include "error.hpp"
@@ -224,6 +225,7 @@ inline run_result communicate(process& p, std::string_view input = {},
     guard->check(res.command);
   }
   bool was_late = false;
+  detail::exit_poll backoff;  // without a pidfd: when to look at the child again
   for (;;) {
     pollfd fds[4];
     int n = 0, in_i = -1, pid_i = -1, cap_i[2] = {-1, -1};
@@ -249,10 +251,10 @@ inline run_result communicate(process& p, std::string_view input = {},
       }
       break;
     }
-    // Without a pidfd, look at the child every 50 ms while pipes are open.
+    // Without a pidfd, look at the child now and then while pipes are open.
     detail::deadline wake = dl;
     if (!exited && p.pidfd() < 0) {
-      auto soon = detail::clock::now() + std::chrono::milliseconds(50);
+      auto soon = backoff.next_time();
       if (!wake || soon < *wake) wake = soon;
     }
     int ready = detail::poll_until(fds, static_cast<nfds_t>(n), wake, res.command);

@@ -53,6 +53,7 @@
 
 #include <sys/signalfd.h>
 
+#include "detail/exit_watch.hpp"
 #include "detail/pgroup.hpp"
 #include "detail/poll.hpp"
 #include "detail/signal_table.hpp"
@@ -266,7 +267,7 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
   std::vector<pipe_reader*> drain;       // per fds entry: the pipe to drain, or null
   std::vector<int> exit_slot(ts.size());  // per target: its pidfd's index in fds, or -1
   // Groups whose leader is gone and children without a pidfd are checked on a timer.
-  auto step = milliseconds(1);
+  exit_poll backoff;
   clock::time_point next_check = t0;
   for (;;) {
     if (std::all_of(ts.begin(), ts.end(), [](const stop_target& t) { return t.done; })) break;
@@ -319,10 +320,7 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
     if (timer && (!wake || next_check < *wake)) wake = next_check;
     poll_until(fds.data(), static_cast<nfds_t>(fds.size()), wake);
     const bool check_now = timer && clock::now() >= next_check;
-    if (check_now) {
-      next_check = clock::now() + step;
-      step = std::min(step * 2, milliseconds(50));
-    }
+    if (check_now) next_check = backoff.next_time();
     for (std::size_t k = 0; k < fds.size(); ++k)
       if (fds[k].revents != 0 && drain[k] != nullptr)
         for (int round = 0; round < 4 && drain[k]->fill() > 0; ++round) {  // bounded: see wait()
@@ -692,7 +690,7 @@ inline forward_result forward_impl(signal_set& set, std::vector<process*> ps, cl
   // meanwhile as wait() does.
   std::vector<pollfd> fds;
   std::vector<pipe_reader*> drains;
-  auto step = std::chrono::milliseconds(1);
+  exit_poll backoff;  // for the children without a pidfd
   for (;;) {
     if ((res.received = set.try_read())) break;
     bool all_exited = true, timer = false;
@@ -715,10 +713,7 @@ inline forward_result forward_impl(signal_set& set, std::vector<process*> ps, cl
     }
     if (all_exited) break;
     deadline wake;
-    if (timer) {
-      wake = clock::now() + step;
-      step = std::min(step * 2, std::chrono::milliseconds(50));
-    }
+    if (timer) wake = backoff.next_time();
     poll_until(fds.data(), static_cast<nfds_t>(fds.size()), wake);
     for (std::size_t i = 1; i < fds.size(); ++i)
       if (fds[i].revents != 0 && drains[i] != nullptr)

@@ -22,6 +22,12 @@
 //
 // Every injected fault is also added to a program-wide tally, printed when the
 // test program exits ("fault injection: N faults injected: read=..., ...").
+//
+// The sweeps of test_fault_injection*.cpp share the rest: census() counts the calls
+// an operation makes, try_once() runs it under one fault and says how it ended, and
+// the fault tables: typical_errno() (what a failing call of each kind says, for the
+// single-fault sweeps) and out_of() (the errnos of a call that makes an fd, a process
+// or memory when the system runs short).
 #pragma once
 
 #if !defined(SUBPROCESS_FAULT_INJECTION)
@@ -30,10 +36,17 @@
 
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <functional>
+#include <map>
+#include <new>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <subprocess/detail/syscall.hpp>
+#include <subprocess/error.hpp>
 
 namespace testing::faults {
 
@@ -162,5 +175,119 @@ class scope {
  private:
   who who_;
 };
+
+inline const char* name(call c) { return subprocess::detail::sys::call_name(c); }
+
+// What one attempt under a fault did.
+struct attempt {
+  bool ok = false;
+  bool spawn_error = false;
+  bool library_error = false;  // a subprocess::error (spawn_error included)
+  bool bad_alloc = false;
+  int code = 0;
+  std::string what;
+};
+
+// Runs op with p installed for `who` and says how it ended.
+inline attempt try_once(plan& p, const std::function<void()>& op, scope::who who) {
+  attempt a;
+  scope s(p, who);
+  try {
+    op();
+    a.ok = true;
+  } catch (const subprocess::spawn_error& e) {
+    a.spawn_error = a.library_error = true;
+    a.code = e.code().value();
+    a.what = e.what();
+  } catch (const subprocess::error& e) {
+    a.library_error = true;
+    a.code = e.code().value();
+    a.what = e.what();
+  } catch (const std::bad_alloc&) {
+    a.bad_alloc = true;
+    a.what = "std::bad_alloc";
+  } catch (const std::exception& e) {
+    a.what = std::string("not a subprocess::error: ") + e.what();
+  }
+  return a;
+}
+
+// The calls op makes, per kind, with no fault injected. Counted in `into` if given
+// (a plan that must outlive library threads still looking at it), else in a plan of
+// its own.
+inline std::map<call, long> census(const std::function<void()>& op, scope::who who = scope::this_thread,
+                                   plan* into = nullptr) {
+  plan own;
+  plan& p = into != nullptr ? *into : own;
+  {
+    scope s(p, who);
+    op();
+  }
+  std::map<call, long> m;
+  for (std::size_t i = 0; i < n_kinds; ++i)
+    if (long n = p.calls(static_cast<call>(i))) m[static_cast<call>(i)] = n;
+  return m;
+}
+
+// The errno a call of kind c fails with in a single-fault sweep: one it really
+// returns, the likeliest.
+inline int typical_errno(call c) {
+  switch (c) {
+    case call::pipe2:
+    case call::open:
+    case call::dup:
+    case call::pidfd_open:
+    case call::eventfd:
+    case call::epoll_create:
+    case call::signalfd:
+    case call::socketpair:
+      return EMFILE;
+    case call::posix_spawn:
+    case call::clone:
+      return EAGAIN;
+    case call::mmap:
+    case call::mremap:
+    case call::poll:
+    case call::epoll_ctl:
+      return ENOMEM;
+    case call::waitpid:
+    case call::waitid:
+    case call::sigmask:
+      return EINVAL;
+    case call::kill:
+    case call::pidfd_send_signal:
+      return EPERM;
+    case call::eventfd_write:
+      // The only ways an eventfd write fails: EINTR, and EAGAIN when the counter is
+      // full, i.e. when the fd is readable already (see detail/eventfd.hpp).
+      return EINTR;
+    default:
+      return EIO;
+  }
+}
+
+// One kind of call and the errnos to fail it with. must_fail: which of its calls must
+// stop the operation when they fail (-1: all; 1: only the first; 0: none, a failure
+// may be tolerated).
+struct kind_faults {
+  call kind;
+  std::vector<int> errs;
+  long must_fail = -1;
+};
+
+// A call that makes something, failing because the system runs short of it: fds
+// (EMFILE, ENFILE), processes or memory (ENOMEM, EAGAIN).
+inline kind_faults out_of(call c, long must_fail = -1) {
+  switch (c) {
+    case call::clone:
+      return {c, {ENOMEM, EAGAIN, EMFILE}, must_fail};
+    case call::posix_spawn:
+      return {c, {ENOMEM, EAGAIN}, must_fail};
+    case call::mmap:
+      return {c, {ENOMEM}, must_fail};
+    default:  // pipe2, open, dup, socketpair, pidfd_open, eventfd...
+      return {c, {EMFILE, ENFILE}, must_fail};
+  }
+}
 
 }  // namespace testing::faults

@@ -1,7 +1,8 @@
-// Shared test utilities: the helper program, fd and child-process accounting.
+// Shared test utilities: the helper programs, fd and child-process accounting, node.
 #pragma once
 
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,38 @@ inline const char* helper_path() { return SP_HELPER_PATH; }
 inline subprocess::command helper(std::vector<std::string> actions) {
   actions.insert(actions.begin(), helper_path());
   return subprocess::command(std::move(actions));
+}
+
+#if defined(IPC_HELPER_PATH)  // tests made with subprocess_test(... IPC)
+// ipc_helper (tests/helper/ipc_helper.cpp) with these actions and a channel.
+inline subprocess::command ipc_child(std::vector<std::string> actions) {
+  actions.insert(actions.begin(), IPC_HELPER_PATH);
+  return subprocess::command(std::move(actions)).ipc();
+}
+#endif
+#if defined(IPC_SCRIPTS_DIR)
+// A script of tests/ipc (Node programs).
+inline std::string script(const char* name) { return std::string(IPC_SCRIPTS_DIR) + "/" + name; }
+#endif
+
+// Is node on PATH? Tests tagged [node] start with REQUIRE_NODE(): without node they
+// say so (WARN) and end, never pass silently; ctest runs them as <name>_node, reported
+// as skipped when CMake found no node (subprocess_test(... NODE_TESTS)).
+inline bool have_node() { return subprocess::find_program("node").has_value(); }
+#define REQUIRE_NODE()                                                \
+  do {                                                                \
+    if (!::testing::have_node()) {                                    \
+      WARN("node is not installed: this Node test did not run");      \
+      return;                                                         \
+    }                                                                 \
+  } while (0)
+
+// What `os << x` prints.
+template <class T>
+std::string printed(const T& x) {
+  std::ostringstream os;
+  os << x;
+  return os.str();
 }
 
 // The fds open in this process.

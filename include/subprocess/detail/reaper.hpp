@@ -3,8 +3,8 @@
 // A child that exits stays a zombie until its parent waits for it. process::detach()
 // promises "no zombie" without making the caller wait, so detached children are
 // handed to one background thread, started on the first detach() and never
-// stopped, which waits on their pidfds (or polls them every 50 ms where the kernel
-// has no pidfds) and reaps each one as it exits. It only ever waits for pids it
+// stopped, which waits on their pidfds (or polls them on the exit_poll schedule where
+// the kernel has no pidfds) and reaps each one as it exits. It only ever waits for pids it
 // was given: never waitpid(-1), which would steal other code's children.
 #pragma once
 
@@ -16,6 +16,7 @@
 #include <sys/epoll.h>
 
 #include "eventfd.hpp"
+#include "exit_watch.hpp"
 #include "syscall.hpp"
 #include "unique_fd.hpp"
 
@@ -88,47 +89,33 @@ class reaper {
     started_ = true;
   }
 
-  // Reaps pid if it has exited. True when it is gone (reaped now, or not ours any
-  // more); false while it runs. EINTR is retried: treating it as "gone" would
-  // drop a child that then stays a zombie.
-  // With a pidfd, waits through it: never for a process that got the pid after ours
-  // was reaped by someone else (see process::reap).
+  // Reaps pid if it has exited (through its pidfd if it has one: exit_watcher).
+  // True when it is gone (reaped now, or not ours any more); false while it runs.
+  // EINTR is retried: treating it as "gone" would drop a child that then stays a zombie.
   static bool reap_if_exited(pid_t pid, int pidfd = -1) noexcept {
-    int ws;
-    for (bool by_pidfd = pidfd >= 0;;) {
-      if (by_pidfd) {
-        siginfo_t info{};
-        if (sys::waitid_pidfd(pidfd, &info, WEXITED | WNOHANG) == 0) return info.si_pid != 0;
-        if (errno == EINTR) continue;
-        if (errno == EINVAL) {  // no P_PIDFD (Linux 5.3)
-          by_pidfd = false;
-          continue;
-        }
-        return true;  // ECHILD: gone
-      }
-      pid_t r = sys::waitpid(pid, &ws, WNOHANG);
-      if (r == 0) return false;
-      if (r < 0 && errno == EINTR) continue;
-      return true;
-    }
+    return !exit_watcher(pid, pidfd).check().running();
   }
 
   void run() {
     sigset_t all;
     sigfillset(&all);
     sys::thread_sigmask(SIG_BLOCK, &all, nullptr);  // signals are for the user's threads
+    exit_poll backoff;  // for the children without a pidfd
     for (;;) {
       bool polling;
       {
         std::lock_guard lock(mu_);
         polling = !without_fd_.empty();
       }
+      const int timeout =
+          polling ? static_cast<int>(saturating_ceil<std::chrono::milliseconds>(backoff.next()).count()) : -1;
       epoll_event evs[16];
-      int n = sys::epoll_wait(ep_.get(), evs, 16, polling ? 50 : -1);
+      int n = sys::epoll_wait(ep_.get(), evs, 16, timeout);
       std::lock_guard lock(mu_);
       for (int i = 0; i < n; ++i) {
         if (evs[i].data.u64 == ~std::uint64_t(0)) {
           eventfd_drain(wake_.get());
+          backoff.reset();  // a child was adopted: look at it soon
           continue;
         }
         auto pid = static_cast<pid_t>(evs[i].data.u64);
