@@ -25,7 +25,7 @@
 #include "../eventfd.hpp"
 #include "../poll.hpp"
 #include "control.hpp"
-#include "exit_watch.hpp"
+#include "../exit_watch.hpp"
 #include "pump.hpp"
 #include "state.hpp"
 
@@ -60,12 +60,13 @@ class supervisor {
     std::vector<pollfd> fds;
     std::vector<std::size_t> who;  // per fd: SIZE_MAX wake, k a stage's pidfd, n + k its stderr
     const std::size_t n = stages.size();
+    exit_poll backoff;  // for stages without a pidfd
     for (;;) {
       fds.clear();
       who.clear();
       fds.push_back({st_.wake_fd.get(), POLLIN, 0});
       who.push_back(SIZE_MAX);
-      bool tick = false;  // a stage without pidfd: look every 50 ms
+      bool tick = false;  // a stage without pidfd: look on the exit_poll schedule
       bool all_exited;
       {
         std::lock_guard lk(st_.mu);
@@ -103,7 +104,7 @@ class supervisor {
       }
       deadline wake = (!stopped && st_.dl) ? st_.dl : std::nullopt;
       if (tick) {
-        auto soon = clock::now() + std::chrono::milliseconds(50);
+        auto soon = backoff.next_time();
         if (!wake || soon < *wake) wake = soon;
       }
       poll_until(fds.data(), static_cast<nfds_t>(fds.size()), wake);
@@ -133,7 +134,10 @@ class supervisor {
   // Records stage k's status if it has exited, and reaps it (see the top).
   void check_exit(std::size_t k) {
     stage_slot& s = st_.stages[k];
-    std::optional<exit_status> status = peek_exit(s.proc.pidfd(), s.pid, s.command);  // TODO(watcher)
+    // WNOWAIT: the status is read here, the zombie reaped below (see the top).
+    const exit_check seen = exit_watcher(s.pid, s.proc.pidfd()).check(collect::keep);
+    if (seen.error != 0) throw_wait_failure(seen.error, s.command);
+    const std::optional<exit_status> status = seen.status;
     if (!status) return;  // still running
     {
       std::lock_guard lk(st_.mu);
