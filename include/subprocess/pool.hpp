@@ -584,7 +584,7 @@ class pool_core {
       std::size_t size() const noexcept { return 0; }
       void reserve(std::size_t) noexcept {}
     } sink;
-    if (!params.is_null()) ipc::detail::dump_to(sink, params, opts_.name);
+    if (!params.is_null()) detail::ipc_wire::dump_to(sink, params, opts_.name);
   }
 
   task_ptr make_task(std::string_view method, json params) {

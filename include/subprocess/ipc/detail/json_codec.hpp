@@ -1,4 +1,4 @@
-// subprocess/detail/json_codec.hpp - fast, strict JSON text <-> nlohmann::ordered_json
+// subprocess/ipc/detail/json_codec.hpp - fast, strict JSON text <-> nlohmann::ordered_json
 // for the ipc channel. Not public API.
 //
 // Why not nlohmann's own parse()/dump()? They handle strings one byte at a time
@@ -37,7 +37,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "pages.hpp"
+#include "../../detail/pages.hpp"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
