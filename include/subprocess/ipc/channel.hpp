@@ -138,7 +138,7 @@ class encoded {
 //                     json object (receive_rpc() blocks)
 // On readable: read_available(), then try_receive() until it returns nullopt (the
 // buffer may hold many messages); eof() then says the peer is gone. On writable:
-// flush(). ipc::attach() below does exactly this for an event loop.
+// flush(). ipc::attach() (attach.hpp) does exactly this for an event loop.
 //
 // Deadlock freedom. A blocking send() to a peer that is itself busy sending to us
 // would deadlock two programs that each wait for the other to read. While send()

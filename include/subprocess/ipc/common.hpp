@@ -1,6 +1,7 @@
 // subprocess/ipc/common.hpp - what every part of ipc shares: the message type (json),
-// the limits, channel_options, and the errors (channel_error, rpc_error,
-// call_timeout_error). Needs nlohmann/json (CMake target subprocess::ipc).
+// the limits, channel_options and client_options, a call's reply, and the errors
+// (channel_error, rpc_error, call_timeout_error). Needs nlohmann/json (CMake target
+// subprocess::ipc).
 //
 //   ```cpp
 //   sp::ipc::json msg = {{"method", "add"}, {"params", {1, 2}}};  // keys keep their order

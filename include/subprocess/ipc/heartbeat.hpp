@@ -5,7 +5,7 @@
 //   ```cpp
 //   auto p = sp::command::self({"--worker"}).ipc().spawn();  // runs ipc::serve()
 //   sp::ipc::client worker(p);
-//   sp::ipc::heartbeat hb(worker, {.interval = 1s, .timeout = 3s,
+//   sp::ipc::heartbeat hb(worker, {.interval = 1s, .timeout = 3s, .method = "rpc.heartbeat",
 //       .on_beat = [](const sp::ipc::beat& b) { std::cout << b << '\n'; },
 //       .on_unresponsive = [&](std::chrono::milliseconds) { p.kill(); }});
 //   std::this_thread::sleep_for(5s);
@@ -62,7 +62,7 @@ struct heartbeat_options {
 // silence: an answer arriving later makes the peer responsive again. Detection takes
 // at most timeout plus a few milliseconds after the last answer.
 //
-//   sp::ipc::heartbeat hb(worker, {.interval = 1s, .timeout = 3s,
+//   sp::ipc::heartbeat hb(worker, {.interval = 1s, .timeout = 3s, .method = "rpc.heartbeat",
 //       .on_beat = [](const sp::ipc::beat& b) { log(b.latency); },
 //       .on_unresponsive = [&](auto silent) { restart(worker); }});
 //

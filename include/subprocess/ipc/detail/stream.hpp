@@ -305,7 +305,7 @@ inline bool pass_over(stream& s, const json& m) {
 // Framing: finds the next complete line and hands it to decode(line), which
 // returns false to pass the message over. True once a message was decoded; false
 // when no complete message is buffered. Throws for malformed, oversized and
-// truncated messages (see the notes above class channel). Requires rmu.
+// truncated messages (see the notes above class channel, channel.hpp). Requires rmu.
 template <class Decode>
 inline bool next_line_locked(stream& s, Decode&& decode) {
   for (;;) {
