@@ -31,6 +31,7 @@ namespace subprocess::detail::ipc_wire {
 
 using subprocess::ipc::call_timeout_error;
 using subprocess::ipc::channel_error;
+using subprocess::ipc::json;
 using subprocess::ipc::reply;
 using subprocess::ipc::reply_fn;
 using subprocess::ipc::rpc_error;
