@@ -101,6 +101,10 @@ namespace subprocess::ipc {
 // on_message, on_error) run on the reader thread: keep them short, and do not destroy
 // the client from one. A call on a client that is already closed runs its callback
 // at once on the calling thread.
+//
+// Built in layers (ipc/detail/): call_book.hpp keeps the calls in flight and ends
+// each one; client_reader.hpp reads the channel (through channel::reader) on the
+// reader thread or on a call_sync() caller; this class is the API.
 class client : private detail::ipc_wire::client_reader {
  public:
   explicit client(channel ch, client_options opts = {}) : client_reader(std::move(ch), std::move(opts)) {
