@@ -3,8 +3,9 @@
 // A parent and its children can talk in messages instead of bytes: Node's fork()
 // gives both sides process.send() and a 'message' event. sp::command::ipc() opens
 // the same kind of channel (a Unix socketpair, Node's own wire format: one line of
-// JSON per message), sp::ipc::channel sends and receives on it, and sp::ipc::client /
-// sp::ipc::serve() add request/response (JSON-RPC 2.0) with timeouts.
+// JSON per message), sp::ipc::channel sends and receives on it, sp::ipc::client /
+// sp::ipc::serve() add request/response (JSON-RPC 2.0) with timeouts, and
+// sp::ipc::attach() puts channels in an sp::event_loop (one thread, many workers).
 //
 // Run with no arguments. The program starts itself (sp::command::self) in worker
 // roles: calculator, echo (with a per-worker count and heartbeats), processor (a
@@ -12,7 +13,7 @@
 // when `node` is installed.
 #include <cctype>
 #include <chrono>
-#include <condition_variable>
+#include <condition_variable>  // section 4 waits for heartbeats
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include <fmt/core.h>
+#include <subprocess/event_loop.hpp>
 #include <subprocess/ipc.hpp>
 #include <subprocess/subprocess.hpp>
 
@@ -158,52 +160,51 @@ void broadcasting() {
 
 void message_queue() {
   section(3, "Message Queue Pattern", "Two slow workers take words from a queue as soon as they are free");
+  // One thread and no locks: an event loop watches both channels (ipc::attach) and
+  // calls back when an answer arrives; the worker that answered takes the next word.
   std::vector<sp::process> procs;
-  std::vector<std::unique_ptr<ipc::client>> workers;
+  std::vector<ipc::channel> channels;
   for (int i = 0; i < 2; ++i) {
     procs.push_back(start_worker("processor"));
-    workers.push_back(std::make_unique<ipc::client>(procs.back()));
+    channels.emplace_back(procs.back());
   }
   std::deque<std::string> queue{"hello", "world", "from", "message", "queue"};
-  std::vector<bool> busy(workers.size(), false);
-  // Answers arrive on each client's reader thread; they are handed to this thread.
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<std::pair<std::size_t, ipc::reply>> done;
-  auto dispatch = [&](std::size_t w) {
-    std::string word = queue.front();
-    queue.pop_front();
-    busy[w] = true;
-    fmt::print("   Queued: {}\n", word);
-    workers[w]->call("process", {{"text", word}}, 5s, [&, w](ipc::reply r) {
-      std::lock_guard lk(mu);
-      done.emplace_back(w, std::move(r));
-      cv.notify_one();
-    });
+  sp::event_loop loop;
+  std::vector<std::unique_ptr<ipc::attachment<sp::event_loop>>> workers;
+  int processed = 0, next_id = 1;
+  sp::event_loop::id too_late = 0;  // a timer, set below
+  auto stop = [&] {  // nothing left to wait for: loop.run() returns
+    for (auto& w : workers) w->detach();
+    loop.cancel(too_late);
   };
-  int processed = 0;
-  while (processed < 5) {
-    for (std::size_t w = 0; w < workers.size(); ++w)
-      if (!busy[w] && !queue.empty()) dispatch(w);
-    std::unique_lock lk(mu);
-    cv.wait(lk, [&] { return !done.empty(); });
-    auto [w, r] = std::move(done.front());
-    done.pop_front();
-    lk.unlock();
-    busy[w] = false;
+  auto give_work = [&](std::size_t w) {  // a JSON-RPC request, written by hand
+    if (queue.empty()) return;
+    fmt::print("   Queued: {}\n", queue.front());
+    workers[w]->send({{"jsonrpc", "2.0"}, {"id", next_id++}, {"method", "process"},
+                      {"params", {{"text", queue.front()}}}});  // never blocks
+    queue.pop_front();
+  };
+  auto on_answer = [&](std::size_t w, const json& m) {
     ++processed;
-    if (r.ok())
-      fmt::print("   Processed: {} -> {}\n", r.result["original"].get<std::string>(),
-                 r.result["processed"].get<std::string>());
+    if (m.contains("result"))
+      fmt::print("   Processed: {} -> {}\n", m["result"]["original"].get<std::string>(),
+                 m["result"]["processed"].get<std::string>());
     else
-      try {
-        r.value();  // rethrows the error: a timeout, or the worker died
-      } catch (const std::exception& e) {
-        fmt::print("   Failed: {}\n", e.what());
-      }
-  }
+      fmt::print("   Failed: {}\n", m.value("error", json()).dump());
+    if (processed == 5) stop();
+    else give_work(w);
+  };
+  for (std::size_t w = 0; w < channels.size(); ++w)
+    workers.push_back(ipc::attach(loop, channels[w],
+                                  {.on_message = [&, w](json m) { on_answer(w, m); },
+                                   .on_error = {},
+                                   .on_close = [&, w] { fmt::print("   Worker {} went away\n", w + 1); }}));
+  for (std::size_t w = 0; w < workers.size(); ++w) give_work(w);
+  too_late = loop.after(10s, [&] { fmt::print("   Timed out\n"); stop(); });
+  loop.run();  // runs the callbacks above, on this thread, until stop()
   fmt::print("   All {} messages processed\n", processed);
-  workers.clear();  // closes the channels
+  workers.clear();
+  for (auto& ch : channels) ch.close();  // the workers see the end, and serve() returns
   for (auto& p : procs) p.wait();
 }
 

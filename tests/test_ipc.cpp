@@ -189,7 +189,7 @@ TEST_CASE("json codec: the channel's parse and dump agree with nlohmann's") {
       std::string text = gen.mutate(gen.value(0).dump());
       if (text.find('\0') != std::string::npos) continue;  // nlohmann stops at a NUL; see below
       auto a = nlohmann_parse(text), b = codec_parse(text);
-      INFO("text: " << sp::ipc::detail::sample_of(text, 200));
+      INFO("text: " << sp::detail::ipc_wire::sample_of(text, 200));
       REQUIRE(a.has_value() == b.has_value());
       if (a) {
         REQUIRE(*a == *b);
@@ -244,7 +244,7 @@ TEST_CASE("json codec: the channel's parse and dump agree with nlohmann's") {
       } catch (const codec::error&) {
         ok = false;
       }
-      INFO("text: " << sp::ipc::detail::sample_of(text, 200));
+      INFO("text: " << sp::detail::ipc_wire::sample_of(text, 200));
       REQUIRE(ok == whole.has_value());
       if (!ok) {
         ++rejected;
@@ -272,7 +272,7 @@ TEST_CASE("json codec: the channel's parse and dump agree with nlohmann's") {
                           "\"\xe2\x82\"", "\"tab\there\"", "[1,]", "{\"a\":1,}", "{\"a\":1,\"a\":2}", "[1 2]",
                           "1 2", "", "   ", " [ ] ", "{}", "[[[[]]]]", "\"\\/\"", "{\"a\"}", "{1:2}", "[\"a\"",
                           "\"unterminated", "[1]\r"}) {
-      INFO("text: " << sp::ipc::detail::sample_of(t));
+      INFO("text: " << sp::detail::ipc_wire::sample_of(t));
       auto a = nlohmann_parse(t), b = codec_parse(t);
       REQUIRE(a.has_value() == b.has_value());
       if (a) {

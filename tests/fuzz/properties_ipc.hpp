@@ -259,7 +259,7 @@ inline std::vector<frame_event> reference_frames(const framing_input& in) {
       out.push_back({std::nullopt, make_error_code(errc::protocol_error)});
       continue;
     }
-    if (!in.internal_messages && subprocess::ipc::detail::is_internal(m)) continue;
+    if (!in.internal_messages && subprocess::detail::ipc_wire::is_internal(m)) continue;
     out.push_back({std::move(m), {}});
   }
 }

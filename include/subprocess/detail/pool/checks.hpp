@@ -73,7 +73,7 @@ inline void check_utf8(const pool_options& opts, const json& params) {
     std::size_t size() const noexcept { return 0; }
     void reserve(std::size_t) noexcept {}
   } sink;
-  if (!params.is_null()) ipc::detail::dump_to(sink, params, opts.name);
+  if (!params.is_null()) detail::ipc_wire::dump_to(sink, params, opts.name);
 }
 
 }  // namespace subprocess::detail::pool

@@ -121,8 +121,7 @@ class shutdown_ladder {
   // and if it throws anyway, the ladder is climbed here, one worker at a time and
   // each failure on its own, by the same deadline. (A group leader's group is then
   // not waited for after the leader exits: its zombie is not kept in that mode.)
-  // TODO(watcher): the pool's own exit-watching ladder; the shared child watcher
-  // should climb it.
+  // Each wait goes through process (and so detail::exit_watcher).
   static void stop_all(const std::vector<process*>& procs, ms grace) {
     if (procs.empty()) return;
     const detail::deadline dl = detail::deadline_in(grace);
