@@ -38,11 +38,13 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 
 #include "detail/pgroup.hpp"
+#include "detail/process_tree.hpp"
 #include "detail/poll.hpp"
 #include "detail/reaper.hpp"
 #include "detail/syscall.hpp"
@@ -86,6 +88,7 @@ class process {
       channel_fd_ = std::move(o.channel_fd_);
       autoreaped_ = o.autoreaped_;
       lost_ = o.lost_;
+      tree_ = std::move(o.tree_);
     }
     return *this;
   }
@@ -118,6 +121,15 @@ class process {
   // detached, never earlier; until then signal_group() can only reach its own group.
   // A child that is not a group leader is reaped as soon as its status is collected.
   bool is_group_leader() const noexcept { return group_leader_; }
+
+  // The child's whole tree (started with command::tree()); argument_error otherwise.
+  // The handle owns it: when the handle goes, members still alive are killed and the
+  // tree's cgroup is removed (tree.hpp).
+  process_tree& tree() {
+    if (!tree_) throw argument_error(command_, "tree() needs a child started with command::tree()");
+    return *tree_;
+  }
+  bool has_tree() const noexcept { return tree_ != nullptr; }
 
   // The parent's pipe ends (closed/empty unless the stream was sp::pipe).
   pipe_writer& in() noexcept { return in_; }
@@ -253,6 +265,7 @@ class process {
   // fds left); the handle then still owns the child.
   void detach() {
     check_valid("detach");
+    if (tree_) throw argument_error(command_, "detach() of a child started with tree(): the tree is killed with its handle");
     if (!status_) {
       try {
         reap(false);
@@ -438,6 +451,7 @@ class process {
   }
 
   void release() noexcept {
+    tree_.reset();  // kills what is left of the tree, removes its cgroup
     pid_ = -1;
     pidfd_.reset();
     in_.close();
@@ -485,6 +499,7 @@ class process {
   detail::unique_fd channel_fd_;
   bool autoreaped_ = false;
   bool lost_ = false;
+  std::unique_ptr<process_tree> tree_;
 };
 
 }  // namespace subprocess

@@ -31,4 +31,5 @@
 #include "stdio.hpp"
 #include "event_loop.hpp"
 #include "stream.hpp"
+#include "tree.hpp"
 #include "version.hpp"
