@@ -266,6 +266,7 @@ class command {
     tree_ = std::move(o);
     return *this;
   }
+  bool in_tree() const noexcept { return tree_.has_value(); }
   // Opens a socketpair message channel at child fd `child_fd` and announces it in
   // NODE_CHANNEL_FD (with NODE_CHANNEL_SERIALIZATION_MODE=json), the way Node's
   // fork() does. Wrap the parent's end with ipc::channel (ipc.hpp).

@@ -5,6 +5,7 @@
 // <subprocess/tree.hpp> (or subprocess.hpp) to use them.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -158,13 +159,26 @@ class process_tree {
   }
 
   // Stops every member. cgroup: the freezer (cgroup.freeze), invisible to them;
-  // returns once cgroup.events says frozen. subreaper: SIGSTOP to each.
+  // returns once cgroup.events says frozen. subreaper: SIGSTOP to each (a parent
+  // waiting with WUNTRACED sees it), returns once /proc shows all stopped.
   void freeze() {
     if (mechanism_ == tree_mechanism::cgroup) {
       if (int e = detail::cgroup::write_file(file("cgroup.freeze"), "1")) fail(e, "write 1 to", "cgroup.freeze");
       wait_events("frozen", 1);
-    } else {
-      signal(SIGSTOP);
+      return;
+    }
+    // SIGSTOP takes effect when each is next scheduled: look until all are stopped
+    // (members started meanwhile get theirs), 1 ms doubling to 50 ms between looks.
+    for (auto step = std::chrono::milliseconds(1);; step = std::min(step * 2, std::chrono::milliseconds(50))) {
+      bool all = true;
+      for (const auto& m : members())
+        if (m.state != 'T' && m.state != 't') {
+          all = false;
+          if (detail::sys::kill(m.pid, SIGSTOP) != 0 && errno != ESRCH)
+            detail::throw_errno(errno, cmdline_, "cannot stop " + std::to_string(m.pid) + " of the tree of '" + cmdline_ + "'");
+        }
+      if (all) return;
+      detail::poll_until(nullptr, 0, detail::clock::now() + step);
     }
   }
   void thaw() {
