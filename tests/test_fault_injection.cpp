@@ -762,3 +762,97 @@ TEST_CASE("a pipe that never stops being readable cannot hold a deadline (regres
                     sp::timeout_error);
   });
 }
+
+namespace {
+// This program's tree cgroups ("sp-<pid>-<n>") under its own cgroup v2.
+int tree_dirs() {
+  std::string why;
+  const fs::path parent = sp::detail::cgroup::own_dir(why);
+  if (parent.empty()) return 0;
+  int n = 0;
+  const std::string prefix = "sp-" + std::to_string(::getpid()) + "-";
+  for (const auto& e : fs::directory_iterator(parent))
+    if (e.path().filename().string().rfind(prefix, 0) == 0) ++n;
+  return n;
+}
+}  // namespace
+
+TEST_CASE("tree(): mkdir, the child's cgroup join, the cgroup files, rmdir and prctl can fail: a clear error, no child and no cgroup left behind") {
+  try {
+    sp::command{"true"}.tree({.use = sp::tree_mechanism::cgroup}).spawn().wait();
+  } catch (const sp::spawn_error& e) {
+    WARN("skipped: no writable cgroup v2 here: " << e.what());
+    return;
+  }
+  const int before = tree_dirs();
+  const sp::command t = sp::command{"true"}.tree({.use = sp::tree_mechanism::cgroup});
+  SECTION("mkdir: the cgroup cannot be created") {
+    plan p;
+    p.fail_nth(call::mkdir, 1, EACCES);
+    attempt a = try_once(p, [&] { t.spawn(); });
+    CHECK(a.spawn_error);
+    CHECK(a.code == EACCES);
+    CHECK_THAT(a.what, Catch::Contains("tree()") && Catch::Contains("cannot create the cgroup"));
+    // Automatic choice: no cgroup, and this program is no subreaper: both reasons.
+    plan q;
+    q.fail_nth(call::mkdir, 1, EACCES);
+    attempt b = try_once(q, [&] { sp::command{"true"}.tree().spawn(); });
+    CHECK(b.spawn_error);
+    CHECK_THAT(b.what, Catch::Contains("cannot create the cgroup") && Catch::Contains("become_subreaper()"));
+  }
+  SECTION("the child cannot join the cgroup (clone child, and on the spawner thread)") {
+    for (bool on_spawner : {false, true}) {
+      plan p;
+      p.fail_nth(call::cgroup_join, 1, EACCES);
+      sp::command c = t;
+      if (on_spawner) c.kill_on_parent_death();
+      attempt a = try_once(p, [&] { c.spawn(); });
+      CHECK(a.spawn_error);
+      CHECK(a.code == EACCES);
+      CHECK_THAT(a.what, Catch::Contains("join the tree's cgroup"));
+      CHECK(p.injected(call::cgroup_join) == 1);
+      CHECK(testing::children().empty());
+    }
+  }
+  SECTION("rmdir: EBUSY once is retried") {
+    plan p;
+    p.fail_nth(call::rmdir, 1, EBUSY);
+    attempt a = try_once(p, [&] { t.spawn().wait(); });
+    CHECK(a.ok);
+    CHECK(p.injected(call::rmdir) == 1);
+  }
+  SECTION("any single open, read, write, poll or mkdir of spawn + kill + destroy") {
+    auto op = [&] {
+      auto q = sp::command{"sh", "-c", "(setsid sleep 1000 &); exec sleep 1000"}
+                   .tree({.use = sp::tree_mechanism::cgroup})
+                   .spawn();
+      q.tree().freeze();
+      q.tree().thaw();
+      q.tree().kill();
+      q.wait();
+    };
+    auto counts = census(op);
+    for (call kind : {call::open, call::read, call::write, call::poll, call::mkdir}) {
+      for (long nth = 1; nth <= counts[kind]; ++nth) {
+        INFO(name(kind) << " #" << nth);
+        plan p;
+        p.fail_nth(kind, nth, EIO);
+        attempt a = try_once(p, op);
+        CHECK((a.ok || a.library_error));
+        CHECK(tree_dirs() == before);
+        CHECK(testing::children().empty());
+      }
+    }
+  }
+  SECTION("prctl: become_subreaper() and is_subreaper() report it") {
+    plan p;
+    p.fail_every(call::prctl, 1, EPERM);
+    attempt a = try_once(p, [] { sp::become_subreaper(); });
+    CHECK(a.library_error);
+    CHECK_THAT(a.what, Catch::Contains("PR_SET_CHILD_SUBREAPER"));
+    attempt b = try_once(p, [] { (void)sp::is_subreaper(); });
+    CHECK(b.library_error);
+    CHECK_FALSE(sp::is_subreaper());
+  }
+  CHECK(tree_dirs() == before);
+}
