@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -842,6 +843,32 @@ TEST_CASE("tree(): mkdir, the child's cgroup join, the cgroup files, rmdir and p
         CHECK(tree_dirs() == before);
         CHECK(testing::children().empty());
       }
+    }
+  }
+  SECTION("ENOENT from any single open of spawn + kill: an error, or the daemon is dead (cgroup.kill missing: freeze, kill each, thaw)") {
+    pid_t daemon = -1;
+    auto op = [&] {
+      auto q = sp::command::shell("(setsid sh -c 'echo $$; exec sleep 1000 >/dev/null 2>&1' &); exec sleep 1000")
+                   .out(sp::pipe)
+                   .tree({.use = sp::tree_mechanism::cgroup})
+                   .spawn();
+      auto line = q.out().read_line();
+      REQUIRE(line);
+      daemon = static_cast<pid_t>(std::stol(std::string(*line)));
+      q.tree().kill();
+      int fd = static_cast<int>(::syscall(SYS_pidfd_open, daemon, 0));
+      pollfd pfd{fd, POLLIN, 0};
+      CHECK((fd < 0 || ::poll(&pfd, 1, 0) == 1));  // exited
+      if (fd >= 0) ::close(fd);
+    };
+    auto counts = census(op);
+    for (long nth = 1; nth <= counts[call::open]; ++nth) {
+      INFO("open #" << nth);
+      plan p;
+      p.fail_nth(call::open, nth, ENOENT);
+      attempt a = try_once(p, op);
+      CHECK((a.ok || a.library_error));
+      CHECK(tree_dirs() == before);
     }
   }
   SECTION("prctl: become_subreaper() and is_subreaper() report it") {

@@ -13,6 +13,7 @@
 #include <string>
 
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -237,6 +238,25 @@ TEST_CASE("cgroup tree: a failed spawn leaves no cgroup directory behind") {
   CHECK(ours() == before);
   // plan() says a tree takes the clone back end.
   CHECK_THAT(sp::command{"true"}.tree().plan().to_string(), Contains("clone_vfork (tree())") && Contains("process tree"));
+}
+
+TEST_CASE("cgroup tree: under a parent directory the user gives; detach() is refused") {
+  REQUIRE_CGROUP();
+  std::string why;
+  const fs::path parent = fs::path(sp::detail::cgroup::own_dir(why)) / ("sp-test-parent-" + std::to_string(::getpid()));
+  REQUIRE(::mkdir(parent.c_str(), 0755) == 0);
+  {
+    auto p = sp::command{"sleep", "1000"}.tree({.cgroup_parent = parent}).spawn();
+    CHECK(p.tree().cgroup_path().parent_path() == parent);
+    CHECK(p.tree().pids() == std::vector<pid_t>{p.pid()});
+    std::string procs;
+    REQUIRE(sp::detail::cgroup::read_file((p.tree().cgroup_path() / "cgroup.procs").string(), procs));
+    CHECK(procs == std::to_string(p.pid()) + "\n");
+    CHECK_THROWS_AS(p.detach(), sp::argument_error);
+    CHECK_THROWS_AS(sp::command{"true"}.spawn().tree(), sp::argument_error);
+  }
+  // Only our own empty directory is left: the tree's is gone.
+  CHECK(::rmdir(parent.c_str()) == 0);
 }
 
 TEST_CASE("run() of a tree: a descendant that outlived the child is reported, and waited for with wait_for_tree") {
