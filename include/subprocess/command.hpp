@@ -19,7 +19,7 @@
 // Options (each returns the command, so they chain; each is described where it is
 // declared below): arg/args, cwd, env, in/out/err (stdio.hpp), map_fd,
 // new_process_group, join_process_group, new_session, kill_on_parent_death, ipc,
-// success_codes, backend; credentials, limits and start state: uid, gid, groups,
+// tree (tree.hpp), success_codes, backend; credentials, limits and start state: uid, gid, groups,
 // umask, limit, nice, cpu_affinity, arg0, blocked_signals, pre_exec. The program is
 // looked up in PATH like execvp() does (see the constructor); find_program() does
 // the same lookup on its own. plan() shows what spawn() would do.
@@ -260,8 +260,8 @@ class command {
   }
   // Starts the child in a process tree of its own (tree.hpp): p.tree() then kills,
   // signals, freezes or measures the child with every descendant, including those
-  // that left its process group or session. A cgroup tree takes the clone_vfork back
-  // end (the child joins the cgroup before it runs anything).
+  // that left its process group or session. It takes the clone_vfork back end (the
+  // child joins the tree's cgroup before it runs anything).
   command& tree(tree_options o = {}) {
     tree_ = std::move(o);
     return *this;

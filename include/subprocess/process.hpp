@@ -24,8 +24,8 @@
 // stdout/stderr pipes the process still owns (see wait()). Signals go through the
 // pidfd, so a recycled pid is never hit (see signal()); a group leader's exited zombie
 // is kept until the handle goes (see is_group_leader()).
-// Destructor: a child still running is sent SIGKILL (its group, if it leads one) and
-// reaped, so a handle never leaks a running child or a zombie; detach() lets the
+// Destructor: a child still running is sent SIGKILL (its group, if it leads one; its
+// whole tree, with command::tree()) and reaped, so a handle never leaks a running child or a zombie; detach() lets the
 // child run on instead. It blocks only as long as the kernel takes to deliver
 // SIGKILL, and never throws.
 // Threads: one thread at a time, except that signal(), signal_group() and kill() may

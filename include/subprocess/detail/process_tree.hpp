@@ -22,6 +22,7 @@
 #include "cgroup.hpp"
 #include "poll.hpp"
 #include "printing.hpp"
+#include "signal_table.hpp"
 #include "syscall.hpp"
 #include "unique_fd.hpp"
 #include "../error.hpp"
@@ -123,7 +124,7 @@ class process_tree {
         if (done.insert(pid).second) {
           fresh = true;
           if (detail::sys::kill(pid, sig) != 0 && errno != ESRCH)
-            detail::throw_errno(errno, cmdline_, "cannot send signal " + std::to_string(sig) + " to " + std::to_string(pid) + " of the tree of '" + cmdline_ + "'");
+            detail::throw_errno(errno, cmdline_, "cannot send " + detail::signal_name_of(sig) + " to " + std::to_string(pid) + " of the tree of '" + cmdline_ + "'");
         }
     }
     return !done.empty();
