@@ -158,6 +158,30 @@ TEST_CASE("cgroup tree: signal() reaches every member; freeze() and thaw() show 
   }
 }
 
+TEST_CASE("tree().terminate(grace): SIGTERM to every member, SIGKILL only for those that ignore it") {
+  REQUIRE_CGROUP();
+  SECTION("all of them stop on SIGTERM") {
+    auto p = daemon_shell().spawn();
+    int fd = pidfd_of(read_pid(p));
+    CHECK(p.tree().terminate(30s));
+    CHECK(exited(fd));
+    CHECK(p.wait().signal() == SIGTERM);
+    ::close(fd);
+  }
+  SECTION("a daemon ignoring SIGTERM is killed at the end of the grace period") {
+    auto p = sp::command::shell("(setsid sh -c 'trap \"\" TERM; echo $$; exec sleep 1000 >/dev/null 2>&1' &); exec sleep 1000")
+                 .out(sp::pipe)
+                 .tree()
+                 .spawn();
+    int fd = pidfd_of(read_pid(p));
+    CHECK_FALSE(p.tree().terminate(200ms));
+    CHECK(exited(fd));
+    CHECK(p.wait().signal() == SIGTERM);  // the shell itself took SIGTERM
+    CHECK_THROWS_AS(p.tree().terminate(-1s), sp::argument_error);
+    ::close(fd);
+  }
+}
+
 TEST_CASE("cgroup tree: usage() after a CPU-burning child; peak memory says when it is unavailable") {
   REQUIRE_CGROUP();
   // A grandchild burns the CPU, so the figure is the tree's, not only the child's.

@@ -159,6 +159,21 @@ class process_tree {
     }
   }
 
+  // SIGTERM to every member (then SIGCONT, so a stopped one can act on it), waits up
+  // to `grace` for the tree to empty, then kill(). True if nobody needed SIGKILL.
+  // Node's tree-kill, with the escalation it leaves to you. argument_error for a
+  // negative grace period.
+  template <class Rep = long, class Period = std::ratio<1>>
+  bool terminate(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5)) {
+    if (grace < grace.zero()) throw argument_error(cmdline_, "negative grace period for tree().terminate()");
+    const detail::deadline dl = detail::deadline_in(grace);
+    signal(SIGTERM);
+    signal(SIGCONT);
+    if (wait_empty_until(dl)) return true;
+    kill();
+    return false;
+  }
+
   // Stops every member. cgroup: the freezer (cgroup.freeze), invisible to them;
   // returns once cgroup.events says frozen. subreaper: SIGSTOP to each (a parent
   // waiting with WUNTRACED sees it), returns once /proc shows all stopped.
