@@ -13,8 +13,8 @@
 #include <string>
 
 #include <poll.h>
-#include <sys/stat.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -46,7 +46,9 @@ pid_t read_pid(sp::process& p) {
   return static_cast<pid_t>(std::stol(std::string(*line)));
 }
 
-int pidfd_of(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+int pidfd_of(pid_t pid) {
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+}
 
 // True once the process behind `pidfd` has exited (its pidfd polls readable).
 bool exited(int pidfd) {
@@ -64,19 +66,22 @@ std::optional<std::string> no_cgroup() {
     return std::string(e.what());
   }
 }
-#define REQUIRE_CGROUP()                                                        \
-  do {                                                                          \
-    if (auto why_ = no_cgroup()) {                                              \
-      WARN("skipped: no writable cgroup v2 on this machine: " << *why_);        \
-      return;                                                                   \
-    }                                                                           \
+#define REQUIRE_CGROUP()                                                 \
+  do {                                                                   \
+    if (auto why_ = no_cgroup()) {                                       \
+      WARN("skipped: no writable cgroup v2 on this machine: " << *why_); \
+      return;                                                            \
+    }                                                                    \
   } while (0)
 
-std::string session_of(pid_t pid) { return std::to_string(::getsid(pid)); }
+std::string session_of(pid_t pid) {
+  return std::to_string(::getsid(pid));
+}
 
 }  // namespace
 
-TEST_CASE("cgroup tree: kill() reaches a double-forked setsid daemon; the cgroup goes with the handle") {
+TEST_CASE(
+    "cgroup tree: kill() reaches a double-forked setsid daemon; the cgroup goes with the handle") {
   REQUIRE_CGROUP();
   fs::path dir;
   int daemon_fd = -1;
@@ -158,7 +163,8 @@ TEST_CASE("cgroup tree: signal() reaches every member; freeze() and thaw() show 
   }
 }
 
-TEST_CASE("tree().terminate(grace): SIGTERM to every member, SIGKILL only for those that ignore it") {
+TEST_CASE(
+    "tree().terminate(grace): SIGTERM to every member, SIGKILL only for those that ignore it") {
   REQUIRE_CGROUP();
   SECTION("all of them stop on SIGTERM") {
     auto p = daemon_shell().spawn();
@@ -169,7 +175,9 @@ TEST_CASE("tree().terminate(grace): SIGTERM to every member, SIGKILL only for th
     ::close(fd);
   }
   SECTION("a daemon ignoring SIGTERM is killed at the end of the grace period") {
-    auto p = sp::command::shell("(setsid sh -c 'trap \"\" TERM; echo $$; exec sleep 1000 >/dev/null 2>&1' &); exec sleep 1000")
+    auto p = sp::command::shell(
+                 "(setsid sh -c 'trap \"\" TERM; echo $$; exec sleep 1000 >/dev/null 2>&1' &); "
+                 "exec sleep 1000")
                  .out(sp::pipe)
                  .tree()
                  .spawn();
@@ -182,7 +190,8 @@ TEST_CASE("tree().terminate(grace): SIGTERM to every member, SIGKILL only for th
   }
 }
 
-TEST_CASE("cgroup tree: usage() after a CPU-burning child; peak memory says when it is unavailable") {
+TEST_CASE(
+    "cgroup tree: usage() after a CPU-burning child; peak memory says when it is unavailable") {
   REQUIRE_CGROUP();
   // A grandchild burns the CPU, so the figure is the tree's, not only the child's.
   auto p = sp::command::shell("sh -c 'i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done'")
@@ -238,7 +247,8 @@ TEST_CASE("cgroup tree: limits need their controller; the error names it") {
     } catch (const sp::spawn_error& e) {
       CHECK(e.step() == "tree()");
       CHECK(e.code() == std::errc::operation_not_supported);
-      CHECK_THAT(e.what(), Contains(c.option) && Contains(std::string("the ") + c.controller + " controller"));
+      CHECK_THAT(e.what(), Contains(c.option) &&
+                               Contains(std::string("the ") + c.controller + " controller"));
     }
   }
 }
@@ -261,20 +271,23 @@ TEST_CASE("cgroup tree: a failed spawn leaves no cgroup directory behind") {
                   sp::argument_error);
   CHECK(ours() == before);
   // plan() says a tree takes the clone back end.
-  CHECK_THAT(sp::command{"true"}.tree().plan().to_string(), Contains("clone_vfork (tree())") && Contains("process tree"));
+  CHECK_THAT(sp::command{"true"}.tree().plan().to_string(),
+             Contains("clone_vfork (tree())") && Contains("process tree"));
 }
 
 TEST_CASE("cgroup tree: under a parent directory the user gives; detach() is refused") {
   REQUIRE_CGROUP();
   std::string why;
-  const fs::path parent = fs::path(sp::detail::cgroup::own_dir(why)) / ("sp-test-parent-" + std::to_string(::getpid()));
+  const fs::path parent =
+      fs::path(sp::detail::cgroup::own_dir(why)) / ("sp-test-parent-" + std::to_string(::getpid()));
   REQUIRE(::mkdir(parent.c_str(), 0755) == 0);
   {
     auto p = sp::command{"sleep", "1000"}.tree({.cgroup_parent = parent}).spawn();
     CHECK(p.tree().cgroup_path().parent_path() == parent);
     CHECK(p.tree().pids() == std::vector<pid_t>{p.pid()});
     std::string procs;
-    REQUIRE(sp::detail::cgroup::read_file((p.tree().cgroup_path() / "cgroup.procs").string(), procs));
+    REQUIRE(
+        sp::detail::cgroup::read_file((p.tree().cgroup_path() / "cgroup.procs").string(), procs));
     CHECK(procs == std::to_string(p.pid()) + "\n");
     CHECK_THROWS_AS(p.detach(), sp::argument_error);
     CHECK_THROWS_AS(sp::command{"true"}.spawn().tree(), sp::argument_error);
@@ -283,14 +296,19 @@ TEST_CASE("cgroup tree: under a parent directory the user gives; detach() is ref
   CHECK(::rmdir(parent.c_str()) == 0);
 }
 
-TEST_CASE("run() of a tree: a descendant that outlived the child is reported, and waited for with wait_for_tree") {
+TEST_CASE(
+    "run() of a tree: a descendant that outlived the child is reported, and waited for with "
+    "wait_for_tree") {
   REQUIRE_CGROUP();
   SECTION("leftovers are reported, and killed when run() returns") {
-    auto r = sp::run(sp::command::shell("(setsid sh -c 'echo $$; exec sleep 1000 >/dev/null 2>&1' &); echo child").tree(),
+    auto r = sp::run(sp::command::shell(
+                         "(setsid sh -c 'echo $$; exec sleep 1000 >/dev/null 2>&1' &); echo child")
+                         .tree(),
                      {.timeout = 30s});
     CHECK(r.success());
     CHECK(r.descendants_outlived);
-    const pid_t daemon = static_cast<pid_t>(std::stol(r.out.substr(r.out.find_first_of("0123456789"))));
+    const pid_t daemon =
+        static_cast<pid_t>(std::stol(r.out.substr(r.out.find_first_of("0123456789"))));
     int fd = pidfd_of(daemon);
     CHECK((fd < 0 || exited(fd)));
     if (fd >= 0) ::close(fd);
@@ -301,10 +319,12 @@ TEST_CASE("run() of a tree: a descendant that outlived the child is reported, an
     const fs::path dir = tmpl;
     // The daemon waits for the child's end of a FIFO to close (the child's exit),
     // then writes a file: it outlives the child by construction, with no sleep.
-    auto r = sp::run(sp::command::shell("mkfifo f; (setsid sh -c 'cat f; echo late > late.txt' >/dev/null 2>&1 &); "
-                                        "exec 3>f; echo child")
-                         .cwd(dir),
-                     {.timeout = 30s, .wait_for_tree = true});
+    auto r =
+        sp::run(sp::command::shell(
+                    "mkfifo f; (setsid sh -c 'cat f; echo late > late.txt' >/dev/null 2>&1 &); "
+                    "exec 3>f; echo child")
+                    .cwd(dir),
+                {.timeout = 30s, .wait_for_tree = true});
     CHECK(r.success());
     CHECK(r.out == "child\n");
     CHECK(r.descendants_outlived);
@@ -383,7 +403,8 @@ TEST_CASE("subreaper mode (in a forked child): finds, kills and reaps the adopte
     sp::become_subreaper();
     if (!sp::is_subreaper()) return "is_subreaper() false after become_subreaper()";
     auto p = daemon_shell({.use = sp::tree_mechanism::subreaper}).spawn();
-    if (p.tree().mechanism() != sp::tree_mechanism::subreaper) return "mechanism " + p.tree().to_string();
+    if (p.tree().mechanism() != sp::tree_mechanism::subreaper)
+      return "mechanism " + p.tree().to_string();
     if (!p.tree().cgroup_path().empty()) return "a cgroup path in subreaper mode";
     auto line = p.out().read_line();
     if (!line) return "no pid from the daemon";
@@ -392,8 +413,10 @@ TEST_CASE("subreaper mode (in a forked child): finds, kills and reaps the adopte
     if (fd < 0) return "pidfd_open of the daemon failed";
     // Its middle process exited: the daemon is our (adopted) child now, and a member.
     auto pids = p.tree().pids();
-    if (std::find(pids.begin(), pids.end(), daemon) == pids.end()) return "daemon not among the members";
-    if (std::find(pids.begin(), pids.end(), p.pid()) == pids.end()) return "child not among the members";
+    if (std::find(pids.begin(), pids.end(), daemon) == pids.end())
+      return "daemon not among the members";
+    if (std::find(pids.begin(), pids.end(), p.pid()) == pids.end())
+      return "child not among the members";
     p.tree().freeze();
     if (!p.tree().frozen()) return "not frozen (SIGSTOP) after freeze()";
     p.tree().thaw();
@@ -401,14 +424,16 @@ TEST_CASE("subreaper mode (in a forked child): finds, kills and reaps the adopte
     if (!exited(fd)) return "the daemon survived kill()";
     // Reaped by the tree: waiting for it again finds nothing to wait for.
     siginfo_t info{};
-    if (::syscall(SYS_waitid, P_PIDFD, fd, &info, WEXITED | WNOHANG, nullptr) == 0) return "the daemon was not reaped";
+    if (::syscall(SYS_waitid, P_PIDFD, fd, &info, WEXITED | WNOHANG, nullptr) == 0)
+      return "the daemon was not reaped";
     ::close(fd);
     if (p.wait().signal() != SIGKILL) return "the child was not killed";
     try {
       p.tree().usage();
       return "usage() in subreaper mode did not throw";
     } catch (const sp::error& e) {
-      if (std::string(e.what()).find("needs the cgroup mechanism") == std::string::npos) return e.what();
+      if (std::string(e.what()).find("needs the cgroup mechanism") == std::string::npos)
+        return e.what();
     }
     sp::become_subreaper(false);
     return sp::is_subreaper() ? "still a subreaper" : "";

@@ -27,8 +27,9 @@
 // not enabled (the message names the controller); methods throw subprocess::error
 // naming the cgroup file and errno; usage() in subreaper mode throws (no figures).
 // Blocking: kill() and freeze() wait until done (kernel time: milliseconds);
-// signal(), thaw(), pids() do not wait; terminate(grace) at most `grace`, then kill(). Destructor (the process handle's): members
-// still alive get SIGKILL, the cgroup directory is removed; never throws.
+// terminate(grace) up to `grace`, then kill(); signal(), thaw(), pids() do not wait.
+// Destructor (the process handle's): members still alive get SIGKILL, the cgroup
+// directory is removed; never throws.
 // Threads: one thread at a time. Cost: a few file reads per call (cgroup); a /proc
 // scan per call (subreaper). The pids reported may exit (and, rarely, be reused)
 // before you use them.

@@ -78,7 +78,9 @@ inline std::vector<pid_t> parse_pids(std::string_view text) {
   for (std::size_t pos = 0; pos < text.size();) {
     std::size_t nl = text.find('\n', pos);
     if (nl == std::string_view::npos) nl = text.size();
-    if (nl > pos) v.push_back(static_cast<pid_t>(std::strtol(std::string(text.substr(pos, nl - pos)).c_str(), nullptr, 10)));
+    if (nl > pos)
+      v.push_back(static_cast<pid_t>(
+          std::strtol(std::string(text.substr(pos, nl - pos)).c_str(), nullptr, 10)));
     pos = nl + 1;
   }
   return v;

@@ -19,13 +19,13 @@
 
 #include <sys/prctl.h>
 
+#include "../error.hpp"
 #include "cgroup.hpp"
 #include "poll.hpp"
 #include "printing.hpp"
 #include "signal_table.hpp"
 #include "syscall.hpp"
 #include "unique_fd.hpp"
-#include "../error.hpp"
 
 namespace subprocess {
 
@@ -36,7 +36,8 @@ inline const char* to_string(tree_mechanism m) noexcept {
   return m == tree_mechanism::cgroup ? "cgroup v2" : "subreaper";
 }
 template <class Traits>
-std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, tree_mechanism m) {
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os,
+                                             tree_mechanism m) {
   return detail::put_text(os, to_string(m));
 }
 
@@ -65,10 +66,12 @@ struct tree_usage {
   std::optional<std::uint64_t> memory_peak{};  // bytes; nullopt: no memory.peak here
   // "cpu 1200 us (user 1000, system 200); peak memory unavailable (no memory.peak)"
   std::string to_string() const {
-    std::string s = "cpu " + std::to_string(cpu.count()) + " us (user " + std::to_string(user.count()) +
-                    ", system " + std::to_string(system.count()) + "); peak memory ";
-    return s + (memory_peak ? std::to_string(*memory_peak) + " bytes"
-                            : std::string("unavailable (no memory.peak: memory controller not enabled)"));
+    std::string s = "cpu " + std::to_string(cpu.count()) + " us (user " +
+                    std::to_string(user.count()) + ", system " + std::to_string(system.count()) +
+                    "); peak memory ";
+    return s + (memory_peak
+                    ? std::to_string(*memory_peak) + " bytes"
+                    : std::string("unavailable (no memory.peak: memory controller not enabled)"));
   }
 };
 
@@ -107,7 +110,8 @@ class process_tree {
 
   // The members alive now (not zombies), the child included while it runs.
   std::vector<pid_t> pids() {
-    if (mechanism_ == tree_mechanism::cgroup) return detail::cgroup::parse_pids(read("cgroup.procs"));
+    if (mechanism_ == tree_mechanism::cgroup)
+      return detail::cgroup::parse_pids(read("cgroup.procs"));
     std::vector<pid_t> v;
     for (const auto& e : members()) v.push_back(e.pid);
     return v;
@@ -124,7 +128,9 @@ class process_tree {
         if (done.insert(pid).second) {
           fresh = true;
           if (detail::sys::kill(pid, sig) != 0 && errno != ESRCH)
-            detail::throw_errno(errno, cmdline_, "cannot send " + detail::signal_name_of(sig) + " to " + std::to_string(pid) + " of the tree of '" + cmdline_ + "'");
+            detail::throw_errno(errno, cmdline_,
+                                "cannot send " + detail::signal_name_of(sig) + " to " +
+                                    std::to_string(pid) + " of the tree of '" + cmdline_ + "'");
         }
     }
     return !done.empty();
@@ -165,7 +171,8 @@ class process_tree {
   // negative grace period.
   template <class Rep = long, class Period = std::ratio<1>>
   bool terminate(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5)) {
-    if (grace < grace.zero()) throw argument_error(cmdline_, "negative grace period for tree().terminate()");
+    if (grace < grace.zero())
+      throw argument_error(cmdline_, "negative grace period for tree().terminate()");
     const detail::deadline dl = detail::deadline_in(grace);
     signal(SIGTERM);
     signal(SIGCONT);
@@ -179,19 +186,23 @@ class process_tree {
   // waiting with WUNTRACED sees it), returns once /proc shows all stopped.
   void freeze() {
     if (mechanism_ == tree_mechanism::cgroup) {
-      if (int e = detail::cgroup::write_file(file("cgroup.freeze"), "1")) fail(e, "write 1 to", "cgroup.freeze");
+      if (int e = detail::cgroup::write_file(file("cgroup.freeze"), "1"))
+        fail(e, "write 1 to", "cgroup.freeze");
       wait_events("frozen", 1);
       return;
     }
     // SIGSTOP takes effect when each is next scheduled: look until all are stopped
     // (members started meanwhile get theirs), 1 ms doubling to 50 ms between looks.
-    for (auto step = std::chrono::milliseconds(1);; step = std::min(step * 2, std::chrono::milliseconds(50))) {
+    for (auto step = std::chrono::milliseconds(1);;
+         step = std::min(step * 2, std::chrono::milliseconds(50))) {
       bool all = true;
       for (const auto& m : members())
         if (m.state != 'T' && m.state != 't') {
           all = false;
           if (detail::sys::kill(m.pid, SIGSTOP) != 0 && errno != ESRCH)
-            detail::throw_errno(errno, cmdline_, "cannot stop " + std::to_string(m.pid) + " of the tree of '" + cmdline_ + "'");
+            detail::throw_errno(
+                errno, cmdline_,
+                "cannot stop " + std::to_string(m.pid) + " of the tree of '" + cmdline_ + "'");
         }
       if (all) return;
       detail::poll_until(nullptr, 0, detail::clock::now() + step);
@@ -199,14 +210,16 @@ class process_tree {
   }
   void thaw() {
     if (mechanism_ == tree_mechanism::cgroup) {
-      if (int e = detail::cgroup::write_file(file("cgroup.freeze"), "0")) fail(e, "write 0 to", "cgroup.freeze");
+      if (int e = detail::cgroup::write_file(file("cgroup.freeze"), "0"))
+        fail(e, "write 0 to", "cgroup.freeze");
     } else {
       signal(SIGCONT);
     }
   }
   // cgroup: cgroup.events says frozen. subreaper: every member is stopped.
   bool frozen() {
-    if (mechanism_ == tree_mechanism::cgroup) return detail::cgroup::field(read("cgroup.events"), "frozen") == 1;
+    if (mechanism_ == tree_mechanism::cgroup)
+      return detail::cgroup::field(read("cgroup.events"), "frozen") == 1;
     auto live = members();
     for (const auto& m : live)
       if (m.state != 'T' && m.state != 't') return false;
@@ -265,7 +278,8 @@ class process_tree {
           dir_ = dir;
           mechanism_ = tree_mechanism::cgroup;
           apply_limits(o);
-          procs_.reset(detail::sys::no_eintr([&] { return detail::sys::open(file("cgroup.procs").c_str(), O_WRONLY); }));
+          procs_.reset(detail::sys::no_eintr(
+              [&] { return detail::sys::open(file("cgroup.procs").c_str(), O_WRONLY); }));
           if (!procs_) fail_spawn(errno, "open " + file("cgroup.procs"));
           return;
         }
@@ -294,7 +308,8 @@ class process_tree {
     throw spawn_error(err, cmdline_, "tree()", what);
   }
   [[noreturn]] void fail(int err, const std::string& verb, const std::string& name) const {
-    detail::throw_errno(err, cmdline_, "process tree of '" + cmdline_ + "': cannot " + verb + " " + file(name));
+    detail::throw_errno(err, cmdline_,
+                        "process tree of '" + cmdline_ + "': cannot " + verb + " " + file(name));
   }
   std::string file(const std::string& name) const { return (dir_ / name).string(); }
   std::string read(const std::string& name) const {
@@ -316,8 +331,9 @@ class process_tree {
         return s.empty() ? std::string("none") : s;
       };
       throw spawn_error(EOPNOTSUPP, cmdline_, "tree()",
-                        std::string(option) + ": the " + controller + " controller is not enabled for the children of '" +
-                            parent.string() + "' (its cgroup.subtree_control: " + trim(enabled) +
+                        std::string(option) + ": the " + controller +
+                            " controller is not enabled for the children of '" + parent.string() +
+                            "' (its cgroup.subtree_control: " + trim(enabled) +
                             "; controllers available there: " + trim(available) + ")");
     };
     need(o.memory_max.has_value(), "memory", "memory_max");
@@ -327,17 +343,22 @@ class process_tree {
   void apply_limits(const tree_options& o) {
     auto set = [&](bool want, const std::string& name, const std::string& value) {
       if (!want) return;
-      if (int e = detail::cgroup::write_file(file(name), value)) fail_spawn(e, "write " + value + " to " + file(name));
+      if (int e = detail::cgroup::write_file(file(name), value))
+        fail_spawn(e, "write " + value + " to " + file(name));
     };
     set(o.memory_max.has_value(), "memory.max", std::to_string(o.memory_max.value_or(0)));
     set(o.pids_max.has_value(), "pids.max", std::to_string(o.pids_max.value_or(0)));
     if (o.cpu_max)
-      set(true, "cpu.max", std::to_string(o.cpu_max->quota.count()) + " " + std::to_string(o.cpu_max->period.count()));
+      set(true, "cpu.max",
+          std::to_string(o.cpu_max->quota.count()) + " " +
+              std::to_string(o.cpu_max->period.count()));
   }
 
   // Waits until cgroup.events says `key value`: poll() reports POLLPRI on a change.
-  bool wait_events(const char* key, long long value, const detail::deadline& dl = std::nullopt) const {
-    detail::unique_fd fd(detail::sys::no_eintr([&] { return detail::sys::open(file("cgroup.events").c_str(), O_RDONLY); }));
+  bool wait_events(const char* key, long long value,
+                   const detail::deadline& dl = std::nullopt) const {
+    detail::unique_fd fd(detail::sys::no_eintr(
+        [&] { return detail::sys::open(file("cgroup.events").c_str(), O_RDONLY); }));
     if (!fd) fail(errno, "open", "cgroup.events");
     std::string s;
     for (;;) {
@@ -352,14 +373,17 @@ class process_tree {
   // cookie, with their descendants. Adopted ones are remembered (pidfd) for reaping.
   std::vector<entry> members() {
     std::vector<entry> all;
-    if (!detail::cgroup::scan_proc(all)) detail::throw_errno(errno, cmdline_, "process tree of '" + cmdline_ + "': cannot scan /proc");
+    if (!detail::cgroup::scan_proc(all))
+      detail::throw_errno(errno, cmdline_, "process tree of '" + cmdline_ + "': cannot scan /proc");
     const pid_t self = detail::sys::getpid();
     std::set<pid_t> in;
-    bool root_running = root_ > 0 && root_fd_ && detail::poll_one(root_fd_.get(), POLLIN, detail::clock::now()) == 0;
+    bool root_running = root_ > 0 && root_fd_ &&
+                        detail::poll_one(root_fd_.get(), POLLIN, detail::clock::now()) == 0;
     if (root_running) in.insert(root_);
     for (const entry& e : all) {
       if (e.ppid != self || e.pid == root_) continue;
-      if (adopted_.count(e.pid) != 0 || (e.state != 'Z' && detail::cgroup::environ_has(e.pid, cookie_))) {
+      if (adopted_.count(e.pid) != 0 ||
+          (e.state != 'Z' && detail::cgroup::environ_has(e.pid, cookie_))) {
         if (adopted_.count(e.pid) == 0) {
           detail::unique_fd fd(detail::sys::pidfd_open(e.pid));
           if (fd) adopted_.emplace(e.pid, std::move(fd));
