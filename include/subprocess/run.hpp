@@ -345,7 +345,8 @@ inline run_result run(command cmd, const run_options& opts = {}) {
     r.descendants_outlived = true;
     if (opts.wait_for_tree && !p.tree().wait_empty_until(dl)) {
       p.tree().kill();
-      throw timeout_error(r.command, opts.timeout.value_or(std::chrono::milliseconds::zero()), r.status, {r.out, r.err},
+      throw timeout_error(r.command, opts.timeout.value_or(std::chrono::milliseconds::zero()),
+                          r.status, {r.out, r.err},
                           r.status.to_string() + ", but descendants in its tree were still running");
     }
   }
