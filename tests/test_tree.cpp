@@ -317,12 +317,13 @@ TEST_CASE(
     char tmpl[] = "/tmp/sp_tree_XXXXXX";
     REQUIRE(::mkdtemp(tmpl) != nullptr);
     const fs::path dir = tmpl;
-    // The daemon waits for the child's end of a FIFO to close (the child's exit),
-    // then writes a file: it outlives the child by construction, with no sleep.
+    // The daemon waits for the child's end of a FIFO to close (the child exiting),
+    // then until the child's pid is gone (run() reaped it), then writes a file: it
+    // outlives the child by construction, with no sleep.
     auto r =
         sp::run(sp::command::shell(
-                    "mkfifo f; (setsid sh -c 'cat f; echo late > late.txt' >/dev/null 2>&1 &); "
-                    "exec 3>f; echo child")
+                    "mkfifo f; c=$$; (setsid sh -c \"cat f; while kill -0 $c 2>/dev/null; do :; done; "
+                    "echo late > late.txt\" >/dev/null 2>&1 &); exec 3>f; echo child")
                     .cwd(dir),
                 {.timeout = 30s, .wait_for_tree = true});
     CHECK(r.success());
