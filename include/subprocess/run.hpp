@@ -309,8 +309,10 @@ inline run_result communicate(process& p, std::string_view input = {},
       }
     }
     if ((pid_i >= 0 && fds[pid_i].revents != 0) || p.pidfd() < 0) {
+      // tree(): members left when the child exited; looked at before the reap.
+      const bool busy = p.has_tree() && !p.tree().empty();
       p.try_wait();
-      if (p.status() && p.has_tree()) res.descendants_outlived = !p.tree().empty();
+      if (p.status() && busy) res.descendants_outlived = true;
     }
   }
   res.status = p.wait();
