@@ -4,7 +4,8 @@
 // "please stop", SIGKILL means "stop now" and cannot be refused, SIGINT is Ctrl-C.
 // This lesson sends them to children, lets a child clean up before it exits,
 // escalates to SIGKILL when a child will not stop, stops a group of workers at one
-// deadline, and shows a parent that receives SIGTERM itself and passes it on.
+// deadline, shows a parent that receives SIGTERM itself and passes it on, and
+// (beyond the original) stops a whole tree, a daemon that left the session included.
 //
 // Run with no arguments. The program starts `sleep` and itself in worker roles
 // (sp::command::self with --worker ...). The workers' own log lines are shown,
@@ -20,6 +21,8 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <list>
 #include <mutex>
 #include <optional>
@@ -321,6 +324,42 @@ void parent_signal_handling() {
   say("   Child terminated, exiting parent\n");
 }
 
+// Alive: /proc/<pid> exists and is not a zombie (state after the last ')').
+bool alive(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto rp = stat.rfind(')');
+  return rp != std::string::npos && rp + 2 < stat.size() && stat[rp + 2] != 'Z';
+}
+
+void whole_tree() {
+  section(8, "Stopping a Whole Tree",
+          "A daemon that double-forked and left the session still goes with its parent");
+  // The classic daemon start: a subshell forks `setsid sh`, which leaves the session
+  // (so the process group never reaches it) and prints its pid; the subshell exits,
+  // so the daemon is not even a descendant by parent links any more.
+  auto cmd = sp::command::shell("(setsid sh -c 'echo $$; exec sleep 1000 >/dev/null 2>&1' &); exec sleep 1000")
+                 .out(sp::pipe)
+                 .tree();  // a cgroup v2 of its own where one is writable
+  sp::process shell;
+  try {
+    shell = cmd.spawn();
+  } catch (const sp::spawn_error& e) {
+    // No writable cgroup v2 here: opt in to subreaper mode (process-wide, our choice).
+    say("   No cgroup for the tree ({}); this program becomes a subreaper\n", e.what());
+    sp::become_subreaper();
+    shell = cmd.spawn();
+  }
+  const pid_t daemon = static_cast<pid_t>(std::stol(std::string(shell.out().read_line().value_or("0"))));
+  say("   Shell pid {} (session {}), daemon pid {} (session {})\n", shell.pid(), ::getsid(shell.pid()),
+      daemon, ::getsid(daemon));
+  say("   Tree: {}, members now: {}\n", shell.tree().to_string(), shell.tree().pids().size());
+  shell.tree().kill();  // SIGKILL to every member; returns when none is left
+  say("   After tree().kill(): {} members left, shell {}\n", shell.tree().pids().size(),
+      shell.wait().to_string());
+  say("   Daemon survived the tree kill: {}\n", alive(daemon) ? "yes" : "no");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -345,6 +384,7 @@ int main(int argc, char** argv) {
   forked_ipc_worker();
   coordinated_shutdown();
   parent_signal_handling();
+  whole_tree();
   say("\n=== All Examples Completed ===\n");
   say("\nKey Concepts:\n");
   say("  1. SIGTERM lets a process clean up; a worker reads it from a signal_set, finishes its job, exits 0\n");
@@ -352,5 +392,6 @@ int main(int argc, char** argv) {
   say("  3. Always set a force-kill timeout, decided by whether the child has exited: terminate(grace)\n");
   say("  4. Coordinate group shutdown: shutdown(workers, grace) shares one deadline among them all\n");
   say("  5. Handle signals in both parent and child: forward_and_shutdown() passes them on\n");
+  say("  6. A group does not hold a daemon that called setsid(): command::tree() does\n");
   return 0;
 }

@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -751,6 +752,83 @@ TEST_CASE("every call spawn_in_pty makes before the child runs can fail: a clear
         CHECK(a.code == err);
         CHECK_THAT(a.what, Catch::StartsWith("cannot start 'true'"));
         CHECK(testing::open_fds() == fds_before);
+namespace {
+// This program's tree cgroups ("sp-<pid>-<n>") under its own cgroup v2.
+int tree_dirs() {
+  std::string why;
+  const fs::path parent = sp::detail::cgroup::own_dir(why);
+  if (parent.empty()) return 0;
+  int n = 0;
+  const std::string prefix = "sp-" + std::to_string(::getpid()) + "-";
+  for (const auto& e : fs::directory_iterator(parent))
+    if (e.path().filename().string().rfind(prefix, 0) == 0) ++n;
+  return n;
+}
+}  // namespace
+
+TEST_CASE("tree(): mkdir, the child's cgroup join, the cgroup files, rmdir and prctl can fail: a clear error, no child and no cgroup left behind") {
+  try {
+    sp::command{"true"}.tree({.use = sp::tree_mechanism::cgroup}).spawn().wait();
+  } catch (const sp::spawn_error& e) {
+    WARN("skipped: no writable cgroup v2 here: " << e.what());
+    return;
+  }
+  const int before = tree_dirs();
+  const sp::command t = sp::command{"true"}.tree({.use = sp::tree_mechanism::cgroup});
+  SECTION("mkdir: the cgroup cannot be created") {
+    plan p;
+    p.fail_nth(call::mkdir, 1, EACCES);
+    attempt a = try_once(p, [&] { t.spawn(); });
+    CHECK(a.spawn_error);
+    CHECK(a.code == EACCES);
+    CHECK_THAT(a.what, Catch::Contains("tree()") && Catch::Contains("cannot create the cgroup"));
+    // Automatic choice: no cgroup, and this program is no subreaper: both reasons.
+    plan q;
+    q.fail_nth(call::mkdir, 1, EACCES);
+    attempt b = try_once(q, [&] { sp::command{"true"}.tree().spawn(); });
+    CHECK(b.spawn_error);
+    CHECK_THAT(b.what, Catch::Contains("cannot create the cgroup") && Catch::Contains("become_subreaper()"));
+  }
+  SECTION("the child cannot join the cgroup (clone child, and on the spawner thread)") {
+    for (bool on_spawner : {false, true}) {
+      plan p;
+      p.fail_nth(call::cgroup_join, 1, EACCES);
+      sp::command c = t;
+      if (on_spawner) c.kill_on_parent_death();
+      attempt a = try_once(p, [&] { c.spawn(); });
+      CHECK(a.spawn_error);
+      CHECK(a.code == EACCES);
+      CHECK_THAT(a.what, Catch::Contains("join the tree's cgroup"));
+      CHECK(p.injected(call::cgroup_join) == 1);
+      CHECK(testing::children().empty());
+    }
+  }
+  SECTION("rmdir: EBUSY once is retried") {
+    plan p;
+    p.fail_nth(call::rmdir, 1, EBUSY);
+    attempt a = try_once(p, [&] { t.spawn().wait(); });
+    CHECK(a.ok);
+    CHECK(p.injected(call::rmdir) == 1);
+  }
+  SECTION("any single open, read, write, poll or mkdir of spawn + kill + destroy") {
+    auto op = [&] {
+      auto q = sp::command{"sh", "-c", "(setsid sleep 1000 &); exec sleep 1000"}
+                   .tree({.use = sp::tree_mechanism::cgroup})
+                   .spawn();
+      q.tree().freeze();
+      q.tree().thaw();
+      q.tree().kill();
+      q.wait();
+    };
+    auto counts = census(op);
+    for (call kind : {call::open, call::read, call::write, call::poll, call::mkdir}) {
+      for (long nth = 1; nth <= counts[kind]; ++nth) {
+        INFO(name(kind) << " #" << nth);
+        plan p;
+        p.fail_nth(kind, nth, EIO);
+        attempt a = try_once(p, op);
+        CHECK((a.ok || a.library_error));
+        CHECK(tree_dirs() == before);
         CHECK(testing::children().empty());
       }
     }
@@ -784,4 +862,41 @@ TEST_CASE("a pty_process retries EINTR everywhere, and reports a failed resize")
       CHECK_THAT(e.what(), Catch::StartsWith("resize the terminal of 'cat'"));
     }
   }
+  SECTION("ENOENT from any single open of spawn + kill: an error, or the daemon is dead (cgroup.kill missing: freeze, kill each, thaw)") {
+    pid_t daemon = -1;
+    auto op = [&] {
+      auto q = sp::command::shell("(setsid sh -c 'echo $$; exec sleep 1000 >/dev/null 2>&1' &); exec sleep 1000")
+                   .out(sp::pipe)
+                   .tree({.use = sp::tree_mechanism::cgroup})
+                   .spawn();
+      auto line = q.out().read_line();
+      REQUIRE(line);
+      daemon = static_cast<pid_t>(std::stol(std::string(*line)));
+      q.tree().kill();
+      int fd = static_cast<int>(::syscall(SYS_pidfd_open, daemon, 0));
+      pollfd pfd{fd, POLLIN, 0};
+      CHECK((fd < 0 || ::poll(&pfd, 1, 0) == 1));  // exited
+      if (fd >= 0) ::close(fd);
+    };
+    auto counts = census(op);
+    for (long nth = 1; nth <= counts[call::open]; ++nth) {
+      INFO("open #" << nth);
+      plan p;
+      p.fail_nth(call::open, nth, ENOENT);
+      attempt a = try_once(p, op);
+      CHECK((a.ok || a.library_error));
+      CHECK(tree_dirs() == before);
+    }
+  }
+  SECTION("prctl: become_subreaper() and is_subreaper() report it") {
+    plan p;
+    p.fail_every(call::prctl, 1, EPERM);
+    attempt a = try_once(p, [] { sp::become_subreaper(); });
+    CHECK(a.library_error);
+    CHECK_THAT(a.what, Catch::Contains("PR_SET_CHILD_SUBREAPER"));
+    attempt b = try_once(p, [] { (void)sp::is_subreaper(); });
+    CHECK(b.library_error);
+    CHECK_FALSE(sp::is_subreaper());
+  }
+  CHECK(tree_dirs() == before);
 }

@@ -19,7 +19,7 @@
 // Options (each returns the command, so they chain; each is described where it is
 // declared below): arg/args, cwd, env, in/out/err (stdio.hpp), map_fd,
 // new_process_group, join_process_group, new_session, kill_on_parent_death, ipc,
-// success_codes, backend; credentials, limits and start state: uid, gid, groups,
+// tree (tree.hpp), success_codes, backend; credentials, limits and start state: uid, gid, groups,
 // umask, limit, nice, cpu_affinity, arg0, blocked_signals, pre_exec. The program is
 // looked up in PATH like execvp() does (see the constructor); find_program() does
 // the same lookup on its own. plan() shows what spawn() would do.
@@ -260,6 +260,15 @@ class command {
     parent_death_signal_ = sig;
     return *this;
   }
+  // Starts the child in a process tree of its own (tree.hpp): p.tree() then kills,
+  // signals, freezes or measures the child with every descendant, including those
+  // that left its process group or session. It takes the clone_vfork back end (the
+  // child joins the tree's cgroup before it runs anything).
+  command& tree(tree_options o = {}) {
+    tree_ = std::move(o);
+    return *this;
+  }
+  bool in_tree() const noexcept { return tree_.has_value(); }
   // Opens a socketpair message channel at child fd `child_fd` and announces it in
   // NODE_CHANNEL_FD (with NODE_CHANNEL_SERIALIZATION_MODE=json), the way Node's
   // fork() does. Wrap the parent's end with ipc::channel (ipc.hpp).
@@ -496,6 +505,7 @@ class command {
   std::optional<int> ipc_fd_;
   std::optional<pid_t> join_group_;
   int parent_death_signal_ = 0;
+  std::optional<tree_options> tree_;
   bool new_group_ = false;
   bool new_session_ = false;
   bool shell_ = false;
@@ -594,9 +604,14 @@ inline detail::spawn_plan command::plan() const {
   if (backend_ == spawn_backend::posix_spawn && !clone_only.empty())
     throw argument_error(cmdline, "backend(posix_spawn) cannot apply " + clone_only +
                                       ": leave the backend automatic (clone_vfork does)");
+  if (backend_ == spawn_backend::posix_spawn && tree_)
+    throw argument_error(cmdline, "backend(posix_spawn) cannot start a child in a tree(): leave the backend automatic");
   if (parent_death_signal_ != 0) {
     plan.method = spawn_method::spawner;
     plan.why = "kill_on_parent_death()";
+  } else if (tree_) {
+    plan.method = spawn_method::clone_vfork;
+    plan.why = "tree()";
   } else if (!clone_only.empty()) {
     plan.method = spawn_method::clone_vfork;
     plan.why = clone_only;
@@ -665,6 +680,7 @@ inline detail::spawn_plan command::plan() const {
   plan.new_session = new_session_;
   plan.ctty = controlling_tty_;  // pty.hpp
   plan.pdeathsig = parent_death_signal_;
+  plan.tree = tree_.has_value();
   plan.settings = settings_;
   if (settings_.arg0) plan.argv[0] = *settings_.arg0;
   plan.clear_groups = settings_.uid && !settings_.groups && detail::sys::geteuid() == 0;
@@ -779,14 +795,31 @@ inline detail::child_fds command::open_fds(const detail::spawn_plan& plan) const
 
 inline process command::spawn() const {
   detail::spawn_plan plan = this->plan();  // validated; nothing created yet
+  // tree(): the cgroup (removed again if anything below throws), or the subreaper
+  // mode's environment mark.
+  std::unique_ptr<process_tree> tree;
+  if (tree_) {
+    tree.reset(new process_tree(*tree_, plan.cmdline));
+    if (!tree->cookie().empty()) {
+      if (!plan.env) {
+        plan.env.emplace();
+        for (char** e = environ; e != nullptr && *e != nullptr; ++e) plan.env->emplace_back(*e);
+      }
+      plan.env->push_back(tree->cookie());
+    }
+  }
   detail::child_fds fds = open_fds(plan);
   std::vector<char*> argv = detail::c_array(plan.argv), envp;
   if (plan.env) envp = detail::c_array(*plan.env);
   detail::child_plan raw = plan.raw(argv, envp, fds.moves);
+  if (tree) raw.cgroup_procs = tree->procs_fd();
   detail::spawned child = detail::launch(plan, raw);
-  return process(child.pid, std::move(child.pidfd), std::move(plan.cmdline), new_group_ || new_session_,
-                 std::move(fds.in), std::move(fds.out), std::move(fds.err), std::move(fds.channel),
-                 plan.autoreap, child.lost);
+  if (tree) tree->attach(child.pid, child.pidfd.get());
+  process p(child.pid, std::move(child.pidfd), std::move(plan.cmdline), new_group_ || new_session_,
+            std::move(fds.in), std::move(fds.out), std::move(fds.err), std::move(fds.channel),
+            plan.autoreap, child.lost);
+  p.tree_ = std::move(tree);
+  return p;
 }
 
 // ---- printing: operator<< prints what fmt.hpp's formatters print -------------------

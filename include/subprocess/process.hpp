@@ -24,8 +24,8 @@
 // stdout/stderr pipes the process still owns (see wait()). Signals go through the
 // pidfd, so a recycled pid is never hit (see signal()); a group leader's exited zombie
 // is kept until the handle goes (see is_group_leader()).
-// Destructor: a child still running is sent SIGKILL (its group, if it leads one) and
-// reaped, so a handle never leaks a running child or a zombie; detach() lets the
+// Destructor: a child still running is sent SIGKILL (its group, if it leads one; its
+// whole tree, with command::tree()) and reaped, so a handle never leaks a running child or a zombie; detach() lets the
 // child run on instead. It blocks only as long as the kernel takes to deliver
 // SIGKILL, and never throws.
 // Threads: one thread at a time, except that signal(), signal_group() and kill() may
@@ -38,12 +38,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 
 #include "detail/exit_watch.hpp"
 #include "detail/pgroup.hpp"
+#include "detail/process_tree.hpp"
 #include "detail/poll.hpp"
 #include "detail/reaper.hpp"
 #include "detail/syscall.hpp"
@@ -77,6 +79,7 @@ class process {
       channel_fd_ = std::move(o.channel_fd_);
       autoreaped_ = o.autoreaped_;
       lost_ = o.lost_;
+      tree_ = std::move(o.tree_);
     }
     return *this;
   }
@@ -109,6 +112,15 @@ class process {
   // detached, never earlier; until then signal_group() can only reach its own group.
   // A child that is not a group leader is reaped as soon as its status is collected.
   bool is_group_leader() const noexcept { return group_leader_; }
+
+  // The child's whole tree (started with command::tree()); argument_error otherwise.
+  // The handle owns it: when the handle goes, members still alive are killed and the
+  // tree's cgroup is removed (tree.hpp).
+  process_tree& tree() {
+    if (!tree_) throw argument_error(command_, "tree() needs a child started with command::tree()");
+    return *tree_;
+  }
+  bool has_tree() const noexcept { return tree_ != nullptr; }
 
   // The parent's pipe ends (closed/empty unless the stream was sp::pipe).
   pipe_writer& in() noexcept { return in_; }
@@ -250,6 +262,7 @@ class process {
   // fds left); the handle then still owns the child.
   void detach() {
     check_valid("detach");
+    if (tree_) throw argument_error(command_, "detach() of a child started with tree(): the tree is killed with its handle");
     if (!status_) {
       try {
         reap(false);
@@ -363,6 +376,7 @@ class process {
   }
 
   void release() noexcept {
+    tree_.reset();  // kills what is left of the tree, removes its cgroup
     pid_ = -1;
     pidfd_.reset();
     in_.close();
@@ -410,6 +424,7 @@ class process {
   detail::unique_fd channel_fd_;
   bool autoreaped_ = false;
   bool lost_ = false;
+  std::unique_ptr<process_tree> tree_;
 };
 
 }  // namespace subprocess

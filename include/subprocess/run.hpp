@@ -77,6 +77,11 @@ struct run_options {
   // away and out_truncated/err_truncated are set.
   std::optional<std::size_t> max_output{};
   output_limit on_output_limit = output_limit::kill;
+  // Start the command in a process tree (command::tree(), unless it has one) and wait
+  // for its last descendant, not only the child: a daemon it left running is waited
+  // for (and killed with the tree at the timeout). Without this, a tree() command's
+  // leftovers are killed when run() returns (the handle owns the tree).
+  bool wait_for_tree = false;
 };
 
 struct run_result {
@@ -86,6 +91,8 @@ struct run_result {
   std::string err;
   bool out_truncated = false;
   bool err_truncated = false;
+  // tree() only: descendants were still running when the child exited.
+  bool descendants_outlived = false;
   // The exit codes that count as success: run() copies the command's success_codes().
   std::vector<int> success_codes{0};
 
@@ -303,7 +310,12 @@ inline run_result communicate(process& p, std::string_view input = {},
         throw output_limit_error(res.command, caps[i].name, limit, st, {res.out, res.err});
       }
     }
-    if ((pid_i >= 0 && fds[pid_i].revents != 0) || p.pidfd() < 0) p.try_wait();
+    if ((pid_i >= 0 && fds[pid_i].revents != 0) || p.pidfd() < 0) {
+      // tree(): members left when the child exited; looked at before the reap.
+      const bool busy = p.has_tree() && !p.tree().empty();
+      p.try_wait();
+      if (p.status() && busy) res.descendants_outlived = true;
+    }
   }
   res.status = p.wait();
   return res;
@@ -328,9 +340,20 @@ inline run_result run(command cmd, const run_options& opts = {}) {
   }
   if (!cmd.out()) cmd.out(pipe);
   if (!cmd.err()) cmd.err(pipe);
+  if (opts.wait_for_tree && !cmd.in_tree()) cmd.tree();
+  const detail::deadline dl = detail::deadline_in(opts.timeout);
   process p = cmd.spawn();
   run_result r = communicate(p, opts.input ? std::string_view(*opts.input) : std::string_view(),
                              {opts.timeout, opts.max_output, opts.on_output_limit});
+  if (p.has_tree() && !p.tree().empty()) {
+    r.descendants_outlived = true;
+    if (opts.wait_for_tree && !p.tree().wait_empty_until(dl)) {
+      p.tree().kill();
+      throw timeout_error(r.command, opts.timeout.value_or(std::chrono::milliseconds::zero()),
+                          r.status, {r.out, r.err},
+                          r.status.to_string() + ", but descendants in its tree were still running");
+    }
+  }
   r.success_codes = cmd.success_codes();
   if (opts.check) r.check();
   return r;

@@ -32,4 +32,5 @@
 #include "stdio.hpp"
 #include "event_loop.hpp"
 #include "stream.hpp"
+#include "tree.hpp"
 #include "version.hpp"

@@ -37,6 +37,7 @@ inline spawned launch(const spawn_plan& plan, child_plan& cp) {
     ask(cp.n_groups >= 0, child_step::setgroups, sys::call::setgroups);
     ask(cp.set_gid, child_step::setgid, sys::call::setgid);
     ask(cp.set_uid, child_step::setuid, sys::call::setuid);
+    ask(cp.cgroup_procs >= 0, child_step::cgroup, sys::call::cgroup_join);
   }
   bool ok = plan.method == spawn_method::spawner       ? spawner::instance().spawn(cp, child, fail)
             : plan.method == spawn_method::clone_vfork ? spawn_clone(cp, child, fail)

@@ -52,9 +52,9 @@ enum class call : unsigned char {
   socketpair, dup, fcntl, pidfd_open, pidfd_send_signal, kill, posix_spawn, clone, sigmask,
   signalfd, timerfd, eventfd, madvise, access, stat, getcwd, readlink, getrlimit, mmap, munmap,
   sigpending, sigtimedwait, recv, send, shutdown, fstat, mremap, eventfd_write, setsockopt,
-  sigaction, sched, openpt, ioctl,
+  sigaction, sched, openpt, ioctl, mkdir, rmdir, prctl,
   // Made by the clone child (see child_fault below), never through a wrapper.
-  setgroups, setgid, setuid, setrlimit, setpriority, setaffinity, count_
+  setgroups, setgid, setuid, setrlimit, setpriority, setaffinity, cgroup_join, count_
 };
 
 inline const char* call_name(call c) noexcept {
@@ -64,7 +64,8 @@ inline const char* call_name(call c) noexcept {
       "kill", "posix_spawn", "clone", "sigmask", "signalfd", "timerfd", "eventfd", "madvise", "access",
       "stat", "getcwd", "readlink", "getrlimit", "mmap", "munmap", "sigpending", "sigtimedwait",
       "recv", "send", "shutdown", "fstat", "mremap", "eventfd_write", "setsockopt", "sigaction", "sched",
-      "openpt", "ioctl", "setgroups", "setgid", "setuid", "setrlimit", "setpriority", "setaffinity"};
+      "openpt", "ioctl", "mkdir", "rmdir", "prctl",
+      "setgroups", "setgid", "setuid", "setrlimit", "setpriority", "setaffinity", "cgroup_join"};
   static_assert(sizeof names / sizeof names[0] == static_cast<std::size_t>(call::count_));
   auto i = static_cast<std::size_t>(c);
   return i < static_cast<std::size_t>(call::count_) ? names[i] : "?";
@@ -116,6 +117,10 @@ auto no_eintr(F&& f) {
 inline ssize_t read(int fd, void* buf, std::size_t n) noexcept {
   SUBPROCESS_FAULT_POINT(call::read);
   return ::read(fd, buf, n);
+}
+inline ssize_t pread(int fd, void* buf, std::size_t n, off_t off) noexcept {
+  SUBPROCESS_FAULT_POINT(call::read);
+  return ::pread(fd, buf, n, off);
 }
 inline ssize_t write(int fd, const void* buf, std::size_t n) noexcept {
   SUBPROCESS_FAULT_POINT(call::write);
@@ -363,6 +368,20 @@ inline int closedir(DIR* d) noexcept {
 inline ssize_t readlink(const char* path, char* buf, std::size_t n) noexcept {
   SUBPROCESS_FAULT_POINT(call::readlink);
   return ::readlink(path, buf, n);
+}
+// Creating and removing cgroup directories (tree.hpp).
+inline int mkdir(const char* path, mode_t mode) noexcept {
+  SUBPROCESS_FAULT_POINT(call::mkdir);
+  return ::mkdir(path, mode);
+}
+inline int rmdir(const char* path) noexcept {
+  SUBPROCESS_FAULT_POINT(call::rmdir);
+  return ::rmdir(path);
+}
+// prctl with integer arguments (PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER).
+inline int prctl(int option, unsigned long arg) noexcept {
+  SUBPROCESS_FAULT_POINT(call::prctl);
+  return static_cast<int>(::syscall(SYS_prctl, option, arg, 0UL, 0UL, 0UL));
 }
 inline int getrlimit(int resource, rlimit* rl) noexcept {
   SUBPROCESS_FAULT_POINT(call::getrlimit);

@@ -129,6 +129,11 @@ SUBPROCESS_CHILD_CODE inline int clone_child_main(void* arg) noexcept {
     ::sigaction(sig, &dfl, nullptr);
 #endif
   }
+  // tree(): into the tree's cgroup first. The parent is suspended (vfork) and we
+  // have started nothing yet, so no descendant can be born outside it: as race-free
+  // as clone3(CLONE_INTO_CGROUP), without a clone3 that needs its own stack setup.
+  if (p->cgroup_procs >= 0)
+    SUBPROCESS_CHILD_STEP(p, child_step::cgroup, ::syscall(SYS_write, p->cgroup_procs, "0", 1));
   if (p->setsid) SUBPROCESS_CHILD_STEP(p, child_step::setsid, ::syscall(SYS_setsid));
   if (p->setpgid) SUBPROCESS_CHILD_STEP(p, child_step::setpgid, ::syscall(SYS_setpgid, 0, p->pgid));
   if (p->caller_nice) ::syscall(SYS_setpriority, PRIO_PROCESS, 0, p->caller_nice_value);

@@ -67,7 +67,7 @@ struct resource_limit {
 enum class child_step : int {
   none, stack, sigmask, pidfd, setsid, setpgid, pdeathsig, dup, chdir, exec,
   spawner_thread, setrlimit, setpriority, setaffinity, setgroups, setgid, setuid,
-  pre_exec, ctty, count_
+  pre_exec, ctty, cgroup, count_
 };
 
 inline const char* step_name(child_step s) noexcept {
@@ -91,6 +91,7 @@ inline const char* step_name(child_step s) noexcept {
     case child_step::setuid: return "setuid";
     case child_step::pre_exec: return "pre_exec hook";
     case child_step::ctty: return "acquire the controlling terminal";
+    case child_step::cgroup: return "join the tree's cgroup";
     case child_step::count_: break;
   }
   return "spawn";
@@ -208,6 +209,9 @@ struct child_plan {
   sigset_t sigmask{};  // the child's initial signal mask (empty by default)
   int (*pre_exec)(void*) = nullptr;
   void* pre_exec_arg = nullptr;
+  // tree(): the cgroup.procs of the tree's cgroup, written "0" by the child first
+  // thing (it moves itself, before it can start anything); -1: stay where we are.
+  int cgroup_procs = -1;
   // Fault injection (tests): the errno each step fails with instead of its call.
   int faults[static_cast<int>(child_step::count_)] = {};
   // Written by the clone child on failure; read by the parent after the vfork.
@@ -424,6 +428,7 @@ struct spawn_plan {
   bool autoreap = false;       // SIGCHLD ignored at planning time (process.hpp)
   bool clear_groups = false;   // uid() without groups() by root: no supplementary groups
   std::string ctty;            // pty.hpp: the terminal's slave path ("" for none)
+  bool tree = false;           // tree(): the child joins a process tree (tree.hpp)
 
   // The back ends' view: pointers into this plan and into the given arrays, which
   // must outlive it.
@@ -485,6 +490,7 @@ struct spawn_plan {
     if (new_group) s += "; new process group";
     if (join_group) s += "; joins process group " + std::to_string(*join_group);
     if (pdeathsig) s += "; signal " + std::to_string(pdeathsig) + " on parent death";
+    if (tree) s += "; in a process tree";
     const child_settings& c = settings;
     if (c.umask) s += "; umask " + octal(*c.umask);
     for (const auto& l : c.limits)
