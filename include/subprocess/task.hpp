@@ -7,9 +7,9 @@
 //
 //   ```cpp
 //   sp::event_loop loop;
+//   sp::process p;  // really sp::command{"sh", "-c", "echo hi; exit 3"}.out(sp::pipe).spawn()
 //   auto job = [&]() -> sp::task<int> {
-//     auto p = sp::command{"sh", "-c", "echo hi; exit 3"}.out(sp::pipe).spawn();
-//     while (auto line = co_await sp::async_read_line(loop, p.out())) std::cout << *line;
+//     while (auto line = co_await sp::async_read_line(loop, p.out())) std::cout << *line << '\n';
 //     sp::exit_status st = co_await sp::async_wait(loop, p);
 //     co_return st.code().value_or(-1);
 //   };
@@ -39,6 +39,7 @@
 #include <string_view>
 #include <utility>
 
+#include "detail/pipe_read.hpp"
 #include "error.hpp"
 #include "event_loop.hpp"
 #include "exit_status.hpp"
@@ -226,7 +227,7 @@ class loop_awaiter {
     state_->h.resume();  // may destroy *this: nothing after it
   }
   // await_resume: a cancellation (or a stop requested before the await) throws.
-  void throw_if_canceled(const std::string& command, const char* what) const {
+  void throw_if_canceled(const std::string& command, const std::string& what) const {
     if ((state_ && state_->canceled) || (!state_ && stop_requested())) throw canceled_error(command, what);
   }
   void rethrow_if_failed() const {
@@ -273,15 +274,15 @@ class exit_awaiter : loop_awaiter {
   std::optional<exit_status> status_;
 };
 
-// Reads until `ready(reader)` (a line, or any data) or end of stream.
+// A line or a chunk (detail/pipe_read.hpp), or end of stream.
 class read_awaiter : loop_awaiter {
  public:
   read_awaiter(event_loop& loop, pipe_reader& r, std::stop_token stop, bool line, std::size_t max)
-      : loop_awaiter(loop, std::move(stop)), r_(&r), line_(line), max_(max == 0 ? 1 : max) {}
+      : loop_awaiter(loop, std::move(stop)), rd_{&r, line, max} {}
   bool await_ready() {
     if (stop_requested()) return true;
     try {
-      return pull();
+      return rd_.pull();
     } catch (...) {
       error_ = std::current_exception();
       return true;
@@ -289,9 +290,9 @@ class read_awaiter : loop_awaiter {
   }
   void await_suspend(std::coroutine_handle<> h) {
     suspend(h, [this] {
-      return loop_->watch(r_->fd(), EPOLLIN, [this](std::uint32_t) {
+      return loop_->watch(rd_.r->fd(), EPOLLIN, [this](std::uint32_t) {
         try {
-          if (!pull()) return;
+          if (!rd_.pull()) return;
         } catch (...) {
           error_ = std::current_exception();
         }
@@ -301,41 +302,13 @@ class read_awaiter : loop_awaiter {
   }
   // A line (without '\n'), a chunk, or nullopt at end of stream.
   std::optional<std::string> await_resume() {
-    throw_if_canceled(r_->command(), line_ ? "co_await a line from" : "co_await a read from");
+    throw_if_canceled(rd_.r->command(), (rd_.line ? "co_await a line from " : "co_await a read from ") + rd_.r->stream());
     rethrow_if_failed();
-    std::string_view b = r_->buffered();
-    if (b.empty()) return std::nullopt;  // end of stream
-    std::size_t n = b.size(), skip = 0;
-    if (line_) {
-      std::size_t nl = b.find('\n');
-      if (nl != std::string_view::npos) n = nl, skip = 1;
-    } else {
-      n = std::min(n, max_);
-    }
-    std::string out(b.substr(0, n));
-    r_->consume(n + skip);
-    return out;
+    return rd_.take();
   }
 
  private:
-  bool satisfied() const {
-    std::string_view b = r_->buffered();
-    if (r_->input_ended()) return true;
-    return line_ ? b.find('\n', scanned_) != std::string_view::npos : !b.empty();
-  }
-  // Reads what is there without waiting; true once the await can complete.
-  bool pull() {
-    for (;;) {
-      if (satisfied()) return true;
-      scanned_ = r_->buffered().size();
-      if (r_->fill(max_) < 0) return false;
-    }
-  }
-
-  pipe_reader* r_;
-  bool line_;
-  std::size_t max_;
-  std::size_t scanned_ = 0;
+  pipe_read rd_;
 };
 
 class write_awaiter : loop_awaiter {
@@ -364,7 +337,7 @@ class write_awaiter : loop_awaiter {
     });
   }
   void await_resume() {
-    throw_if_canceled(w_->command(), "co_await a write to");
+    throw_if_canceled(w_->command(), "co_await a write to " + w_->stream());
     rethrow_if_failed();
   }
 
