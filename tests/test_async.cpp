@@ -180,3 +180,62 @@ TEST_CASE("on_complete: the exit and all output, in one callback") {
     p.wait();
   }
 }
+
+TEST_CASE("stop tokens on the blocking calls: process::wait and run") {
+  SECTION("wait(stop) from another thread: canceled_error, the child kept") {
+    auto p = testing::helper({"wait-line"}).in(sp::pipe).spawn();
+    std::stop_source src;
+    std::thread t([&] { src.request_stop(); });
+    // in_ would be closed by wait(): move stdin out so the child keeps waiting.
+    sp::pipe_writer in = std::move(p.in());
+    try {
+      p.wait(src.get_token());
+      FAIL("not canceled");
+    } catch (const sp::canceled_error& e) {
+      CHECK(e.code() == std::errc::operation_canceled);
+      CHECK_THAT(e.what(), Catch::Contains("wait of"));
+    }
+    t.join();
+    CHECK_FALSE(p.try_wait());
+    in.write_all("go\n");
+    CHECK(p.wait().success());
+  }
+  SECTION("wait(stop, kill): the child killed and reaped") {
+    auto p = testing::helper({"wait-line"}).in(sp::pipe).spawn();
+    sp::pipe_writer in = std::move(p.in());
+    std::stop_source src;
+    src.request_stop();
+    CHECK_THROWS_AS(p.wait(src.get_token(), sp::cancel_policy::kill), sp::canceled_error);
+    REQUIRE(p.status());
+    CHECK(p.status()->signal() == SIGKILL);
+  }
+  SECTION("an exited child wins over a stop request") {
+    auto p = sp::command{"true"}.spawn();
+    REQUIRE(p.wait_for(10s));  // collected: any later wait returns it
+    std::stop_source src;
+    src.request_stop();
+    CHECK(p.wait(src.get_token()).success());
+  }
+  SECTION("wait(stop) that is never asked to stop: the status") {
+    std::stop_source src;
+    auto p = sp::command::shell("exit 7").spawn();
+    CHECK(p.wait(src.get_token()).code() == 7);
+  }
+  SECTION("run(): a stop request kills the child") {
+    std::stop_source src;
+    sp::run_options o;
+    o.stop = src.get_token();
+    std::thread t([&] { src.request_stop(); });
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK_THROWS_AS(sp::run(sp::command{"sleep", "30"}, o), sp::canceled_error);
+    t.join();
+    CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+  }
+  SECTION("run(): a token never stopped changes nothing") {
+    std::stop_source src;
+    sp::run_options o;
+    o.stop = src.get_token();
+    auto r = sp::run(sp::command{"echo", "hi"}, o);
+    CHECK(r.out == "hi\n");
+  }
+}

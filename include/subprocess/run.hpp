@@ -25,7 +25,8 @@
 // timeout: then the child (its whole process group, if it has one) gets SIGKILL and
 // is reaped. Exit is seen through the pidfd, so a grandchild that keeps the pipes
 // open cannot hold run() past its timeout; without a timeout, run() reads until every
-// writer of the pipes is gone, as a shell's $(...) does.
+// writer of the pipes is gone, as a shell's $(...) does. run_options::stop (a
+// std::stop_token) ends it early the same way, with canceled_error.
 // Threads: none are started. The input is written and both outputs are read at the
 // same time, from the calling thread, with poll(): nothing deadlocks, whatever the
 // sizes. The parent never gets SIGPIPE (it is blocked in the calling thread only
@@ -39,12 +40,14 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "command.hpp"
 #include "detail/pages.hpp"
+#include "detail/eventfd.hpp"
 #include "detail/exit_watch.hpp"
 #include "detail/poll.hpp"
 #include "detail/sigpipe.hpp"
@@ -77,6 +80,10 @@ struct run_options {
   // away and out_truncated/err_truncated are set.
   std::optional<std::size_t> max_output{};
   output_limit on_output_limit = output_limit::kill;
+  // A stop request (from any thread) ends run(): the child is killed (its group too)
+  // and reaped, and canceled_error (std::errc::operation_canceled) is thrown; the
+  // output so far is dropped. run() cannot keep a child it never hands out.
+  std::stop_token stop{};
 };
 
 struct run_result {
@@ -105,6 +112,7 @@ struct communicate_options {
   std::optional<std::chrono::milliseconds> timeout{};
   std::optional<std::size_t> max_output{};
   output_limit on_output_limit = output_limit::kill;
+  std::stop_token stop{};  // as run_options::stop: the child is killed
 };
 
 namespace detail {
@@ -224,10 +232,23 @@ inline run_result communicate(process& p, std::string_view input = {},
     guard.emplace();
     guard->check(res.command);
   }
+  // A stop token wakes poll() through an eventfd (made only when the token can stop).
+  detail::unique_fd stop_fd;
+  if (opts.stop.stop_possible()) {
+    stop_fd.reset(detail::sys::eventfd(0, EFD_NONBLOCK));
+    if (!stop_fd) detail::throw_errno(errno, "communicate: eventfd for the stop token of '" + res.command + "'");
+  }
+  struct notify {
+    int fd;
+    void operator()() const noexcept {
+      if (fd >= 0) detail::eventfd_notify(fd);
+    }
+  };
+  std::stop_callback<notify> on_stop(opts.stop, notify{stop_fd.get()});
   bool was_late = false;
   detail::exit_poll backoff;  // without a pidfd: when to look at the child again
   for (;;) {
-    pollfd fds[4];
+    pollfd fds[5];
     int n = 0, in_i = -1, pid_i = -1, cap_i[2] = {-1, -1};
     if (in.is_open()) {
       in_i = n;
@@ -243,6 +264,11 @@ inline run_result communicate(process& p, std::string_view input = {},
     if (!exited && p.pidfd() >= 0) {
       pid_i = n;
       fds[n++] = {p.pidfd(), POLLIN, 0};
+    }
+    int stop_i = -1;
+    if (stop_fd) {
+      stop_i = n;
+      fds[n++] = {stop_fd.get(), POLLIN, 0};
     }
     if (n == 0) {  // no pidfd and no pipes left: just wait
       if (!p.wait_until(dl)) {
@@ -262,6 +288,11 @@ inline run_result communicate(process& p, std::string_view input = {},
     // finished right at the deadline still succeeds), then it is a timeout, whether or
     // not poll() timed out: a pipe that never stops being readable (a child writing
     // faster than we read) must not keep run() past its timeout.
+    if (stop_i >= 0 && fds[stop_i].revents != 0) {
+      if (!p.status()) fail_and_reap("canceled");
+      if (p.is_group_leader()) detail::sys::kill(-p.pid(), SIGKILL);  // whoever holds its pipes
+      throw canceled_error(res.command, "run");
+    }
     const bool late = dl && detail::clock::now() >= *dl;
     if (late && (ready == 0 || was_late)) {
       bool had_exited = p.status().has_value();
@@ -330,7 +361,7 @@ inline run_result run(command cmd, const run_options& opts = {}) {
   if (!cmd.err()) cmd.err(pipe);
   process p = cmd.spawn();
   run_result r = communicate(p, opts.input ? std::string_view(*opts.input) : std::string_view(),
-                             {opts.timeout, opts.max_output, opts.on_output_limit});
+                             {opts.timeout, opts.max_output, opts.on_output_limit, opts.stop});
   r.success_codes = cmd.success_codes();
   if (opts.check) r.check();
   return r;
