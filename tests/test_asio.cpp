@@ -13,11 +13,17 @@
 namespace net = boost::asio;
 namespace spa = subprocess::boost_asio;
 using ec_t = boost::system::error_code;
+#if defined(BOOST_ASIO_HAS_CO_AWAIT)
+#define SP_TEST_CO_AWAIT 1
+#endif
 #else
 #include <subprocess/asio.hpp>
 namespace net = ::asio;
 namespace spa = subprocess::asio;
 using ec_t = std::error_code;
+#if defined(ASIO_HAS_CO_AWAIT)
+#define SP_TEST_CO_AWAIT 1
+#endif
 #endif
 #include <subprocess/subprocess.hpp>
 
@@ -64,6 +70,11 @@ TEST_CASE("asio: callbacks") {
 }
 
 TEST_CASE("asio: use_awaitable, with backpressure") {
+#if !defined(SP_TEST_CO_AWAIT)
+  // asio enables its coroutines for clang only with libc++ (<experimental/coroutine>):
+  // clang 14 with libstdc++ has no asio::awaitable.
+  WARN("asio was configured without coroutine support by this compiler: use_awaitable not tested");
+#else
   net::io_context io;
   auto p = sp::command{"wc", "-c"}.in(sp::pipe).out(sp::pipe).spawn();
   std::string data(4 << 20, 'x');
@@ -87,6 +98,7 @@ TEST_CASE("asio: use_awaitable, with backpressure") {
   CHECK(written == data.size());
   CHECK(answer == std::to_string(data.size()));
   CHECK(code == 0);
+#endif
 }
 
 TEST_CASE("asio: use_future, the io_context run by another thread") {

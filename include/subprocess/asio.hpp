@@ -10,12 +10,10 @@
 //   sp::asio::async_read_line(io.get_executor(), p.out(), [](std::error_code ec, std::string l) {
 //     if (!ec) std::cout << l << '\n';  // "hi"; at end of stream ec is asio::error::eof
 //   });
-//   asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-//     auto ex = co_await asio::this_coro::executor;
-//     sp::exit_status st = co_await sp::asio::async_wait(ex, p, asio::use_awaitable);
-//     std::cout << st << '\n';  // "exited with code 3"
-//   }, asio::detached);
+//   std::future<sp::exit_status> st = sp::asio::async_wait(io.get_executor(), p, asio::use_future);
 //   io.run();
+//   std::cout << st.get() << '\n';  // "exited with code 3"
+//   // in an asio::awaitable<>: co_await sp::asio::async_wait(ex, p, asio::use_awaitable)
 //   ```
 //
 // Operations: async_wait (exit: error_code, exit_status; the child reaped),
@@ -33,6 +31,7 @@
 // a time (several waits for one exit are fine). Cost per operation: one post, and per wait a dup, an epoll
 // registration and a close.
 // Build: the CMake target subprocess::asio (present when asio.hpp is found).
+// use_awaitable needs asio's own coroutine support (g++ 10+; clang only with libc++).
 #pragma once
 
 #include <asio.hpp>

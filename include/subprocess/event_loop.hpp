@@ -275,7 +275,9 @@ class event_loop {
       st->fn(*st->status, std::move(st->out), std::move(st->err));
     };
     try {
-      for (auto [r, buf] : {std::pair{&p.out(), &st->out}, std::pair{&p.err(), &st->err}}) {
+      for (auto stream : {std::pair{&p.out(), &st->out}, std::pair{&p.err(), &st->err}}) {
+        pipe_reader* r = stream.first;
+        std::string* buf = stream.second;  // not a structured binding: clang 14 cannot capture those
         if (!r->is_open()) continue;
         ++st->pending;
         parts.push_back(on_data(*r, [buf](std::string_view d) { buf->append(d); }));
