@@ -223,19 +223,15 @@ TEST_CASE("stop tokens on the blocking calls: process::wait and run") {
   }
   SECTION("run(): a stop request kills the child") {
     std::stop_source src;
-    sp::run_options o;
-    o.stop = src.get_token();
     std::thread t([&] { src.request_stop(); });
     auto t0 = std::chrono::steady_clock::now();
-    CHECK_THROWS_AS(sp::run(sp::command{"sleep", "30"}, o), sp::canceled_error);
+    CHECK_THROWS_AS(sp::run(sp::command{"sleep", "30"}, {}, src.get_token()), sp::canceled_error);
     t.join();
     CHECK(std::chrono::steady_clock::now() - t0 < 5s);
   }
   SECTION("run(): a token never stopped changes nothing") {
     std::stop_source src;
-    sp::run_options o;
-    o.stop = src.get_token();
-    auto r = sp::run(sp::command{"echo", "hi"}, o);
+    auto r = sp::run(sp::command{"echo", "hi"}, {}, src.get_token());
     CHECK(r.out == "hi\n");
   }
 }

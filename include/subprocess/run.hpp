@@ -25,8 +25,8 @@
 // timeout: then the child (its whole process group, if it has one) gets SIGKILL and
 // is reaped. Exit is seen through the pidfd, so a grandchild that keeps the pipes
 // open cannot hold run() past its timeout; without a timeout, run() reads until every
-// writer of the pipes is gone, as a shell's $(...) does. run_options::stop (a
-// std::stop_token) ends it early the same way, with canceled_error.
+// writer of the pipes is gone, as a shell's $(...) does. run(cmd, opts, stop_token)
+// ends it early the same way, with canceled_error.
 // Threads: none are started. The input is written and both outputs are read at the
 // same time, from the calling thread, with poll(): nothing deadlocks, whatever the
 // sizes. The parent never gets SIGPIPE (it is blocked in the calling thread only
@@ -80,10 +80,6 @@ struct run_options {
   // away and out_truncated/err_truncated are set.
   std::optional<std::size_t> max_output{};
   output_limit on_output_limit = output_limit::kill;
-  // A stop request (from any thread) ends run(): the child is killed (its group too)
-  // and reaped, and canceled_error (std::errc::operation_canceled) is thrown; the
-  // output so far is dropped. run() cannot keep a child it never hands out.
-  std::stop_token stop{};
 };
 
 struct run_result {
@@ -112,7 +108,6 @@ struct communicate_options {
   std::optional<std::chrono::milliseconds> timeout{};
   std::optional<std::size_t> max_output{};
   output_limit on_output_limit = output_limit::kill;
-  std::stop_token stop{};  // as run_options::stop: the child is killed
 };
 
 namespace detail {
@@ -197,8 +192,12 @@ inline bool drain_into(capture& c, const communicate_options& o, int rounds = 4)
 // Feeds `input` to p.in() (then closes it), captures p.out() and p.err() (those that
 // are open pipes), waits for the child, and returns everything. The process must
 // have been spawned with the pipes you want used.
-inline run_result communicate(process& p, std::string_view input = {},
-                              const communicate_options& opts = {}) {
+//
+// With a std::stop_token: a stop request (from any thread) ends it early: the child
+// is killed (its group too) and reaped, and canceled_error (std::errc::
+// operation_canceled) is thrown; the output so far is dropped.
+inline run_result communicate(process& p, std::string_view input, const communicate_options& opts,
+                              std::stop_token stop) {
   if (!p.valid()) throw argument_error("", "communicate() on an empty process handle");
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
     throw argument_error(p.command_line(), "negative timeout");
@@ -234,7 +233,7 @@ inline run_result communicate(process& p, std::string_view input = {},
   }
   // A stop token wakes poll() through an eventfd (made only when the token can stop).
   detail::unique_fd stop_fd;
-  if (opts.stop.stop_possible()) {
+  if (stop.stop_possible()) {
     stop_fd.reset(detail::sys::eventfd(0, EFD_NONBLOCK));
     if (!stop_fd) detail::throw_errno(errno, "communicate: eventfd for the stop token of '" + res.command + "'");
   }
@@ -244,7 +243,7 @@ inline run_result communicate(process& p, std::string_view input = {},
       if (fd >= 0) detail::eventfd_notify(fd);
     }
   };
-  std::stop_callback<notify> on_stop(opts.stop, notify{stop_fd.get()});
+  std::stop_callback<notify> on_stop(stop, notify{stop_fd.get()});
   bool was_late = false;
   detail::exit_poll backoff;  // without a pidfd: when to look at the child again
   for (;;) {
@@ -339,6 +338,9 @@ inline run_result communicate(process& p, std::string_view input = {},
   res.status = p.wait();
   return res;
 }
+inline run_result communicate(process& p, std::string_view input = {}, const communicate_options& opts = {}) {
+  return communicate(p, input, opts, std::stop_token());
+}
 
 // Spawns cmd, feeds opts.input, captures stdout and stderr, waits. Streams you did
 // not set are chosen for capture: stdout and stderr are piped and captured; stdin is a
@@ -346,7 +348,10 @@ inline run_result communicate(process& p, std::string_view input = {},
 // your terminal's input). Streams you did set (out(sp::inherit),
 // err(sp::merge_with_out), a file, ...) are respected. See run_options for the
 // timeout and the output limit.
-inline run_result run(command cmd, const run_options& opts = {}) {
+// With a std::stop_token: a stop request ends it as for communicate(): the child is
+// killed and reaped, canceled_error is thrown (run() cannot keep a child it never
+// hands out).
+inline run_result run(command cmd, const run_options& opts, std::stop_token stop) {
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
     throw argument_error(cmd.to_string(), "negative timeout");
   if (opts.input && cmd.in() && !std::holds_alternative<pipe_t>(*cmd.in()))
@@ -361,10 +366,13 @@ inline run_result run(command cmd, const run_options& opts = {}) {
   if (!cmd.err()) cmd.err(pipe);
   process p = cmd.spawn();
   run_result r = communicate(p, opts.input ? std::string_view(*opts.input) : std::string_view(),
-                             {opts.timeout, opts.max_output, opts.on_output_limit, opts.stop});
+                             {opts.timeout, opts.max_output, opts.on_output_limit}, std::move(stop));
   r.success_codes = cmd.success_codes();
   if (opts.check) r.check();
   return r;
+}
+inline run_result run(command cmd, const run_options& opts = {}) {
+  return run(std::move(cmd), opts, std::stop_token());
 }
 
 // ---- printing: one line each; operator<< prints what fmt.hpp's formatters print ----
