@@ -130,6 +130,16 @@ class io_error : public error {
                   std::error_code(err, std::system_category()).message()) {}
 };
 
+// A wait was given up because its std::stop_token was asked to stop (co_await ...
+// with a stop token, process::wait(stop)). The child is untouched: still running,
+// still yours. code() is std::errc::operation_canceled.
+class canceled_error : public error {
+ public:
+  canceled_error(std::string command, const std::string& what_canceled)
+      : error(std::make_error_code(std::errc::operation_canceled), command,
+              what_canceled + (command.empty() ? "" : " of '" + command + "'") + ": canceled") {}
+};
+
 namespace detail {
 
 // The errno's text, as std::system_category() gives it: "No such file or directory".

@@ -3,9 +3,9 @@
 // Reading three children's output, writing to a fourth's stdin, noticing when any of
 // them exits and doing something every second, without a thread per pipe: one thread
 // waits (epoll) until any of those can make progress, then runs your callback for it.
-// Watch output (on_data, on_line, on_close), exits (on_exit), timers (after, every),
-// any fd (watch); write without blocking (writer) and move data with backpressure
-// (pump); post() work from other threads.
+// Watch output (on_data, on_line, on_close), exits (on_exit), both (on_complete),
+// timers (after, every), any fd (watch); write without blocking (writer) and move
+// data with backpressure (pump); post() work from other threads.
 //
 //   ```cpp
 //   sp::process p;  // really sp::command{"ping", "-c", "3", "localhost"}.out(sp::pipe).spawn()
@@ -31,8 +31,11 @@
 // stay yours and must outlive their watches (remove() a watch first, or let it end:
 // stream watches end at EOF, exit watches at exit). It never closes a reader; writers
 // are closed only by end().
-// Cost: one epoll fd and one eventfd per loop; per event one epoll_wait plus the reads
-// or writes it enables; no busy loop and no thread per stream.
+// Embedding: native_handle() is one fd to watch from any other loop (epoll, libuv,
+// Qt...), dispatch() runs what is ready without blocking.
+// Cost: one epoll fd and one eventfd per loop (and a timerfd once embedded); per
+// event one epoll_wait plus the reads or writes it enables; no busy loop and no
+// thread per stream.
 #pragma once
 
 #include <algorithm>
@@ -52,6 +55,7 @@
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 
 #include "detail/buffer.hpp"
 #include "detail/eventfd.hpp"
@@ -139,6 +143,11 @@ class event_loop {
   // Removes any watch, timer, writer or pump by its id. Unknown ids are ignored, so
   // removing twice (or after it finished on its own) is harmless.
   void remove(id i) {
+    if (auto it = groups_.find(i); it != groups_.end()) {
+      auto parts = std::move(it->second);
+      groups_.erase(it);
+      for (id part : parts) remove(part);
+    }
     if (auto it = watches_.find(i); it != watches_.end()) {
       detail::sys::epoll_ctl(ep_.get(), EPOLL_CTL_DEL, it->second->fd, nullptr);
       it->second->removed = true;
@@ -242,6 +251,49 @@ class event_loop {
     return i;
   }
 
+  // fn(status, out, err) once the child has exited AND its stdout and stderr pipes
+  // have both reached EOF, as Node's 'close' event: a grandchild holding the pipe
+  // open delays it. out and err are everything read from p.out() and p.err() (empty
+  // for a stream that is not an open pipe); the loop owns those two streams until
+  // then (not with on_data/on_line on them). remove(id) drops all three watches. A
+  // lost exit status behaves as in on_exit(p, fn): thrown out of run(), fn not called.
+  id on_complete(process& p, std::function<void(exit_status, std::string, std::string)> fn) {
+    if (!p.valid()) throw argument_error("", "event_loop::on_complete: empty process handle");
+    struct state {
+      std::function<void(exit_status, std::string, std::string)> fn;
+      std::optional<exit_status> status;
+      std::string out, err;
+      int pending = 1;  // the exit, plus each pipe
+    };
+    auto st = std::make_shared<state>();
+    st->fn = std::move(fn);
+    id self = next_id_++;
+    auto& parts = groups_[self];
+    auto finish_one = [this, st, self] {
+      if (--st->pending != 0) return;
+      groups_.erase(self);
+      st->fn(*st->status, std::move(st->out), std::move(st->err));
+    };
+    try {
+      for (auto stream : {std::pair{&p.out(), &st->out}, std::pair{&p.err(), &st->err}}) {
+        pipe_reader* r = stream.first;
+        std::string* buf = stream.second;  // not a structured binding: clang 14 cannot capture those
+        if (!r->is_open()) continue;
+        ++st->pending;
+        parts.push_back(on_data(*r, [buf](std::string_view d) { buf->append(d); }));
+        on_close(*r, finish_one);
+      }
+      parts.push_back(on_exit(p, [st, finish_one](exit_status s) {
+        st->status = s;
+        finish_one();
+      }));
+    } catch (...) {
+      remove(self);
+      throw;
+    }
+    return self;
+  }
+
   // ---- timers -----------------------------------------------------------------
 
   // fn() once after d, or every d. Any duration; duration::max() never fires.
@@ -303,6 +355,60 @@ class event_loop {
   bool run_for(std::chrono::duration<Rep, Period> d) {
     return run_until(detail::deadline_in(d), false);
   }
+  // ---- embedding in another loop ------------------------------------------------
+
+  // One fd that is readable whenever this loop has something to do (a stream, an
+  // exit, a due timer, a posted callback): watch it for reading in your own loop and
+  // call dispatch() when it is. Its first call adds a timerfd to the loop, so that due
+  // timers make the fd readable too. Never block on it yourself, never close it.
+  //   epoll: epoll_event ev{EPOLLIN, {.ptr = &loop}};
+  //          epoll_ctl(ep, EPOLL_CTL_ADD, loop.native_handle(), &ev);  // ready: loop.dispatch()
+  //   libuv: uv_poll_init(uv, &h, loop.native_handle()); h.data = &loop;
+  //          uv_poll_start(&h, UV_READABLE, [](uv_poll_t* h, int, int) {
+  //            static_cast<sp::event_loop*>(h->data)->dispatch(); });
+  //   Qt:    auto* n = new QSocketNotifier(loop.native_handle(), QSocketNotifier::Read, parent);
+  //          QObject::connect(n, &QSocketNotifier::activated, [&loop] { loop.dispatch(); });
+  int native_handle() {
+    if (!timer_fd_) {
+      detail::unique_fd t(detail::sys::timerfd_create());
+      if (!t) detail::throw_errno(errno, "event_loop: timerfd_create");
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.u64 = timer_fd_id;
+      if (detail::sys::epoll_ctl(ep_.get(), EPOLL_CTL_ADD, t.get(), &ev) != 0)
+        detail::throw_errno(errno, "event_loop: epoll_ctl timerfd");
+      timer_fd_ = std::move(t);
+      arm_timer_fd();
+    }
+    return ep_.get();
+  }
+  // Runs what is ready now and returns without waiting: the ready fds' callbacks,
+  // posted callbacks and due timers. Returns true while something is left to wait for
+  // (what keeps run() going). Callbacks' exceptions propagate as from run(). Not from
+  // inside a callback (argument_error), and on the loop's thread like run().
+  bool dispatch() {
+    if (running_) throw argument_error("", "event_loop::dispatch called from inside a callback");
+    running_ = true;
+    struct reset {
+      event_loop* l;
+      ~reset() {
+        l->running_ = false;
+        l->arm_timer_fd();
+      }
+    } guard{this};
+    stop_.store(false, std::memory_order_release);
+    epoll_event evs[64];
+    int n = detail::sys::epoll_wait(ep_.get(), evs, 64, 0);
+    if (n < 0 && errno != EINTR) detail::throw_errno(errno, "event_loop: epoll_wait");
+    // Events first: they drain the wake-up eventfd, so a post() racing with this call
+    // either runs below or makes the fd readable again.
+    if (n > 0) dispatch_events(evs, n);
+    if (stop_.load(std::memory_order_acquire)) return has_work();
+    run_posted();
+    run_due_timers();
+    return has_work();
+  }
+
   // Makes run() return after the current callback. Thread-safe.
   void stop() {
     stop_.store(true, std::memory_order_release);
@@ -536,6 +642,7 @@ class event_loop {
     id i = next_id_++;
     timers_.emplace(i, timer{d, std::move(fn), repeat});
     heap_.push({detail::saturating_add(clock::now(), d), i});
+    if (timer_fd_ && !running_ && heap_.top().timer == i) arm_timer_fd();  // else armed on return
     return i;
   }
 
@@ -609,7 +716,10 @@ class event_loop {
     running_ = true;
     struct reset {
       event_loop* l;
-      ~reset() { l->running_ = false; }
+      ~reset() {
+        l->running_ = false;
+        l->arm_timer_fd();
+      }
     } guard{this};
     stop_.store(false, std::memory_order_release);
     epoll_event evs[64];
@@ -624,19 +734,42 @@ class event_loop {
         if (errno == EINTR) continue;
         detail::throw_errno(errno, "event_loop: epoll_wait");
       }
-      for (int k = 0; k < n; ++k) {
-        id i = evs[k].data.u64;
-        if (i == 0) {
-          detail::eventfd_drain(wake_.get());
-          continue;
-        }
-        auto it = watches_.find(i);
-        if (it == watches_.end()) continue;  // removed earlier in this batch
-        auto w = it->second;                 // alive even if the callback removes it
-        w->fn(evs[k].events);
-        if (stop_.load(std::memory_order_acquire)) break;
-      }
+      dispatch_events(evs, n);
     }
+  }
+
+  void dispatch_events(const epoll_event* evs, int n) {
+    for (int k = 0; k < n; ++k) {
+      id i = evs[k].data.u64;
+      if (i == 0) {
+        detail::eventfd_drain(wake_.get());
+        continue;
+      }
+      if (i == timer_fd_id) {
+        std::uint64_t expirations;
+        (void)detail::sys::read(timer_fd_.get(), &expirations, sizeof expirations);  // EAGAIN: fine
+        continue;
+      }
+      auto it = watches_.find(i);
+      if (it == watches_.end()) continue;  // removed earlier in this batch
+      auto w = it->second;                 // alive even if the callback removes it
+      w->fn(evs[k].events);
+      if (stop_.load(std::memory_order_acquire)) break;
+    }
+  }
+
+  // Embedded (native_handle() was called): the timerfd fires when the earliest timer
+  // is due, so the epoll fd turns readable then. Failing to arm it cannot be reported
+  // from where this runs (a destructor); settime fails only for a bad fd or value.
+  void arm_timer_fd() noexcept {
+    if (!timer_fd_) return;
+    while (!heap_.empty() && !timers_.count(heap_.top().timer)) heap_.pop();  // drop cancelled
+    itimerspec its{};
+    if (!heap_.empty()) {
+      its.it_value = detail::to_timespec(heap_.top().due.time_since_epoch());
+      if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;  // 0 disarms
+    }
+    (void)detail::sys::timerfd_settime(timer_fd_.get(), TFD_TIMER_ABSTIME, &its);
   }
 
   // writer internals (defined below the handle)
@@ -644,13 +777,15 @@ class event_loop {
   bool writer_write(id i, std::string_view data);
   void writer_end(id i, std::function<void()> on_finish);
 
-  detail::unique_fd ep_, wake_;
+  static constexpr id timer_fd_id = ~id{0};  // never handed out: ids count up from 1
+  detail::unique_fd ep_, wake_, timer_fd_;
   id next_id_ = 1;
   std::unordered_map<id, std::shared_ptr<fd_watch>> watches_;
   std::unordered_map<id, std::shared_ptr<stream_watch>> streams_;
   std::unordered_map<id, std::shared_ptr<exit_watch>> exits_;
   std::unordered_map<id, std::shared_ptr<writer_state>> writers_;
   std::unordered_map<id, timer> timers_;
+  std::unordered_map<id, std::vector<id>> groups_;  // on_complete: its watches
   std::priority_queue<heap_entry, std::vector<heap_entry>, std::greater<>> heap_;
   mutable std::mutex post_mu_;
   std::vector<std::function<void()>> posted_;

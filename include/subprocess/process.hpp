@@ -17,7 +17,8 @@
 // or other code reaped the child), wait() and friends throw subprocess::error with
 // code ECHILD (see wait()). signal() returns false, not an error, once the child is
 // gone.
-// Blocking: wait() blocks until the child exits, try_wait() never blocks, wait_for(),
+// Blocking: wait() blocks until the child exits (wait(stop_token): or a stop is
+// asked: canceled_error, the child kept), try_wait() never blocks, wait_for(),
 // wait_until() and terminate() block at most their time (durations saturate:
 // hours::max() is for ever). They poll the pidfd: no busy loop, no SIGCHLD handler.
 // Waiting never deadlocks on output: it closes the child's stdin and drains the
@@ -40,9 +41,11 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <utility>
 
+#include "detail/eventfd.hpp"
 #include "detail/exit_watch.hpp"
 #include "detail/pgroup.hpp"
 #include "detail/process_tree.hpp"
@@ -57,6 +60,10 @@
 namespace subprocess {
 
 class command;
+
+// What a wait ended by a stop token does to the child: nothing (keep: it runs on, and
+// is still yours to wait for) or kill (SIGKILL, to its group if it leads one, and reap).
+enum class cancel_policy { keep, kill };
 
 class process {
  public:
@@ -157,6 +164,43 @@ class process {
   // say we do not know.) The destructor still kills a running child, and never
   // throws. Restore SIGCHLD's default to get statuses back.
   exit_status wait() { return *wait_until(std::nullopt); }
+  // wait(), ending early when `stop` is asked to stop (from any thread, even before
+  // the call): then canceled_error (std::errc::operation_canceled) is thrown and the
+  // child is kept, or killed and reaped with cancel_policy::kill. A child that has
+  // exited by then wins: its status is returned. Costs an eventfd per call.
+  exit_status wait(std::stop_token stop, cancel_policy policy = cancel_policy::keep) {
+    if (!stop.stop_possible()) return wait();
+    check_valid("wait");
+    if (status_) return *status_;
+    detail::unique_fd ev(detail::sys::eventfd(0, EFD_NONBLOCK));
+    if (!ev) detail::throw_errno(errno, "wait: eventfd for the stop token of '" + command_ + "'");
+    struct notify {
+      int fd;
+      void operator()() const noexcept { detail::eventfd_notify(fd); }
+    };
+    std::stop_callback<notify> on_stop(stop, notify{ev.get()});  // runs now if already asked
+    in_.close();
+    if (lost_) throw_status_discarded();
+    const detail::collect how = collecting(false);
+    settle(watcher().wait_until(
+               std::nullopt, how, command_,
+               [&](pollfd* fds) {
+                 int n = add_drains(fds);
+                 fds[n] = pollfd{ev.get(), POLLIN, 0};
+                 return n + 1;
+               },
+               [&](const pollfd* fds, int n) {
+                 drain_ready(fds, n - 1);
+                 return fds[n - 1].revents != 0;  // stop requested
+               }),
+           how);
+    if (status_) return *status_;
+    if (policy == cancel_policy::kill) {
+      kill();
+      wait();
+    }
+    throw canceled_error(command_, "wait");
+  }
   // Reaps the child if it has exited; never blocks.
   std::optional<exit_status> try_wait() {
     if (!status_) reap(false);

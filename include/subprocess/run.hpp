@@ -25,7 +25,8 @@
 // timeout: then the child (its whole process group, if it has one) gets SIGKILL and
 // is reaped. Exit is seen through the pidfd, so a grandchild that keeps the pipes
 // open cannot hold run() past its timeout; without a timeout, run() reads until every
-// writer of the pipes is gone, as a shell's $(...) does.
+// writer of the pipes is gone, as a shell's $(...) does. run(cmd, opts, stop_token)
+// ends it early the same way, with canceled_error.
 // Threads: none are started. The input is written and both outputs are read at the
 // same time, from the calling thread, with poll(): nothing deadlocks, whatever the
 // sizes. The parent never gets SIGPIPE (it is blocked in the calling thread only
@@ -39,12 +40,14 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "command.hpp"
 #include "detail/pages.hpp"
+#include "detail/eventfd.hpp"
 #include "detail/exit_watch.hpp"
 #include "detail/poll.hpp"
 #include "detail/sigpipe.hpp"
@@ -196,8 +199,12 @@ inline bool drain_into(capture& c, const communicate_options& o, int rounds = 4)
 // Feeds `input` to p.in() (then closes it), captures p.out() and p.err() (those that
 // are open pipes), waits for the child, and returns everything. The process must
 // have been spawned with the pipes you want used.
-inline run_result communicate(process& p, std::string_view input = {},
-                              const communicate_options& opts = {}) {
+//
+// With a std::stop_token: a stop request (from any thread) ends it early: the child
+// is killed (its group too) and reaped, and canceled_error (std::errc::
+// operation_canceled) is thrown; the output so far is dropped.
+inline run_result communicate(process& p, std::string_view input, const communicate_options& opts,
+                              std::stop_token stop) {
   if (!p.valid()) throw argument_error("", "communicate() on an empty process handle");
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
     throw argument_error(p.command_line(), "negative timeout");
@@ -231,10 +238,23 @@ inline run_result communicate(process& p, std::string_view input = {},
     guard.emplace();
     guard->check(res.command);
   }
+  // A stop token wakes poll() through an eventfd (made only when the token can stop).
+  detail::unique_fd stop_fd;
+  if (stop.stop_possible()) {
+    stop_fd.reset(detail::sys::eventfd(0, EFD_NONBLOCK));
+    if (!stop_fd) detail::throw_errno(errno, "communicate: eventfd for the stop token of '" + res.command + "'");
+  }
+  struct notify {
+    int fd;
+    void operator()() const noexcept {
+      if (fd >= 0) detail::eventfd_notify(fd);
+    }
+  };
+  std::stop_callback<notify> on_stop(stop, notify{stop_fd.get()});
   bool was_late = false;
   detail::exit_poll backoff;  // without a pidfd: when to look at the child again
   for (;;) {
-    pollfd fds[4];
+    pollfd fds[5];
     int n = 0, in_i = -1, pid_i = -1, cap_i[2] = {-1, -1};
     if (in.is_open()) {
       in_i = n;
@@ -250,6 +270,11 @@ inline run_result communicate(process& p, std::string_view input = {},
     if (!exited && p.pidfd() >= 0) {
       pid_i = n;
       fds[n++] = {p.pidfd(), POLLIN, 0};
+    }
+    int stop_i = -1;
+    if (stop_fd) {
+      stop_i = n;
+      fds[n++] = {stop_fd.get(), POLLIN, 0};
     }
     if (n == 0) {  // no pidfd and no pipes left: just wait
       if (!p.wait_until(dl)) {
@@ -269,6 +294,11 @@ inline run_result communicate(process& p, std::string_view input = {},
     // finished right at the deadline still succeeds), then it is a timeout, whether or
     // not poll() timed out: a pipe that never stops being readable (a child writing
     // faster than we read) must not keep run() past its timeout.
+    if (stop_i >= 0 && fds[stop_i].revents != 0) {
+      if (!p.status()) fail_and_reap("canceled");
+      if (p.is_group_leader()) detail::sys::kill(-p.pid(), SIGKILL);  // whoever holds its pipes
+      throw canceled_error(res.command, "run");
+    }
     const bool late = dl && detail::clock::now() >= *dl;
     if (late && (ready == 0 || was_late)) {
       bool had_exited = p.status().has_value();
@@ -320,6 +350,9 @@ inline run_result communicate(process& p, std::string_view input = {},
   res.status = p.wait();
   return res;
 }
+inline run_result communicate(process& p, std::string_view input = {}, const communicate_options& opts = {}) {
+  return communicate(p, input, opts, std::stop_token());
+}
 
 // Spawns cmd, feeds opts.input, captures stdout and stderr, waits. Streams you did
 // not set are chosen for capture: stdout and stderr are piped and captured; stdin is a
@@ -327,7 +360,10 @@ inline run_result communicate(process& p, std::string_view input = {},
 // your terminal's input). Streams you did set (out(sp::inherit),
 // err(sp::merge_with_out), a file, ...) are respected. See run_options for the
 // timeout and the output limit.
-inline run_result run(command cmd, const run_options& opts = {}) {
+// With a std::stop_token: a stop request ends it as for communicate(): the child is
+// killed and reaped, canceled_error is thrown (run() cannot keep a child it never
+// hands out).
+inline run_result run(command cmd, const run_options& opts, std::stop_token stop) {
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
     throw argument_error(cmd.to_string(), "negative timeout");
   if (opts.input && cmd.in() && !std::holds_alternative<pipe_t>(*cmd.in()))
@@ -344,7 +380,7 @@ inline run_result run(command cmd, const run_options& opts = {}) {
   const detail::deadline dl = detail::deadline_in(opts.timeout);
   process p = cmd.spawn();
   run_result r = communicate(p, opts.input ? std::string_view(*opts.input) : std::string_view(),
-                             {opts.timeout, opts.max_output, opts.on_output_limit});
+                             {opts.timeout, opts.max_output, opts.on_output_limit}, std::move(stop));
   if (p.has_tree() && !p.tree().empty()) {
     r.descendants_outlived = true;
     if (opts.wait_for_tree && !p.tree().wait_empty_until(dl)) {
@@ -357,6 +393,9 @@ inline run_result run(command cmd, const run_options& opts = {}) {
   r.success_codes = cmd.success_codes();
   if (opts.check) r.check();
   return r;
+}
+inline run_result run(command cmd, const run_options& opts = {}) {
+  return run(std::move(cmd), opts, std::stop_token());
 }
 
 // ---- printing: one line each; operator<< prints what fmt.hpp's formatters print ----

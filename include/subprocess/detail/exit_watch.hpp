@@ -29,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
 
 #include "../error.hpp"
 #include "../exit_status.hpp"
@@ -95,10 +96,12 @@ class exit_watcher {
   exit_check collect_now(collect how = collect::reap) const noexcept { return ask(how, true); }
 
   // Blocks until it exits (and collects the status) or `dl` passes (running() then;
-  // no deadline: for ever). Meanwhile add(pollfd* fds) may put up to two more fds to
+  // no deadline: for ever). Meanwhile add(pollfd* fds) may put up to three more fds to
   // poll at fds[0..], returning how many, and ready(const pollfd* fds, int n) sees
-  // them after each wake-up: this is how process::wait() drains a child's pipes. A
-  // failing poll() is an io_error about `command`.
+  // them after each wake-up: this is how process::wait() drains a child's pipes. If
+  // ready returns bool, true gives up the wait (running(), unless the child exited in
+  // the same wake-up): how a stop token ends it. A failing poll() is an io_error
+  // about `command`.
   template <class Add, class Ready>
   exit_check wait_until(const deadline& dl, collect how, std::string_view command, Add&& add,
                         Ready&& ready) const {
@@ -116,11 +119,16 @@ class exit_watcher {
         if (now >= until) return {};
         wake = std::min(until, backoff.next_time(now));
       }
-      pollfd fds[3] = {{pidfd_, POLLIN, 0}, {}, {}};
+      pollfd fds[4] = {{pidfd_, POLLIN, 0}, {}, {}, {}};
       const int n = own + static_cast<int>(add(fds + own));
       const int woke = poll_until(fds, static_cast<nfds_t>(n), wake, command);
-      ready(static_cast<const pollfd*>(fds + own), n - own);
+      bool give_up = false;
+      if constexpr (std::is_same_v<std::invoke_result_t<Ready&, const pollfd*, int>, bool>)
+        give_up = ready(static_cast<const pollfd*>(fds + own), n - own);
+      else
+        ready(static_cast<const pollfd*>(fds + own), n - own);
       if (own && fds[0].revents != 0) return collect_now(how);  // exited: returns at once
+      if (give_up) return {};
       // Not only when poll() times out: a pipe that never stops being readable (a
       // child flooding its output) would otherwise keep us past the deadline.
       if (own && (woke == 0 || clock::now() >= until)) return {};

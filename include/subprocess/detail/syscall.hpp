@@ -38,6 +38,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -251,6 +252,14 @@ inline int pidfd_send_signal(int pidfd, int sig) noexcept {
 inline int eventfd(unsigned initval, int flags) noexcept {
   SUBPROCESS_FAULT_POINT(call::eventfd);
   return ::eventfd(initval, flags | EFD_CLOEXEC);
+}
+inline int timerfd_create() noexcept {
+  SUBPROCESS_FAULT_POINT(call::timerfd);
+  return ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+}
+inline int timerfd_settime(int fd, int flags, const itimerspec* value) noexcept {
+  SUBPROCESS_FAULT_POINT(call::timerfd);
+  return ::timerfd_settime(fd, flags, value, nullptr);
 }
 // write(2) of 8 bytes to an eventfd: a kind of its own, because an eventfd write
 // fails with EAGAIN only when the counter is full (the fd is readable then anyway),
