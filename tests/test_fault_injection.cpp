@@ -752,6 +752,13 @@ TEST_CASE("every call spawn_in_pty makes before the child runs can fail: a clear
         CHECK(a.code == err);
         CHECK_THAT(a.what, Catch::StartsWith("cannot start 'true'"));
         CHECK(testing::open_fds() == fds_before);
+        CHECK(testing::children().empty());
+      }
+    }
+  }
+  CHECK(faults > 15);
+}
+
 namespace {
 // This program's tree cgroups ("sp-<pid>-<n>") under its own cgroup v2.
 int tree_dirs() {

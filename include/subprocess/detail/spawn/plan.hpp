@@ -132,7 +132,9 @@ struct child_settings {
   std::string clone_only() const {
     std::string s;
     auto add = [&](bool on, const char* name) {
-      if (on) s += (s.empty() ? "" : ", ") + std::string(name);
+      if (!on) return;
+      if (!s.empty()) s += ", ";
+      s += name;
     };
     add(uid.has_value(), "uid()");
     add(gid.has_value(), "gid()");
@@ -515,7 +517,10 @@ struct spawn_plan {
   template <class T>
   static std::string list(const std::vector<T>& v) {
     std::string s;
-    for (const T& x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+    for (const T& x : v) {
+      if (!s.empty()) s += ',';
+      s += std::to_string(x);
+    }
     return s.empty() ? "(none)" : s;
   }
 };
