@@ -22,8 +22,8 @@
 // its input is not an error (the rest is dropped, like a shell pipe): its exit status
 // tells you what happened.
 // Blocking: until the child has exited and its pipes are drained, or until the
-// timeout: then the child (its whole process group, if it has one) gets SIGKILL and
-// is reaped. Exit is seen through the pidfd, so a grandchild that keeps the pipes
+// timeout: then the child (its whole process group, if it has one) gets SIGKILL, or
+// what on_timeout says (timeout.hpp: SIGTERM, a grace, then SIGKILL), and is reaped. Exit is seen through the pidfd, so a grandchild that keeps the pipes
 // open cannot hold run() past its timeout; without a timeout, run() reads until every
 // writer of the pipes is gone, as a shell's $(...) does.
 // Threads: none are started. The input is written and both outputs are read at the
@@ -50,6 +50,7 @@
 #include "detail/sigpipe.hpp"
 #include "error.hpp"
 #include "process.hpp"
+#include "timeout.hpp"
 
 namespace subprocess {
 
@@ -68,6 +69,10 @@ struct run_options {
   // reaped, and timeout_error is thrown carrying the output so far. Up to
   // milliseconds::max(), which never strikes.
   std::optional<std::chrono::milliseconds> timeout{};
+  // What the timeout does (timeout.hpp): SIGKILL at once by default; kill_with(SIGTERM,
+  // 2s) sends SIGTERM and SIGKILL 2 s later if the child (its group) is still alive.
+  // leave_running() is refused here (run() keeps no handle): see communicate().
+  timeout_policy on_timeout{};
   // Throw process_error unless the child exits with code 0 (or one of the
   // command's success_codes()).
   bool check = false;
@@ -103,6 +108,10 @@ struct run_result {
 
 struct communicate_options {
   std::optional<std::chrono::milliseconds> timeout{};
+  // As run_options::on_timeout; leave_running() is allowed: timeout_error then says
+  // the child is still running and p still owns it (wait, kill or communicate again;
+  // the output read so far is in the error).
+  timeout_policy on_timeout{};
   std::optional<std::size_t> max_output{};
   output_limit on_output_limit = output_limit::kill;
 };
@@ -194,16 +203,20 @@ inline run_result communicate(process& p, std::string_view input = {},
   if (!p.valid()) throw argument_error("", "communicate() on an empty process handle");
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
     throw argument_error(p.command_line(), "negative timeout");
+  detail::check_policy(opts.on_timeout, p.command_line());
   run_result res;
   res.command = p.command_line();
   const detail::deadline dl = detail::deadline_in(opts.timeout);
   detail::capture caps[2] = {{&p.out(), &res.out, &res.out_truncated, "stdout", 64 * 1024},
                              {&p.err(), &res.err, &res.err_truncated, "stderr", 64 * 1024}};
   // Take what wait() may have buffered already.
-  for (auto& c : caps) {
-    c.sink->append(c.reader->buffered());
-    c.reader->consume(c.reader->buffered().size());
-  }
+  auto take_buffered = [&] {
+    for (auto& c : caps) {
+      c.sink->append(c.reader->buffered());
+      c.reader->consume(c.reader->buffered().size());
+    }
+  };
+  take_buffered();
   pipe_writer& in = p.in();
   if (input.empty()) in.close();
 
@@ -216,6 +229,19 @@ inline run_result communicate(process& p, std::string_view input = {},
     } catch (const error&) {
     }
     return st;
+  };
+  // The timeout struck: apply the policy, take the last output, throw. `note` says
+  // why the pipes were still open after the child had exited.
+  auto expire = [&](const std::string& note) {
+    timeout_outcome o;
+    try {
+      o = p.stop(opts.on_timeout);
+    } catch (const error&) {  // could not be reaped: still, it was signalled
+      o.killed = true;
+    }
+    take_buffered();
+    for (auto& c : caps) detail::drain_into(c, opts, 1);
+    throw timeout_error(res.command, *opts.timeout, opts.on_timeout, std::move(o), {res.out, res.err}, note);
   };
 
   // SIGPIPE is blocked (per thread) only while there is input to write.
@@ -245,10 +271,7 @@ inline run_result communicate(process& p, std::string_view input = {},
       fds[n++] = {p.pidfd(), POLLIN, 0};
     }
     if (n == 0) {  // no pidfd and no pipes left: just wait
-      if (!p.wait_until(dl)) {
-        auto st = fail_and_reap("timeout");
-        throw timeout_error(res.command, *opts.timeout, st, {res.out, res.err});
-      }
+      if (!p.wait_until(dl)) expire({});
       break;
     }
     // Without a pidfd, look at the child now and then while pipes are open.
@@ -264,25 +287,11 @@ inline run_result communicate(process& p, std::string_view input = {},
     // faster than we read) must not keep run() past its timeout.
     const bool late = dl && detail::clock::now() >= *dl;
     if (late && (ready == 0 || was_late)) {
-      bool had_exited = p.status().has_value();
       // Exited, but its pipes are still held: by its own process group, if it has one
       // (p holds the leader's zombie, so the group id is still ours), which the
-      // timeout covers too.
-      if (had_exited && p.is_group_leader()) detail::sys::kill(-p.pid(), SIGKILL);
-      auto st = had_exited ? p.status() : fail_and_reap("timeout");
-      // The child is gone but something still holds its pipes. If it led a group,
-      // its remaining members get the SIGKILL the timeout promises too.
-      if (had_exited && p.is_group_leader()) {
-        try {
-          p.signal_group(SIGKILL);
-        } catch (const error&) {
-        }
-      }
-      for (auto& c : caps) detail::drain_into(c, opts, 1);
-      throw timeout_error(res.command, *opts.timeout, st, {res.out, res.err},
-                          had_exited ? p.status()->to_string() +
-                                           ", but a process it started still holds its output open"
-                                     : std::string());
+      // timeout covers too (process::stop()).
+      const std::optional<exit_status> had = p.status();
+      expire(had ? had->to_string() + ", but a process it started still holds its output open" : std::string());
     }
     was_late = late;
     if (in_i >= 0 && fds[in_i].revents != 0) {
@@ -318,6 +327,7 @@ inline run_result communicate(process& p, std::string_view input = {},
 inline run_result run(command cmd, const run_options& opts = {}) {
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
     throw argument_error(cmd.to_string(), "negative timeout");
+  detail::check_policy(opts.on_timeout, cmd.to_string(), "run()");
   if (opts.input && cmd.in() && !std::holds_alternative<pipe_t>(*cmd.in()))
     throw argument_error(cmd.to_string(), "input given but stdin is redirected elsewhere");
   if (!cmd.in()) {
@@ -330,7 +340,7 @@ inline run_result run(command cmd, const run_options& opts = {}) {
   if (!cmd.err()) cmd.err(pipe);
   process p = cmd.spawn();
   run_result r = communicate(p, opts.input ? std::string_view(*opts.input) : std::string_view(),
-                             {opts.timeout, opts.max_output, opts.on_output_limit});
+                             {opts.timeout, opts.on_timeout, opts.max_output, opts.on_output_limit});
   r.success_codes = cmd.success_codes();
   if (opts.check) r.check();
   return r;
