@@ -7,10 +7,10 @@
 //   ```cpp
 //   auto term = sp::timeout_policy::kill_with(SIGTERM, 2s);  // SIGTERM; 2 s later SIGKILL
 //   std::cout << term << '\n';                    // "SIGTERM, then SIGKILL after 2000 ms"
-//   // p.wait_for(100ms, term);   // throws timeout_error (process.hpp):
-//   //   "'sleep 10' timed out after 100 ms; sent SIGTERM, then SIGKILL after 2000 ms"
-//   // sp::run(cmd, {.timeout = 1min, .on_timeout = term});                   (run.hpp)
-//   // p.wait_for(1s, sp::timeout_policy::leave_running());  // throws; p runs on
+//   auto keep = sp::timeout_policy::leave_running();  // send nothing; the caller owns it
+//     // p.wait_for(100ms, term) then throws timeout_error (process.hpp):
+//     // "'sleep 10' timed out after 100 ms; sent SIGTERM, then SIGKILL after 2000 ms"
+//     // sp::run(cmd, {.timeout = 1min, .on_timeout = term});   (run.hpp)
 //   ```
 //
 // The default is what run() and pipelines always did: SIGKILL at once. kill_with(sig,
