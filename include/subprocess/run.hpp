@@ -23,9 +23,10 @@
 // tells you what happened.
 // Blocking: until the child has exited and its pipes are drained, or until the
 // timeout: then the child (its whole process group, if it has one) gets SIGKILL, or
-// what on_timeout says (timeout.hpp: SIGTERM, a grace, then SIGKILL), and is reaped. Exit is seen through the pidfd, so a grandchild that keeps the pipes
-// open cannot hold run() past its timeout; without a timeout, run() reads until every
-// writer of the pipes is gone, as a shell's $(...) does.
+// what on_timeout says (timeout.hpp: SIGTERM, a grace, then SIGKILL), and is reaped.
+// Exit is seen through the pidfd, so a grandchild that keeps the pipes open cannot
+// hold run() past its timeout; without a timeout, run() reads until every writer of
+// the pipes is gone, as a shell's $(...) does.
 // Threads: none are started. The input is written and both outputs are read at the
 // same time, from the calling thread, with poll(): nothing deadlocks, whatever the
 // sizes. The parent never gets SIGPIPE (it is blocked in the calling thread only
@@ -64,10 +65,10 @@ struct run_options {
   // reading it all is not an error: the rest is dropped, like a shell pipe.
   std::optional<std::string> input{};
   // Kill the child (and its group) when it runs longer; throws timeout_error. At the
-  // deadline the child is sent SIGKILL (its whole process group if it has one, even
-  // when the leader has exited already and only its children still hold the pipes),
-  // reaped, and timeout_error is thrown carrying the output so far. Up to
-  // milliseconds::max(), which never strikes.
+  // deadline the child is sent SIGKILL, or what on_timeout says (its whole process
+  // group if it has one, even when the leader has exited already and only its
+  // children still hold the pipes), reaped, and timeout_error is thrown carrying the
+  // output so far. Up to milliseconds::max(), which never strikes.
   std::optional<std::chrono::milliseconds> timeout{};
   // What the timeout does (timeout.hpp): SIGKILL at once by default; kill_with(SIGTERM,
   // 2s) sends SIGTERM and SIGKILL 2 s later if the child (its group) is still alive.

@@ -4,8 +4,8 @@
 // It polls every stage's pidfd (a stage without one is looked at every 50 ms),
 // the stderr pipes it captures and the pumps' wake-up eventfd; at the deadline it
 // applies the timeout policy (SIGKILL; or a signal, then SIGKILL after the grace to
-// whatever of the stages and their group is left), and once every stage has exited and every pump is done it
-// joins the pumps and marks the pipeline finished. A stage that exited is reaped
+// whatever of the stages and their group is left), and once every stage has exited
+// and every pump is done it joins the pumps and marks the pipeline finished. A stage that exited is reaped
 // at once, except the process group's leader: it stays a zombie until every other
 // stage is gone (and the timeout's grace, if running, is over), which keeps the
 // group's id from being reused while the group may still be signalled.
