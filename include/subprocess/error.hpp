@@ -165,9 +165,9 @@ class timeout_error : public error {
       : timeout_error(std::move(command), timeout, timeout_policy{}, timeout_outcome{status, true},
                       std::move(output), note, false) {}
   // After `policy` was applied, with `outcome`.
-  timeout_error(std::string command, std::chrono::milliseconds timeout, const timeout_policy& policy,
-                timeout_outcome outcome, captured_output output, const std::string& note = {},
-                bool say_what_was_done = true)
+  timeout_error(std::string command, std::chrono::milliseconds timeout,
+                const timeout_policy& policy, timeout_outcome outcome, captured_output output,
+                const std::string& note = {}, bool say_what_was_done = true)
       : error(std::make_error_code(std::errc::timed_out), command,
               "'" + command + "' timed out after " + std::to_string(timeout.count()) + " ms" +
                   (note.empty() ? "" : " (" + note + ")") +

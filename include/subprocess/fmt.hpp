@@ -92,7 +92,8 @@ struct fmt::formatter<subprocess::output_limit> : subprocess::detail::text_forma
 template <>
 struct fmt::formatter<subprocess::run_result> : subprocess::detail::text_formatter<subprocess::run_result> {};
 template <>
-struct fmt::formatter<subprocess::timeout_policy> : subprocess::detail::text_formatter<subprocess::timeout_policy> {};
+struct fmt::formatter<subprocess::timeout_policy>
+    : subprocess::detail::text_formatter<subprocess::timeout_policy> {};
 template <>
 struct fmt::formatter<subprocess::transform> : subprocess::detail::text_formatter<subprocess::transform> {};
 template <>

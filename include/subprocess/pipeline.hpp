@@ -327,7 +327,8 @@ class pipeline_error : public process_error {
 // each stage ended and which the library killed (result().stages[k].killed).
 class pipeline_timeout_error : public timeout_error {
  public:
-  pipeline_timeout_error(timeout_error e, pipeline_result r) : timeout_error(std::move(e)), result_(std::move(r)) {}
+  pipeline_timeout_error(timeout_error e, pipeline_result r)
+      : timeout_error(std::move(e)), result_(std::move(r)) {}
   const pipeline_result& result() const noexcept { return result_; }
 
  private:
@@ -468,8 +469,10 @@ class running_pipeline {
   // leave_running() sends nothing and throws timeout_error (still_running()): the
   // pipeline runs on, this handle still owns it (wait() again, or terminate()).
   template <class Rep, class Period>
-  pipeline_result wait_for(std::chrono::duration<Rep, Period> timeout, const timeout_policy& policy) {
-    if (timeout < timeout.zero()) throw argument_error(command_line(), "negative timeout for wait_for");
+  pipeline_result wait_for(std::chrono::duration<Rep, Period> timeout,
+                           const timeout_policy& policy) {
+    if (timeout < timeout.zero())
+      throw argument_error(command_line(), "negative timeout for wait_for");
     detail::check_policy(policy, command_line());
     if (auto r = wait_for(timeout)) return std::move(*r);
     const auto ms = detail::saturating_ceil<std::chrono::milliseconds>(timeout);
@@ -478,7 +481,8 @@ class running_pipeline {
       o.still_running = true;
       throw timeout_error(command_line(), ms, policy, std::move(o), {});
     }
-    o.escalated = stop_with(policy.escalates() ? policy.signal : SIGKILL, detail::deadline_in(policy.grace));
+    o.escalated =
+        stop_with(policy.escalates() ? policy.signal : SIGKILL, detail::deadline_in(policy.grace));
     join();
     auto& st = *st_;
     if (st.first_error) std::rethrow_exception(st.first_error);
@@ -527,15 +531,16 @@ class running_pipeline {
     return true;
   }
   // The error for a timeout after which `r` is how it ended.
-  pipeline_timeout_error timeout_for(std::chrono::milliseconds ms, const timeout_policy& policy, timeout_outcome o,
-                                     pipeline_result r) const {
+  pipeline_timeout_error timeout_for(std::chrono::milliseconds ms, const timeout_policy& policy,
+                                     timeout_outcome o, pipeline_result r) const {
     std::string err;
     for (const auto& s : r.stages) {
       err += s.err;
       o.killed = o.killed || s.killed;
     }
     o.status = r.status;
-    return {timeout_error(r.command, ms, policy, std::move(o), {r.out, std::move(err)}), std::move(r)};
+    return {timeout_error(r.command, ms, policy, std::move(o), {r.out, std::move(err)}),
+            std::move(r)};
   }
 
   detail::pipeline_state& state() const {

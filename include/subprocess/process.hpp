@@ -62,10 +62,13 @@ namespace detail {
 inline void check_policy(const timeout_policy& p, const std::string& command,
                          const char* refusing_leave = nullptr) {
   if (p.signal <= 0 || p.signal > SIGRTMAX)
-    throw argument_error(command, "timeout policy: " + std::to_string(p.signal) + " is not a signal number");
-  if (p.grace < p.grace.zero()) throw argument_error(command, "timeout policy: negative grace period");
+    throw argument_error(command,
+                         "timeout policy: " + std::to_string(p.signal) + " is not a signal number");
+  if (p.grace < p.grace.zero())
+    throw argument_error(command, "timeout policy: negative grace period");
   if (!p.kill && refusing_leave)
-    throw argument_error(command, std::string("timeout_policy::leave_running() with ") + refusing_leave +
+    throw argument_error(command, std::string("timeout_policy::leave_running() with ") +
+                                      refusing_leave +
                                       ", which keeps no handle to the child: spawn() it and use "
                                       "wait_for(timeout, policy) or communicate()");
 }
@@ -189,8 +192,8 @@ class process {
     if (auto st = wait_until(detail::deadline_in(timeout))) return *st;
     timeout_outcome o = stop(policy);
     if (o.status && !o.killed) return *o.status;
-    throw timeout_error(command_, detail::saturating_ceil<std::chrono::milliseconds>(timeout), policy,
-                        std::move(o), {});
+    throw timeout_error(command_, detail::saturating_ceil<std::chrono::milliseconds>(timeout),
+                        policy, std::move(o), {});
   }
   // Waits until `t` (any clock; time_point::max() is for ever); nullopt if the child
   // is still running then.
@@ -284,7 +287,8 @@ class process {
       o.still_running = true;
       return o;
     }
-    return stop_until(policy.escalates() ? policy.signal : SIGKILL, detail::deadline_in(policy.grace));
+    return stop_until(policy.escalates() ? policy.signal : SIGKILL,
+                      detail::deadline_in(policy.grace));
   }
 
   // Lets the child run on after this handle is gone; a background thread reaps it

@@ -45,8 +45,8 @@
 #include <vector>
 
 #include "command.hpp"
-#include "detail/pages.hpp"
 #include "detail/exit_watch.hpp"
+#include "detail/pages.hpp"
 #include "detail/poll.hpp"
 #include "detail/sigpipe.hpp"
 #include "error.hpp"
@@ -242,7 +242,8 @@ inline run_result communicate(process& p, std::string_view input = {},
     }
     take_buffered();
     for (auto& c : caps) detail::drain_into(c, opts, 1);
-    throw timeout_error(res.command, *opts.timeout, opts.on_timeout, std::move(o), {res.out, res.err}, note);
+    throw timeout_error(res.command, *opts.timeout, opts.on_timeout, std::move(o),
+                        {res.out, res.err}, note);
   };
 
   // SIGPIPE is blocked (per thread) only while there is input to write.
@@ -292,7 +293,8 @@ inline run_result communicate(process& p, std::string_view input = {},
       // (p holds the leader's zombie, so the group id is still ours), which the
       // timeout covers too (process::stop()).
       const std::optional<exit_status> had = p.status();
-      expire(had ? had->to_string() + ", but a process it started still holds its output open" : std::string());
+      expire(had ? had->to_string() + ", but a process it started still holds its output open"
+                 : std::string());
     }
     was_late = late;
     if (in_i >= 0 && fds[in_i].revents != 0) {
@@ -340,8 +342,9 @@ inline run_result run(command cmd, const run_options& opts = {}) {
   if (!cmd.out()) cmd.out(pipe);
   if (!cmd.err()) cmd.err(pipe);
   process p = cmd.spawn();
-  run_result r = communicate(p, opts.input ? std::string_view(*opts.input) : std::string_view(),
-                             {opts.timeout, opts.on_timeout, opts.max_output, opts.on_output_limit});
+  run_result r =
+      communicate(p, opts.input ? std::string_view(*opts.input) : std::string_view(),
+                  {opts.timeout, opts.on_timeout, opts.max_output, opts.on_output_limit});
   r.success_codes = cmd.success_codes();
   if (opts.check) r.check();
   return r;

@@ -29,9 +29,8 @@
 
 #include <chrono>
 #include <csignal>
-#include <string>
-
 #include <optional>
+#include <string>
 
 #include "detail/printing.hpp"
 #include "detail/signal_table.hpp"
@@ -40,9 +39,9 @@
 namespace subprocess {
 
 struct timeout_policy {
-  int signal = SIGKILL;                  // sent first
-  std::chrono::milliseconds grace{0};    // then SIGKILL after this, if still alive
-  bool kill = true;                      // false: leave it running (leave_running())
+  int signal = SIGKILL;                // sent first
+  std::chrono::milliseconds grace{0};  // then SIGKILL after this, if still alive
+  bool kill = true;                    // false: leave it running (leave_running())
 
   // sig, then SIGKILL after `grace` if it is still alive.
   static timeout_policy kill_with(int sig, std::chrono::milliseconds grace = {}) noexcept {
@@ -57,22 +56,24 @@ struct timeout_policy {
   std::string to_string() const {
     if (!kill) return "leave running";
     if (!escalates()) return "SIGKILL";
-    return detail::signal_name_of(signal) + ", then SIGKILL after " + std::to_string(grace.count()) + " ms";
+    return detail::signal_name_of(signal) + ", then SIGKILL after " +
+           std::to_string(grace.count()) + " ms";
   }
   friend bool operator==(const timeout_policy&, const timeout_policy&) = default;
 };
 
 template <class Traits>
-std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const timeout_policy& p) {
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os,
+                                             const timeout_policy& p) {
   return detail::put_text(os, p.to_string());
 }
 
 // What the library did when a timeout struck (timeout_error carries it).
 struct timeout_outcome {
   std::optional<exit_status> status;  // how the child ended; nullopt if still running
-  bool killed = false;         // the library sent the policy's signal (Node's `killed`)
-  bool escalated = false;      // ... and then SIGKILL, the grace having passed
-  bool still_running = false;  // leave_running: nothing sent, the caller owns the child
+  bool killed = false;                // the library sent the policy's signal (Node's `killed`)
+  bool escalated = false;             // ... and then SIGKILL, the grace having passed
+  bool still_running = false;         // leave_running: nothing sent, the caller owns the child
 };
 
 namespace detail {

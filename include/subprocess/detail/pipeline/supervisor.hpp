@@ -5,10 +5,10 @@
 // the stderr pipes it captures and the pumps' wake-up eventfd; at the deadline it
 // applies the timeout policy (SIGKILL; or a signal, then SIGKILL after the grace to
 // whatever of the stages and their group is left), and once every stage has exited
-// and every pump is done it joins the pumps and marks the pipeline finished. A stage that exited is reaped
-// at once, except the process group's leader: it stays a zombie until every other
-// stage is gone (and the timeout's grace, if running, is over), which keeps the
-// group's id from being reused while the group may still be signalled.
+// and every pump is done it joins the pumps and marks the pipeline finished. A stage that exited is
+// reaped at once, except the process group's leader: it stays a zombie until every other stage is
+// gone (and the timeout's grace, if running, is over), which keeps the group's id from being reused
+// while the group may still be signalled.
 #pragma once
 
 #include <algorithm>
@@ -122,7 +122,8 @@ class supervisor {
       deadline wake = (!stopped && st_.dl) ? st_.dl : std::nullopt;
       if (kill_at && (!wake || *kill_at < *wake)) wake = kill_at;
       if (tick || (kill_at && all_exited)) {
-        auto soon = tick ? saturating_add(clock::now(), std::chrono::milliseconds(50)) : group_poll_.next_time();
+        auto soon = tick ? saturating_add(clock::now(), std::chrono::milliseconds(50))
+                         : group_poll_.next_time();
         if (!wake || soon < *wake) wake = soon;
       }
       poll_until(fds.data(), static_cast<nfds_t>(fds.size()), wake);
