@@ -169,6 +169,21 @@ inline void append_output(std::string& sink, std::string_view data) {
   sink.append(data);
 }
 
+// Moves what c's reader holds into its sink, up to max_output. Returns false when
+// the limit was hit under output_limit::kill.
+inline bool keep_buffered(capture& c, const communicate_options& o) {
+  std::string_view got = c.reader->buffered();
+  std::size_t room = o.max_output ? (*o.max_output > c.sink->size() ? *o.max_output - c.sink->size() : 0)
+                                  : got.size();
+  append_output(*c.sink, got.substr(0, std::min(room, got.size())));
+  c.reader->consume(got.size());
+  if (room < got.size()) {
+    *c.truncated = true;
+    if (o.on_output_limit == output_limit::kill) return false;
+  }
+  return true;
+}
+
 // Reads what is available on one captured stream into its sink, at most
 // `rounds` reads so a fast writer cannot starve the other fds. Returns false when
 // the limit was hit under output_limit::kill.
@@ -181,15 +196,7 @@ inline bool drain_into(capture& c, const communicate_options& o, int rounds = 4)
       enlarge_pipe(c.reader->fd());
       c.read_size = big_pipe;
     }
-    std::string_view got = c.reader->buffered();
-    std::size_t room = o.max_output ? (*o.max_output > c.sink->size() ? *o.max_output - c.sink->size() : 0)
-                                    : got.size();
-    append_output(*c.sink, got.substr(0, std::min(room, got.size())));
-    c.reader->consume(got.size());
-    if (room < got.size()) {
-      *c.truncated = true;
-      if (o.on_output_limit == output_limit::kill) return false;
-    }
+    if (!keep_buffered(c, o)) return false;
   }
   return true;
 }
@@ -211,13 +218,10 @@ inline run_result communicate(process& p, std::string_view input = {},
   detail::capture caps[2] = {{&p.out(), &res.out, &res.out_truncated, "stdout", 64 * 1024},
                              {&p.err(), &res.err, &res.err_truncated, "stderr", 64 * 1024}};
   // Take what wait() may have buffered already.
-  auto take_buffered = [&] {
-    for (auto& c : caps) {
-      c.sink->append(c.reader->buffered());
-      c.reader->consume(c.reader->buffered().size());
-    }
-  };
-  take_buffered();
+  for (auto& c : caps) {
+    c.sink->append(c.reader->buffered());
+    c.reader->consume(c.reader->buffered().size());
+  }
   pipe_writer& in = p.in();
   if (input.empty()) in.close();
 
@@ -240,8 +244,10 @@ inline run_result communicate(process& p, std::string_view input = {},
     } catch (const error&) {  // could not be reaped: still, it was signalled
       o.killed = true;
     }
-    take_buffered();
-    for (auto& c : caps) detail::drain_into(c, opts, 1);
+    for (auto& c : caps) {  // what stop() drained while waiting, then one more read
+      detail::keep_buffered(c, opts);
+      detail::drain_into(c, opts, 1);
+    }
     throw timeout_error(res.command, *opts.timeout, opts.on_timeout, std::move(o),
                         {res.out, res.err}, note);
   };
