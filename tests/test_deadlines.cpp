@@ -328,3 +328,45 @@ TEST_CASE("worker_pool: term_grace = milliseconds::max(): SIGTERM at the end of 
   REQUIRE(stopped.size() >= 1);
   CHECK(stopped[0].status == sp::exit_status::signaled(SIGTERM));
 }
+
+TEST_CASE("a timeout policy's grace of milliseconds::max() is for ever, never an overflow") {
+  const auto forever = sp::timeout_policy::kill_with(SIGTERM, milliseconds::max());
+  SECTION("process::wait_for(t, policy)") {
+    auto p = testing::helper({"ignore-term", "ready", "sleep", "60000"}).out(sp::pipe).spawn();
+    REQUIRE(p.out().read_line() == "ready");
+    std::optional<sp::timeout_outcome> o;
+    CHECK(still_waiting_until_ended(
+        [&] {
+          try {
+            p.wait_for(10ms, forever);
+          } catch (const sp::timeout_error& e) {
+            o = e.outcome();
+          }
+        },
+        [&] { p.signal(SIGKILL); }));
+    REQUIRE(o);
+    CHECK(o->status->signal() == SIGKILL);
+    CHECK_FALSE(o->escalated);  // the SIGKILL was ours, not the grace's end
+  }
+  SECTION("a pipeline's on_timeout") {
+    auto link = sp::detail::make_pipe();
+    auto h = (sp::pipeline{} | testing::helper({"ignore-term", "ready", "sleep", "60000"}))
+                 .spawn({.output = sp::fd(link.write.get()), .timeout = 10ms, .on_timeout = forever});
+    link.write.reset();
+    sp::pipe_reader out(std::move(link.read));
+    REQUIRE(out.read_line_for(10s) == "ready");
+    std::optional<sp::pipeline_result> r;
+    CHECK(still_waiting_until_ended(
+        [&] {
+          try {
+            h.wait();
+          } catch (const sp::pipeline_timeout_error& e) {
+            r = e.result();
+            CHECK_FALSE(e.outcome().escalated);
+          }
+        },
+        [&] { h.signal(SIGKILL); }));
+    REQUIRE(r);
+    CHECK(r->stages[0].status == sp::exit_status::signaled(SIGKILL));
+  }
+}

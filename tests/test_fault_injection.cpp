@@ -743,7 +743,7 @@ TEST_CASE("every call spawn_in_pty makes before the child runs can fail: a clear
         auto fds_before = testing::open_fds();
         plan p;
         p.fail_nth(k.kind, n, err);
-        attempt a = try_once(p, op);
+        attempt a = try_once(p, op, scope::this_thread);
         INFO(sp::to_string(b) << ": " << name(k.kind) << " call " << n << " of " << it->second << " fails with "
                               << std::error_code(err, std::system_category()).message() << " -> "
                               << (a.ok ? "ok" : a.what));

@@ -918,3 +918,67 @@ TEST_CASE("a socket or signalfd that never stops being readable cannot hold a de
   ch.close();
   CHECK(c.wait_for(10s) == sp::exit_status::exited(0));
 }
+
+TEST_CASE("the timeout policy's grace holds under faults") {
+  using policy = sp::timeout_policy;
+  SECTION("EINTR everywhere: wait_for(t, policy) and a pipeline's escalation keep their times") {
+    auto q = testing::helper({"term-exits-after", "0", "ready", "sleep", "60000"}).out(sp::pipe).spawn();
+    REQUIRE(q.out().read_line_for(10s) == "ready");
+    plan& p = eintr_everywhere();
+    scope s(p, scope::all_threads);
+    try {
+      q.wait_for(50ms, policy::kill_with(SIGTERM, 5s));
+      FAIL("no timeout_error");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.status() == sp::exit_status::exited(0));
+      CHECK_FALSE(e.outcome().escalated);
+    }
+    auto t0 = clk::now();
+    try {
+      (sp::pipeline{} | testing::helper({"ignore-term", "sleep", "60000"}) | sp::command{"cat"})
+          .run({.timeout = 200ms, .on_timeout = policy::kill_with(SIGTERM, 300ms)});
+      FAIL("no timeout_error");
+    } catch (const sp::pipeline_timeout_error& e) {
+      CHECK(e.result().stages[0].status == sp::exit_status::signaled(SIGKILL));
+      CHECK(e.outcome().escalated);
+    }
+    CHECK(clk::now() - t0 >= 500ms);
+    CHECK(clk::now() - t0 < 5s);
+    CHECK(injected_of(p, {call::poll, call::waitid, call::read}) > 3);
+    tally_by_area.add("pipeline", p.injected_total());
+  }
+  SECTION("/proc unreadable during the grace: the group counts as alive and gets SIGKILL at its end") {
+    // The only stage exits on SIGTERM and leaves nobody behind. Whether its group is
+    // empty is a /proc scan; when that fails the answer must be "maybe alive".
+    auto run_once = [](plan* faults) {
+      auto link = sp::detail::make_pipe();
+      auto h = (sp::pipeline{} | testing::helper({"term-exits-after", "0", "ready", "sleep", "60000"}))
+                   .spawn({.output = sp::fd(link.write.get()), .timeout = 100ms,
+                           .on_timeout = policy::kill_with(SIGTERM, 1500ms)});
+      link.write.reset();
+      sp::pipe_reader out(std::move(link.read));
+      REQUIRE(out.read_line_for(10s) == "ready");
+      std::optional<scope> s;
+      if (faults) s.emplace(*faults, scope::all_threads);
+      auto t0 = clk::now();
+      try {
+        h.wait();
+        FAIL("no timeout_error");
+      } catch (const sp::pipeline_timeout_error& e) {
+        CHECK(e.result().stages[0].status == sp::exit_status::exited(0));
+        return std::pair{e.outcome().escalated, clk::now() - t0};
+      }
+      return std::pair{false, clk::now() - t0};
+    };
+    auto [escalated, took] = run_once(nullptr);
+    CHECK_FALSE(escalated);  // seen empty: no SIGKILL, no waiting out the grace
+    CHECK(took < 1200ms);
+    plan& p = new_plan();
+    p.fail_every(call::open, 1, EMFILE);  // opendir("/proc")
+    auto [escalated2, took2] = run_once(&p);
+    CHECK(escalated2);
+    CHECK(took2 >= 1400ms);  // from the deadline, a little before t0
+    CHECK(p.injected(call::open) > 0);
+    tally_by_area.add("pipeline", p.injected_total());
+  }
+}

@@ -67,6 +67,9 @@ TEST_CASE("fmt and operator<<: the same text for every value type") {
     CHECK(both(sp::spawn_backend::clone_vfork) == "clone_vfork");
     CHECK(both(sp::output_limit::kill) == "kill");
     CHECK(both(sp::output_limit::truncate) == "truncate");
+    CHECK(both(sp::timeout_policy{}) == "SIGKILL");
+    CHECK(both(sp::timeout_policy::kill_with(SIGTERM, 2s)) == "SIGTERM, then SIGKILL after 2000 ms");
+    CHECK(both(sp::timeout_policy::leave_running()) == "leave running");
     // What fmt.hpp's manual tells fmt users to do for the pool/ipc types, which have
     // operator<< but no formatter: fmt::streamed finds the operator<< template.
     CHECK(fmt::format("{}", fmt::streamed(sp::exit_status::exited(2))) == "exited with code 2");

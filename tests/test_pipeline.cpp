@@ -899,3 +899,121 @@ TEST_CASE("stderr of each stage: capture, merge into the next stage, null, the c
     CHECK(r.stages[1].err.size() == 1000000);
   }
 }
+
+TEST_CASE("the timeout policy: a signal first, SIGKILL after the grace to what is left of the group") {
+  using policy = sp::timeout_policy;
+  using clk = std::chrono::steady_clock;
+  SECTION("stages that exit on SIGTERM within the grace are not SIGKILLed") {
+    auto p = sp::pipeline{} |
+             sp::command{"sh", "-c", "trap 'exit 3' TERM; echo ready; while :; do sleep 0.1; done"} |
+             sp::command{"cat"};
+    auto t0 = clk::now();
+    try {
+      p.run({.timeout = 1s, .on_timeout = policy::kill_with(SIGTERM, 10s)});
+      FAIL("no exception");
+    } catch (const sp::pipeline_timeout_error& e) {
+      REQUIRE(e.out().starts_with("ready\n"));  // the trap was set in time
+      const auto& r = e.result();
+      CHECK(r.timed_out);
+      CHECK(r.stages[0].status == sp::exit_status::exited(3));
+      CHECK(r.stages[1].status == sp::exit_status::signaled(SIGTERM));
+      CHECK(r.stages[0].killed);
+      CHECK(r.stages[1].killed);
+      CHECK(e.killed());
+      CHECK_FALSE(e.outcome().escalated);
+      CHECK_THAT(e.what(), Catch::EndsWith("timed out after 1000 ms; sent SIGTERM"));
+    }
+    CHECK(clk::now() - t0 < 8s);
+  }
+  SECTION("a group member ignoring SIGTERM gets SIGKILL at the end of the grace") {
+    // The stage exits on SIGTERM; the grandchild it forked first ignores it.
+    auto link = sp::detail::make_pipe();
+    auto h = (sp::pipeline{} |
+              testing::helper({"ignore-term", "grandchild-pid", "term-exits-after", "0", "ready", "sleep", "60000"}))
+                 .spawn({.output = sp::fd(link.write.get()), .timeout = 1s,
+                         .on_timeout = policy::kill_with(SIGTERM, 500ms)});
+    link.write.reset();
+    sp::pipe_reader out(std::move(link.read));
+    auto g = out.read_line_for(10s);
+    REQUIRE(g);
+    sp::detail::unique_fd gfd(sp::detail::sys::pidfd_open(std::stoi(*g)));
+    REQUIRE(gfd);
+    REQUIRE(out.read_line_for(10s) == "ready");
+    auto t0 = clk::now();
+    try {
+      h.wait();
+      FAIL("no exception");
+    } catch (const sp::pipeline_timeout_error& e) {
+      CHECK(e.result().stages[0].status == sp::exit_status::exited(0));  // its handler ran
+      CHECK(e.result().stages[0].killed);
+      CHECK(e.outcome().escalated);  // for the grandchild
+      CHECK_THAT(e.what(), Catch::EndsWith("; sent SIGTERM, then SIGKILL after 500 ms"));
+    }
+    CHECK(clk::now() - t0 >= 400ms);  // the grace ran (from the deadline, a little before t0)
+    CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+  }
+  SECTION("wait_for(t, policy): SIGTERM ignored, then SIGKILL; per stage killed") {
+    auto link = sp::detail::make_pipe();
+    auto h = (sp::pipeline{} | testing::helper({"ignore-term", "ready", "sleep", "60000"}) |
+              testing::helper({"echo-lines"}))
+                 .spawn({.output = sp::fd(link.write.get())});
+    link.write.reset();
+    sp::pipe_reader out(std::move(link.read));
+    REQUIRE(out.read_line_for(10s) == "ready");
+    auto t0 = clk::now();
+    try {
+      h.wait_for(50ms, policy::kill_with(SIGTERM, 300ms));
+      FAIL("no exception");
+    } catch (const sp::pipeline_timeout_error& e) {
+      const auto& r = e.result();
+      CHECK(r.stages[0].status == sp::exit_status::signaled(SIGKILL));
+      CHECK(r.stages[1].status == sp::exit_status::signaled(SIGTERM));
+      CHECK(r.stages[0].killed);
+      CHECK(r.stages[1].killed);
+      CHECK(e.outcome().escalated);
+      CHECK_THAT(e.what(), Catch::EndsWith("timed out after 50 ms; sent SIGTERM, then SIGKILL after 300 ms"));
+    }
+    CHECK(clk::now() - t0 >= 350ms);
+    CHECK(h.finished());
+    CHECK_FALSE(h.wait().timed_out);  // the options had no timeout: wait() now just returns
+  }
+  SECTION("wait_for(t, leave_running()): nothing is sent, the handle still owns the pipeline") {
+    auto h = (sp::pipeline{} | sp::command{"sleep", "10"} | sp::command{"cat"}).spawn();
+    try {
+      h.wait_for(50ms, policy::leave_running());
+      FAIL("no exception");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.still_running());
+      CHECK_FALSE(e.killed());
+      CHECK_THAT(e.what(), Catch::EndsWith("timed out after 50 ms; still running: left to the caller, who owns it"));
+    }
+    CHECK_FALSE(h.finished());
+    for (pid_t pid : h.pids()) CHECK(::kill(pid, 0) == 0);
+    auto r = h.terminate(5s);
+    CHECK(r.stages[0].status == sp::exit_status::signaled(SIGTERM));
+    CHECK(r.stages[0].killed);  // terminate() is the library's doing too
+    CHECK_FALSE(r.timed_out);
+  }
+  SECTION("the default says what it did; a pipeline stopped by a signal() of yours is not `killed`") {
+    try {
+      (sp::pipeline{} | sp::command{"sleep", "10"}).run({.timeout = 100ms});
+      FAIL("no exception");
+    } catch (const sp::pipeline_timeout_error& e) {
+      CHECK(e.result().stages[0].status == sp::exit_status::signaled(SIGKILL));
+      CHECK(e.result().stages[0].killed);
+      CHECK_THAT(e.what(), Catch::EndsWith("timed out after 100 ms; sent SIGKILL"));
+    }
+    auto h = (sp::pipeline{} | sp::command{"sleep", "10"}).spawn();
+    CHECK(h.signal(SIGTERM));
+    auto r = h.wait();
+    CHECK(r.stages[0].status == sp::exit_status::signaled(SIGTERM));
+    CHECK_FALSE(r.stages[0].killed);
+  }
+  SECTION("leave_running() and bad policies in the options are refused before anything starts") {
+    auto p = sp::pipeline{} | sp::command{"sleep", "10"};
+    CHECK_THROWS_AS(p.run({.timeout = 10ms, .on_timeout = policy::leave_running()}), sp::argument_error);
+    CHECK_THROWS_AS(p.spawn({.on_timeout = policy::kill_with(0)}), sp::argument_error);
+    CHECK_THROWS_AS(p.spawn({.on_timeout = policy::kill_with(SIGTERM, -1ms)}), sp::argument_error);
+    CHECK(testing::children().empty());
+  }
+}

@@ -3,6 +3,7 @@
 #include <csignal>
 #include <fstream>
 #include <optional>
+#include <sstream>
 #include <thread>
 
 #include <sys/wait.h>
@@ -392,4 +393,129 @@ TEST_CASE("SIGCHLD ignored: a child that started is never a spawn failure; wait 
     CHECK_NOTHROW(q.detach());
   }
   CHECK(testing::children().empty());
+}
+
+// A shell that answers SIGTERM with "got TERM" and exit 3, once it has said "ready".
+static sp::command term_trapper() {
+  return sp::command{"sh", "-c", "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.1; done"}
+      .out(sp::pipe);
+}
+
+TEST_CASE("wait_for with a timeout policy: which signal, the grace, or leave it running") {
+  using policy = sp::timeout_policy;
+  SECTION("a child trapping SIGTERM exits 3 within the grace: killed, not escalated") {
+    auto p = term_trapper().spawn();
+    REQUIRE(p.out().read_line() == "ready");
+    auto t0 = clk::now();
+    try {
+      p.wait_for(100ms, policy::kill_with(SIGTERM, 10s));
+      FAIL("no timeout_error");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.status() == sp::exit_status::exited(3));
+      CHECK(e.killed());
+      CHECK_FALSE(e.outcome().escalated);
+      CHECK_FALSE(e.still_running());
+      CHECK(e.code() == std::errc::timed_out);
+      CHECK(std::string(e.what()) == "'" + p.command_line() + "' timed out after 100 ms; sent SIGTERM");
+    }
+    CHECK(clk::now() - t0 < 5s);
+    CHECK(p.out().read_all() == "got TERM\n");
+  }
+  SECTION("a child ignoring SIGTERM is SIGKILLed after the grace, its whole group too") {
+    auto p = testing::helper({"ignore-term", "grandchild-pid", "ready", "sleep", "60000"})
+                 .new_process_group()
+                 .out(sp::pipe)
+                 .spawn();
+    sp::detail::unique_fd gfd(sp::detail::sys::pidfd_open(std::stoi(*p.out().read_line())));
+    REQUIRE(gfd);
+    REQUIRE(p.out().read_line() == "ready");
+    auto t0 = clk::now();
+    try {
+      p.wait_for(50ms, policy::kill_with(SIGTERM, 300ms));
+      FAIL("no timeout_error");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.status()->signal() == SIGKILL);
+      CHECK(e.killed());
+      CHECK(e.outcome().escalated);
+      CHECK_THAT(e.what(), Catch::EndsWith("timed out after 50 ms; sent SIGTERM, then SIGKILL after 300 ms"));
+    }
+    CHECK(clk::now() - t0 >= 300ms);
+    CHECK(clk::now() - t0 < 5s);
+    // The grandchild (in the group, ignoring SIGTERM too) got SIGKILL: its pidfd says gone.
+    CHECK(sp::detail::poll_one(gfd.get(), POLLIN, sp::detail::clock::now() + 10s) != 0);
+  }
+  SECTION("leave_running: nothing is sent, the child runs on and the caller still owns it") {
+    auto p = sp::command{"sleep", "10"}.spawn();
+    try {
+      p.wait_for(50ms, policy::leave_running());
+      FAIL("no timeout_error");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.still_running());
+      CHECK_FALSE(e.killed());
+      CHECK_FALSE(e.status());
+      CHECK(std::string(e.what()) ==
+            "'sleep 10' timed out after 50 ms; still running: left to the caller, who owns it");
+    }
+    CHECK(::kill(p.pid(), 0) == 0);
+    CHECK_FALSE(p.try_wait());
+    p.kill();
+    CHECK(p.wait().signal() == SIGKILL);
+  }
+  SECTION("CPython test_wait_timeout: a short timeout throws, then wait() gets code 0") {
+    auto p = sp::command{"sleep", "0.3"}.spawn();
+    CHECK_THROWS_AS(p.wait_for(1ms, policy::leave_running()), sp::timeout_error);
+    CHECK(p.wait() == sp::exit_status::exited(0));
+  }
+  SECTION("a child that ends in time returns its status; no signal is sent") {
+    auto p = term_trapper().spawn();
+    auto q = sp::command{"true"}.spawn();
+    CHECK(q.wait_for(10s, policy::kill_with(SIGTERM, 1s)) == sp::exit_status::exited(0));
+    p.kill();
+  }
+  SECTION("the default policy is SIGKILL at once") {
+    auto p = sp::command{"sleep", "10"}.spawn();
+    try {
+      p.wait_for(20ms, policy{});
+      FAIL("no timeout_error");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.status()->signal() == SIGKILL);
+      CHECK(e.killed());
+      CHECK_THAT(e.what(), Catch::EndsWith("; sent SIGKILL"));
+    }
+  }
+  SECTION("Node's killSignal: any signal number, a bad one is an argument_error") {
+    auto p = sp::command{"sleep", "10"}.spawn();
+    CHECK_THROWS_AS(p.wait_for(1ms, policy::kill_with(0)), sp::argument_error);
+    CHECK_THROWS_AS(p.wait_for(1ms, policy::kill_with(SIGRTMAX + 1)), sp::argument_error);
+    CHECK_THROWS_AS(p.wait_for(1ms, policy::kill_with(SIGTERM, -1ms)), sp::argument_error);
+    CHECK_THROWS_AS(p.wait_for(-1ms, policy{}), sp::argument_error);
+    CHECK_FALSE(p.try_wait());  // nothing was sent
+    try {
+      p.wait_for(1ms, policy::kill_with(SIGUSR1, 10s));
+      FAIL("no timeout_error");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.status()->signal() == SIGUSR1);
+    }
+  }
+  SECTION("stop() applies a policy at once; terminate(grace) is kill_with(SIGTERM, grace)") {
+    auto p = term_trapper().spawn();
+    REQUIRE(p.out().read_line() == "ready");
+    auto o = p.stop(policy::kill_with(SIGTERM, 10s));
+    CHECK(o.status == sp::exit_status::exited(3));
+    CHECK(o.killed);
+    auto again = p.stop(policy{});  // ended: nothing to send
+    CHECK_FALSE(again.killed);
+    CHECK(again.status == sp::exit_status::exited(3));
+  }
+}
+
+TEST_CASE("timeout_policy prints what it does") {
+  CHECK(sp::timeout_policy{}.to_string() == "SIGKILL");
+  CHECK(sp::timeout_policy::kill_with(SIGTERM, 2s).to_string() == "SIGTERM, then SIGKILL after 2000 ms");
+  CHECK(sp::timeout_policy::kill_with(SIGKILL, 2s).to_string() == "SIGKILL");
+  CHECK(sp::timeout_policy::leave_running().to_string() == "leave running");
+  std::ostringstream os;
+  os << sp::timeout_policy::kill_with(SIGINT, 500ms);
+  CHECK(os.str() == "SIGINT, then SIGKILL after 500 ms");
+  CHECK(sp::timeout_policy{} == sp::timeout_policy::kill_with(SIGKILL));
 }

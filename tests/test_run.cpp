@@ -215,3 +215,82 @@ TEST_CASE("communicate on a process spawned by hand") {
     CHECK(q.status().has_value());
   }
 }
+
+TEST_CASE("the timeout policy: which signal, the grace, the group, or leave it running") {
+  using policy = sp::timeout_policy;
+  const char* trap_term = "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.1; done";
+  SECTION("a child trapping SIGTERM gets it and exits 3 within the grace") {
+    auto t0 = clk::now();
+    try {
+      sp::run(sp::command{"sh", "-c", trap_term}, {.timeout = 1s, .on_timeout = policy::kill_with(SIGTERM, 10s)});
+      FAIL("no timeout_error");
+    } catch (const sp::timeout_error& e) {
+      REQUIRE(e.out().starts_with("ready\n"));  // the trap was set before the timeout
+      CHECK(e.out() == "ready\ngot TERM\n");
+      CHECK(e.status() == sp::exit_status::exited(3));
+      CHECK(e.killed());
+      CHECK_FALSE(e.outcome().escalated);
+      CHECK_THAT(e.what(), Catch::EndsWith("' timed out after 1000 ms; sent SIGTERM"));
+    }
+    CHECK(clk::now() - t0 < 8s);
+  }
+  SECTION("a child ignoring SIGTERM is SIGKILLed after the grace, with its group") {
+    auto t0 = clk::now();
+    try {
+      sp::run(testing::helper({"ignore-term", "grandchild", "60000", "out", "ready", "sleep", "60000"})
+                  .new_process_group(),
+              {.timeout = 300ms, .on_timeout = policy::kill_with(SIGTERM, 500ms)});
+      FAIL("no timeout_error");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.status()->signal() == SIGKILL);
+      CHECK(e.killed());
+      CHECK(e.outcome().escalated);
+      CHECK_THAT(e.what(), Catch::EndsWith("timed out after 300 ms; sent SIGTERM, then SIGKILL after 500 ms"));
+    }
+    CHECK(clk::now() - t0 >= 800ms);
+    CHECK(clk::now() - t0 < 5s);
+  }
+  SECTION("Node's exec timeout: killSignal SIGKILL is today's default, and says so") {
+    try {
+      sp::run(sp::command{"sleep", "10"}, {.timeout = 100ms, .on_timeout = policy::kill_with(SIGKILL)});
+      FAIL("no timeout_error");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.status()->signal() == SIGKILL);
+      CHECK(e.killed());
+      CHECK(std::string(e.what()) == "'sleep 10' timed out after 100 ms; sent SIGKILL");
+    }
+  }
+  SECTION("Node's exec timeout not expired: a policy changes nothing for a child that ends in time") {
+    auto r = sp::run(sp::command{"sh", "-c", "echo done"}, {.timeout = 10s, .on_timeout = policy::kill_with(SIGTERM, 1s)});
+    CHECK(r.out == "done\n");
+    CHECK(r.success());
+  }
+  SECTION("run() refuses leave_running (it keeps no handle) and bad policies, before anything starts") {
+    CHECK_THROWS_AS(sp::run(sp::command{"sleep", "10"}, {.timeout = 10ms, .on_timeout = policy::leave_running()}),
+                    sp::argument_error);
+    CHECK_THROWS_AS(sp::run(sp::command{"true"}, {.on_timeout = policy::kill_with(-3)}), sp::argument_error);
+    CHECK_THROWS_AS(sp::run(sp::command{"true"}, {.on_timeout = policy::kill_with(SIGTERM, -5ms)}),
+                    sp::argument_error);
+    CHECK(testing::children().empty());
+  }
+  SECTION("CPython test_communicate_timeout: leave_running keeps the child; communicate again gets the rest") {
+    auto p = sp::command{"sh", "-c", "echo first; sleep 2; echo second; echo err >&2"}
+                 .out(sp::pipe)
+                 .err(sp::pipe)
+                 .spawn();
+    try {
+      sp::communicate(p, {}, {.timeout = 300ms, .on_timeout = policy::leave_running()});
+      FAIL("no timeout_error");
+    } catch (const sp::timeout_error& e) {
+      CHECK(e.still_running());
+      CHECK_FALSE(e.killed());
+      CHECK(e.out() == "first\n");
+      CHECK_THAT(e.what(), Catch::Contains("still running: left to the caller, who owns it"));
+    }
+    CHECK(::kill(p.pid(), 0) == 0);
+    auto r = sp::communicate(p);
+    CHECK(r.out == "second\n");
+    CHECK(r.err == "err\n");
+    CHECK(r.success());
+  }
+}

@@ -32,6 +32,7 @@
 #include <utility>
 
 #include "exit_status.hpp"
+#include "timeout.hpp"
 
 namespace subprocess {
 
@@ -162,29 +163,46 @@ struct captured_output {
   std::string err;
 };
 
-// The child ran past its timeout; it was killed and reaped before this was thrown.
+// The child ran past its timeout. By default (timeout_policy{}) it was killed and
+// reaped before this was thrown; the message says what was done ("; sent SIGTERM,
+// then SIGKILL after 500 ms") or that it is still running and yours (leave_running).
 // Carries the output captured so far. code() is std::errc::timed_out.
 class timeout_error : public error {
  public:
   timeout_error(std::string command, std::chrono::milliseconds timeout,
                 std::optional<exit_status> status, captured_output output,
                 const std::string& note = {})
+      : timeout_error(std::move(command), timeout, timeout_policy{}, timeout_outcome{status, true},
+                      std::move(output), note, false) {}
+  // After `policy` was applied, with `outcome`.
+  timeout_error(std::string command, std::chrono::milliseconds timeout,
+                const timeout_policy& policy, timeout_outcome outcome, captured_output output,
+                const std::string& note = {}, bool say_what_was_done = true)
       : error(std::make_error_code(std::errc::timed_out), command,
               "'" + command + "' timed out after " + std::to_string(timeout.count()) + " ms" +
-                  (note.empty() ? "" : " (" + note + ")")),
+                  (note.empty() ? "" : " (" + note + ")") +
+                  action(say_what_was_done ? detail::describe(policy, outcome) : std::string())),
         timeout_(timeout),
-        status_(status),
+        outcome_(std::move(outcome)),
         output_(std::move(output)) {}
   std::chrono::milliseconds timeout() const noexcept { return timeout_; }
-  // How the child ended after it was killed (nullopt if it could not be reaped).
-  const std::optional<exit_status>& status() const noexcept { return status_; }
+  // How the child ended after it was killed (nullopt if it could not be reaped, or
+  // is still running).
+  const std::optional<exit_status>& status() const noexcept { return outcome_.status; }
+  // The library signalled it (Node's `killed`); false if it had ended by itself.
+  bool killed() const noexcept { return outcome_.killed; }
+  // leave_running: it was left running; whoever holds its handle owns it.
+  bool still_running() const noexcept { return outcome_.still_running; }
+  // All of it: status, killed, escalated (SIGKILL after the grace), still_running.
+  const timeout_outcome& outcome() const noexcept { return outcome_; }
   // Output captured before the timeout.
   const std::string& out() const noexcept { return output_.out; }
   const std::string& err() const noexcept { return output_.err; }
 
  private:
+  static std::string action(const std::string& a) { return a.empty() ? a : "; " + a; }
   std::chrono::milliseconds timeout_;
-  std::optional<exit_status> status_;
+  timeout_outcome outcome_;
   captured_output output_;
 };
 

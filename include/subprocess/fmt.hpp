@@ -2,8 +2,8 @@
 //
 // fmt::formatter specialisations for exit_status, command, spawn_backend, environment,
 // signal_info, shutdown_entry, shutdown_result, forward_result, output_limit,
-// run_result, transform, pipeline, stage_result and pipeline_result. Each prints the
-// same text as the type's to_string() and operator<< (both declared next to
+// timeout_policy, run_result, transform, pipeline, stage_result and pipeline_result.
+// Each prints the same text as the type's to_string() and operator<< (both declared next to
 // the type, whose comments show the text; `std::cout << x` needs no fmt).
 //
 //   ```cpp
@@ -91,6 +91,9 @@ template <>
 struct fmt::formatter<subprocess::output_limit> : subprocess::detail::text_formatter<subprocess::output_limit> {};
 template <>
 struct fmt::formatter<subprocess::run_result> : subprocess::detail::text_formatter<subprocess::run_result> {};
+template <>
+struct fmt::formatter<subprocess::timeout_policy>
+    : subprocess::detail::text_formatter<subprocess::timeout_policy> {};
 template <>
 struct fmt::formatter<subprocess::transform> : subprocess::detail::text_formatter<subprocess::transform> {};
 template <>

@@ -64,6 +64,7 @@
 #include "process.hpp"
 #include "stdio.hpp"
 #include "stream.hpp"
+#include "timeout.hpp"
 
 namespace subprocess {
 
@@ -184,7 +185,11 @@ using stage_stderr = std::variant<inherit_t, null_t, capture_t, merge_with_out_t
 //            or sp::merge_with_out (2>&1: into the next stage, or the output).
 //   timeout  for the whole pipeline: at the deadline every stage is killed (SIGKILL,
 //            the whole group), transforms are stopped, all is reaped, and wait() /
-//            run() throw timeout_error.
+//            run() throw pipeline_timeout_error (a timeout_error with the result).
+//   on_timeout  what the timeout sends (timeout.hpp): kill_with(SIGTERM, 2s) sends
+//            SIGTERM (and SIGCONT) to every stage and the group, then SIGKILL to
+//            whatever of them is left after 2 s. leave_running() is refused here;
+//            spawn() and running_pipeline::wait_for(t, policy) offer it.
 //   process_group (default true): every stage in one process group, which the
 //            first command stage leads and the later ones join, so one signal
 //            (signal(), terminate(), the timeout) reaches the stages and the
@@ -201,6 +206,8 @@ struct pipeline_options {
   stage_stderr err{inherit};
   // The whole pipeline is killed when it runs longer; wait()/run() throw timeout_error.
   std::optional<std::chrono::milliseconds> timeout{};
+  // What the timeout sends: SIGKILL at once by default (timeout.hpp).
+  timeout_policy on_timeout{};
   // Every stage in one process group, led by the first command stage.
   bool process_group = true;
   // Count a stage (not the last) killed by SIGPIPE as a failure, as bash's pipefail does.
@@ -242,6 +249,9 @@ struct stage_result {
   // Counts as a failure under the pipeline's rules (the command's success_codes(),
   // the SIGPIPE rule above).
   bool failed = false;
+  // The library signalled it while it ran: the timeout, terminate(), a failed stage
+  // stopping the rest (Node's `killed`). A signal() of yours does not count.
+  bool killed = false;
   std::string err;           // its stderr, with err = sp::capture
   std::exception_ptr error;  // what a transform threw
   bool success() const noexcept { return !failed; }
@@ -254,6 +264,7 @@ struct pipeline_result {
   exit_status status = exit_status::exited(0);  // pipefail: the rightmost failure's status
   std::optional<std::size_t> failed_stage;      // which stage that is (0-based)
   std::string out;                              // with output = sp::capture
+  bool timed_out = false;  // the timeout struck (then wait() threw pipeline_timeout_error)
 
   bool success() const noexcept { return !failed_stage.has_value(); }
   // The leftmost failing stage (0-based): usually the cause of the others' failures.
@@ -311,6 +322,19 @@ class pipeline_error : public process_error {
   std::string pipeline_, message_;
 };
 
+// The pipeline's timeout struck: a timeout_error (killed(), outcome(), out(), and
+// err(), every stage's captured stderr in a row) that also carries the result: how
+// each stage ended and which the library killed (result().stages[k].killed).
+class pipeline_timeout_error : public timeout_error {
+ public:
+  pipeline_timeout_error(timeout_error e, pipeline_result r)
+      : timeout_error(std::move(e)), result_(std::move(r)) {}
+  const pipeline_result& result() const noexcept { return result_; }
+
+ private:
+  pipeline_result result_;
+};
+
 inline const pipeline_result& pipeline_result::check() const {
   if (auto k = first_failure())
     throw pipeline_error(command, *k, stages.size(), stages[*k].command, stages[*k].status,
@@ -339,6 +363,7 @@ inline pipeline_result collect_result(pipeline_state& st) {
       sr.status = s.status.value_or(exit_status::signaled(SIGKILL));
     }
     sr.err = std::move(s.err_text);
+    sr.killed = s.killed;
     auto code = sr.status.code();
     sr.failed = !(code && std::binary_search(s.success_codes.begin(), s.success_codes.end(), *code)) &&
                 !(sr.status.signal() == SIGPIPE && k + 1 < n && !st.sigpipe_is_failure);
@@ -349,6 +374,7 @@ inline pipeline_result collect_result(pipeline_state& st) {
     r.stages.push_back(std::move(sr));
   }
   if (st.output_pump) r.out = st.output_pump->sink.take_captured();
+  r.timed_out = st.timed_out;
   return r;
 }
 }  // namespace detail
@@ -437,6 +463,33 @@ class running_pipeline {
     }
     return wait();
   }
+  // Waits at most `timeout`, then applies `policy` (timeout.hpp) to every stage and
+  // their group and throws: kill_with(sig, grace) sends sig, then SIGKILL to what is
+  // left after the grace, and throws pipeline_timeout_error once all is reaped;
+  // leave_running() sends nothing and throws timeout_error (still_running()): the
+  // pipeline runs on, this handle still owns it (wait() again, or terminate()).
+  template <class Rep, class Period>
+  pipeline_result wait_for(std::chrono::duration<Rep, Period> timeout,
+                           const timeout_policy& policy) {
+    if (timeout < timeout.zero())
+      throw argument_error(command_line(), "negative timeout for wait_for");
+    detail::check_policy(policy, command_line());
+    if (auto r = wait_for(timeout)) return std::move(*r);
+    const auto ms = detail::saturating_ceil<std::chrono::milliseconds>(timeout);
+    timeout_outcome o;
+    if (!policy.kill) {
+      o.still_running = true;
+      throw timeout_error(command_line(), ms, policy, std::move(o), {});
+    }
+    o.escalated =
+        stop_with(policy.escalates() ? policy.signal : SIGKILL, detail::deadline_in(policy.grace));
+    join();
+    auto& st = *st_;
+    if (st.first_error) std::rethrow_exception(st.first_error);
+    pipeline_result r = result_;
+    r.timed_out = true;
+    throw timeout_for(ms, policy, std::move(o), std::move(r));
+  }
 
   // Sends sig to every stage still running (and to their whole process group).
   // Returns false if nothing was signalled.
@@ -451,20 +504,7 @@ class running_pipeline {
   template <class Rep = long, class Period = std::ratio<1>>
   pipeline_result terminate(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5)) {
     if (grace < grace.zero()) throw argument_error(command_line(), "negative grace period for terminate");
-    auto& st = state();
-    {
-      std::unique_lock lk(st.mu);
-      if (!st.finished) {
-        if (st.commands == 0) {
-          st.abort_locked(SIGTERM);
-        } else {
-          st.signal_all_locked(SIGTERM);
-          st.signal_all_locked(SIGCONT);  // SIGTERM stays pending in a stopped stage
-        }
-        if (!st.cv.wait_until(lk, detail::deadline_in(grace), [&] { return st.finished; }))
-          st.abort_locked(SIGKILL);
-      }
-    }
+    stop_with(SIGTERM, detail::deadline_in(grace));
     return wait();
   }
 
@@ -472,6 +512,36 @@ class running_pipeline {
   friend class pipeline;
   explicit running_pipeline(std::unique_ptr<detail::pipeline_state> st) noexcept
       : st_(std::move(st)) {}
+
+  // sig to every stage (and the group; SIGKILL also stops the transforms), then
+  // SIGKILL and the transforms stopped if it has not finished by dl. True if that
+  // last step was needed.
+  bool stop_with(int sig, detail::clock::time_point dl) {
+    auto& st = state();
+    std::unique_lock lk(st.mu);
+    if (st.finished) return false;
+    if (st.commands == 0 || sig == SIGKILL) {
+      st.abort_locked(sig);
+    } else {
+      st.signal_all_locked(sig, true);
+      st.signal_all_locked(SIGCONT);  // sig stays pending in a stopped stage
+    }
+    if (st.cv.wait_until(lk, dl, [&] { return st.finished; })) return false;
+    st.abort_locked(SIGKILL);
+    return true;
+  }
+  // The error for a timeout after which `r` is how it ended.
+  pipeline_timeout_error timeout_for(std::chrono::milliseconds ms, const timeout_policy& policy,
+                                     timeout_outcome o, pipeline_result r) const {
+    std::string err;
+    for (const auto& s : r.stages) {
+      err += s.err;
+      o.killed = o.killed || s.killed;
+    }
+    o.status = r.status;
+    return {timeout_error(r.command, ms, policy, std::move(o), {r.out, std::move(err)}),
+            std::move(r)};
+  }
 
   detail::pipeline_state& state() const {
     if (!st_) throw argument_error("", "use of an empty running_pipeline");
@@ -495,9 +565,9 @@ class running_pipeline {
     auto& st = *st_;
     if (st.first_error) std::rethrow_exception(st.first_error);
     if (st.timed_out) {
-      std::string err;
-      for (const auto& s : result_.stages) err += s.err;
-      throw timeout_error(st.command, *st.timeout, result_.status, {result_.out, std::move(err)});
+      timeout_outcome o;
+      o.escalated = st.escalated;
+      throw timeout_for(*st.timeout, st.on_timeout, std::move(o), result_);
     }
     if (st.check) result_.check();
     return move ? std::move(result_) : result_;

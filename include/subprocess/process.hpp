@@ -19,7 +19,8 @@
 // gone.
 // Blocking: wait() blocks until the child exits (wait(stop_token): or a stop is
 // asked: canceled_error, the child kept), try_wait() never blocks, wait_for(),
-// wait_until() and terminate() block at most their time (durations saturate:
+// wait_until() and terminate() block at most their time; wait_for(t, policy) then
+// applies a timeout_policy (timeout.hpp) and throws timeout_error (durations saturate:
 // hours::max() is for ever). They poll the pidfd: no busy loop, no SIGCHLD handler.
 // Waiting never deadlocks on output: it closes the child's stdin and drains the
 // stdout/stderr pipes the process still owns (see wait()). Signals go through the
@@ -56,8 +57,27 @@
 #include "error.hpp"
 #include "exit_status.hpp"
 #include "stream.hpp"
+#include "timeout.hpp"
 
 namespace subprocess {
+
+namespace detail {
+// A policy's settings are checked where it is used. `refusing_leave`: the caller
+// owns no handle to the child afterwards, so leave_running() would be a lie.
+inline void check_policy(const timeout_policy& p, const std::string& command,
+                         const char* refusing_leave = nullptr) {
+  if (p.signal <= 0 || p.signal > SIGRTMAX)
+    throw argument_error(command,
+                         "timeout policy: " + std::to_string(p.signal) + " is not a signal number");
+  if (p.grace < p.grace.zero())
+    throw argument_error(command, "timeout policy: negative grace period");
+  if (!p.kill && refusing_leave)
+    throw argument_error(command, std::string("timeout_policy::leave_running() with ") +
+                                      refusing_leave +
+                                      ", which keeps no handle to the child: spawn() it and use "
+                                      "wait_for(timeout, policy) or communicate()");
+}
+}  // namespace detail
 
 class command;
 
@@ -215,6 +235,22 @@ class process {
     if (timeout < timeout.zero()) throw argument_error(command_, "negative timeout for wait_for");
     return wait_until(detail::deadline_in(timeout));
   }
+  // Waits at most `timeout`, then applies `policy` (timeout.hpp) and throws
+  // timeout_error: kill_with(sig, grace) sends sig (its group, if it leads one), then
+  // SIGKILL after the grace, and reaps it (e.status(), e.killed()); leave_running()
+  // sends nothing and the child is still yours (e.still_running(): wait() or kill()
+  // it), as Python's Popen.wait(timeout). A child that has exited by the time the
+  // policy would act returns its status. Output drained meanwhile stays in out()/err().
+  template <class Rep, class Period>
+  exit_status wait_for(std::chrono::duration<Rep, Period> timeout, const timeout_policy& policy) {
+    if (timeout < timeout.zero()) throw argument_error(command_, "negative timeout for wait_for");
+    detail::check_policy(policy, command_);
+    if (auto st = wait_until(detail::deadline_in(timeout))) return *st;
+    timeout_outcome o = stop(policy);
+    if (o.status && !o.killed) return *o.status;
+    throw timeout_error(command_, detail::saturating_ceil<std::chrono::milliseconds>(timeout),
+                        policy, std::move(o), {});
+  }
   // Waits until `t` (any clock; time_point::max() is for ever); nullopt if the child
   // is still running then.
   template <class Clock, class Duration>
@@ -290,13 +326,25 @@ class process {
     check_valid("terminate");
     if (grace < grace.zero()) throw argument_error(command_, "negative grace period for terminate");
     if (status_) return *status_;
-    const detail::deadline dl = detail::deadline_in(grace);
-    send_to_tree(SIGTERM);
-    send_to_tree(SIGCONT);
-    std::optional<exit_status> st = wait_until(dl);
-    if (st && (!group_leader_ || wait_group_until(dl))) return *st;
-    send_to_tree(SIGKILL);
-    return st ? *st : wait();
+    return *stop_until(SIGTERM, detail::deadline_in(grace)).status;
+  }
+  // Does what a timeout with `policy` does, now: kill_with(sig, grace) is terminate()
+  // with sig (SIGKILL at once for the default policy); leave_running() sends nothing.
+  // A group leader that has exited while its group lives on (children holding its
+  // pipes): the group gets the same treatment. Says what was done: killed is false
+  // if nothing was left to signal.
+  timeout_outcome stop(const timeout_policy& policy) {
+    check_valid("stop");
+    detail::check_policy(policy, command_);
+    timeout_outcome o;
+    o.status = try_wait();
+    if (o.status && !(zombie_held_ && detail::group_has_live_members(pid_))) return o;
+    if (!policy.kill) {
+      o.still_running = true;
+      return o;
+    }
+    return stop_until(policy.escalates() ? policy.signal : SIGKILL,
+                      detail::deadline_in(policy.grace));
   }
 
   // Lets the child run on after this handle is gone; a background thread reaps it
@@ -347,12 +395,22 @@ class process {
   void check_valid(const char* what) const {
     if (pid_ <= 0) throw argument_error("", std::string(what) + "() on an empty process handle");
   }
-  void send_to_tree(int sig) {
-    if (group_leader_) {
-      signal_group(sig);
-    } else {
-      signal(sig);
+  bool send_to_tree(int sig) { return group_leader_ ? signal_group(sig) : signal(sig); }
+  // sig to the child (its group), then, unless sig is SIGKILL, SIGCONT (a stopped
+  // child runs its handler), and SIGKILL if it, or anyone in its group, is alive at
+  // dl. Reaps it. The wait is the exit watcher's (wait_until).
+  timeout_outcome stop_until(int sig, const detail::deadline& dl) {
+    timeout_outcome o;
+    o.killed = send_to_tree(sig);
+    if (sig != SIGKILL) {
+      send_to_tree(SIGCONT);
+      o.status = wait_until(dl);
+      if (o.status && (!group_leader_ || wait_group_until(dl))) return o;
+      send_to_tree(SIGKILL);
+      o.escalated = true;
     }
+    if (!o.status) o.status = wait();
+    return o;
   }
   // After the leader was reaped: waits until no live process is left in its group.
   // False if some are still alive at the deadline. No pidfds exist for them, so this

@@ -22,11 +22,12 @@
 // its input is not an error (the rest is dropped, like a shell pipe): its exit status
 // tells you what happened.
 // Blocking: until the child has exited and its pipes are drained, or until the
-// timeout: then the child (its whole process group, if it has one) gets SIGKILL and
-// is reaped. Exit is seen through the pidfd, so a grandchild that keeps the pipes
-// open cannot hold run() past its timeout; without a timeout, run() reads until every
-// writer of the pipes is gone, as a shell's $(...) does. run(cmd, opts, stop_token)
-// ends it early the same way, with canceled_error.
+// timeout: then the child (its whole process group, if it has one) gets SIGKILL, or
+// what on_timeout says (timeout.hpp: SIGTERM, a grace, then SIGKILL), and is reaped.
+// Exit is seen through the pidfd, so a grandchild that keeps the pipes open cannot
+// hold run() past its timeout; without a timeout, run() reads until every writer of
+// the pipes is gone, as a shell's $(...) does. run(cmd, opts, stop_token) ends it
+// early the same way, with canceled_error.
 // Threads: none are started. The input is written and both outputs are read at the
 // same time, from the calling thread, with poll(): nothing deadlocks, whatever the
 // sizes. The parent never gets SIGPIPE (it is blocked in the calling thread only
@@ -46,13 +47,14 @@
 #include <vector>
 
 #include "command.hpp"
-#include "detail/pages.hpp"
 #include "detail/eventfd.hpp"
 #include "detail/exit_watch.hpp"
+#include "detail/pages.hpp"
 #include "detail/poll.hpp"
 #include "detail/sigpipe.hpp"
 #include "error.hpp"
 #include "process.hpp"
+#include "timeout.hpp"
 
 namespace subprocess {
 
@@ -66,11 +68,15 @@ struct run_options {
   // reading it all is not an error: the rest is dropped, like a shell pipe.
   std::optional<std::string> input{};
   // Kill the child (and its group) when it runs longer; throws timeout_error. At the
-  // deadline the child is sent SIGKILL (its whole process group if it has one, even
-  // when the leader has exited already and only its children still hold the pipes),
-  // reaped, and timeout_error is thrown carrying the output so far. Up to
-  // milliseconds::max(), which never strikes.
+  // deadline the child is sent SIGKILL, or what on_timeout says (its whole process
+  // group if it has one, even when the leader has exited already and only its
+  // children still hold the pipes), reaped, and timeout_error is thrown carrying the
+  // output so far. Up to milliseconds::max(), which never strikes.
   std::optional<std::chrono::milliseconds> timeout{};
+  // What the timeout does (timeout.hpp): SIGKILL at once by default; kill_with(SIGTERM,
+  // 2s) sends SIGTERM and SIGKILL 2 s later if the child (its group) is still alive.
+  // leave_running() is refused here (run() keeps no handle): see communicate().
+  timeout_policy on_timeout{};
   // Throw process_error unless the child exits with code 0 (or one of the
   // command's success_codes()).
   bool check = false;
@@ -113,6 +119,10 @@ struct run_result {
 
 struct communicate_options {
   std::optional<std::chrono::milliseconds> timeout{};
+  // As run_options::on_timeout; leave_running() is allowed: timeout_error then says
+  // the child is still running and p still owns it (wait, kill or communicate again;
+  // the output read so far is in the error).
+  timeout_policy on_timeout{};
   std::optional<std::size_t> max_output{};
   output_limit on_output_limit = output_limit::kill;
 };
@@ -169,6 +179,21 @@ inline void append_output(std::string& sink, std::string_view data) {
   sink.append(data);
 }
 
+// Moves what c's reader holds into its sink, up to max_output. Returns false when
+// the limit was hit under output_limit::kill.
+inline bool keep_buffered(capture& c, const communicate_options& o) {
+  std::string_view got = c.reader->buffered();
+  std::size_t room = o.max_output ? (*o.max_output > c.sink->size() ? *o.max_output - c.sink->size() : 0)
+                                  : got.size();
+  append_output(*c.sink, got.substr(0, std::min(room, got.size())));
+  c.reader->consume(got.size());
+  if (room < got.size()) {
+    *c.truncated = true;
+    if (o.on_output_limit == output_limit::kill) return false;
+  }
+  return true;
+}
+
 // Reads what is available on one captured stream into its sink, at most
 // `rounds` reads so a fast writer cannot starve the other fds. Returns false when
 // the limit was hit under output_limit::kill.
@@ -181,15 +206,7 @@ inline bool drain_into(capture& c, const communicate_options& o, int rounds = 4)
       enlarge_pipe(c.reader->fd());
       c.read_size = big_pipe;
     }
-    std::string_view got = c.reader->buffered();
-    std::size_t room = o.max_output ? (*o.max_output > c.sink->size() ? *o.max_output - c.sink->size() : 0)
-                                    : got.size();
-    append_output(*c.sink, got.substr(0, std::min(room, got.size())));
-    c.reader->consume(got.size());
-    if (room < got.size()) {
-      *c.truncated = true;
-      if (o.on_output_limit == output_limit::kill) return false;
-    }
+    if (!keep_buffered(c, o)) return false;
   }
   return true;
 }
@@ -208,6 +225,7 @@ inline run_result communicate(process& p, std::string_view input, const communic
   if (!p.valid()) throw argument_error("", "communicate() on an empty process handle");
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
     throw argument_error(p.command_line(), "negative timeout");
+  detail::check_policy(opts.on_timeout, p.command_line());
   run_result res;
   res.command = p.command_line();
   const detail::deadline dl = detail::deadline_in(opts.timeout);
@@ -230,6 +248,22 @@ inline run_result communicate(process& p, std::string_view input, const communic
     } catch (const error&) {
     }
     return st;
+  };
+  // The timeout struck: apply the policy, take the last output, throw. `note` says
+  // why the pipes were still open after the child had exited.
+  auto expire = [&](const std::string& note) {
+    timeout_outcome o;
+    try {
+      o = p.stop(opts.on_timeout);
+    } catch (const error&) {  // could not be reaped: still, it was signalled
+      o.killed = true;
+    }
+    for (auto& c : caps) {  // what stop() drained while waiting, then one more read
+      detail::keep_buffered(c, opts);
+      detail::drain_into(c, opts, 1);
+    }
+    throw timeout_error(res.command, *opts.timeout, opts.on_timeout, std::move(o),
+                        {res.out, res.err}, note);
   };
 
   // SIGPIPE is blocked (per thread) only while there is input to write.
@@ -277,10 +311,7 @@ inline run_result communicate(process& p, std::string_view input, const communic
       fds[n++] = {stop_fd.get(), POLLIN, 0};
     }
     if (n == 0) {  // no pidfd and no pipes left: just wait
-      if (!p.wait_until(dl)) {
-        auto st = fail_and_reap("timeout");
-        throw timeout_error(res.command, *opts.timeout, st, {res.out, res.err});
-      }
+      if (!p.wait_until(dl)) expire({});
       break;
     }
     // Without a pidfd, look at the child now and then while pipes are open.
@@ -301,25 +332,12 @@ inline run_result communicate(process& p, std::string_view input, const communic
     }
     const bool late = dl && detail::clock::now() >= *dl;
     if (late && (ready == 0 || was_late)) {
-      bool had_exited = p.status().has_value();
       // Exited, but its pipes are still held: by its own process group, if it has one
       // (p holds the leader's zombie, so the group id is still ours), which the
-      // timeout covers too.
-      if (had_exited && p.is_group_leader()) detail::sys::kill(-p.pid(), SIGKILL);
-      auto st = had_exited ? p.status() : fail_and_reap("timeout");
-      // The child is gone but something still holds its pipes. If it led a group,
-      // its remaining members get the SIGKILL the timeout promises too.
-      if (had_exited && p.is_group_leader()) {
-        try {
-          p.signal_group(SIGKILL);
-        } catch (const error&) {
-        }
-      }
-      for (auto& c : caps) detail::drain_into(c, opts, 1);
-      throw timeout_error(res.command, *opts.timeout, st, {res.out, res.err},
-                          had_exited ? p.status()->to_string() +
-                                           ", but a process it started still holds its output open"
-                                     : std::string());
+      // timeout covers too (process::stop()).
+      const std::optional<exit_status> had = p.status();
+      expire(had ? had->to_string() + ", but a process it started still holds its output open"
+                 : std::string());
     }
     was_late = late;
     if (in_i >= 0 && fds[in_i].revents != 0) {
@@ -366,6 +384,7 @@ inline run_result communicate(process& p, std::string_view input = {}, const com
 inline run_result run(command cmd, const run_options& opts, std::stop_token stop) {
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
     throw argument_error(cmd.to_string(), "negative timeout");
+  detail::check_policy(opts.on_timeout, cmd.to_string(), "run()");
   if (opts.input && cmd.in() && !std::holds_alternative<pipe_t>(*cmd.in()))
     throw argument_error(cmd.to_string(), "input given but stdin is redirected elsewhere");
   if (!cmd.in()) {
@@ -380,7 +399,8 @@ inline run_result run(command cmd, const run_options& opts, std::stop_token stop
   const detail::deadline dl = detail::deadline_in(opts.timeout);
   process p = cmd.spawn();
   run_result r = communicate(p, opts.input ? std::string_view(*opts.input) : std::string_view(),
-                             {opts.timeout, opts.max_output, opts.on_output_limit}, std::move(stop));
+                             {opts.timeout, opts.on_timeout, opts.max_output, opts.on_output_limit},
+                             std::move(stop));
   if (p.has_tree() && !p.tree().empty()) {
     r.descendants_outlived = true;
     if (opts.wait_for_tree && !p.tree().wait_empty_until(dl)) {

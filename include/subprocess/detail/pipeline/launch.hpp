@@ -90,6 +90,8 @@ class launcher {
   // Everything that can be checked before anything starts.
   void check() {
     if (opts_.timeout && opts_.timeout->count() < 0) throw argument_error(whole_, "negative timeout");
+    check_policy(opts_.on_timeout, whole_,
+                 "pipeline_options (use running_pipeline::wait_for(t, policy))");
     if (auto* r = std::get_if<pipe_reader>(&opts_.input); r && !r->is_open())
       throw argument_error(whole_, "input: the pipe_reader is closed");
     if (auto* d = std::get_if<fd>(&opts_.input)) check_fd_open(d->number, whole_, "input");
@@ -143,6 +145,7 @@ class launcher {
     st_->sigpipe_is_failure = opts_.sigpipe_is_failure;
     st_->check = opts_.check;
     st_->timeout = opts_.timeout;
+    st_->on_timeout = opts_.on_timeout;
     st_->dl = deadline_in(opts_.timeout);
     st_->stages.resize(n_);
     for (std::size_t k = 0; k < n_; ++k)

@@ -22,6 +22,7 @@
 #include "../../exit_status.hpp"
 #include "../../process.hpp"
 #include "../../stream.hpp"
+#include "../../timeout.hpp"
 #include "../deadline.hpp"
 #include "../eventfd.hpp"
 #include "../syscall.hpp"
@@ -39,6 +40,7 @@ struct stage_slot {
   process proc;                       // (mu) commands
   std::optional<exit_status> status;  // (mu) commands: known once it exited
   bool reaped = false;                // (mu)
+  bool killed = false;                // (mu) signalled by the library (timeout, terminate)
   pipe_reader err;                    // captured stderr (supervisor thread only)
   std::string err_text;               // (supervisor thread only)
   pump* transform_pump = nullptr;
@@ -49,6 +51,7 @@ struct pipeline_state final : pump_owner {
   std::string command;
   bool sigpipe_is_failure = false, check = false;
   std::optional<std::chrono::milliseconds> timeout;
+  timeout_policy on_timeout;
   deadline dl;
 
   std::vector<stage_slot> stages;  // sized once, before any thread starts
@@ -64,6 +67,10 @@ struct pipeline_state final : pump_owner {
   std::size_t exited = 0;          // (mu) command stages whose status is known
   bool aborting = false;           // (mu)
   bool timed_out = false;          // (mu)
+  // (mu) The timeout sent a signal other than SIGKILL: SIGKILL follows at kill_at
+  // unless every stage and the rest of the group are gone by then (escalated: it did).
+  deadline kill_at;
+  bool escalated = false;
   std::exception_ptr first_error;  // (mu)
   bool finished = false;           // (mu)
 
@@ -72,13 +79,17 @@ struct pipeline_state final : pump_owner {
 
   // Sends sig to every stage not reaped yet, and to the group while its leader is
   // unreaped (the leader's pid is then still the group's id, so it cannot have been
-  // reused). Returns whether anything was signalled.
-  bool signal_all_locked(int sig) noexcept {
+  // reused). Returns whether anything was signalled. `by_library`: a stage still
+  // running is marked killed (stage_result::killed).
+  bool signal_all_locked(int sig, bool by_library = false) noexcept {
     bool any = false;
     for (auto& s : stages) {
       if (s.is_transform || s.reaped || !s.proc.valid()) continue;
       try {
-        if (s.proc.signal(sig)) any = true;
+        if (s.proc.signal(sig)) {
+          any = true;
+          if (by_library && !s.status) s.killed = true;
+        }
       } catch (...) {
       }
     }
@@ -93,10 +104,13 @@ struct pipeline_state final : pump_owner {
       stop_signal.store(sig);
     }
     stopping.store(true);
-    signal_all_locked(sig);
+    signal_all_locked(sig, true);
     eventfd_notify(stop_fd.get());
     eventfd_notify(wake_fd.get());
   }
+  // The timeout's grace is running: the leader stays unreaped, so its group can
+  // still be sent SIGKILL at kill_at.
+  bool grace_pending_locked() const noexcept { return kill_at && !escalated; }
   // A pump or the supervisor failed: remember the first error, stop everything.
   void fail(std::exception_ptr e) noexcept override {
     std::lock_guard lk(mu);

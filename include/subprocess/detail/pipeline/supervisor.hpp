@@ -2,12 +2,13 @@
 // pipeline's children. Not public API.
 //
 // It polls every stage's pidfd (a stage without one is looked at every 50 ms),
-// the stderr pipes it captures and the pumps' wake-up eventfd; it kills everything
-// at the deadline, and once every stage has exited and every pump is done it
-// joins the pumps and marks the pipeline finished. A stage that exited is reaped
-// at once, except the process group's leader: it stays a zombie until every other
-// stage is gone, which keeps the group's id from being reused while the group may
-// still be signalled.
+// the stderr pipes it captures and the pumps' wake-up eventfd; at the deadline it
+// applies the timeout policy (SIGKILL; or a signal, then SIGKILL after the grace to
+// whatever of the stages and their group is left), and once every stage has exited
+// and every pump is done it joins the pumps and marks the pipeline finished. A stage that exited is
+// reaped at once, except the process group's leader: it stays a zombie until every other stage is
+// gone (and the timeout's grace, if running, is over), which keeps the group's id from being reused
+// while the group may still be signalled.
 #pragma once
 
 #include <algorithm>
@@ -23,9 +24,10 @@
 
 #include "../deadline.hpp"
 #include "../eventfd.hpp"
+#include "../exit_watch.hpp"
+#include "../pgroup.hpp"
 #include "../poll.hpp"
 #include "control.hpp"
-#include "../exit_watch.hpp"
 #include "pump.hpp"
 #include "state.hpp"
 
@@ -91,7 +93,22 @@ class supervisor {
       bool pumps_done = std::all_of(st_.pumps.begin(), st_.pumps.end(), [](const std::unique_ptr<pump>& p) {
         return p->done.load(std::memory_order_acquire);
       });
-      if (all_exited && pumps_done && !errs_open) return;
+      deadline kill_at;
+      {
+        std::lock_guard lk(st_.mu);
+        if (st_.grace_pending_locked()) kill_at = st_.kill_at;
+      }
+      // The timeout's grace: SIGKILL at its end, unless the stages and the rest of
+      // their group are gone before (no fd tells that: looked at on exit_poll's schedule).
+      if (kill_at) {
+        const bool expired = clock::now() >= *kill_at;
+        const bool alive = (expired || all_exited) && (!all_exited || group_alive());
+        if (expired || (all_exited && !alive)) {
+          end_grace(expired && alive);
+          continue;
+        }
+      }
+      if (all_exited && pumps_done && !errs_open && !kill_at) return;
       const bool stopped = st_.stopping.load();
       if (all_exited && stopped && errs_open) {
         // Killed, and something (a grandchild outside our reach) still holds a stderr
@@ -103,8 +120,9 @@ class supervisor {
         continue;
       }
       deadline wake = (!stopped && st_.dl) ? st_.dl : std::nullopt;
-      if (tick) {
-        auto soon = backoff.next_time();
+      if (kill_at && (!wake || *kill_at < *wake)) wake = kill_at;
+      if (tick || (kill_at && all_exited)) {
+        auto soon = tick ? backoff.next_time() : group_poll_.next_time();
         if (!wake || soon < *wake) wake = soon;
       }
       poll_until(fds.data(), static_cast<nfds_t>(fds.size()), wake);
@@ -112,7 +130,13 @@ class supervisor {
         std::lock_guard lk(st_.mu);
         if (!st_.aborting) {
           st_.timed_out = true;
-          st_.abort_locked(SIGKILL);
+          const timeout_policy& pol = st_.on_timeout;
+          st_.abort_locked(pol.escalates() ? pol.signal : SIGKILL);
+          if (pol.escalates()) {
+            st_.signal_all_locked(SIGCONT);  // a stopped stage runs its handler
+            st_.kill_at = deadline_in(pol.grace);
+            group_poll_.reset();
+          }
         }
         continue;
       }
@@ -148,12 +172,35 @@ class supervisor {
         s.proc.try_wait();
         s.reaped = true;
       }
-      if (leader != SIZE_MAX && st_.exited == st_.commands && !st_.stages[leader].reaped) {
-        st_.stages[leader].proc.try_wait();
-        st_.stages[leader].reaped = true;
-      }
+      if (!st_.grace_pending_locked()) reap_leader_locked();
     }
     st_.cv.notify_all();
+  }
+
+  // Once every stage has exited (and no grace is pending), the group's leader goes.
+  void reap_leader_locked() {
+    const std::size_t leader = st_.leader;
+    if (leader != SIZE_MAX && st_.exited == st_.commands && !st_.stages[leader].reaped) {
+      st_.stages[leader].proc.try_wait();
+      st_.stages[leader].reaped = true;
+    }
+  }
+  // Does anything live on in the stages' group? (Its leader is held, so the id is ours.)
+  bool group_alive() const {
+    std::size_t leader;
+    {
+      std::lock_guard lk(st_.mu);
+      leader = st_.leader;
+      if (leader == SIZE_MAX || st_.stages[leader].reaped) return false;
+    }
+    return group_has_live_members(st_.pgid);
+  }
+  // The grace is over: SIGKILL to whatever is left if `kill`, then the leader may go.
+  void end_grace(bool kill) {
+    std::lock_guard lk(st_.mu);
+    if (kill && st_.signal_all_locked(SIGKILL, true)) st_.escalated = true;
+    st_.kill_at.reset();
+    reap_leader_locked();
   }
 
   void drain_err(stage_slot& s, int rounds) {
@@ -191,6 +238,7 @@ class supervisor {
   }
 
   pipeline_state& st_;
+  exit_poll group_poll_;  // looking at the group during the grace, once the stages are gone
 };
 
 }  // namespace subprocess::detail
