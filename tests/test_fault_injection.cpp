@@ -323,7 +323,7 @@ TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothin
           auto fds_before = testing::open_fds();
           plan p;
           p.fail_nth(k.kind, n, err);
-          attempt a = try_once(p, op, cfg.who);
+          attempt a = try_once(p, op, cfg.who, scope::this_thread);
           INFO(cfg.name << ": " << name(k.kind) << " call " << n << " of " << it->second
                         << " fails with " << std::error_code(err, std::system_category()).message()
                         << " -> " << (a.ok ? "ok" : a.what));
@@ -785,14 +785,14 @@ TEST_CASE("tree(): mkdir, the child's cgroup join, the cgroup files, rmdir and p
   SECTION("mkdir: the cgroup cannot be created") {
     plan p;
     p.fail_nth(call::mkdir, 1, EACCES);
-    attempt a = try_once(p, [&] { t.spawn(); });
+    attempt a = try_once(p, [&] { t.spawn(); }, scope::this_thread);
     CHECK(a.spawn_error);
     CHECK(a.code == EACCES);
     CHECK_THAT(a.what, Catch::Contains("tree()") && Catch::Contains("cannot create the cgroup"));
     // Automatic choice: no cgroup, and this program is no subreaper: both reasons.
     plan q;
     q.fail_nth(call::mkdir, 1, EACCES);
-    attempt b = try_once(q, [&] { sp::command{"true"}.tree().spawn(); });
+    attempt b = try_once(q, [&] { sp::command{"true"}.tree().spawn(); }, scope::this_thread);
     CHECK(b.spawn_error);
     CHECK_THAT(b.what, Catch::Contains("cannot create the cgroup") && Catch::Contains("become_subreaper()"));
   }
@@ -802,7 +802,7 @@ TEST_CASE("tree(): mkdir, the child's cgroup join, the cgroup files, rmdir and p
       p.fail_nth(call::cgroup_join, 1, EACCES);
       sp::command c = t;
       if (on_spawner) c.kill_on_parent_death();
-      attempt a = try_once(p, [&] { c.spawn(); });
+      attempt a = try_once(p, [&] { c.spawn(); }, scope::this_thread);
       CHECK(a.spawn_error);
       CHECK(a.code == EACCES);
       CHECK_THAT(a.what, Catch::Contains("join the tree's cgroup"));
@@ -813,7 +813,7 @@ TEST_CASE("tree(): mkdir, the child's cgroup join, the cgroup files, rmdir and p
   SECTION("rmdir: EBUSY once is retried") {
     plan p;
     p.fail_nth(call::rmdir, 1, EBUSY);
-    attempt a = try_once(p, [&] { t.spawn().wait(); });
+    attempt a = try_once(p, [&] { t.spawn().wait(); }, scope::this_thread);
     CHECK(a.ok);
     CHECK(p.injected(call::rmdir) == 1);
   }
@@ -833,14 +833,50 @@ TEST_CASE("tree(): mkdir, the child's cgroup join, the cgroup files, rmdir and p
         INFO(name(kind) << " #" << nth);
         plan p;
         p.fail_nth(kind, nth, EIO);
-        attempt a = try_once(p, op);
+        attempt a = try_once(p, op, scope::this_thread);
         CHECK((a.ok || a.library_error));
         CHECK(tree_dirs() == before);
         CHECK(testing::children().empty());
       }
     }
   }
-  CHECK(faults > 15);
+  SECTION("ENOENT from any single open of spawn + kill: an error, or the daemon is dead (cgroup.kill missing: freeze, kill each, thaw)") {
+    pid_t daemon = -1;
+    auto op = [&] {
+      auto q = sp::command::shell("(setsid sh -c 'echo $$; exec sleep 1000 >/dev/null 2>&1' &); exec sleep 1000")
+                   .out(sp::pipe)
+                   .tree({.use = sp::tree_mechanism::cgroup})
+                   .spawn();
+      auto line = q.out().read_line();
+      REQUIRE(line);
+      daemon = static_cast<pid_t>(std::stol(std::string(*line)));
+      q.tree().kill();
+      int fd = static_cast<int>(::syscall(SYS_pidfd_open, daemon, 0));
+      pollfd pfd{fd, POLLIN, 0};
+      CHECK((fd < 0 || ::poll(&pfd, 1, 0) == 1));  // exited
+      if (fd >= 0) ::close(fd);
+    };
+    auto counts = census(op);
+    for (long nth = 1; nth <= counts[call::open]; ++nth) {
+      INFO("open #" << nth);
+      plan p;
+      p.fail_nth(call::open, nth, ENOENT);
+      attempt a = try_once(p, op, scope::this_thread);
+      CHECK((a.ok || a.library_error));
+      CHECK(tree_dirs() == before);
+    }
+  }
+  SECTION("prctl: become_subreaper() and is_subreaper() report it") {
+    plan p;
+    p.fail_every(call::prctl, 1, EPERM);
+    attempt a = try_once(p, [] { sp::become_subreaper(); }, scope::this_thread);
+    CHECK(a.library_error);
+    CHECK_THAT(a.what, Catch::Contains("PR_SET_CHILD_SUBREAPER"));
+    attempt b = try_once(p, [] { (void)sp::is_subreaper(); }, scope::this_thread);
+    CHECK(b.library_error);
+    CHECK_FALSE(sp::is_subreaper());
+  }
+  CHECK(tree_dirs() == before);
 }
 
 TEST_CASE("a pty_process retries EINTR everywhere, and reports a failed resize") {
@@ -869,41 +905,4 @@ TEST_CASE("a pty_process retries EINTR everywhere, and reports a failed resize")
       CHECK_THAT(e.what(), Catch::StartsWith("resize the terminal of 'cat'"));
     }
   }
-  SECTION("ENOENT from any single open of spawn + kill: an error, or the daemon is dead (cgroup.kill missing: freeze, kill each, thaw)") {
-    pid_t daemon = -1;
-    auto op = [&] {
-      auto q = sp::command::shell("(setsid sh -c 'echo $$; exec sleep 1000 >/dev/null 2>&1' &); exec sleep 1000")
-                   .out(sp::pipe)
-                   .tree({.use = sp::tree_mechanism::cgroup})
-                   .spawn();
-      auto line = q.out().read_line();
-      REQUIRE(line);
-      daemon = static_cast<pid_t>(std::stol(std::string(*line)));
-      q.tree().kill();
-      int fd = static_cast<int>(::syscall(SYS_pidfd_open, daemon, 0));
-      pollfd pfd{fd, POLLIN, 0};
-      CHECK((fd < 0 || ::poll(&pfd, 1, 0) == 1));  // exited
-      if (fd >= 0) ::close(fd);
-    };
-    auto counts = census(op);
-    for (long nth = 1; nth <= counts[call::open]; ++nth) {
-      INFO("open #" << nth);
-      plan p;
-      p.fail_nth(call::open, nth, ENOENT);
-      attempt a = try_once(p, op);
-      CHECK((a.ok || a.library_error));
-      CHECK(tree_dirs() == before);
-    }
-  }
-  SECTION("prctl: become_subreaper() and is_subreaper() report it") {
-    plan p;
-    p.fail_every(call::prctl, 1, EPERM);
-    attempt a = try_once(p, [] { sp::become_subreaper(); });
-    CHECK(a.library_error);
-    CHECK_THAT(a.what, Catch::Contains("PR_SET_CHILD_SUBREAPER"));
-    attempt b = try_once(p, [] { (void)sp::is_subreaper(); });
-    CHECK(b.library_error);
-    CHECK_FALSE(sp::is_subreaper());
-  }
-  CHECK(tree_dirs() == before);
 }

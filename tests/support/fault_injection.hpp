@@ -189,7 +189,7 @@ struct attempt {
 };
 
 // Runs op with p installed for `who` and says how it ended.
-inline attempt try_once(plan& p, const std::function<void()>& op, scope::who who = scope::this_thread) {
+inline attempt try_once(plan& p, const std::function<void()>& op, scope::who who) {
   attempt a;
   scope s(p, who);
   try {
