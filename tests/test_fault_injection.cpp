@@ -323,7 +323,7 @@ TEST_CASE("every fd the spawn path creates can fail: a clear spawn_error, nothin
           auto fds_before = testing::open_fds();
           plan p;
           p.fail_nth(k.kind, n, err);
-          attempt a = try_once(p, op, cfg.who, scope::this_thread);
+          attempt a = try_once(p, op, cfg.who);
           INFO(cfg.name << ": " << name(k.kind) << " call " << n << " of " << it->second
                         << " fails with " << std::error_code(err, std::system_category()).message()
                         << " -> " << (a.ok ? "ok" : a.what));
