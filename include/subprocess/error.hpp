@@ -26,14 +26,53 @@
 #pragma once
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <new>
 #include <optional>
 #include <string>
 #include <system_error>
+#include <type_traits>
 #include <utility>
 
 #include "exit_status.hpp"
 
+// Exception-free builds. Compiled with -fno-exceptions (no __cpp_exceptions), or with
+// SUBPROCESS_NO_EXCEPTIONS defined, the library spells every throw, try and catch of
+// its core headers through the macros below: a throw prints the error's what() to
+// stderr and calls std::abort(); try blocks run, catch blocks compile away. Use the
+// overloads taking a std::error_code& there (command::spawn, process::wait/wait_for/
+// wait_until/signal/kill/terminate, run, ipc::channel::send/receive): they report the
+// errors a program can expect (program not found, bad working directory, a refused
+// signal, a timeout, a closed channel) through the error_code instead.
+#if !defined(SUBPROCESS_NO_EXCEPTIONS) && !defined(__cpp_exceptions)
+#define SUBPROCESS_NO_EXCEPTIONS 1
+#endif
+#ifdef SUBPROCESS_NO_EXCEPTIONS
+#define SUBPROCESS_THROW(...) ::subprocess::detail::fatal(__VA_ARGS__)
+#define SUBPROCESS_TRY if (true)
+#define SUBPROCESS_CATCH(Type, name) \
+  else if (std::remove_reference_t<Type>* sp_never_ = nullptr) for (Type name = *sp_never_; sp_never_; sp_never_ = nullptr, (void)name)
+#define SUBPROCESS_CATCH_ALL else if (false)
+#define SUBPROCESS_RETHROW std::abort()
+#else
+#define SUBPROCESS_THROW(...) throw __VA_ARGS__
+#define SUBPROCESS_TRY try
+#define SUBPROCESS_CATCH(Type, name) catch (Type name)
+#define SUBPROCESS_CATCH_ALL catch (...)
+#define SUBPROCESS_RETHROW throw
+#endif
+
 namespace subprocess {
+
+namespace detail {
+// What a throw becomes without exceptions: the message, then abort.
+template <class E>
+[[noreturn]] void fatal(const E& e) noexcept {
+  std::fprintf(stderr, "subprocess: fatal error (built without exceptions): %s\n", e.what());
+  std::abort();
+}
+}  // namespace detail
 
 // The library's own error conditions (errno values are used where one fits).
 enum class errc {
@@ -140,9 +179,22 @@ inline std::string errno_text(int err) { return std::error_code(err, std::system
 // errno, about `command` ("" if none), with the message "<what>: <errno text>".
 // `what` names the operation and what it was about ("cannot send SIGTERM to 'x'").
 [[noreturn]] inline void throw_errno(int err, std::string command, const std::string& what) {
-  throw error(std::error_code(err, std::system_category()), std::move(command), what + ": " + errno_text(err));
+  SUBPROCESS_THROW(error(std::error_code(err, std::system_category()), std::move(command), what + ": " + errno_text(err)));
 }
 [[noreturn]] inline void throw_errno(int err, const std::string& what) { throw_errno(err, "", what); }
+
+// The error_code overloads: runs f and returns its value; an error it raises goes to
+// `ec` instead (its code(); std::errc::not_enough_memory for bad_alloc) and `failed`
+// is returned. Without exceptions f runs bare: the overloads keep the errors they
+// report off the throwing path themselves (see SUBPROCESS_NO_EXCEPTIONS above).
+template <class R, class F>
+R report_to(std::error_code& ec, R failed, F&& f) noexcept {
+  ec.clear();
+  SUBPROCESS_TRY { return f(); }
+  SUBPROCESS_CATCH(const std::system_error&, e) { ec = e.code(); }
+  SUBPROCESS_CATCH(const std::bad_alloc&, e) { ec = std::make_error_code(std::errc::not_enough_memory); }
+  return failed;
+}
 
 }  // namespace detail
 

@@ -96,7 +96,7 @@ struct run_result {
   }
   // Throws process_error unless success(); returns *this.
   const run_result& check() const {
-    if (!success()) throw process_error(command, status, {out, err});
+    if (!success()) SUBPROCESS_THROW(process_error(command, status, {out, err}));
     return *this;
   }
 };
@@ -142,9 +142,9 @@ inline void append_output(std::string& sink, std::string_view data) {
   if (sink.capacity() - sink.size() < data.size()) {
     const std::size_t need = sink.size() + data.size();
     std::string bigger;
-    try {
+    SUBPROCESS_TRY {
       bigger.reserve(std::max(need, 4 * sink.capacity()));
-    } catch (const std::bad_alloc&) {  // strict overcommit: ask for what a string would
+    } SUBPROCESS_CATCH(const std::bad_alloc&, sp_unused_) {  // strict overcommit: ask for what a string would
       bigger.reserve(std::max(need, 2 * sink.capacity()));
     }
     for (std::size_t off = 0; off < sink.size(); off += piece) {
@@ -191,9 +191,9 @@ inline bool drain_into(capture& c, const communicate_options& o, int rounds = 4)
 // have been spawned with the pipes you want used.
 inline run_result communicate(process& p, std::string_view input = {},
                               const communicate_options& opts = {}) {
-  if (!p.valid()) throw argument_error("", "communicate() on an empty process handle");
+  if (!p.valid()) SUBPROCESS_THROW(argument_error("", "communicate() on an empty process handle"));
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
-    throw argument_error(p.command_line(), "negative timeout");
+    SUBPROCESS_THROW(argument_error(p.command_line(), "negative timeout"));
   run_result res;
   res.command = p.command_line();
   const detail::deadline dl = detail::deadline_in(opts.timeout);
@@ -211,9 +211,9 @@ inline run_result communicate(process& p, std::string_view input = {},
     (void)why;
     p.kill();
     std::optional<exit_status> st;
-    try {
+    SUBPROCESS_TRY {
       st = p.wait_until(detail::clock::now() + std::chrono::seconds(5));
-    } catch (const error&) {
+    } SUBPROCESS_CATCH(const error&, sp_unused_) {
     }
     return st;
   };
@@ -247,7 +247,7 @@ inline run_result communicate(process& p, std::string_view input = {},
     if (n == 0) {  // no pidfd and no pipes left: just wait
       if (!p.wait_until(dl)) {
         auto st = fail_and_reap("timeout");
-        throw timeout_error(res.command, *opts.timeout, st, {res.out, res.err});
+        SUBPROCESS_THROW(timeout_error(res.command, *opts.timeout, st, {res.out, res.err}));
       }
       break;
     }
@@ -273,25 +273,25 @@ inline run_result communicate(process& p, std::string_view input = {},
       // The child is gone but something still holds its pipes. If it led a group,
       // its remaining members get the SIGKILL the timeout promises too.
       if (had_exited && p.is_group_leader()) {
-        try {
+        SUBPROCESS_TRY {
           p.signal_group(SIGKILL);
-        } catch (const error&) {
+        } SUBPROCESS_CATCH(const error&, sp_unused_) {
         }
       }
       for (auto& c : caps) detail::drain_into(c, opts, 1);
-      throw timeout_error(res.command, *opts.timeout, st, {res.out, res.err},
+      SUBPROCESS_THROW(timeout_error(res.command, *opts.timeout, st, {res.out, res.err},
                           had_exited ? p.status()->to_string() +
                                            ", but a process it started still holds its output open"
-                                     : std::string());
+                                     : std::string()));
     }
     was_late = late;
     if (in_i >= 0 && fds[in_i].revents != 0) {
-      try {
+      SUBPROCESS_TRY {
         ssize_t w = in.write_raw(input, *guard);
         if (w > 0) input.remove_prefix(static_cast<std::size_t>(w));
         if (input.empty()) in.close();
-      } catch (const io_error& e) {
-        if (e.code() != std::errc::broken_pipe) throw;
+      } SUBPROCESS_CATCH(const io_error&, e) {
+        if (e.code() != std::errc::broken_pipe) SUBPROCESS_RETHROW;
         in.close();  // the child stopped reading; its exit status will say why
       }
     }
@@ -300,7 +300,7 @@ inline run_result communicate(process& p, std::string_view input = {},
       if (!detail::drain_into(caps[i], opts)) {
         std::size_t limit = *opts.max_output;
         auto st = fail_and_reap("output limit");
-        throw output_limit_error(res.command, caps[i].name, limit, st, {res.out, res.err});
+        SUBPROCESS_THROW(output_limit_error(res.command, caps[i].name, limit, st, {res.out, res.err}));
       }
     }
     if ((pid_i >= 0 && fds[pid_i].revents != 0) || p.pidfd() < 0) p.try_wait();
@@ -317,9 +317,9 @@ inline run_result communicate(process& p, std::string_view input = {},
 // timeout and the output limit.
 inline run_result run(command cmd, const run_options& opts = {}) {
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
-    throw argument_error(cmd.to_string(), "negative timeout");
+    SUBPROCESS_THROW(argument_error(cmd.to_string(), "negative timeout"));
   if (opts.input && cmd.in() && !std::holds_alternative<pipe_t>(*cmd.in()))
-    throw argument_error(cmd.to_string(), "input given but stdin is redirected elsewhere");
+    SUBPROCESS_THROW(argument_error(cmd.to_string(), "input given but stdin is redirected elsewhere"));
   if (!cmd.in()) {
     if (opts.input)
       cmd.in(pipe);
@@ -334,6 +334,46 @@ inline run_result run(command cmd, const run_options& opts = {}) {
   r.success_codes = cmd.success_codes();
   if (opts.check) r.check();
   return r;
+}
+
+// ---- without exceptions (error.hpp): run() reporting through `ec` -----------------
+// run(cmd, opts) with the error in `ec` instead of thrown: the result with `ec` clear
+// on success; with opts.check, a failed child sets errc::process_failed (the result
+// holds its status and output); a timeout sets std::errc::timed_out and an output
+// limit errc::output_limit_exceeded, the result holding the output so far; a spawn
+// failure sets its errno (the result is empty). Built without exceptions, the spawn
+// failures, bad options and check come back here, but a timeout, an output limit or
+// a failing pipe still abort (communicate() raises them; see error.hpp).
+inline run_result run(command cmd, const run_options& opts, std::error_code& ec) noexcept {
+  run_result r;
+  r.command = cmd.to_string();
+  return detail::report_to(ec, r, [&]() -> run_result {
+    SUBPROCESS_TRY {
+      if ((opts.timeout && *opts.timeout < std::chrono::milliseconds::zero()) ||
+          (opts.input && cmd.in() && !std::holds_alternative<pipe_t>(*cmd.in())))
+        return ec = std::make_error_code(std::errc::invalid_argument), r;
+      if (!cmd.in()) cmd.in(opts.input ? stdio(pipe) : stdio(null));
+      if (!cmd.out()) cmd.out(pipe);
+      if (!cmd.err()) cmd.err(pipe);
+      std::optional<process> p = cmd.spawn(ec);
+      if (!p) return r;
+      r = communicate(*p, opts.input ? std::string_view(*opts.input) : std::string_view(),
+                      {opts.timeout, opts.max_output, opts.on_output_limit});
+      r.success_codes = cmd.success_codes();
+      if (opts.check && !r.success()) ec = errc::process_failed;
+    }
+    SUBPROCESS_CATCH(const timeout_error&, e) {
+      ec = e.code();
+      r.out = e.out(), r.err = e.err();
+      if (e.status()) r.status = *e.status();
+    }
+    SUBPROCESS_CATCH(const output_limit_error&, e) {
+      ec = e.code();
+      r.out = e.out(), r.err = e.err();
+      if (e.status()) r.status = *e.status();
+    }
+    return r;
+  });
 }
 
 // ---- printing: one line each; operator<< prints what fmt.hpp's formatters print ----
