@@ -25,6 +25,7 @@
 // its message; nothing here blocks or touches the process.
 #pragma once
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -150,12 +151,19 @@ class spawn_error : public error {
   spawn_error(int err, std::string command, std::string step, const std::string& detail = {})
       : error(std::error_code(err, std::system_category()), command,
               "cannot start '" + command + "': " + step + (detail.empty() ? "" : " " + detail) +
-                  ": " + std::error_code(err, std::system_category()).message()),
+                  hint(err, step) + ": " + std::error_code(err, std::system_category()).message()),
         step_(std::move(step)) {}
   // Which step failed: "resolve program", "exec", "chdir", "open stdin file", ...
   const std::string& step() const noexcept { return step_; }
 
  private:
+  // What to do about the errnos whose text alone leaves people guessing.
+  static const char* hint(int err, const std::string& step) noexcept {
+    if (step != "exec" && step != "resolve program") return "";
+    if (err == ENOEXEC) return " (not a binary, nor a script starting with #!)";
+    if (err == EACCES) return " (not executable, or a directory on its path cannot be searched)";
+    return "";
+  }
   std::string step_;
 };
 
@@ -165,7 +173,8 @@ class io_error : public error {
  public:
   io_error(int err, std::string command, const std::string& what_failed)
       : error(std::error_code(err, std::system_category()), command,
-              what_failed + (command.empty() ? "" : " of '" + command + "'") + ": " +
+              what_failed + (command.empty() ? "" : " of '" + command + "'") +
+                  (err == EPIPE ? " (the child closed it or exited)" : "") + ": " +
                   std::error_code(err, std::system_category()).message()) {}
 };
 
