@@ -53,8 +53,9 @@ TEST_CASE("error_code overloads report what the throwing calls throw") {
     p->kill(ec);
     CHECK(!ec);
     CHECK(p->wait_until(std::chrono::steady_clock::now() + 5s, ec) == sp::exit_status::signaled(SIGKILL));
-    p = sp::command{testing::helper({"ignore-term", "sleep", "5000"})}.spawn(ec);
+    p = testing::helper({"ignore-term", "out", "ready", "sleep", "5000"}).out(sp::pipe).spawn(ec);
     REQUIRE(p);
+    CHECK(p->out().read_line() == "ready");  // SIGTERM is ignored from here on
     CHECK(p->terminate(200ms, ec) == sp::exit_status::signaled(SIGKILL));
     CHECK(!ec);
     sp::process empty;

@@ -22,7 +22,8 @@
 //
 // Contract: exceptions are values (copyable, as std::system_error is); what() never
 // throws and shows a NUL byte of a rejected argument as \0. Building one allocates
-// its message; nothing here blocks or touches the process.
+// its message; nothing here blocks or touches the process. Without exceptions
+// (-fno-exceptions): the std::error_code& overloads, see SUBPROCESS_NO_EXCEPTIONS.
 #pragma once
 
 #include <cerrno>
@@ -45,7 +46,16 @@
 // overloads taking a std::error_code& there (command::spawn, process::wait/wait_for/
 // wait_until/signal/kill/terminate, run, ipc::channel::send/receive): they report the
 // errors a program can expect (program not found, bad working directory, a refused
-// signal, a timeout, a closed channel) through the error_code instead.
+// signal, a timeout, a closed channel) through the error_code instead. With
+// exceptions those overloads catch and report everything the throwing call raises.
+// Without, what still aborts: bad arguments (a programming error, as with
+// std::vector::at), the fds spawn() opens (a redirect file that cannot be opened,
+// no fds left), running out of memory, and the failures that
+// happen deep inside a transfer (run's timeout and output limit, a peer vanishing
+// mid-send, a malformed message). The core (error, exit_status, environment, stdio,
+// command, process, stream, run, ipc/channel) compiles without exceptions; the
+// rest (pipeline, pool, event_loop, signals, pty, ipc server/client/heartbeat)
+// still needs them.
 #if !defined(SUBPROCESS_NO_EXCEPTIONS) && !defined(__cpp_exceptions)
 #define SUBPROCESS_NO_EXCEPTIONS 1
 #endif
