@@ -53,9 +53,9 @@
 // no fds left), running out of memory, and the failures that
 // happen deep inside a transfer (run's timeout and output limit, a peer vanishing
 // mid-send, a malformed message). The core (error, exit_status, environment, stdio,
-// command, process, stream, run, ipc/channel) compiles without exceptions; the
-// rest (pipeline, pool, event_loop, signals, pty, ipc server/client/heartbeat)
-// still needs them.
+// command, process, stream, run, event_loop, signals, pty, ipc/channel) compiles
+// without exceptions; pipeline, pool and ipc server/client/heartbeat still need them
+// (their futures, transforms and handlers carry exceptions by design).
 #if !defined(SUBPROCESS_NO_EXCEPTIONS) && !defined(__cpp_exceptions)
 #define SUBPROCESS_NO_EXCEPTIONS 1
 #endif
