@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "syscall.hpp"
+#include "../error.hpp"
 
 namespace subprocess::detail {
 

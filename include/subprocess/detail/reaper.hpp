@@ -19,6 +19,7 @@
 #include "exit_watch.hpp"
 #include "syscall.hpp"
 #include "unique_fd.hpp"
+#include "../error.hpp"
 
 namespace subprocess::detail {
 

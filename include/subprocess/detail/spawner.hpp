@@ -45,6 +45,7 @@
 
 #include "spawn/clone_vfork.hpp"
 #include "syscall.hpp"
+#include "../error.hpp"
 
 namespace subprocess::detail {
 

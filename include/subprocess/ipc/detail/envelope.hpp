@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 
+#include "../../error.hpp"
 #include "wire.hpp"
 
 namespace subprocess::detail::ipc_wire {

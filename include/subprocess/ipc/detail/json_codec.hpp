@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "../../error.hpp"
 #include "json_dump.hpp"
 #include "json_scan.hpp"
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "../../error.hpp"
 #include "json_scan.hpp"
 
 namespace subprocess::detail::json_codec {

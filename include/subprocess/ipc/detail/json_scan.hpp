@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../../error.hpp"
 #include "../../detail/pages.hpp"
 
 #if defined(__SSE2__)

@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 
+#include "../../error.hpp"
 #include "../../detail/mapped_buffer.hpp"
 #include "../../detail/poll.hpp"
 #include "../../detail/syscall.hpp"

@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 
+#include "../../error.hpp"
 #include "../common.hpp"
 #include "json_codec.hpp"
 
