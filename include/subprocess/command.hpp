@@ -183,19 +183,19 @@ class command {
   // needs it.
   command& in(stdio s) {
     if (std::holds_alternative<merge_with_out_t>(s) || std::holds_alternative<merge_with_err_t>(s))
-      throw argument_error(to_string(), "stdin cannot be merged with an output stream");
+      SUBPROCESS_THROW(argument_error(to_string(), "stdin cannot be merged with an output stream"));
     stdio_[0] = std::move(s);
     return *this;
   }
   command& out(stdio s) {
     if (std::holds_alternative<merge_with_out_t>(s))
-      throw argument_error(to_string(), "stdout cannot be merged with itself");
+      SUBPROCESS_THROW(argument_error(to_string(), "stdout cannot be merged with itself"));
     stdio_[1] = std::move(s);
     return *this;
   }
   command& err(stdio s) {
     if (std::holds_alternative<merge_with_err_t>(s))
-      throw argument_error(to_string(), "stderr cannot be merged with itself");
+      SUBPROCESS_THROW(argument_error(to_string(), "stderr cannot be merged with itself"));
     stdio_[2] = std::move(s);
     return *this;
   }
@@ -203,8 +203,8 @@ class command {
   // stays open and owned by the caller. For fds 0-2 use in()/out()/err(). It arrives
   // blocking (see in()).
   command& map_fd(int child_fd, int parent_fd) {
-    if (child_fd < 3) throw argument_error(to_string(), "map_fd: use in()/out()/err() for fds 0-2");
-    if (parent_fd < 0) throw argument_error(to_string(), "map_fd: negative parent fd");
+    if (child_fd < 3) SUBPROCESS_THROW(argument_error(to_string(), "map_fd: use in()/out()/err() for fds 0-2"));
+    if (parent_fd < 0) SUBPROCESS_THROW(argument_error(to_string(), "map_fd: negative parent fd"));
     for (auto& m : fd_maps_)
       if (m.first == child_fd) {
         m.second = parent_fd;
@@ -228,7 +228,7 @@ class command {
   // child is a member, not the leader: its own terminate()/kill() act on it alone.
   // Replaces new_process_group(); cannot be combined with new_session().
   command& join_process_group(pid_t pgid) {
-    if (pgid <= 0) throw argument_error(to_string(), "join_process_group: the pgid must be positive");
+    if (pgid <= 0) SUBPROCESS_THROW(argument_error(to_string(), "join_process_group: the pgid must be positive"));
     join_group_ = pgid;
     new_group_ = false;
     return *this;
@@ -256,7 +256,7 @@ class command {
   // child of this process may use it as well: it gets a spawner of its own. Always
   // takes the clone path (spawn()).
   command& kill_on_parent_death(int sig = SIGKILL) {
-    if (sig < 0 || sig >= 65) throw argument_error(to_string(), "kill_on_parent_death: bad signal");
+    if (sig < 0 || sig >= 65) SUBPROCESS_THROW(argument_error(to_string(), "kill_on_parent_death: bad signal"));
     parent_death_signal_ = sig;
     return *this;
   }
@@ -273,7 +273,7 @@ class command {
   // NODE_CHANNEL_FD (with NODE_CHANNEL_SERIALIZATION_MODE=json), the way Node's
   // fork() does. Wrap the parent's end with ipc::channel (ipc.hpp).
   command& ipc(int child_fd = 3) {
-    if (child_fd < 3) throw argument_error(to_string(), "ipc: the channel fd must be 3 or more");
+    if (child_fd < 3) SUBPROCESS_THROW(argument_error(to_string(), "ipc: the channel fd must be 3 or more"));
     ipc_fd_ = child_fd;
     return *this;
   }
@@ -296,12 +296,12 @@ class command {
   // groups() also clears the supplementary groups (setgroups(0)): a child that drops
   // to `nobody` does not keep root's groups (Rust does this; Python keeps them).
   command& uid(uid_t u) {
-    if (u == static_cast<uid_t>(-1)) throw argument_error(to_string(), "uid: -1 is not a user id");
+    if (u == static_cast<uid_t>(-1)) SUBPROCESS_THROW(argument_error(to_string(), "uid: -1 is not a user id"));
     settings_.uid = u;
     return *this;
   }
   command& gid(gid_t g) {
-    if (g == static_cast<gid_t>(-1)) throw argument_error(to_string(), "gid: -1 is not a group id");
+    if (g == static_cast<gid_t>(-1)) SUBPROCESS_THROW(argument_error(to_string(), "gid: -1 is not a group id"));
     settings_.gid = g;
     return *this;
   }
@@ -309,17 +309,17 @@ class command {
   command& groups(std::vector<gid_t> gs) {
     const long max = ::sysconf(_SC_NGROUPS_MAX);
     if (max > 0 && gs.size() > static_cast<std::size_t>(max))
-      throw argument_error(to_string(), "groups: " + std::to_string(gs.size()) +
-                                            " groups, the system allows " + std::to_string(max));
+      SUBPROCESS_THROW(argument_error(to_string(), "groups: " + std::to_string(gs.size()) +
+                                            " groups, the system allows " + std::to_string(max)));
     for (gid_t g : gs)
-      if (g == static_cast<gid_t>(-1)) throw argument_error(to_string(), "groups: -1 is not a group id");
+      if (g == static_cast<gid_t>(-1)) SUBPROCESS_THROW(argument_error(to_string(), "groups: -1 is not a group id"));
     settings_.groups = std::move(gs);
     return *this;
   }
   // The child's file mode creation mask, 0 to 0777 (umask(022)).
   command& umask(mode_t mask) {
     if ((mask & ~mode_t{0777}) != 0)
-      throw argument_error(to_string(), "umask: " + std::to_string(mask) + " is not a mask (0 to 0777)");
+      SUBPROCESS_THROW(argument_error(to_string(), "umask: " + std::to_string(mask) + " is not a mask (0 to 0777)"));
     settings_.umask = mask;
     return *this;
   }
@@ -328,11 +328,11 @@ class command {
   // needs CAP_SYS_RESOURCE. A second call for the same resource replaces the first.
   command& limit(int resource, rlim_t soft, rlim_t hard) {
     if (resource < 0 || resource >= RLIM_NLIMITS)
-      throw argument_error(to_string(), "limit: " + std::to_string(resource) + " is not an RLIMIT_* resource");
+      SUBPROCESS_THROW(argument_error(to_string(), "limit: " + std::to_string(resource) + " is not an RLIMIT_* resource"));
     if (soft > hard)
-      throw argument_error(to_string(), "limit " + detail::rlimit_name(resource) + ": the soft limit " +
+      SUBPROCESS_THROW(argument_error(to_string(), "limit " + detail::rlimit_name(resource) + ": the soft limit " +
                                             detail::rlim_text(soft) + " is above the hard limit " +
-                                            detail::rlim_text(hard));
+                                            detail::rlim_text(hard)));
     auto& ls = settings_.limits;
     ls.erase(std::remove_if(ls.begin(), ls.end(), [&](auto& l) { return l.resource == resource; }), ls.end());
     ls.push_back({resource, soft, hard});
@@ -344,17 +344,17 @@ class command {
   // CAP_SYS_NICE or RLIMIT_NICE.
   command& nice(int value) {
     if (value < -20 || value > 19)
-      throw argument_error(to_string(), "nice: " + std::to_string(value) + " is not a nice value (-20 to 19)");
+      SUBPROCESS_THROW(argument_error(to_string(), "nice: " + std::to_string(value) + " is not a nice value (-20 to 19)"));
     settings_.nice = value;
     return *this;
   }
   // The CPUs the child may run on (sched_setaffinity): cpu_affinity({0, 2}).
   command& cpu_affinity(std::vector<int> cpus) {
-    if (cpus.empty()) throw argument_error(to_string(), "cpu_affinity: no CPUs given");
+    if (cpus.empty()) SUBPROCESS_THROW(argument_error(to_string(), "cpu_affinity: no CPUs given"));
     for (int c : cpus)
       if (c < 0 || c >= CPU_SETSIZE)
-        throw argument_error(to_string(), "cpu_affinity: " + std::to_string(c) + " is not a CPU number (0 to " +
-                                              std::to_string(CPU_SETSIZE - 1) + ")");
+        SUBPROCESS_THROW(argument_error(to_string(), "cpu_affinity: " + std::to_string(c) + " is not a CPU number (0 to " +
+                                              std::to_string(CPU_SETSIZE - 1) + ")"));
     settings_.cpus = std::move(cpus);
     return *this;
   }
@@ -362,7 +362,7 @@ class command {
   // use "-sh"; busybox-style programs look at it). The program is still found from
   // the first argument.
   command& arg0(std::string name) {
-    if (name.find('\0') != std::string::npos) throw argument_error(to_string(), "arg0 contains a NUL byte");
+    if (name.find('\0') != std::string::npos) SUBPROCESS_THROW(argument_error(to_string(), "arg0 contains a NUL byte"));
     settings_.arg0 = std::move(name);
     return *this;
   }
@@ -373,9 +373,9 @@ class command {
   command& blocked_signals(std::vector<int> sigs) {
     for (int s : sigs) {
       if (s == SIGKILL || s == SIGSTOP)
-        throw argument_error(to_string(), "blocked_signals: " + detail::signal_name_of(s) + " cannot be blocked");
+        SUBPROCESS_THROW(argument_error(to_string(), "blocked_signals: " + detail::signal_name_of(s) + " cannot be blocked"));
       if (s < 1 || s > SIGRTMAX || (s > 31 && s < SIGRTMIN))
-        throw argument_error(to_string(), "blocked_signals: " + std::to_string(s) + " is not a signal to block");
+        SUBPROCESS_THROW(argument_error(to_string(), "blocked_signals: " + std::to_string(s) + " is not a signal to block"));
     }
     settings_.blocked_signals = std::move(sigs);
     return *this;
@@ -389,7 +389,7 @@ class command {
   // thread-local state. Rust's CommandExt::pre_exec and Python's preexec_fn carry
   // the same warning; a captureless lambda converts.
   command& pre_exec(int (*fn)(void*), void* arg = nullptr) {
-    if (fn == nullptr) throw argument_error(to_string(), "pre_exec: the hook is a null pointer");
+    if (fn == nullptr) SUBPROCESS_THROW(argument_error(to_string(), "pre_exec: the hook is a null pointer"));
     settings_.pre_exec = fn;
     settings_.pre_exec_arg = arg;
     return *this;
@@ -402,12 +402,12 @@ class command {
   // and the set non-empty, else argument_error.
   command& success_codes(const std::vector<int>& codes) {
     if (codes.empty())
-      throw argument_error(to_string(), "success_codes: the set is empty (nothing could succeed)");
+      SUBPROCESS_THROW(argument_error(to_string(), "success_codes: the set is empty (nothing could succeed)"));
     std::bitset<256> set;
     for (int c : codes) {
       if (c < 0 || c > 255)
-        throw argument_error(to_string(), "success_codes: " + std::to_string(c) +
-                                              " is not an exit code (0..255)");
+        SUBPROCESS_THROW(argument_error(to_string(), "success_codes: " + std::to_string(c) +
+                                              " is not an exit code (0..255)"));
       set.set(static_cast<std::size_t>(c));
     }
     success_codes_ = set;
@@ -480,6 +480,12 @@ class command {
   // Thread-safe: every fd the library creates is close-on-exec from birth, so
   // concurrent spawns never leak one child's pipe into another.
   process spawn() const;
+  // The same without exceptions (error.hpp): nullopt with `ec` set (the errno: no such
+  // file, permission denied, a bad working directory...) where spawn() would throw.
+  // Built without exceptions, the failures of starting the program (resolving it, the
+  // working directory, the group to join, exec and every step in the child) come back
+  // here; bad arguments and the parent running out of fds still abort there.
+  std::optional<process> spawn(std::error_code& ec) const noexcept;
 
   // Checks everything spawn() can check without starting anything: the arguments,
   // the options, that the program exists and is executable (PATH lookup), that the
@@ -520,6 +526,9 @@ class command {
 
   // Opens the fds the child gets (pipes, files, copies) for a validated plan.
   detail::child_fds open_fds(const detail::spawn_plan& plan) const;
+  // plan() and spawn(); with `ec` a failure to start goes there instead of a throw.
+  detail::spawn_plan plan(std::error_code* ec) const;
+  std::optional<process> spawn(std::error_code* ec) const;
 };
 
 
@@ -532,7 +541,7 @@ class command {
 //   if (!sp::find_program("node")) std::puts("node is not installed");
 inline std::optional<std::filesystem::path> find_program(const std::string& name,
                                                          std::optional<std::string_view> path = {}) {
-  if (name.empty()) throw argument_error("", "find_program: the program name is empty");
+  if (name.empty()) SUBPROCESS_THROW(argument_error("", "find_program: the program name is empty"));
   std::string search;
   if (path) {
     search = *path;
@@ -549,30 +558,40 @@ inline std::optional<std::filesystem::path> find_program(const std::string& name
   }
   if (!found.empty()) return std::filesystem::path(found);
   if (err == ENOENT || err == ENOTDIR || err == EACCES) return std::nullopt;
-  throw spawn_error(err, name, "resolve program", "'" + name + "'");
+  SUBPROCESS_THROW(spawn_error(err, name, "resolve program", "'" + name + "'"));
 }
 
-inline detail::spawn_plan command::plan() const {
+inline detail::spawn_plan command::plan() const { return plan(nullptr); }
+
+namespace detail {
+// A spawn_error of plan() or spawn(): thrown, or its code() stored in *ec.
+inline void fail_spawn(std::error_code* ec, spawn_error e) {
+  if (ec == nullptr) SUBPROCESS_THROW(std::move(e));
+  *ec = e.code();
+}
+}  // namespace detail
+
+inline detail::spawn_plan command::plan(std::error_code* ec) const {
   detail::spawn_plan plan;
   plan.cmdline = to_string();
   const std::string& cmdline = plan.cmdline;
   // ---- bad input: argument_error, naming the argument or the option
-  if (argv_.empty()) throw argument_error("", "empty command: argv has no program");
-  if (argv_[0].empty()) throw argument_error(cmdline, "the program name is empty");
+  if (argv_.empty()) SUBPROCESS_THROW(argument_error("", "empty command: argv has no program"));
+  if (argv_[0].empty()) SUBPROCESS_THROW(argument_error(cmdline, "the program name is empty"));
   for (std::size_t i = 0; i < argv_.size(); ++i)
     if (argv_[i].find('\0') != std::string::npos)
-      throw argument_error(cmdline, "argument " + std::to_string(i) + " contains a NUL byte");
+      SUBPROCESS_THROW(argument_error(cmdline, "argument " + std::to_string(i) + " contains a NUL byte"));
   if (cwd_ && cwd_->native().find('\0') != std::string::npos)
-    throw argument_error(cmdline, "the working directory contains a NUL byte");
+    SUBPROCESS_THROW(argument_error(cmdline, "the working directory contains a NUL byte"));
   if (std::holds_alternative<merge_with_err_t>(stdio_[1].value_or(inherit)) &&
       std::holds_alternative<merge_with_out_t>(stdio_[2].value_or(inherit)))
-    throw argument_error(cmdline, "stdout and stderr cannot both be merged into each other");
+    SUBPROCESS_THROW(argument_error(cmdline, "stdout and stderr cannot both be merged into each other"));
   if (ipc_fd_)
     for (auto [c, p] : fd_maps_)
       if (c == *ipc_fd_)
-        throw argument_error(cmdline, "fd " + std::to_string(c) + " is mapped and used for ipc");
+        SUBPROCESS_THROW(argument_error(cmdline, "fd " + std::to_string(c) + " is mapped and used for ipc"));
   if (join_group_ && new_session_)
-    throw argument_error(cmdline, "join_process_group() cannot be combined with new_session()");
+    SUBPROCESS_THROW(argument_error(cmdline, "join_process_group() cannot be combined with new_session()"));
 
   // ---- the fd layout: fds 0-2 and the mapped ones; everything between and above
   // them is closed in the child.
@@ -597,15 +616,16 @@ inline detail::spawn_plan command::plan() const {
   // (and even find the pid reused): take the clone path, which gets the pidfd
   // atomically (CLONE_PIDFD). One read-only rt_sigaction per plan.
   if (backend_ == spawn_backend::posix_spawn && parent_death_signal_ != 0)
-    throw argument_error(cmdline, "kill_on_parent_death() cannot use the posix_spawn backend");
+    SUBPROCESS_THROW(argument_error(cmdline, "kill_on_parent_death() cannot use the posix_spawn backend"));
   plan.autoreap = detail::children_autoreaped();
   using detail::spawn_method;
   const std::string clone_only = settings_.clone_only();
   if (backend_ == spawn_backend::posix_spawn && !clone_only.empty())
-    throw argument_error(cmdline, "backend(posix_spawn) cannot apply " + clone_only +
-                                      ": leave the backend automatic (clone_vfork does)");
+    SUBPROCESS_THROW(argument_error(cmdline, "backend(posix_spawn) cannot apply " + clone_only +
+                                      ": leave the backend automatic (clone_vfork does)"));
   if (backend_ == spawn_backend::posix_spawn && tree_)
-    throw argument_error(cmdline, "backend(posix_spawn) cannot start a child in a tree(): leave the backend automatic");
+    SUBPROCESS_THROW(argument_error(
+        cmdline, "backend(posix_spawn) cannot start a child in a tree(): leave the backend automatic"));
   if (parent_death_signal_ != 0) {
     plan.method = spawn_method::spawner;
     plan.why = "kill_on_parent_death()";
@@ -629,7 +649,7 @@ inline detail::spawn_plan command::plan() const {
     plan.why = "SIGCHLD is ignored: pidfd from CLONE_PIDFD";
   }
   if (plan.method != spawn_method::posix_spawn && !detail::clone_backend_available())
-    throw spawn_error(ENOSYS, cmdline, "spawn", "(no spawn backend for this platform)");
+    return detail::fail_spawn(ec, spawn_error(ENOSYS, cmdline, "spawn", "(no spawn backend for this platform)")), plan;
 
   // ---- the program and the working directory: spawn_error, as exec would fail
   if (program_) {
@@ -645,22 +665,25 @@ inline detail::spawn_plan command::plan() const {
     int err = 0;
     plan.path = detail::find_program(argv_[0], search, err);
     if (plan.path.empty())
-      throw spawn_error(err, cmdline, "resolve program",
-                        argv_[0].find('/') == std::string::npos ? "'" + argv_[0] + "' in PATH"
-                                                                : "'" + argv_[0] + "'");
+      return detail::fail_spawn(ec, spawn_error(err, cmdline, "resolve program",
+                                                argv_[0].find('/') == std::string::npos
+                                                    ? "'" + argv_[0] + "' in PATH"
+                                                    : "'" + argv_[0] + "'")),
+             plan;
   }
   if (cwd_ && plan.path[0] != '/' && plan.path.find('/') != std::string::npos)
     plan.path = detail::current_dir(cmdline) + "/" + plan.path;  // relative to the parent
   if (cwd_) {
     int e = 0;
     std::string why = detail::cwd_problem(*cwd_, e);
-    if (!why.empty()) throw spawn_error(e, cmdline, "chdir", why);
+    if (!why.empty()) return detail::fail_spawn(ec, spawn_error(e, cmdline, "chdir", why)), plan;
   }
   // kill(-pgid, 0) fails with ESRCH when no such group exists: say so now, clearly,
   // rather than as a failed exec.
   if (join_group_ && detail::sys::kill(-*join_group_, 0) != 0 && errno == ESRCH)
-    throw spawn_error(ESRCH, cmdline, "setpgid",
-                      "to join process group " + std::to_string(*join_group_));
+    return detail::fail_spawn(ec, spawn_error(ESRCH, cmdline, "setpgid",
+                                                    "to join process group " + std::to_string(*join_group_))),
+           plan;
 
   // ---- what the child gets
   plan.argv = argv_;
@@ -714,7 +737,7 @@ inline detail::child_fds command::open_fds(const detail::spawn_plan& plan) const
   // Every spawn_error here is a failed call: its errno, the step, what it was about.
   auto fail = [&](std::string step, const std::string& what = {}) {
     int e = errno;
-    throw spawn_error(e, cmdline, std::move(step), what);
+    SUBPROCESS_THROW(spawn_error(e, cmdline, std::move(step), what));
   };
   static constexpr const char* names[3] = {"stdin", "stdout", "stderr"};
   for (int slot = 0; slot < 3; ++slot) {
@@ -793,9 +816,16 @@ inline detail::child_fds command::open_fds(const detail::spawn_plan& plan) const
   return fds;
 }
 
-inline process command::spawn() const {
-  detail::spawn_plan plan = this->plan();  // validated; nothing created yet
-  // tree(): the cgroup (removed again if anything below throws), or the subreaper
+inline process command::spawn() const { return *spawn(nullptr); }
+
+inline std::optional<process> command::spawn(std::error_code& ec) const noexcept {
+  return detail::report_to(ec, std::optional<process>(), [&] { return spawn(&ec); });
+}
+
+inline std::optional<process> command::spawn(std::error_code* ec) const {
+  detail::spawn_plan plan = this->plan(ec);  // validated; nothing created yet
+  if (ec && *ec) return std::nullopt;
+  // tree(): the cgroup (removed again if anything below fails), or the subreaper
   // mode's environment mark.
   std::unique_ptr<process_tree> tree;
   if (tree_) {
@@ -813,7 +843,8 @@ inline process command::spawn() const {
   if (plan.env) envp = detail::c_array(*plan.env);
   detail::child_plan raw = plan.raw(argv, envp, fds.moves);
   if (tree) raw.cgroup_procs = tree->procs_fd();
-  detail::spawned child = detail::launch(plan, raw);
+  detail::spawned child = detail::launch(plan, raw, ec);
+  if (ec && *ec) return std::nullopt;
   if (tree) tree->attach(child.pid, child.pidfd.get());
   process p(child.pid, std::move(child.pidfd), std::move(plan.cmdline), new_group_ || new_session_,
             std::move(fds.in), std::move(fds.out), std::move(fds.err), std::move(fds.channel),

@@ -95,8 +95,8 @@ class environment {
   // Errors name the file and line.
   static environment from_file(const std::filesystem::path& path) {
     auto fail = [&](int e) {
-      throw argument_error("", "cannot read environment file '" + path.string() +
-                                   "': " + detail::errno_text(e));
+      SUBPROCESS_THROW(argument_error("", "cannot read environment file '" + path.string() +
+                                   "': " + detail::errno_text(e)));
     };
     detail::unique_fd fd(detail::sys::no_eintr([&] { return detail::sys::open(path.c_str(), O_RDONLY); }));
     if (!fd) fail(errno);
@@ -226,18 +226,18 @@ class environment {
 
   // Throws argument_error unless `name` is a usable variable name.
   static void check_name(std::string_view name) {
-    if (name.empty()) throw argument_error("", "environment variable name is empty");
+    if (name.empty()) SUBPROCESS_THROW(argument_error("", "environment variable name is empty"));
     if (name.find('\0') != std::string_view::npos)
-      throw argument_error("", "environment variable name '" + printable(name) +
-                                   "' contains a NUL byte");
+      SUBPROCESS_THROW(argument_error("", "environment variable name '" + printable(name) +
+                                   "' contains a NUL byte"));
     if (name.find('=') != std::string_view::npos)
-      throw argument_error("", "environment variable name '" + std::string(name) +
-                                   "' contains '='");
+      SUBPROCESS_THROW(argument_error("", "environment variable name '" + std::string(name) +
+                                   "' contains '='"));
   }
   static void check_value(std::string_view name, std::string_view value) {
     if (value.find('\0') != std::string_view::npos)
-      throw argument_error("", "value of environment variable '" + std::string(name) +
-                                   "' contains a NUL byte");
+      SUBPROCESS_THROW(argument_error("", "value of environment variable '" + std::string(name) +
+                                   "' contains a NUL byte"));
   }
 
  private:
@@ -252,8 +252,8 @@ class environment {
 
 inline std::string environment::expand_at(std::string_view t, int nesting) const {
   if (nesting > max_expand_depth)
-    throw argument_error("", "variable references nested more than " +
-                                 std::to_string(max_expand_depth) + " deep");
+    SUBPROCESS_THROW(argument_error("", "variable references nested more than " +
+                                 std::to_string(max_expand_depth) + " deep"));
   auto is_name_start = [](char c) { return std::isalpha(static_cast<unsigned char>(c)) || c == '_'; };
   auto is_name_char = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
   std::string out;
@@ -283,13 +283,13 @@ inline std::string environment::expand_at(std::string_view t, int nesting) const
         if (t[j] == '}' && --depth == 0) break;
       }
       if (j >= t.size())
-        throw argument_error("", "unterminated '${' in \"" + std::string(t) + "\"");
+        SUBPROCESS_THROW(argument_error("", "unterminated '${' in \"" + std::string(t) + "\""));
       std::string_view body = t.substr(i + 2, j - i - 2);
       std::size_t k = 0;
       while (k < body.size() && is_name_char(body[k])) ++k;
       std::string_view name = body.substr(0, k), op = body.substr(k);
       if (name.empty() || !is_name_start(name[0]))
-        throw argument_error("", "bad variable reference '${" + std::string(body) + "}'");
+        SUBPROCESS_THROW(argument_error("", "bad variable reference '${" + std::string(body) + "}'"));
       auto it = vars_.find(name);
       bool set = it != vars_.end(), nonempty = set && !it->second.empty();
       if (op.empty()) {
@@ -301,12 +301,12 @@ inline std::string environment::expand_at(std::string_view t, int nesting) const
       } else if (op.starts_with(":?")) {
         if (!nonempty) {
           std::string msg(op.substr(2));
-          throw argument_error("", "environment variable '" + std::string(name) + "' " +
-                                       (msg.empty() ? "is not set" : expand_at(msg, nesting + 1)));
+          SUBPROCESS_THROW(argument_error("", "environment variable '" + std::string(name) + "' " +
+                                       (msg.empty() ? "is not set" : expand_at(msg, nesting + 1))));
         }
         out += it->second;
       } else {
-        throw argument_error("", "bad variable reference '${" + std::string(body) + "}'");
+        SUBPROCESS_THROW(argument_error("", "bad variable reference '${" + std::string(body) + "}'"));
       }
       i = j + 1;
     } else {
@@ -321,7 +321,7 @@ inline environment environment::parse(std::string_view text, std::string_view or
   environment env;
   std::size_t i = 0, line = 1;
   auto fail = [&](const std::string& what) {
-    throw argument_error("", std::string(origin) + ":" + std::to_string(line) + ": " + what);
+    SUBPROCESS_THROW(argument_error("", std::string(origin) + ":" + std::to_string(line) + ": " + what));
   };
   auto skip_blanks = [&] {
     while (i < text.size() && (text[i] == ' ' || text[i] == '\t')) ++i;
@@ -403,9 +403,9 @@ inline environment environment::parse(std::string_view text, std::string_view or
       value = v;
       while (i < text.size() && text[i] != '\n') ++i;
     }
-    try {
+    SUBPROCESS_TRY {
       env.set(name, value);
-    } catch (const argument_error& e) {
+    } SUBPROCESS_CATCH(const argument_error&, e) {
       fail(e.what());
     }
     ++i, ++line;  // newline

@@ -22,19 +22,69 @@
 //
 // Contract: exceptions are values (copyable, as std::system_error is); what() never
 // throws and shows a NUL byte of a rejected argument as \0. Building one allocates
-// its message; nothing here blocks or touches the process.
+// its message; nothing here blocks or touches the process. Without exceptions
+// (-fno-exceptions): the std::error_code& overloads, see SUBPROCESS_NO_EXCEPTIONS.
 #pragma once
 
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <new>
 #include <optional>
 #include <string>
 #include <system_error>
+#include <type_traits>
 #include <utility>
 
 #include "exit_status.hpp"
 #include "timeout.hpp"
 
+// Exception-free builds. Compiled with -fno-exceptions (no __cpp_exceptions), or with
+// SUBPROCESS_NO_EXCEPTIONS defined, the library spells every throw, try and catch of
+// its core headers through the macros below: a throw prints the error's what() to
+// stderr and calls std::abort(); try blocks run, catch blocks compile away. Use the
+// overloads taking a std::error_code& there (command::spawn, process::wait/wait_for/
+// wait_until/signal/kill/terminate, run, ipc::channel::send/receive): they report the
+// errors a program can expect (program not found, bad working directory, a refused
+// signal, a timeout, a closed channel) through the error_code instead. With
+// exceptions those overloads catch and report everything the throwing call raises.
+// Without, what still aborts: bad arguments (a programming error, as with
+// std::vector::at), the fds spawn() opens (a redirect file that cannot be opened,
+// no fds left), running out of memory, and the failures that
+// happen deep inside a transfer (run's timeout and output limit, a peer vanishing
+// mid-send, a malformed message). The core (error, exit_status, environment, stdio,
+// command, process, stream, run, event_loop, signals, pty, ipc/channel) compiles
+// without exceptions; pipeline, pool and ipc server/client/heartbeat still need them
+// (their futures, transforms and handlers carry exceptions by design).
+#if !defined(SUBPROCESS_NO_EXCEPTIONS) && !defined(__cpp_exceptions)
+#define SUBPROCESS_NO_EXCEPTIONS 1
+#endif
+#ifdef SUBPROCESS_NO_EXCEPTIONS
+#define SUBPROCESS_THROW(...) ::subprocess::detail::fatal(__VA_ARGS__)
+#define SUBPROCESS_TRY if (true)
+#define SUBPROCESS_CATCH(Type, name) \
+  else if (std::remove_reference_t<Type>* sp_never_ = nullptr) for (Type name = *sp_never_; sp_never_; sp_never_ = nullptr, (void)name)
+#define SUBPROCESS_CATCH_ALL else if (false)
+#define SUBPROCESS_RETHROW std::abort()
+#else
+#define SUBPROCESS_THROW(...) throw __VA_ARGS__
+#define SUBPROCESS_TRY try
+#define SUBPROCESS_CATCH(Type, name) catch (Type name)
+#define SUBPROCESS_CATCH_ALL catch (...)
+#define SUBPROCESS_RETHROW throw
+#endif
+
 namespace subprocess {
+
+namespace detail {
+// What a throw becomes without exceptions: the message, then abort.
+template <class E>
+[[noreturn]] void fatal(const E& e) noexcept {
+  std::fprintf(stderr, "subprocess: fatal error (built without exceptions): %s\n", e.what());
+  std::abort();
+}
+}  // namespace detail
 
 // The library's own error conditions (errno values are used where one fits).
 enum class errc {
@@ -112,12 +162,19 @@ class spawn_error : public error {
   spawn_error(int err, std::string command, std::string step, const std::string& detail = {})
       : error(std::error_code(err, std::system_category()), command,
               "cannot start '" + command + "': " + step + (detail.empty() ? "" : " " + detail) +
-                  ": " + std::error_code(err, std::system_category()).message()),
+                  hint(err, step) + ": " + std::error_code(err, std::system_category()).message()),
         step_(std::move(step)) {}
   // Which step failed: "resolve program", "exec", "chdir", "open stdin file", ...
   const std::string& step() const noexcept { return step_; }
 
  private:
+  // What to do about the errnos whose text alone leaves people guessing.
+  static const char* hint(int err, const std::string& step) noexcept {
+    if (step != "exec" && step != "resolve program") return "";
+    if (err == ENOEXEC) return " (not a binary, nor a script starting with #!)";
+    if (err == EACCES) return " (not executable, or a directory on its path cannot be searched)";
+    return "";
+  }
   std::string step_;
 };
 
@@ -127,7 +184,8 @@ class io_error : public error {
  public:
   io_error(int err, std::string command, const std::string& what_failed)
       : error(std::error_code(err, std::system_category()), command,
-              what_failed + (command.empty() ? "" : " of '" + command + "'") + ": " +
+              what_failed + (command.empty() ? "" : " of '" + command + "'") +
+                  (err == EPIPE ? " (the child closed it or exited)" : "") + ": " +
                   std::error_code(err, std::system_category()).message()) {}
 };
 
@@ -151,9 +209,22 @@ inline std::string errno_text(int err) { return std::error_code(err, std::system
 // errno, about `command` ("" if none), with the message "<what>: <errno text>".
 // `what` names the operation and what it was about ("cannot send SIGTERM to 'x'").
 [[noreturn]] inline void throw_errno(int err, std::string command, const std::string& what) {
-  throw error(std::error_code(err, std::system_category()), std::move(command), what + ": " + errno_text(err));
+  SUBPROCESS_THROW(error(std::error_code(err, std::system_category()), std::move(command), what + ": " + errno_text(err)));
 }
 [[noreturn]] inline void throw_errno(int err, const std::string& what) { throw_errno(err, "", what); }
+
+// The error_code overloads: runs f and returns its value; an error it raises goes to
+// `ec` instead (its code(); std::errc::not_enough_memory for bad_alloc) and `failed`
+// is returned. Without exceptions f runs bare: the overloads keep the errors they
+// report off the throwing path themselves (see SUBPROCESS_NO_EXCEPTIONS above).
+template <class R, class F>
+R report_to(std::error_code& ec, R failed, F&& f) noexcept {
+  ec.clear();
+  SUBPROCESS_TRY { return f(); }
+  SUBPROCESS_CATCH(const std::system_error&, e) { ec = e.code(); }
+  SUBPROCESS_CATCH(const std::bad_alloc&, e) { ec = std::make_error_code(std::errc::not_enough_memory); }
+  return failed;
+}
 
 }  // namespace detail
 

@@ -114,7 +114,7 @@ class event_loop {
   // for `events` (EPOLLIN, EPOLLOUT, ...; level-triggered). EPOLLHUP/EPOLLERR are
   // always reported.
   id watch(int fd, std::uint32_t events, std::function<void(std::uint32_t)> fn) {
-    if (fd < 0) throw argument_error("", "event_loop::watch: bad fd " + std::to_string(fd));
+    if (fd < 0) SUBPROCESS_THROW(argument_error("", "event_loop::watch: bad fd " + std::to_string(fd)));
     auto w = std::make_shared<fd_watch>();
     w->fd = fd;
     w->events = events;
@@ -182,7 +182,7 @@ class event_loop {
   // fn(chunk) for output as it arrives. The chunk is valid during the call only.
   id on_data(pipe_reader& r, std::function<void(std::string_view)> fn) {
     auto s = stream_for(r, "on_data");
-    if (s->on_line) throw argument_error(r.command(), "on_data and on_line on the same stream");
+    if (s->on_line) SUBPROCESS_THROW(argument_error(r.command(), "on_data and on_line on the same stream"));
     s->on_data = std::move(fn);
     return s->self;
   }
@@ -190,7 +190,7 @@ class event_loop {
   // before it is kept (CRLF is data); a last line without '\n' is delivered at EOF.
   id on_line(pipe_reader& r, std::function<void(std::string_view)> fn) {
     auto s = stream_for(r, "on_line");
-    if (s->on_data) throw argument_error(r.command(), "on_data and on_line on the same stream");
+    if (s->on_data) SUBPROCESS_THROW(argument_error(r.command(), "on_data and on_line on the same stream"));
     s->on_line = std::move(fn);
     return s->self;
   }
@@ -228,7 +228,7 @@ class event_loop {
   // (once, instead of fn) and run() throws nothing.
   id on_exit(process& p, std::function<void(exit_status)> fn,
              std::function<void(const error&)> on_lost) {
-    if (!p.valid()) throw argument_error("", "event_loop::on_exit: empty process handle");
+    if (!p.valid()) SUBPROCESS_THROW(argument_error("", "event_loop::on_exit: empty process handle"));
     auto e = std::make_shared<exit_watch>();
     e->proc = &p;
     e->fn = std::move(fn);
@@ -236,7 +236,7 @@ class event_loop {
     id i = next_id_++;
     exits_.emplace(i, e);
     auto check = [this, i] { check_exit(i); };
-    try {
+    SUBPROCESS_TRY {
       if (p.status()) {
         e->poll_timer = after(std::chrono::milliseconds(0), check);  // reaped already
       } else if (p.pidfd() < 0) {  // no pidfd (an old kernel): look on the exit_poll schedule
@@ -244,9 +244,9 @@ class event_loop {
       } else {
         e->watch = watch(p.pidfd(), EPOLLIN, [check](std::uint32_t) { check(); });
       }
-    } catch (...) {
+    } SUBPROCESS_CATCH_ALL {
       exits_.erase(i);  // a half-registered exit watch would keep run() going forever
-      throw;
+      SUBPROCESS_RETHROW;
     }
     return i;
   }
@@ -258,7 +258,7 @@ class event_loop {
   // then (not with on_data/on_line on them). remove(id) drops all three watches. A
   // lost exit status behaves as in on_exit(p, fn): thrown out of run(), fn not called.
   id on_complete(process& p, std::function<void(exit_status, std::string, std::string)> fn) {
-    if (!p.valid()) throw argument_error("", "event_loop::on_complete: empty process handle");
+    if (!p.valid()) SUBPROCESS_THROW(argument_error("", "event_loop::on_complete: empty process handle"));
     struct state {
       std::function<void(exit_status, std::string, std::string)> fn;
       std::optional<exit_status> status;
@@ -274,7 +274,7 @@ class event_loop {
       groups_.erase(self);
       st->fn(*st->status, std::move(st->out), std::move(st->err));
     };
-    try {
+    SUBPROCESS_TRY {
       for (auto stream : {std::pair{&p.out(), &st->out}, std::pair{&p.err(), &st->err}}) {
         pipe_reader* r = stream.first;
         std::string* buf = stream.second;  // not a structured binding: clang 14 cannot capture those
@@ -287,9 +287,9 @@ class event_loop {
         st->status = s;
         finish_one();
       }));
-    } catch (...) {
+    } SUBPROCESS_CATCH_ALL {
       remove(self);
-      throw;
+      SUBPROCESS_RETHROW;
     }
     return self;
   }
@@ -387,7 +387,7 @@ class event_loop {
   // (what keeps run() going). Callbacks' exceptions propagate as from run(). Not from
   // inside a callback (argument_error), and on the loop's thread like run().
   bool dispatch() {
-    if (running_) throw argument_error("", "event_loop::dispatch called from inside a callback");
+    if (running_) SUBPROCESS_THROW(argument_error("", "event_loop::dispatch called from inside a callback"));
     running_ = true;
     struct reset {
       event_loop* l;
@@ -477,18 +477,18 @@ class event_loop {
   std::shared_ptr<stream_watch> stream_for(pipe_reader& r, const char* what) {
     for (auto& [i, s] : streams_)
       if (s->reader == &r) return s;
-    if (!r.is_open()) throw argument_error(r.command(), std::string("event_loop::") + what + ": the " +
-                                                            r.stream() + " pipe is not open");
+    if (!r.is_open()) SUBPROCESS_THROW(argument_error(r.command(), std::string("event_loop::") + what + ": the " +
+                                                            r.stream() + " pipe is not open"));
     auto s = std::make_shared<stream_watch>();
     s->reader = &r;
     s->self = next_id_++;
     streams_.emplace(s->self, s);
     id self = s->self;
-    try {
+    SUBPROCESS_TRY {
       s->watch = watch(r.fd(), EPOLLIN, [this, self](std::uint32_t) { on_stream_ready(self); });
-    } catch (...) {
+    } SUBPROCESS_CATCH_ALL {
       streams_.erase(self);  // epoll_ctl failed (ENOMEM, ENOSPC): nothing registered
-      throw;
+      SUBPROCESS_RETHROW;
     }
     // Data already buffered in the reader (from an earlier read_line) is delivered too.
     if (!r.buffered().empty() || r.eof()) post([this, self] { deliver_stream(self, false); });
@@ -543,11 +543,11 @@ class event_loop {
           s->held = n;
           modify(s->watch, 0);
         }
-        try {
+        SUBPROCESS_TRY {
           s->on_data(chunk);
-        } catch (...) {
+        } SUBPROCESS_CATCH_ALL {
           consumed_by_throw(i, *s, n);
-          throw;
+          SUBPROCESS_RETHROW;
         }
         if (!s->removed && !s->hold_chunks) r.consume(n);
       }
@@ -561,11 +561,11 @@ class event_loop {
           break;
         }
         s->line_scan = 0;
-        try {
+        SUBPROCESS_TRY {
           s->on_line(b.substr(0, nl));
-        } catch (...) {
+        } SUBPROCESS_CATCH_ALL {
           consumed_by_throw(i, *s, nl + 1);
-          throw;
+          SUBPROCESS_RETHROW;
         }
         if (!s->removed) r.consume(nl + 1);
       }
@@ -573,11 +573,11 @@ class event_loop {
         std::string_view rest = r.buffered();
         std::size_t n = rest.size();
         s->line_scan = 0;
-        try {
+        SUBPROCESS_TRY {
           s->on_line(rest);
-        } catch (...) {
+        } SUBPROCESS_CATCH_ALL {
           consumed_by_throw(i, *s, n);
-          throw;
+          SUBPROCESS_RETHROW;
         }
         if (!s->removed) r.consume(n);
       }
@@ -617,16 +617,16 @@ class event_loop {
     if (e->watch == 0 && !e->proc->status())
       e->poll_timer = after(e->backoff.next(), [this, i] { check_exit(i); });
     std::optional<exit_status> st;
-    try {
+    SUBPROCESS_TRY {
       st = e->proc->try_wait();
-    } catch (const error& err) {
+    } SUBPROCESS_CATCH(const error&, err) {
       // The child has exited and its status is gone for good (SIGCHLD ignored, or
       // reaped by other code): asking again would only throw again. The watch ends
       // here, and the error is delivered once. Any other failure leaves the watch in
       // place: the child is still ours, and the next wake-up asks again.
-      if (err.code() != std::errc::no_child_process) throw;
+      if (err.code() != std::errc::no_child_process) SUBPROCESS_RETHROW;
       remove(i);
-      if (!e->on_lost) throw;
+      if (!e->on_lost) SUBPROCESS_RETHROW;
       e->on_lost(err);
       return;
     }
@@ -636,9 +636,9 @@ class event_loop {
   }
 
   id add_timer(clock::duration d, std::function<void()> fn, bool repeat) {
-    if (d < clock::duration::zero()) throw argument_error("", "event_loop: negative timer duration");
+    if (d < clock::duration::zero()) SUBPROCESS_THROW(argument_error("", "event_loop: negative timer duration"));
     if (repeat && d == clock::duration::zero())
-      throw argument_error("", "event_loop::every: the period must be positive");
+      SUBPROCESS_THROW(argument_error("", "event_loop::every: the period must be positive"));
     id i = next_id_++;
     timers_.emplace(i, timer{d, std::move(fn), repeat});
     heap_.push({detail::saturating_add(clock::now(), d), i});
@@ -672,14 +672,14 @@ class event_loop {
       batch.swap(posted_);
     }
     for (std::size_t k = 0; k < batch.size(); ++k) {
-      try {
+      SUBPROCESS_TRY {
         batch[k]();
-      } catch (...) {
+      } SUBPROCESS_CATCH_ALL {
         // Keep the rest for the next iteration, then let the error out of run().
         std::lock_guard lock(post_mu_);
         posted_.insert(posted_.begin(), std::make_move_iterator(batch.begin() + k + 1),
                        std::make_move_iterator(batch.end()));
-        throw;
+        SUBPROCESS_RETHROW;
       }
     }
   }
@@ -712,7 +712,7 @@ class event_loop {
   }
 
   bool run_until(std::optional<clock::time_point> until, bool forever) {
-    if (running_) throw argument_error("", "event_loop::run called from inside a callback");
+    if (running_) SUBPROCESS_THROW(argument_error("", "event_loop::run called from inside a callback"));
     running_ = true;
     struct reset {
       event_loop* l;
@@ -830,7 +830,7 @@ class event_loop::writer_handle {
 };
 
 inline event_loop::writer_handle event_loop::writer(pipe_writer& w, writer_options opts) {
-  if (!w.is_open()) throw argument_error(w.command(), "event_loop::writer: the " + w.stream() + " pipe is not open");
+  if (!w.is_open()) SUBPROCESS_THROW(argument_error(w.command(), "event_loop::writer: the " + w.stream() + " pipe is not open"));
   if (opts.high_water_mark == 0) opts.high_water_mark = 1;
   auto s = std::make_shared<writer_state>();
   s->self = next_id_++;
@@ -853,20 +853,20 @@ inline event_loop::writer_handle event_loop::writer(pipe_writer& w, std::size_t 
 inline bool event_loop::writer_write(id i, std::string_view data) {
   auto it = writers_.find(i);
   if (it == writers_.end())
-    throw argument_error("", "event_loop: write to a writer that has ended or failed");
+    SUBPROCESS_THROW(argument_error("", "event_loop: write to a writer that has ended or failed"));
   auto s = it->second;
-  if (s->ending) throw argument_error(s->w->command(), "event_loop: write after end()");
+  if (s->ending) SUBPROCESS_THROW(argument_error(s->w->command(), "event_loop: write after end()"));
   if (s->queue.empty() && !data.empty()) {
     // Fast path: straight into the pipe, queue only the rest.
     detail::sigpipe_guard guard;
-    try {
+    SUBPROCESS_TRY {
       ssize_t n = s->w->write_raw(data, guard);
       if (n > 0) data.remove_prefix(static_cast<std::size_t>(n));
-    } catch (const io_error& e) {
+    } SUBPROCESS_CATCH(const io_error&, e) {
       remove(i);
       s->queue.clear();
       s->w->close();
-      if (!s->on_error) throw;
+      if (!s->on_error) SUBPROCESS_RETHROW;
       s->on_error(e);
       return true;
     }
@@ -884,17 +884,17 @@ inline void event_loop::writer_flush(id i) {
   if (it == writers_.end()) return;
   auto s = it->second;
   detail::sigpipe_guard guard;
-  try {
+  SUBPROCESS_TRY {
     while (!s->queue.empty()) {
       ssize_t n = s->w->write_raw(s->queue.view(), guard);
       if (n < 0) return;  // full again; EPOLLOUT stays on
       s->queue.consume(static_cast<std::size_t>(n));
     }
-  } catch (const io_error& e) {
+  } SUBPROCESS_CATCH(const io_error&, e) {
     remove(i);
     s->queue.clear();
     s->w->close();
-    if (!s->on_error) throw;
+    if (!s->on_error) SUBPROCESS_RETHROW;
     s->on_error(e);
     return;
   }
@@ -941,7 +941,7 @@ inline event_loop::id event_loop::pump(pipe_reader& from, pipe_writer& to, trans
   };
   writer_handle out = writer(to, std::move(wo));
   auto s = stream_for(from, "pump");
-  if (s->on_line || s->on_data) throw argument_error(from.command(), "pump on a stream that is already watched");
+  if (s->on_line || s->on_data) SUBPROCESS_THROW(argument_error(from.command(), "pump on a stream that is already watched"));
   *stream_id = s->self;
   s->max_read = opts.high_water_mark;
   id sid = s->self;
@@ -965,7 +965,7 @@ inline event_loop::id event_loop::pump(pipe_reader& from, pipe_writer& to, trans
 
 inline event_loop::id event_loop::pump(pipe_reader& from, sink_fn sink, pump_options opts) {
   auto s = stream_for(from, "pump");
-  if (s->on_line || s->on_data) throw argument_error(from.command(), "pump on a stream that is already watched");
+  if (s->on_line || s->on_data) SUBPROCESS_THROW(argument_error(from.command(), "pump on a stream that is already watched"));
   s->max_read = opts.high_water_mark;
   s->hold_chunks = true;
   id sid = s->self;

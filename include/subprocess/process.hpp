@@ -67,15 +67,15 @@ namespace detail {
 inline void check_policy(const timeout_policy& p, const std::string& command,
                          const char* refusing_leave = nullptr) {
   if (p.signal <= 0 || p.signal > SIGRTMAX)
-    throw argument_error(command,
-                         "timeout policy: " + std::to_string(p.signal) + " is not a signal number");
+    SUBPROCESS_THROW(argument_error(command,
+                         "timeout policy: " + std::to_string(p.signal) + " is not a signal number"));
   if (p.grace < p.grace.zero())
-    throw argument_error(command, "timeout policy: negative grace period");
+    SUBPROCESS_THROW(argument_error(command, "timeout policy: negative grace period"));
   if (!p.kill && refusing_leave)
-    throw argument_error(command, std::string("timeout_policy::leave_running() with ") +
+    SUBPROCESS_THROW(argument_error(command, std::string("timeout_policy::leave_running() with ") +
                                       refusing_leave +
                                       ", which keeps no handle to the child: spawn() it and use "
-                                      "wait_for(timeout, policy) or communicate()");
+                                      "wait_for(timeout, policy) or communicate()"));
 }
 }  // namespace detail
 
@@ -144,7 +144,7 @@ class process {
   // The handle owns it: when the handle goes, members still alive are killed and the
   // tree's cgroup is removed (tree.hpp).
   process_tree& tree() {
-    if (!tree_) throw argument_error(command_, "tree() needs a child started with command::tree()");
+    if (!tree_) SUBPROCESS_THROW(argument_error(command_, "tree() needs a child started with command::tree()"));
     return *tree_;
   }
   bool has_tree() const noexcept { return tree_ != nullptr; }
@@ -219,7 +219,7 @@ class process {
       kill();
       wait();
     }
-    throw canceled_error(command_, "wait");
+    SUBPROCESS_THROW(canceled_error(command_, "wait"));
   }
   // Reaps the child if it has exited; never blocks.
   std::optional<exit_status> try_wait() {
@@ -232,7 +232,7 @@ class process {
   // means "for ever", never an overflow.
   template <class Rep, class Period>
   std::optional<exit_status> wait_for(std::chrono::duration<Rep, Period> timeout) {
-    if (timeout < timeout.zero()) throw argument_error(command_, "negative timeout for wait_for");
+    if (timeout < timeout.zero()) SUBPROCESS_THROW(argument_error(command_, "negative timeout for wait_for"));
     return wait_until(detail::deadline_in(timeout));
   }
   // Waits at most `timeout`, then applies `policy` (timeout.hpp) and throws
@@ -243,13 +243,13 @@ class process {
   // policy would act returns its status. Output drained meanwhile stays in out()/err().
   template <class Rep, class Period>
   exit_status wait_for(std::chrono::duration<Rep, Period> timeout, const timeout_policy& policy) {
-    if (timeout < timeout.zero()) throw argument_error(command_, "negative timeout for wait_for");
+    if (timeout < timeout.zero()) SUBPROCESS_THROW(argument_error(command_, "negative timeout for wait_for"));
     detail::check_policy(policy, command_);
     if (auto st = wait_until(detail::deadline_in(timeout))) return *st;
     timeout_outcome o = stop(policy);
     if (o.status && !o.killed) return *o.status;
-    throw timeout_error(command_, detail::saturating_ceil<std::chrono::milliseconds>(timeout),
-                        policy, std::move(o), {});
+    SUBPROCESS_THROW(timeout_error(command_, detail::saturating_ceil<std::chrono::milliseconds>(timeout),
+                        policy, std::move(o), {}));
   }
   // Waits until `t` (any clock; time_point::max() is for ever); nullopt if the child
   // is still running then.
@@ -293,8 +293,8 @@ class process {
   bool signal_group(int sig) {
     check_valid("signal_group");
     if (!group_leader_)
-      throw argument_error(command_, "signal_group() needs a child started with "
-                                     "new_process_group() or new_session()");
+      SUBPROCESS_THROW(argument_error(command_, "signal_group() needs a child started with "
+                                     "new_process_group() or new_session()"));
     bool any = signal(sig);
     // The leader's pid is also the pgid, and it cannot be reused while the leader is
     // unreaped: it is running, or its zombie is held (zombie_held_). Only if someone
@@ -324,7 +324,7 @@ class process {
   template <class Rep = long, class Period = std::ratio<1>>
   exit_status terminate(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5)) {
     check_valid("terminate");
-    if (grace < grace.zero()) throw argument_error(command_, "negative grace period for terminate");
+    if (grace < grace.zero()) SUBPROCESS_THROW(argument_error(command_, "negative grace period for terminate"));
     if (status_) return *status_;
     return *stop_until(SIGTERM, detail::deadline_in(grace)).status;
   }
@@ -354,13 +354,13 @@ class process {
   // fds left); the handle then still owns the child.
   void detach() {
     check_valid("detach");
-    if (tree_) throw argument_error(command_, "detach() of a child started with tree(): the tree is killed with its handle");
+    if (tree_) SUBPROCESS_THROW(argument_error(command_, "detach() of a child started with tree(): the tree is killed with its handle"));
     if (!status_) {
-      try {
+      SUBPROCESS_TRY {
         reap(false);
-      } catch (const error& e) {
+      } SUBPROCESS_CATCH(const error&, e) {
         // Exited, and its status was thrown away (SIGCHLD ignored): nothing to reap.
-        if (e.code() != std::errc::no_child_process) throw;
+        if (e.code() != std::errc::no_child_process) SUBPROCESS_RETHROW;
         release();
         return;
       }
@@ -368,15 +368,91 @@ class process {
     if (zombie_held_) {
       release_zombie();
     } else if (!status_) {
-      try {
+      SUBPROCESS_TRY {
         detail::reaper::instance().ensure_started();
-      } catch (const std::system_error& e) {
-        throw error(e.code(), command_, "cannot detach '" + command_ + "': " + e.what());
+      } SUBPROCESS_CATCH(const std::system_error&, e) {
+        SUBPROCESS_THROW(error(e.code(), command_, "cannot detach '" + command_ + "': " + e.what()));
       }
       detail::reaper::instance().adopt(pid_, std::move(pidfd_));
     }
     release();
   }
+
+  // ---- without exceptions (error.hpp): the same, reporting through `ec` ----------
+  // nullopt / false with `ec` set where the calls above throw: std::errc::
+  // invalid_argument (an empty handle, a negative duration), no_child_process (the
+  // status was discarded: SIGCHLD ignored), or the errno of the failed call. A wait
+  // that times out is no error: nullopt with `ec` clear. These never throw and, built
+  // without exceptions, never abort.
+  std::optional<exit_status> wait(std::error_code& ec) noexcept { return wait_until(detail::deadline(), ec); }
+  template <class Rep, class Period>
+  std::optional<exit_status> wait_for(std::chrono::duration<Rep, Period> timeout, std::error_code& ec) noexcept {
+    if (timeout < timeout.zero()) return ec = std::make_error_code(std::errc::invalid_argument), std::nullopt;
+    return wait_until(detail::deadline_in(timeout), ec);
+  }
+  template <class Clock, class Duration>
+  std::optional<exit_status> wait_until(const std::chrono::time_point<Clock, Duration>& t,
+                                        std::error_code& ec) noexcept {
+    return wait_until(detail::deadline(detail::to_deadline(t)), ec);
+  }
+  std::optional<exit_status> wait_until(const detail::deadline& dl, std::error_code& ec) noexcept {
+    // report_to: a failing poll() or pipe read (rare: no memory) is reported too.
+    return detail::report_to(ec, std::optional<exit_status>(), [&] { return wait_quietly(dl, ec); });
+  }
+  // As signal(sig): false when nothing was sent (reaped already, or `ec` set).
+  bool signal(int sig, std::error_code& ec) noexcept {
+    ec.clear();
+    if (pid_ <= 0) return ec = std::make_error_code(std::errc::invalid_argument), false;
+    if (reaped_.load(std::memory_order_acquire)) return false;
+    int r = pidfd_ ? detail::sys::pidfd_send_signal(pidfd_.get(), sig) : detail::sys::kill(pid_, sig);
+    if (r == 0) return true;
+    if (errno != ESRCH) ec = std::error_code(errno, std::system_category());
+    return false;
+  }
+  // SIGKILL to the child (its group if it leads one), as kill().
+  void kill(std::error_code& ec) noexcept { send_to_tree(SIGKILL, ec); }
+  // As terminate(grace); nullopt with `ec` set if a signal or the wait failed.
+  template <class Rep = long, class Period = std::ratio<1>>
+  std::optional<exit_status> terminate(std::chrono::duration<Rep, Period> grace, std::error_code& ec) noexcept {
+    if (pid_ <= 0 || grace < grace.zero()) return ec = std::make_error_code(std::errc::invalid_argument), std::nullopt;
+    return detail::report_to(ec, std::optional<exit_status>(), [&] { return terminate_quietly(grace, ec); });
+  }
+
+ private:
+  template <class Rep, class Period>
+  std::optional<exit_status> terminate_quietly(std::chrono::duration<Rep, Period> grace, std::error_code& ec) {
+    if (status_) return status_;
+    const detail::deadline dl = detail::deadline_in(grace);
+    if (send_to_tree(SIGTERM, ec), send_to_tree(SIGCONT, ec), ec) return std::nullopt;
+    std::optional<exit_status> st = wait_until(dl, ec);
+    if (ec) return std::nullopt;
+    if (st && (!group_leader_ || wait_group_until(dl))) return st;
+    if (send_to_tree(SIGKILL, ec), ec) return std::nullopt;
+    return st ? st : wait(ec);
+  }
+  std::optional<exit_status> wait_quietly(const detail::deadline& dl, std::error_code& ec) {
+    if (pid_ <= 0) return ec = std::make_error_code(std::errc::invalid_argument), std::nullopt;
+    if (status_) return status_;
+    in_.close();
+    if (lost_) return ec = std::make_error_code(std::errc::no_child_process), std::nullopt;
+    const detail::collect how = collecting(false);
+    const detail::exit_check r = watcher().wait_until(
+        dl, how, command_, [this](pollfd* fds) { return add_drains(fds); },
+        [this](const pollfd* fds, int n) { drain_ready(fds, n); });
+    if (r.status) {
+      settle(r, how);  // cannot throw: there is a status
+    } else if (r.error != 0) {
+      if (r.error == ECHILD) reaped_.store(true, std::memory_order_release);
+      ec = std::error_code(r.error, std::system_category());
+    }
+    return status_;
+  }
+  void send_to_tree(int sig, std::error_code& ec) noexcept {
+    signal(sig, ec);
+    if (ec || !group_leader_ || (reaped_.load(std::memory_order_acquire) && !zombie_held_)) return;
+    detail::sys::kill(-pid_, sig);  // as signal_group(): the group may be empty by now
+  }
+  // ---- end of the error_code overloads
 
  private:
   friend class command;
@@ -393,7 +469,7 @@ class process {
   }
 
   void check_valid(const char* what) const {
-    if (pid_ <= 0) throw argument_error("", std::string(what) + "() on an empty process handle");
+    if (pid_ <= 0) SUBPROCESS_THROW(argument_error("", std::string(what) + "() on an empty process handle"));
   }
   bool send_to_tree(int sig) { return group_leader_ ? signal_group(sig) : signal(sig); }
   // sig to the child (its group), then, unless sig is SIGKILL, SIGCONT (a stopped
@@ -490,9 +566,9 @@ class process {
   // cannot be called (the handle is being destroyed, assigned over or detached).
   void release_zombie() noexcept {
     if (!zombie_held_) return;
-    try {
+    SUBPROCESS_TRY {
       reap(true, true);  // a zombie: returns at once
-    } catch (...) {
+    } SUBPROCESS_CATCH_ALL {
       // ECHILD: someone else reaped it after all. Nothing is left to do.
     }
     zombie_held_ = false;
@@ -501,10 +577,10 @@ class process {
   void finish() noexcept {
     if (pid_ <= 0) return;
     if (!status_) {
-      try {
+      SUBPROCESS_TRY {
         kill();
         reap(true, true);
-      } catch (...) {
+      } SUBPROCESS_CATCH_ALL {
         // Nothing more can be done; the kernel reaps it when we exit.
       }
     }

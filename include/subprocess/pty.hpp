@@ -88,13 +88,13 @@ class pattern {
   // is an argument_error.
   static pattern regex(std::string_view source,
                        std::regex::flag_type flags = std::regex::ECMAScript) {
-    try {
+    SUBPROCESS_TRY {
       pattern p{std::regex(source.begin(), source.end(), flags)};
       p.shown_ = "/" + std::string(source) + "/";
       return p;
-    } catch (const std::regex_error& e) {
-      throw argument_error("", "pattern::regex: bad regular expression /" + std::string(source) +
-                                   "/: " + e.what());
+    } SUBPROCESS_CATCH(const std::regex_error&, e) {
+      SUBPROCESS_THROW(argument_error("", "pattern::regex: bad regular expression /" + std::string(source) +
+                                   "/: " + e.what()));
     }
   }
   const std::string& to_string() const noexcept { return shown_; }
@@ -234,14 +234,14 @@ class pty_process {
   std::pair<unsigned short, unsigned short> size() const {
     winsize ws{};
     if (detail::sys::ioctl(out_.fd(), TIOCGWINSZ, &ws) != 0)
-      throw io_error(errno, cmd_, "read the terminal size");
+      SUBPROCESS_THROW(io_error(errno, cmd_, "read the terminal size"));
     return {ws.ws_row, ws.ws_col};
   }
   void resize(unsigned short rows, unsigned short cols) {
     winsize ws{};
     ws.ws_row = rows, ws.ws_col = cols;
     if (detail::sys::ioctl(out_.fd(), TIOCSWINSZ, &ws) != 0)
-      throw io_error(errno, cmd_, "resize the terminal");
+      SUBPROCESS_THROW(io_error(errno, cmd_, "resize the terminal"));
   }
 
   // Types `data`, waiting while the terminal's input queue is full (at most the
@@ -260,10 +260,10 @@ class pty_process {
         continue;
       }
       if (detail::clock::now() >= dl || detail::poll_one(in_.fd(), POLLOUT, dl, cmd_) == 0)
-        throw expect_error(expect_error::reason::timeout, cmd_,
+        SUBPROCESS_THROW(expect_error(expect_error::reason::timeout, cmd_,
                            "timed out after " + detail::describe_duration(d) +
                                " writing to the terminal of '" + cmd_ + "' (it reads no input)",
-                           std::string(out_.buffered()));
+                           std::string(out_.buffered())));
     }
   }
   // The line and "\n" (the terminal turns it into the Enter key the program expects).
@@ -280,7 +280,7 @@ class pty_process {
       send("\x7f");
       return;
     }
-    if (c < '@' || c > '_') throw argument_error(cmd_, std::string("send_control: no control character for '") + c + "'");
+    if (c < '@' || c > '_') SUBPROCESS_THROW(argument_error(cmd_, std::string("send_control: no control character for '") + c + "'"));
     send(std::string(1, static_cast<char>(c & 0x1f)));
   }
   // ^D (VEOF): at the start of a line a reading program sees end of input.
@@ -300,7 +300,7 @@ class pty_process {
   expect_match expect_any(std::initializer_list<pattern> ps, std::chrono::duration<Rep, Period> timeout) {
     std::vector<const pattern*> v;
     for (const auto& p : ps) v.push_back(&p);
-    if (v.empty()) throw argument_error(cmd_, "expect_any: no pattern");
+    if (v.empty()) SUBPROCESS_THROW(argument_error(cmd_, "expect_any: no pattern"));
     return expect_impl(v.data(), v.size(), checked(timeout, "expect_any"));
   }
   // Everything until the child hangs up (all its output, then EIO on the master).
@@ -346,7 +346,7 @@ class pty_process {
 
   template <class Rep, class Period>
   detail::clock::duration checked(std::chrono::duration<Rep, Period> t, const char* what) const {
-    if (t < t.zero()) throw argument_error(cmd_, std::string(what) + ": negative timeout");
+    if (t < t.zero()) SUBPROCESS_THROW(argument_error(cmd_, std::string(what) + ": negative timeout"));
     return detail::to_clock_duration(t);
   }
 
@@ -380,7 +380,7 @@ class pty_process {
     else
       m = std::to_string(seen.size()) + " bytes of output from '" + cmd_ + "' without " + what +
           " (max_buffer)";
-    throw expect_error(why, cmd_, m + "; the last output was " + tail, std::string(seen));
+    SUBPROCESS_THROW(expect_error(why, cmd_, m + "; the last output was " + tail, std::string(seen)));
   }
 
   expect_match expect_impl(const pattern* const* ps, std::size_t n, detail::clock::duration d) {
@@ -424,7 +424,7 @@ class pty_process {
   }
 
   std::optional<exit_status> wait_until(const detail::deadline& dl) {
-    if (!proc_.valid()) throw argument_error("", "wait() on an empty pty_process");
+    if (!proc_.valid()) SUBPROCESS_THROW(argument_error("", "wait() on an empty pty_process"));
     for (;;) {
       if (auto st = proc_.try_wait()) {
         // Exited: what it wrote is in the terminal (a read flushes the kernel's queue
@@ -464,12 +464,12 @@ class pty_process {
 // closed here once the child has it, so the child's exit is the end of output.
 inline pty_process spawn_in_pty(const command& cmd, pty_options opts) {
   std::string cmdline = cmd.to_string();
-  if (opts.max_buffer == 0) throw argument_error(cmdline, "spawn_in_pty: max_buffer must be positive");
-  if (opts.timeout.count() < 0) throw argument_error(cmdline, "spawn_in_pty: negative timeout");
-  if (cmd.in()) throw argument_error(cmdline, "spawn_in_pty: stdin is the terminal; leave in() unset");
+  if (opts.max_buffer == 0) SUBPROCESS_THROW(argument_error(cmdline, "spawn_in_pty: max_buffer must be positive"));
+  if (opts.timeout.count() < 0) SUBPROCESS_THROW(argument_error(cmdline, "spawn_in_pty: negative timeout"));
+  if (cmd.in()) SUBPROCESS_THROW(argument_error(cmdline, "spawn_in_pty: stdin is the terminal; leave in() unset"));
   auto fail = [&](const char* step, const std::string& detail = {}) {
     int e = errno;
-    throw spawn_error(e, cmdline, step, detail);
+    SUBPROCESS_THROW(spawn_error(e, cmdline, step, detail));
   };
   detail::unique_fd master(detail::sys::posix_openpt(O_RDWR | O_NOCTTY));
   if (!master) fail("open a pseudo-terminal", "(posix_openpt)");

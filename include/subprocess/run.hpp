@@ -112,7 +112,7 @@ struct run_result {
   }
   // Throws process_error unless success(); returns *this.
   const run_result& check() const {
-    if (!success()) throw process_error(command, status, {out, err});
+    if (!success()) SUBPROCESS_THROW(process_error(command, status, {out, err}));
     return *this;
   }
 };
@@ -162,9 +162,9 @@ inline void append_output(std::string& sink, std::string_view data) {
   if (sink.capacity() - sink.size() < data.size()) {
     const std::size_t need = sink.size() + data.size();
     std::string bigger;
-    try {
+    SUBPROCESS_TRY {
       bigger.reserve(std::max(need, 4 * sink.capacity()));
-    } catch (const std::bad_alloc&) {  // strict overcommit: ask for what a string would
+    } SUBPROCESS_CATCH(const std::bad_alloc&, sp_unused_) {  // strict overcommit: ask for what a string would
       bigger.reserve(std::max(need, 2 * sink.capacity()));
     }
     for (std::size_t off = 0; off < sink.size(); off += piece) {
@@ -222,9 +222,9 @@ inline bool drain_into(capture& c, const communicate_options& o, int rounds = 4)
 // operation_canceled) is thrown; the output so far is dropped.
 inline run_result communicate(process& p, std::string_view input, const communicate_options& opts,
                               std::stop_token stop) {
-  if (!p.valid()) throw argument_error("", "communicate() on an empty process handle");
+  if (!p.valid()) SUBPROCESS_THROW(argument_error("", "communicate() on an empty process handle"));
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
-    throw argument_error(p.command_line(), "negative timeout");
+    SUBPROCESS_THROW(argument_error(p.command_line(), "negative timeout"));
   detail::check_policy(opts.on_timeout, p.command_line());
   run_result res;
   res.command = p.command_line();
@@ -243,9 +243,9 @@ inline run_result communicate(process& p, std::string_view input, const communic
     (void)why;
     p.kill();
     std::optional<exit_status> st;
-    try {
+    SUBPROCESS_TRY {
       st = p.wait_until(detail::clock::now() + std::chrono::seconds(5));
-    } catch (const error&) {
+    } SUBPROCESS_CATCH(const error&, sp_unused_) {
     }
     return st;
   };
@@ -253,17 +253,17 @@ inline run_result communicate(process& p, std::string_view input, const communic
   // why the pipes were still open after the child had exited.
   auto expire = [&](const std::string& note) {
     timeout_outcome o;
-    try {
+    SUBPROCESS_TRY {
       o = p.stop(opts.on_timeout);
-    } catch (const error&) {  // could not be reaped: still, it was signalled
+    } SUBPROCESS_CATCH(const error&, sp_unused_) {  // could not be reaped: still, it was signalled
       o.killed = true;
     }
     for (auto& c : caps) {  // what stop() drained while waiting, then one more read
       detail::keep_buffered(c, opts);
       detail::drain_into(c, opts, 1);
     }
-    throw timeout_error(res.command, *opts.timeout, opts.on_timeout, std::move(o),
-                        {res.out, res.err}, note);
+    SUBPROCESS_THROW(timeout_error(res.command, *opts.timeout, opts.on_timeout, std::move(o),
+                        {res.out, res.err}, note));
   };
 
   // SIGPIPE is blocked (per thread) only while there is input to write.
@@ -328,7 +328,7 @@ inline run_result communicate(process& p, std::string_view input, const communic
     if (stop_i >= 0 && fds[stop_i].revents != 0) {
       if (!p.status()) fail_and_reap("canceled");
       if (p.is_group_leader()) detail::sys::kill(-p.pid(), SIGKILL);  // whoever holds its pipes
-      throw canceled_error(res.command, "run");
+      SUBPROCESS_THROW(canceled_error(res.command, "run"));
     }
     const bool late = dl && detail::clock::now() >= *dl;
     if (late && (ready == 0 || was_late)) {
@@ -341,12 +341,12 @@ inline run_result communicate(process& p, std::string_view input, const communic
     }
     was_late = late;
     if (in_i >= 0 && fds[in_i].revents != 0) {
-      try {
+      SUBPROCESS_TRY {
         ssize_t w = in.write_raw(input, *guard);
         if (w > 0) input.remove_prefix(static_cast<std::size_t>(w));
         if (input.empty()) in.close();
-      } catch (const io_error& e) {
-        if (e.code() != std::errc::broken_pipe) throw;
+      } SUBPROCESS_CATCH(const io_error&, e) {
+        if (e.code() != std::errc::broken_pipe) SUBPROCESS_RETHROW;
         in.close();  // the child stopped reading; its exit status will say why
       }
     }
@@ -355,7 +355,7 @@ inline run_result communicate(process& p, std::string_view input, const communic
       if (!detail::drain_into(caps[i], opts)) {
         std::size_t limit = *opts.max_output;
         auto st = fail_and_reap("output limit");
-        throw output_limit_error(res.command, caps[i].name, limit, st, {res.out, res.err});
+        SUBPROCESS_THROW(output_limit_error(res.command, caps[i].name, limit, st, {res.out, res.err}));
       }
     }
     if ((pid_i >= 0 && fds[pid_i].revents != 0) || p.pidfd() < 0) {
@@ -383,10 +383,10 @@ inline run_result communicate(process& p, std::string_view input = {}, const com
 // hands out).
 inline run_result run(command cmd, const run_options& opts, std::stop_token stop) {
   if (opts.timeout && *opts.timeout < std::chrono::milliseconds::zero())
-    throw argument_error(cmd.to_string(), "negative timeout");
+    SUBPROCESS_THROW(argument_error(cmd.to_string(), "negative timeout"));
   detail::check_policy(opts.on_timeout, cmd.to_string(), "run()");
   if (opts.input && cmd.in() && !std::holds_alternative<pipe_t>(*cmd.in()))
-    throw argument_error(cmd.to_string(), "input given but stdin is redirected elsewhere");
+    SUBPROCESS_THROW(argument_error(cmd.to_string(), "input given but stdin is redirected elsewhere"));
   if (!cmd.in()) {
     if (opts.input)
       cmd.in(pipe);
@@ -405,9 +405,9 @@ inline run_result run(command cmd, const run_options& opts, std::stop_token stop
     r.descendants_outlived = true;
     if (opts.wait_for_tree && !p.tree().wait_empty_until(dl)) {
       p.tree().kill();
-      throw timeout_error(r.command, opts.timeout.value_or(std::chrono::milliseconds::zero()),
+      SUBPROCESS_THROW(timeout_error(r.command, opts.timeout.value_or(std::chrono::milliseconds::zero()),
                           r.status, {r.out, r.err},
-                          r.status.to_string() + ", but descendants in its tree were still running");
+                          r.status.to_string() + ", but descendants in its tree were still running"));
     }
   }
   r.success_codes = cmd.success_codes();
@@ -416,6 +416,46 @@ inline run_result run(command cmd, const run_options& opts, std::stop_token stop
 }
 inline run_result run(command cmd, const run_options& opts = {}) {
   return run(std::move(cmd), opts, std::stop_token());
+}
+
+// ---- without exceptions (error.hpp): run() reporting through `ec` -----------------
+// run(cmd, opts) with the error in `ec` instead of thrown: the result with `ec` clear
+// on success; with opts.check, a failed child sets errc::process_failed (the result
+// holds its status and output); a timeout sets std::errc::timed_out and an output
+// limit errc::output_limit_exceeded, the result holding the output so far; a spawn
+// failure sets its errno (the result is empty). Built without exceptions, the spawn
+// failures, bad options and check come back here, but a timeout, an output limit or
+// a failing pipe still abort (communicate() raises them; see error.hpp).
+inline run_result run(command cmd, const run_options& opts, std::error_code& ec) noexcept {
+  run_result r;
+  r.command = cmd.to_string();
+  return detail::report_to(ec, r, [&]() -> run_result {
+    SUBPROCESS_TRY {
+      if ((opts.timeout && *opts.timeout < std::chrono::milliseconds::zero()) ||
+          (opts.input && cmd.in() && !std::holds_alternative<pipe_t>(*cmd.in())))
+        return ec = std::make_error_code(std::errc::invalid_argument), r;
+      if (!cmd.in()) cmd.in(opts.input ? stdio(pipe) : stdio(null));
+      if (!cmd.out()) cmd.out(pipe);
+      if (!cmd.err()) cmd.err(pipe);
+      std::optional<process> p = cmd.spawn(ec);
+      if (!p) return r;
+      r = communicate(*p, opts.input ? std::string_view(*opts.input) : std::string_view(),
+                      {opts.timeout, opts.max_output, opts.on_output_limit});
+      r.success_codes = cmd.success_codes();
+      if (opts.check && !r.success()) ec = errc::process_failed;
+    }
+    SUBPROCESS_CATCH(const timeout_error&, e) {
+      ec = e.code();
+      r.out = e.out(), r.err = e.err();
+      if (e.status()) r.status = *e.status();
+    }
+    SUBPROCESS_CATCH(const output_limit_error&, e) {
+      ec = e.code();
+      r.out = e.out(), r.err = e.err();
+      if (e.status()) r.status = *e.status();
+    }
+    return r;
+  });
 }
 
 // ---- printing: one line each; operator<< prints what fmt.hpp's formatters print ----

@@ -78,9 +78,9 @@ inline std::string signal_name(int sig) { return detail::signal_name_of(sig); }
 // input: "unknown signal 'SIGFOO'".
 inline int signal_number(std::string_view name) {
   auto fail = [&]() -> int {
-    throw argument_error("", "unknown signal '" + std::string(name) +
+    SUBPROCESS_THROW(argument_error("", "unknown signal '" + std::string(name) +
                                  "' (expected a name such as SIGTERM or TERM, or a number 1-" +
-                                 std::to_string(SIGRTMAX) + ")");
+                                 std::to_string(SIGRTMAX) + ")"));
   };
   auto parse_uint = [](std::string_view s, int& out) {
     if (s.empty() || s.size() > 3) return false;
@@ -179,14 +179,14 @@ inline std::vector<stop_target> collect_targets(std::vector<process*> ps, const 
   ts.reserve(ps.size());
   for (std::size_t i = 0; i < ps.size(); ++i) {
     const std::string what = std::string(who) + ": process #" + std::to_string(i);
-    if (ps[i] == nullptr) throw argument_error("", what + " is a null pointer");
+    if (ps[i] == nullptr) SUBPROCESS_THROW(argument_error("", what + " is a null pointer"));
     if (!ps[i]->valid())
-      throw argument_error("", what + " is an empty handle (moved from or detached)");
+      SUBPROCESS_THROW(argument_error("", what + " is an empty handle (moved from or detached)"));
     ts.push_back({ps[i]});
   }
   std::sort(ps.begin(), ps.end());
   if (std::adjacent_find(ps.begin(), ps.end()) != ps.end())
-    throw argument_error("", std::string(who) + ": the same process is listed twice");
+    SUBPROCESS_THROW(argument_error("", std::string(who) + ": the same process is listed twice"));
   return ts;
 }
 
@@ -199,7 +199,7 @@ std::vector<process*> process_pointers(Range&& r) {
 
 inline void check_signal_arg(int sig, const char* who) {
   if (sig < 1 || sig > SIGRTMAX)
-    throw argument_error("", std::string(who) + ": " + std::to_string(sig) + " is not a signal");
+    SUBPROCESS_THROW(argument_error("", std::string(who) + ": " + std::to_string(sig) + " is not a signal"));
 }
 
 inline void send_tree(process& p, int sig) {
@@ -232,10 +232,10 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
   // ignored, or reaped by other code) is an exit too: one such child must not cost
   // the others their signal, grace period or SIGKILL.
   auto exited = [](stop_target& t) {
-    try {
+    SUBPROCESS_TRY {
       return t.p->try_wait().has_value();
-    } catch (const error& e) {
-      if (e.code() != std::errc::no_child_process) throw;
+    } SUBPROCESS_CATCH(const error&, e) {
+      if (e.code() != std::errc::no_child_process) SUBPROCESS_RETHROW;
       t.lost = true;
       return true;
     }
@@ -349,7 +349,7 @@ shutdown_result stop_all(std::vector<stop_target>& ts, int sig, clock::duration 
 
 template <class Rep, class Period>
 clock::duration checked_grace(std::chrono::duration<Rep, Period> grace, const char* who) {
-  if (grace < grace.zero()) throw argument_error("", std::string(who) + ": negative grace period");
+  if (grace < grace.zero()) SUBPROCESS_THROW(argument_error("", std::string(who) + ": negative grace period"));
   return to_clock_duration(grace);
 }
 
@@ -446,15 +446,15 @@ namespace detail {
 
 // Validates and builds a mask; see signal_set for what is refused.
 inline sigset_t signal_mask_of(std::span<const int> sigs, const char* who) {
-  if (sigs.empty()) throw argument_error("", std::string(who) + ": no signals given");
+  if (sigs.empty()) SUBPROCESS_THROW(argument_error("", std::string(who) + ": no signals given"));
   sigset_t m;
   sigemptyset(&m);
   for (int s : sigs) {
     if (s == SIGKILL || s == SIGSTOP)
-      throw argument_error("", std::string(who) + ": " + signal_name(s) + " cannot be blocked or caught");
+      SUBPROCESS_THROW(argument_error("", std::string(who) + ": " + signal_name(s) + " cannot be blocked or caught"));
     if (s < 1 || s > SIGRTMAX || (s > SIGSYS && s < SIGRTMIN))
-      throw argument_error("", std::string(who) + ": " + std::to_string(s) +
-                                   " is not a signal a program can receive");
+      SUBPROCESS_THROW(argument_error("", std::string(who) + ": " + std::to_string(s) +
+                                   " is not a signal a program can receive"));
     sigaddset(&m, s);
   }
   return m;
@@ -600,7 +600,7 @@ class signal_set {
   // Waits at most `timeout`; nullopt if no signal came.
   template <class Rep, class Period>
   std::optional<signal_info> wait_for(std::chrono::duration<Rep, Period> timeout) {
-    if (timeout < timeout.zero()) throw argument_error("", "signal_set::wait_for: negative timeout");
+    if (timeout < timeout.zero()) SUBPROCESS_THROW(argument_error("", "signal_set::wait_for: negative timeout"));
     return wait_until(detail::deadline_in(timeout));
   }
   // Waits until `t` (any clock; time_point::max() is for ever); nullopt if no signal came.

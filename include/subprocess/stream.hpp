@@ -72,7 +72,7 @@ inline void make_stream_nonblocking(const unique_fd& fd, const std::string& stre
   if (flags >= 0 && (flags & O_NONBLOCK) == 0) flags = sys::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK);
   if (flags < 0) {
     int e = errno;
-    throw io_error(e, command, "make " + stream + " non-blocking");
+    SUBPROCESS_THROW(io_error(e, command, "make " + stream + " non-blocking"));
   }
 }
 }  // namespace detail
@@ -195,7 +195,7 @@ class pipe_reader {
       }
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return -1;
-      throw io_error(errno, command_, "read from " + stream_);
+      SUBPROCESS_THROW(io_error(errno, command_, "read from " + stream_));
     }
   }
   bool wait_readable(const detail::deadline& dl) {
@@ -329,7 +329,7 @@ class pipe_writer {
   // For loops that already hold a sigpipe_guard: one write(2), >0 bytes or -1
   // when the pipe is full; throws io_error on any other failure.
   ssize_t write_raw(std::string_view data, detail::sigpipe_guard& guard) {
-    if (!fd_) throw io_error(EBADF, command_, "write to closed " + stream_);
+    if (!fd_) SUBPROCESS_THROW(io_error(EBADF, command_, "write to closed " + stream_));
     for (;;) {
       ssize_t n = detail::sys::write(fd_.get(), data.data(), data.size());
       if (n >= 0) return n;
@@ -337,7 +337,7 @@ class pipe_writer {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return -1;
       int e = errno;
       if (e == EPIPE) guard.saw_epipe();
-      throw io_error(e, command_, "write to " + stream_);
+      SUBPROCESS_THROW(io_error(e, command_, "write to " + stream_));
     }
   }
 

@@ -179,15 +179,15 @@ class exit_watcher {
 [[noreturn]] inline void throw_status_discarded(const std::string& command, bool autoreaped = false) {
   const std::error_code ec(ECHILD, std::system_category());
   if (!autoreaped && !children_autoreaped())
-    throw error(ec, command,
+    SUBPROCESS_THROW(error(ec, command,
                 "cannot get the exit status of '" + command +
                     "': it has exited, and other code of this process reaped it (a "
-                    "waitpid(-1) or wait() elsewhere?) before its status could be read");
-  throw error(ec, command,
+                    "waitpid(-1) or wait() elsewhere?) before its status could be read"));
+  SUBPROCESS_THROW(error(ec, command,
               "cannot get the exit status of '" + command +
                   "': it has exited, but the kernel discarded its status because this "
                   "process ignores SIGCHLD (SIG_IGN) or set SA_NOCLDWAIT; restore SIGCHLD's "
-                  "default disposition to wait for children");
+                  "default disposition to wait for children"));
 }
 
 // The error for waiting for `command` that failed with errno `e` (exit_check::error).
@@ -196,10 +196,10 @@ class exit_watcher {
 [[noreturn]] inline void throw_wait_failure(int e, const std::string& command, bool autoreaped = false) {
   if (e == ECHILD && (autoreaped || children_autoreaped())) throw_status_discarded(command, true);
   const std::error_code ec(e, std::system_category());
-  throw error(ec, command,
+  SUBPROCESS_THROW(error(ec, command,
               "waiting for '" + command + "' failed" +
                   (e == ECHILD ? " (was it reaped by other code calling waitpid(-1)?)" : "") + ": " +
-                  ec.message());
+                  ec.message()));
 }
 
 }  // namespace subprocess::detail

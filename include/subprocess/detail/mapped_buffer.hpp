@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "syscall.hpp"
+#include "../error.hpp"
 
 namespace subprocess::detail {
 
@@ -116,12 +117,12 @@ class mapped_buffer {
         end_ = live;
       }
       void* p = sys::mremap(data_, cap_, cap);
-      if (p == MAP_FAILED) throw std::bad_alloc();
+      if (p == MAP_FAILED) SUBPROCESS_THROW(std::bad_alloc());
       data_ = static_cast<char*>(p);
       cap_ = cap;
     } else {
       void* p = sys::mmap_anonymous(cap);
-      if (p == MAP_FAILED) throw std::bad_alloc();
+      if (p == MAP_FAILED) SUBPROCESS_THROW(std::bad_alloc());
       if (live) std::memcpy(p, data_ + begin_, live);
       release();
       data_ = static_cast<char*>(p);

@@ -23,7 +23,7 @@ inline int poll_until(pollfd* fds, nfds_t n, const deadline& dl, std::string_vie
     if (r >= 0) return r;
     if (errno == EINTR) continue;
     int e = errno;
-    throw io_error(e, std::string(command), "poll");
+    SUBPROCESS_THROW(io_error(e, std::string(command), "poll"));
   }
 }
 

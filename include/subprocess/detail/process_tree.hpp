@@ -172,7 +172,7 @@ class process_tree {
   template <class Rep = long, class Period = std::ratio<1>>
   bool terminate(std::chrono::duration<Rep, Period> grace = std::chrono::seconds(5)) {
     if (grace < grace.zero())
-      throw argument_error(cmdline_, "negative grace period for tree().terminate()");
+      SUBPROCESS_THROW(argument_error(cmdline_, "negative grace period for tree().terminate()"));
     const detail::deadline dl = detail::deadline_in(grace);
     signal(SIGTERM);
     signal(SIGCONT);
@@ -245,9 +245,9 @@ class process_tree {
   // CPU time of every process that ever ran in the tree, and its peak memory.
   tree_usage usage() {
     if (mechanism_ != tree_mechanism::cgroup)
-      throw error(std::make_error_code(std::errc::operation_not_supported), cmdline_,
+      SUBPROCESS_THROW(error(std::make_error_code(std::errc::operation_not_supported), cmdline_,
                   "usage() of the tree of '" + cmdline_ + "' needs the cgroup mechanism (it is " +
-                      to_string() + ")");
+                      to_string() + ")"));
     tree_usage u;
     const std::string stat = read("cpu.stat");
     u.cpu = std::chrono::microseconds(detail::cgroup::field(stat, "usage_usec"));
@@ -305,7 +305,7 @@ class process_tree {
 
   [[noreturn]] void fail_spawn(int err, const std::string& what) {
     destroy();
-    throw spawn_error(err, cmdline_, "tree()", what);
+    SUBPROCESS_THROW(spawn_error(err, cmdline_, "tree()", what));
   }
   [[noreturn]] void fail(int err, const std::string& verb, const std::string& name) const {
     detail::throw_errno(err, cmdline_,
@@ -330,11 +330,11 @@ class process_tree {
         while (!s.empty() && s.back() == '\n') s.pop_back();
         return s.empty() ? std::string("none") : s;
       };
-      throw spawn_error(EOPNOTSUPP, cmdline_, "tree()",
+      SUBPROCESS_THROW(spawn_error(EOPNOTSUPP, cmdline_, "tree()",
                         std::string(option) + ": the " + controller +
                             " controller is not enabled for the children of '" + parent.string() +
                             "' (its cgroup.subtree_control: " + trim(enabled) +
-                            "; controllers available there: " + trim(available) + ")");
+                            "; controllers available there: " + trim(available) + ")"));
     };
     need(o.memory_max.has_value(), "memory", "memory_max");
     need(o.pids_max.has_value(), "pids", "pids_max");
@@ -415,17 +415,17 @@ class process_tree {
   }
 
   void destroy() noexcept {
-    try {
+    SUBPROCESS_TRY {
       if (mechanism_ == tree_mechanism::cgroup || root_ > 0) kill();
-    } catch (...) {
+    } SUBPROCESS_CATCH_ALL {
     }
     procs_.reset();
     if (!dir_.empty()) {
       // EBUSY: a member is still exiting; the kill above waited, so once more at most.
       for (int i = 0; i < 2 && detail::sys::rmdir(dir_.c_str()) != 0 && errno == EBUSY; ++i) {
-        try {
+        SUBPROCESS_TRY {
           wait_events("populated", 0, detail::deadline_in(std::chrono::seconds(5)));
-        } catch (...) {
+        } SUBPROCESS_CATCH_ALL {
         }
       }
       dir_.clear();

@@ -19,6 +19,7 @@
 #include "exit_watch.hpp"
 #include "syscall.hpp"
 #include "unique_fd.hpp"
+#include "../error.hpp"
 
 namespace subprocess::detail {
 
@@ -79,12 +80,12 @@ class reaper {
       throw_errno(errno, "reaper: epoll_ctl");
     ep_ = std::move(ep);
     wake_ = std::move(wake);
-    try {
+    SUBPROCESS_TRY {
       std::thread([this] { run(); }).detach();
-    } catch (...) {
+    } SUBPROCESS_CATCH_ALL {
       ep_.reset();
       wake_.reset();
-      throw;
+      SUBPROCESS_RETHROW;
     }
     started_ = true;
   }

@@ -32,7 +32,7 @@ class sigpipe_guard {
   // Throws io_error if SIGPIPE could not be blocked: writing then could kill the
   // whole process, which is worse than not writing.
   void check(const std::string& command) const {
-    if (!restore_) throw io_error(errno_, command, "block SIGPIPE before writing");
+    if (!restore_) SUBPROCESS_THROW(io_error(errno_, command, "block SIGPIPE before writing"));
   }
   // Call when a write failed with EPIPE.
   void saw_epipe() noexcept { epipe_ = true; }

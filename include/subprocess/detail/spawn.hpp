@@ -17,8 +17,9 @@
 namespace subprocess::detail {
 
 // Starts `cp` with the back end `plan` chose; on failure throws the spawn_error
-// that names the command and the step. No child is left behind either way.
-inline spawned launch(const spawn_plan& plan, child_plan& cp) {
+// that names the command and the step (or stores its errno in *ec, for
+// command::spawn(ec)). No child is left behind either way.
+inline spawned launch(const spawn_plan& plan, child_plan& cp, std::error_code* ec = nullptr) {
   spawned child;
   spawn_failure fail;
   if (plan.method != spawn_method::posix_spawn) {
@@ -42,7 +43,8 @@ inline spawned launch(const spawn_plan& plan, child_plan& cp) {
   bool ok = plan.method == spawn_method::spawner       ? spawner::instance().spawn(cp, child, fail)
             : plan.method == spawn_method::clone_vfork ? spawn_clone(cp, child, fail)
                                                        : spawn_posix(cp, child, fail);
-  if (!ok) raise_spawn_failure(plan, cp, fail);
+  if (!ok && ec != nullptr) *ec = std::error_code(fail.err, std::system_category());
+  if (!ok && ec == nullptr) raise_spawn_failure(plan, cp, fail);
   return child;
 }
 

@@ -45,6 +45,7 @@
 
 #include "spawn/clone_vfork.hpp"
 #include "syscall.hpp"
+#include "../error.hpp"
 
 namespace subprocess::detail {
 
@@ -102,11 +103,11 @@ class spawner {
       return false;
     }
     int err = 0;
-    try {
+    SUBPROCESS_TRY {
       std::thread([this] { run(); }).detach();
-    } catch (const std::system_error& e) {
+    } SUBPROCESS_CATCH(const std::system_error&, e) {
       err = e.code().value() != 0 ? e.code().value() : EAGAIN;
-    } catch (...) {
+    } SUBPROCESS_CATCH_ALL {
       err = ENOMEM;
     }
     sys::thread_sigmask(SIG_SETMASK, &old, nullptr);

@@ -166,10 +166,10 @@ class channel {
     namespace sys = subprocess::detail::sys;
     struct stat st {};
     if (!fd || sys::fstat(fd.get(), &st) != 0 || !S_ISSOCK(st.st_mode))
-      throw argument_error(opts.name, "ipc channel: fd " + std::to_string(fd.get()) +
-                                          " is not an open socket");
+      SUBPROCESS_THROW(argument_error(opts.name, "ipc channel: fd " + std::to_string(fd.get()) +
+                                          " is not an open socket"));
     if (opts.max_message_size == 0)
-      throw argument_error(opts.name, "ipc channel: max_message_size must be positive");
+      SUBPROCESS_THROW(argument_error(opts.name, "ipc channel: max_message_size must be positive"));
     s_->fd = std::move(fd);
     s_->opts = std::move(opts);
     s_->label = detail::ipc_wire::describe(s_->opts.name);
@@ -222,12 +222,12 @@ class channel {
     // characters in strings are not copied: msg lives until we return, so they are
     // sent from it (a 100 MiB string is scanned once, never copied or faulted in).
     detail::ipc_wire::gather g{s.wbuf, {}, 0};
-    try {
+    SUBPROCESS_TRY {
       detail::ipc_wire::dump_to(g, msg, s.opts.name);
       s.wbuf.push_back('\n');
-    } catch (...) {
+    } SUBPROCESS_CATCH_ALL {
       s.wbuf.clear();
-      throw;
+      SUBPROCESS_RETHROW;
     }
     if (g.borrowed.empty())
       flush_blocking(s);
@@ -253,13 +253,34 @@ class channel {
   // and the end if eof().
   template <class Rep, class Period>
   std::optional<json> receive_for(std::chrono::duration<Rep, Period> timeout) {
-    if (timeout < timeout.zero()) throw argument_error(name(), "receive_for: negative timeout");
+    if (timeout < timeout.zero()) SUBPROCESS_THROW(argument_error(name(), "receive_for: negative timeout"));
     return receive_until(subprocess::detail::deadline_in(timeout));
   }
   std::optional<json> receive_until(const subprocess::detail::deadline& dl) {
     std::optional<json> m;
     wait_for_message(dl, [&](stream& s) { return (m = next_locked(s)).has_value(); });
     return m;
+  }
+
+  // ---- without exceptions (error.hpp): send and receive reporting through `ec` ----
+  // false / nullopt with `ec` set where send() and receive() throw: errc::
+  // channel_closed (the channel is empty, closed, or the peer closed it),
+  // errc::protocol_error (a malformed or oversized message), std::errc::
+  // invalid_argument (invalid UTF-8 to send, a negative timeout). nullopt with `ec`
+  // clear is the end of the channel, as for receive(). Built without exceptions, a
+  // channel already known to be closed is reported here; a peer that goes away
+  // during the send, or a malformed message, still aborts (error.hpp).
+  bool send(const json& msg, std::error_code& ec) noexcept {
+    if (!is_open() || s_->write_broken) return ec = errc::channel_closed, false;
+    return subprocess::detail::report_to(ec, false, [&] { return send(msg), true; });
+  }
+  std::optional<json> receive(std::error_code& ec) noexcept {
+    return subprocess::detail::report_to(ec, std::optional<json>(), [&] { return receive(); });
+  }
+  template <class Rep, class Period>
+  std::optional<json> receive_for(std::chrono::duration<Rep, Period> timeout, std::error_code& ec) noexcept {
+    if (timeout < timeout.zero()) return ec = std::make_error_code(std::errc::invalid_argument), std::nullopt;
+    return subprocess::detail::report_to(ec, std::optional<json>(), [&] { return receive_for(timeout); });
   }
 
   // ---- JSON-RPC without the cost of an object per envelope ---------------------------
@@ -379,12 +400,12 @@ class channel {
     std::lock_guard wl(s.wmu);
     check_writable(s);
     const std::size_t before = s.wbuf.size();
-    try {
+    SUBPROCESS_TRY {
       detail::ipc_wire::append_request(s.wbuf, id, method, params, s.opts.name);
       s.wbuf.push_back('\n');
-    } catch (...) {
+    } SUBPROCESS_CATCH_ALL {
       s.wbuf.truncate(before);
-      throw;
+      SUBPROCESS_RETHROW;
     }
   }
   // The same for the answer to a request: {"jsonrpc":"2.0","id":id,"result":result},
@@ -395,12 +416,12 @@ class channel {
     std::lock_guard wl(s.wmu);
     check_writable(s);
     const std::size_t before = s.wbuf.size();
-    try {
+    SUBPROCESS_TRY {
       detail::ipc_wire::append_response(s.wbuf, id, result, is_error, s.opts.name);
       s.wbuf.push_back('\n');
-    } catch (...) {
+    } SUBPROCESS_CATCH_ALL {
       s.wbuf.truncate(before);
-      throw;
+      SUBPROCESS_RETHROW;
     }
   }
   // Writes everything queued, waiting for room as send() does (and, like it, reading
@@ -504,9 +525,9 @@ class channel {
   static subprocess::detail::unique_fd take(process& p) {
     auto fd = p.take_channel_fd();
     if (!fd)
-      throw argument_error(p.command_line(),
+      SUBPROCESS_THROW(argument_error(p.command_line(),
                            "no ipc channel: start the command with .ipc() (and take the "
-                           "channel only once)");
+                           "channel only once)"));
     return fd;
   }
   static channel_options with_name(channel_options o, const std::string& n) {
@@ -515,8 +536,8 @@ class channel {
   }
 
   stream& live(const char* what) {
-    if (!s_) throw channel_error(errc::channel_closed, {}, std::string("ipc channel: ") + what +
-                                                            " on an empty channel");
+    if (!s_) SUBPROCESS_THROW(channel_error(errc::channel_closed, {}, std::string("ipc channel: ") + what +
+                                                            " on an empty channel"));
     return *s_;
   }
 
@@ -551,10 +572,10 @@ inline channel connect_to_parent(channel_options opts = {}) {
   };
   const char* v = std::getenv("NODE_CHANNEL_FD");
   if (!v)
-    throw fail(
+    SUBPROCESS_THROW(fail(
         "NODE_CHANNEL_FD is not set. Start this program with sp::command{...}.ipc(), or from "
         "Node with fork() or spawn(cmd, args, {stdio: ['pipe', 'pipe', 'pipe', 'ipc']}) "
-        "(connect_to_parent() consumes the variable, so it works once per process)");
+        "(connect_to_parent() consumes the variable, so it works once per process)"));
   std::string_view sv(v);
   int fd = 0;
   bool ok = !sv.empty() && sv.size() <= 9;
@@ -562,19 +583,19 @@ inline channel connect_to_parent(channel_options opts = {}) {
     if (c < '0' || c > '9') ok = false;
     fd = fd * 10 + (c - '0');
   }
-  if (!ok) throw fail("NODE_CHANNEL_FD='" + std::string(sv) + "' is not a file descriptor number");
+  if (!ok) SUBPROCESS_THROW(fail("NODE_CHANNEL_FD='" + std::string(sv) + "' is not a file descriptor number"));
   if (const char* mode = std::getenv("NODE_CHANNEL_SERIALIZATION_MODE");
       mode && std::string_view(mode) != "json")
-    throw fail("the parent uses serialization '" + std::string(mode) +
+    SUBPROCESS_THROW(fail("the parent uses serialization '" + std::string(mode) +
                "'; only 'json' is supported (Node: spawn/fork with {serialization: 'json'}, "
-               "the default)");
+               "the default)"));
   if (sys::fcntl(fd, F_GETFD) < 0)
-    throw fail("NODE_CHANNEL_FD=" + std::to_string(fd) + " but fd " + std::to_string(fd) +
-               " is not open");
+    SUBPROCESS_THROW(fail("NODE_CHANNEL_FD=" + std::to_string(fd) + " but fd " + std::to_string(fd) +
+               " is not open"));
   struct stat st {};
   if (sys::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
-    throw fail("NODE_CHANNEL_FD=" + std::to_string(fd) + " but fd " + std::to_string(fd) +
-               " is not a socket");
+    SUBPROCESS_THROW(fail("NODE_CHANNEL_FD=" + std::to_string(fd) + " but fd " + std::to_string(fd) +
+               " is not a socket"));
   sys::fcntl(fd, F_SETFD, FD_CLOEXEC);
   ::unsetenv("NODE_CHANNEL_FD");
   ::unsetenv("NODE_CHANNEL_SERIALIZATION_MODE");

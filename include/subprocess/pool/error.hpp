@@ -90,7 +90,7 @@ struct pool_attempt {
 };
 
 // A task failed for a reason of the pool's (kind() says which). command() is the
-// pool's name (the worker command line).
+// pool's name (the worker command line); what() starts with it: "pool 'name': ...".
 //
 // Errors a future can hold:
 //   ipc::rpc_error        the worker answered with an error (its code and message)
@@ -106,7 +106,7 @@ class pool_error : public error {
  public:
   pool_error(pool_errc kind, std::string pool, std::string message, std::string method = {},
              std::uint64_t task = 0, std::vector<pool_attempt> attempts = {})
-      : error(make_error_code(kind), std::move(pool), std::move(message)),
+      : error(make_error_code(kind), pool, pool.empty() ? message : "pool '" + pool + "': " + message),
         kind_(kind),
         method_(std::move(method)),
         task_(task),

@@ -280,7 +280,7 @@ inline std::string current_dir(const std::string& cmdline) {
     }
     if (errno != ERANGE) {
       int e = errno;
-      throw spawn_error(e, cmdline, "resolve program", "(cannot read the current directory)");
+      SUBPROCESS_THROW(spawn_error(e, cmdline, "resolve program", "(cannot read the current directory)"));
     }
     buf.resize(buf.size() * 2);
   }
@@ -575,7 +575,7 @@ struct spawn_plan {
     step = "setpgid";
     what = "to join process group " + std::to_string(*plan.join_group);
   }
-  throw spawn_error(fail.err, cmdline, step, what);
+  SUBPROCESS_THROW(spawn_error(fail.err, cmdline, step, what));
 }
 
 }  // namespace subprocess::detail

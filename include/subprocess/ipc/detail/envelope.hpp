@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 
+#include "../../error.hpp"
 #include "wire.hpp"
 
 namespace subprocess::detail::ipc_wire {
@@ -21,8 +22,8 @@ template <class Out>
 void append_request(Out& b, std::optional<std::uint64_t> id, std::string_view method,
                     const json& params, const std::string& name) {
   if (!(params.is_null() || params.is_array() || params.is_object()))
-    throw argument_error(name, "call '" + std::string(method) +
-                                   "': params must be an object, an array or null (JSON-RPC)");
+    SUBPROCESS_THROW(argument_error(name, "call '" + std::string(method) +
+                                   "': params must be an object, an array or null (JSON-RPC)"));
   b.append("{\"jsonrpc\":\"2.0\",");
   if (id) {
     char digits[24];
@@ -32,11 +33,11 @@ void append_request(Out& b, std::optional<std::uint64_t> id, std::string_view me
     b.push_back(',');
   }
   b.append("\"method\":");
-  try {
+  SUBPROCESS_TRY {
     subprocess::detail::json_codec::dump_string(method, b);  // no json string built for it
-  } catch (const subprocess::detail::json_codec::error& e) {
-    throw argument_error(name, std::string("cannot send a method name that is not valid UTF-8 (") +
-                                   e.what() + ")");
+  } SUBPROCESS_CATCH(const subprocess::detail::json_codec::error&, e) {
+    SUBPROCESS_THROW(argument_error(name, std::string("cannot send a method name that is not valid UTF-8 (") +
+                                   e.what() + ")"));
   }
   if (!params.is_null()) {
     b.append(",\"params\":");

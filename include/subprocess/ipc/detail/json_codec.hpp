@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "../../error.hpp"
 #include "json_dump.hpp"
 #include "json_scan.hpp"
 
@@ -273,7 +274,7 @@ class parser : scanner {
 
   void enter() {
     if (++depth_ > max_depth_)
-      throw error(too_deep(max_depth_), static_cast<std::size_t>(p_ - begin_));
+      SUBPROCESS_THROW(error(too_deep(max_depth_), static_cast<std::size_t>(p_ - begin_)));
   }
 
 

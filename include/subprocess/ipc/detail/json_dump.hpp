@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "../../error.hpp"
 #include "json_scan.hpp"
 
 namespace subprocess::detail::json_codec {
@@ -64,7 +65,7 @@ void dump_string(std::string_view s, Out& out) {
     }
     std::size_t n = utf8_sequence(reinterpret_cast<const unsigned char*>(p), static_cast<std::size_t>(end - p));
     if (n == 0)
-      throw error("invalid UTF-8 in a string", static_cast<std::size_t>(p - s.data()));
+      SUBPROCESS_THROW(error("invalid UTF-8 in a string", static_cast<std::size_t>(p - s.data())));
     out.append(p, n);
     p += n;
   }
@@ -107,7 +108,7 @@ void dump_leaf(const json& j, Out& out) {
 template <class Out>
 void dump(const json& j, Out& out, std::size_t max_depth = default_max_depth) {
   if (!j.is_structured() || j.empty()) {
-    if (j.is_structured() && max_depth == 0) throw error(too_deep(max_depth), out.size());
+    if (j.is_structured() && max_depth == 0) SUBPROCESS_THROW(error(too_deep(max_depth), out.size()));
     return dump_leaf(j, out);
   }
   struct frame {
@@ -116,7 +117,7 @@ void dump(const json& j, Out& out, std::size_t max_depth = default_max_depth) {
   };
   small_stack<frame, 32> stack;
   auto check_depth = [&] {
-    if (stack.size() >= max_depth) throw error(too_deep(max_depth), out.size());
+    if (stack.size() >= max_depth) SUBPROCESS_THROW(error(too_deep(max_depth), out.size()));
   };
   check_depth();
   out.push_back(j.is_array() ? '[' : '{');

@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../../error.hpp"
 #include "../../detail/pages.hpp"
 
 #if defined(__SSE2__)
@@ -158,7 +159,7 @@ class scanner {
       : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()) {}
 
   [[noreturn]] void fail(const char* what) const {
-    throw error(what, static_cast<std::size_t>(p_ - begin_));
+    SUBPROCESS_THROW(error(what, static_cast<std::size_t>(p_ - begin_)));
   }
   void ws() noexcept {
     while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r')) ++p_;

@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 
+#include "../../error.hpp"
 #include "../../detail/mapped_buffer.hpp"
 #include "../../detail/poll.hpp"
 #include "../../detail/syscall.hpp"
@@ -57,7 +58,7 @@ struct stream {
 };
 
 [[noreturn]] inline void throw_closed(const stream& s, const std::string& why) {
-  throw channel_error(errc::channel_closed, s.opts.name, s.label + ": cannot send: " + why);
+  SUBPROCESS_THROW(channel_error(errc::channel_closed, s.opts.name, s.label + ": cannot send: " + why));
 }
 inline void check_writable(stream& s) {
   if (s.closed.load()) throw_closed(s, "the channel is closed");
@@ -70,9 +71,9 @@ inline void check_writable(stream& s) {
     s.write_broken = true;
     throw_closed(s, "the peer closed the channel");
   }
-  throw channel_error(std::error_code(err, std::system_category()), s.opts.name,
+  SUBPROCESS_THROW(channel_error(std::error_code(err, std::system_category()), s.opts.name,
                       s.label + ": send failed: " +
-                          std::error_code(err, std::system_category()).message());
+                          std::error_code(err, std::system_category()).message()));
 }
 
 inline constexpr std::size_t read_chunk = 64 * 1024;
@@ -224,12 +225,12 @@ inline std::size_t write_now(stream& s, std::string_view data) {
 // Appends msg + '\n' to the queue; on failure (invalid UTF-8) the queue is as it was.
 inline void serialize(stream& s, const json& msg) {
   const std::size_t before = s.wbuf.size();
-  try {
+  SUBPROCESS_TRY {
     dump_to(s.wbuf, msg, s.opts.name);
     s.wbuf.push_back('\n');
-  } catch (...) {
+  } SUBPROCESS_CATCH_ALL {
     s.wbuf.truncate(before);
-    throw;
+    SUBPROCESS_RETHROW;
   }
 }
 // NACKs owed to Node join the queue at its end: always a message boundary.
@@ -269,12 +270,12 @@ inline void write_blocking(stream& s, std::string_view data) {
   s.peer_done = true;
   s.shut_down = true;
   subprocess::detail::sys::shutdown(s.fd.get(), SHUT_RDWR);
-  throw channel_error(errc::protocol_error, s.opts.name,
+  SUBPROCESS_THROW(channel_error(errc::protocol_error, s.opts.name,
                       s.label + ": a message of " + (exact ? "" : "at least ") +
                           std::to_string(size) + " bytes exceeds the limit of " +
                           std::to_string(s.opts.max_message_size) +
                           " bytes; the channel was shut down",
-                      std::move(sample));
+                      std::move(sample)));
 }
 
 // A NODE_HANDLE arrived but its fd was dropped (we never accept fds): tell Node,
@@ -283,9 +284,9 @@ inline void owe_nack(stream& s) {
   s.nacks.fetch_add(1);
   std::unique_lock wl(s.wmu, std::try_to_lock);
   if (!wl.owns_lock() || s.write_broken || s.shut_down || s.closed.load()) return;
-  try {
+  SUBPROCESS_TRY {
     write_some(s);
-  } catch (const channel_error&) {
+  } SUBPROCESS_CATCH(const channel_error&, sp_unused_) {
     // The peer is gone; the reader learns that from the stream.
   }
 }
@@ -335,14 +336,14 @@ inline bool next_line_locked(stream& s, Decode&& decode) {
     if (nl > s.opts.max_message_size) oversized(s, nl, true);
     std::string_view line = b.substr(0, nl);
     bool keep;
-    try {
+    SUBPROCESS_TRY {
       keep = decode(line);
-    } catch (const subprocess::detail::json_codec::error& e) {
+    } SUBPROCESS_CATCH(const subprocess::detail::json_codec::error&, e) {
       std::string sample = sample_of(line);
       s.rbuf.consume(nl + 1);
       s.scanned = 0;
-      throw channel_error(errc::protocol_error, s.opts.name,
-                          s.label + ": malformed message ('" + sample + "'): " + e.what(), sample);
+      SUBPROCESS_THROW(channel_error(errc::protocol_error, s.opts.name,
+                          s.label + ": malformed message ('" + sample + "'): " + e.what(), sample));
     }
     s.rbuf.consume(nl + 1);
     s.scanned = 0;

@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 
+#include "../../error.hpp"
 #include "../common.hpp"
 #include "json_codec.hpp"
 
@@ -53,15 +54,15 @@ inline bool is_internal(const json& m) {
 // input.
 template <class Out>
 void dump_to(Out& out, const json& j, const std::string& name) {
-  try {
+  SUBPROCESS_TRY {
     subprocess::detail::json_codec::dump(j, out);
-  } catch (const subprocess::detail::json_codec::error& e) {
+  } SUBPROCESS_CATCH(const subprocess::detail::json_codec::error&, e) {
     const std::string what = e.what();
-    throw argument_error(name, what.find("UTF-8") != std::string::npos
+    SUBPROCESS_THROW(argument_error(name, what.find("UTF-8") != std::string::npos
                                    ? "cannot send a message with a string that is not valid UTF-8 (" + what + ")"
-                                   : "cannot send this message: " + what);
-  } catch (const json::type_error& e) {
-    throw argument_error(name, std::string("cannot send this message (") + e.what() + ")");
+                                   : "cannot send this message: " + what));
+  } SUBPROCESS_CATCH(const json::type_error&, e) {
+    SUBPROCESS_THROW(argument_error(name, std::string("cannot send this message (") + e.what() + ")"));
   }
 }
 
