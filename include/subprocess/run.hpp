@@ -440,7 +440,7 @@ inline run_result run(command cmd, const run_options& opts, std::error_code& ec)
       std::optional<process> p = cmd.spawn(ec);
       if (!p) return r;
       r = communicate(*p, opts.input ? std::string_view(*opts.input) : std::string_view(),
-                      {opts.timeout, opts.max_output, opts.on_output_limit});
+                      {opts.timeout, opts.on_timeout, opts.max_output, opts.on_output_limit});
       r.success_codes = cmd.success_codes();
       if (opts.check && !r.success()) ec = errc::process_failed;
     }
