@@ -77,7 +77,7 @@ TEST_CASE("every error message says what failed and names the command") {
   }
   SECTION("timeout_error, process_error, output_limit_error from run()") {
     CHECK(message_of<sp::timeout_error>([] { sp::run(sp::command{"sleep", "5"}, {.timeout = 100ms}); }) ==
-          "'sleep 5' timed out after 100 ms");
+          "'sleep 5' timed out after 100 ms; sent SIGKILL");
     CHECK(message_of<sp::process_error>([] {
             sp::run(sp::command{"sh", "-c", "echo 'disk full' >&2; exit 2"}, {.check = true});
           }) == "'sh -c 'echo '\\''disk full'\\'' >&2; exit 2'' exited with code 2: disk full");
