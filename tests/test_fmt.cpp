@@ -75,6 +75,35 @@ TEST_CASE("fmt and operator<<: the same text for every value type") {
     CHECK(fmt::format("{}", fmt::streamed(sp::exit_status::exited(2))) == "exited with code 2");
     CHECK(fmt::format("[{:>10}]", fmt::streamed(sp::output_limit::kill)) == "[      kill]");
   }
+  SECTION("timeout_outcome, cancel_policy, tree_mechanism, tree_usage, pattern") {
+    sp::timeout_outcome o;
+    CHECK(both(o) == "still running");
+    o.still_running = true;
+    CHECK(both(o) == "still running; left to the caller");
+    // From a real timeout: SIGTERM, ignored, then SIGKILL after the grace.
+    auto t = sp::timeout_policy::kill_with(SIGTERM, 50ms);
+    CHECK(both(t) == "SIGTERM, then SIGKILL after 50 ms");
+    try {
+      sp::run(testing::helper({"ignore-term", "sleep", "60000"}), {.timeout = 300ms, .on_timeout = t});
+      FAIL("no timeout");
+    } catch (const sp::timeout_error& e) {
+      // (SIGTERM alone if the helper had not reached ignore-term yet: a loaded machine)
+      CHECK(both(e.outcome()) == (e.outcome().escalated ? "killed by SIGKILL; signal sent, then SIGKILL"
+                                                         : "killed by SIGTERM; signal sent"));
+    }
+    CHECK(both(sp::timeout_outcome{.status = sp::exit_status::exited(0)}) == "exited with code 0");
+    CHECK(both(sp::cancel_policy::keep) == "keep");
+    CHECK(both(sp::cancel_policy::kill) == "kill");
+    CHECK(both(sp::tree_mechanism::cgroup) == "cgroup v2");
+    CHECK(both(sp::tree_mechanism::subreaper) == "subreaper");
+    sp::tree_usage u{.cpu = 1200us, .user = 1000us, .system = 200us, .memory_peak = 4096};
+    CHECK(both(u) == "cpu 1200 us (user 1000, system 200); peak memory 4096 bytes");
+    u.memory_peak.reset();
+    CHECK(both(u).ends_with("peak memory unavailable (no memory.peak: memory controller not enabled)"));
+    CHECK(both(sp::pattern("ready\n")) == "\"ready\\n\"");
+    CHECK(both(sp::pattern::regex("\\$ ")) == "/\\$ /");
+    CHECK(fmt::format("[{:>9}]", sp::pattern("ok")) == "[     \"ok\"]");
+  }
   SECTION("the format spec of a string applies to the whole text") {
     CHECK(fmt::format("[{:<12}]", sp::spawn_backend::automatic) == "[automatic   ]");
     CHECK(fmt::format("[{:*^14}]", sp::command{"echo", "a b"}) == "[**echo 'a b'**]");

@@ -2,7 +2,8 @@
 //
 // fmt::formatter specialisations for exit_status, command, spawn_backend, environment,
 // signal_info, shutdown_entry, shutdown_result, forward_result, output_limit,
-// timeout_policy, run_result, transform, pipeline, stage_result and pipeline_result.
+// timeout_policy, timeout_outcome, cancel_policy, tree_mechanism, tree_usage, pattern,
+// run_result, transform, pipeline, stage_result and pipeline_result.
 // Each prints the same text as the type's to_string() and operator<< (both declared next to
 // the type, whose comments show the text; `std::cout << x` needs no fmt).
 //
@@ -43,8 +44,12 @@
 #include "environment.hpp"
 #include "exit_status.hpp"
 #include "pipeline.hpp"
+#include "process.hpp"
+#include "pty.hpp"
 #include "run.hpp"
 #include "signals.hpp"
+#include "timeout.hpp"
+#include "tree.hpp"
 
 namespace subprocess::detail {
 
@@ -102,3 +107,14 @@ template <>
 struct fmt::formatter<subprocess::stage_result> : subprocess::detail::text_formatter<subprocess::stage_result> {};
 template <>
 struct fmt::formatter<subprocess::pipeline_result> : subprocess::detail::text_formatter<subprocess::pipeline_result> {};
+template <>
+struct fmt::formatter<subprocess::timeout_outcome>
+    : subprocess::detail::text_formatter<subprocess::timeout_outcome> {};
+template <>
+struct fmt::formatter<subprocess::cancel_policy> : subprocess::detail::text_formatter<subprocess::cancel_policy> {};
+template <>
+struct fmt::formatter<subprocess::tree_mechanism> : subprocess::detail::text_formatter<subprocess::tree_mechanism> {};
+template <>
+struct fmt::formatter<subprocess::tree_usage> : subprocess::detail::text_formatter<subprocess::tree_usage> {};
+template <>
+struct fmt::formatter<subprocess::pattern> : subprocess::detail::text_formatter<subprocess::pattern> {};

@@ -84,6 +84,12 @@ class command;
 // What a wait ended by a stop token does to the child: nothing (keep: it runs on, and
 // is still yours to wait for) or kill (SIGKILL, to its group if it leads one, and reap).
 enum class cancel_policy { keep, kill };
+// "keep", "kill".
+inline const char* to_string(cancel_policy p) noexcept { return p == cancel_policy::kill ? "kill" : "keep"; }
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, cancel_policy p) {
+  return detail::put_text(os, to_string(p));
+}
 
 class process {
  public:

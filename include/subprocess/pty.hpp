@@ -143,6 +143,12 @@ class pattern {
   std::string shown_;
 };
 
+// What errors show: "ready" (in its quotes), /\$ /, /(regex)/.
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const pattern& p) {
+  return detail::put_text(os, p.to_string());
+}
+
 // What expect() found.
 struct expect_match {
   std::string before;               // the output before the match

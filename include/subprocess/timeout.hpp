@@ -74,7 +74,22 @@ struct timeout_outcome {
   bool killed = false;                // the library sent the policy's signal (Node's `killed`)
   bool escalated = false;             // ... and then SIGKILL, the grace having passed
   bool still_running = false;         // leave_running: nothing sent, the caller owns the child
+  // "killed by SIGTERM; signal sent", "killed by SIGKILL; signal sent, then SIGKILL",
+  // "still running; left to the caller", "exited with code 0" (it ended by itself).
+  std::string to_string() const {
+    std::string s = status ? status->to_string() : std::string("still running");
+    if (killed) s += "; signal sent";
+    if (escalated) s += ", then SIGKILL";
+    if (still_running) s += "; left to the caller";
+    return s;
+  }
 };
+
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os,
+                                             const timeout_outcome& o) {
+  return detail::put_text(os, o.to_string());
+}
 
 namespace detail {
 // "sent SIGKILL", "sent SIGTERM", "sent SIGTERM, then SIGKILL after 500 ms", "still

@@ -74,6 +74,10 @@ struct tree_usage {
                     : std::string("unavailable (no memory.peak: memory controller not enabled)"));
   }
 };
+template <class Traits>
+std::basic_ostream<char, Traits>& operator<<(std::basic_ostream<char, Traits>& os, const tree_usage& u) {
+  return detail::put_text(os, u.to_string());
+}
 
 // Makes this process a child subreaper (prctl PR_SET_CHILD_SUBREAPER): orphans of
 // its descendants are re-parented to it instead of to init. Process-wide and for
