@@ -9,10 +9,14 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
 #include <sys/resource.h>
 
 #include <subprocess/pipeline.hpp>
@@ -1015,5 +1019,115 @@ TEST_CASE("the timeout policy: a signal first, SIGKILL after the grace to what i
     CHECK_THROWS_AS(p.spawn({.on_timeout = policy::kill_with(0)}), sp::argument_error);
     CHECK_THROWS_AS(p.spawn({.on_timeout = policy::kill_with(SIGTERM, -1ms)}), sp::argument_error);
     CHECK(testing::children().empty());
+  }
+}
+
+namespace {
+// A cgroup tree here, or why not (then the test WARNs and returns).
+std::optional<std::string> no_cgroup_tree() {
+  try {
+    sp::command{"true"}.tree({.use = sp::tree_mechanism::cgroup}).spawn().wait();
+    return std::nullopt;
+  } catch (const sp::spawn_error& e) {
+    return std::string(e.what());
+  }
+}
+// Gone: no such process, or a zombie that init has not reaped yet (not ours to reap).
+bool gone(pid_t pid) {
+  if (::kill(pid, 0) != 0) return errno == ESRCH;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  return line.size() > line.rfind(')') + 2 && line[line.rfind(')') + 2] == 'Z';
+}
+pid_t read_pid(const fs::path& p) {
+  std::ifstream f(p);
+  long v = 0;
+  f >> v;
+  return static_cast<pid_t>(v);
+}
+}  // namespace
+
+TEST_CASE("wait_for_tree: the pipeline returns after what its stages left running") {
+  if (auto why = no_cgroup_tree()) {
+    WARN("skipped: no writable cgroup v2 on this machine: " << *why);
+    return;
+  }
+  temp_dir dir;
+  // The daemon writes its pid, waits for the stage's end of a FIFO to close (the stage
+  // exiting), then until the stage's pid is gone (reaped), then for a byte on the FIFO
+  // "go", then writes late.txt: it outlives the stage by construction, holds none of
+  // its pipes, and needs no sleep. The stage is not the first: the first leads the
+  // process group, and its zombie is held until the pipeline is destroyed.
+  const std::string daemon_stage =
+      "mkfifo f; c=$$; (sh -c \"echo \\$\\$ > pid; cat f; while kill -0 $c 2>/dev/null; do :; done; "
+      "read x < go; echo late > late.txt\" >/dev/null 2>&1 </dev/null &); exec 3>f; echo early";
+  REQUIRE(::mkfifo((dir.path / "go").c_str(), 0600) == 0);
+  SECTION("with wait_for_tree: returns once the grandchild is gone") {
+    auto h = (sp::pipeline{} | sp::command{"true"} | sp::command{"sh", "-c", daemon_stage}.cwd(dir.path) |
+              sp::command{"cat"})
+                 .spawn({.timeout = 30s, .wait_for_tree = true});
+    // The daemon opens "go" only after its stage exited and was reaped.
+    const int go = ::open((dir.path / "go").c_str(), O_WRONLY | O_CLOEXEC);
+    REQUIRE(go >= 0);
+    CHECK(h.statuses()[1] == sp::exit_status::exited(0));
+    // The stages are gone, the daemon is not: not done. (Without wait_for_tree,
+    // done_fd turns readable as soon as cat has copied "early".)
+    pollfd done{h.done_fd(), POLLIN, 0};
+    CHECK(::poll(&done, 1, 200) == 0);
+    REQUIRE(::write(go, "x\n", 2) == 2);
+    ::close(go);
+    auto r = h.wait();
+    CHECK(r.success());
+    CHECK(r.out == "early\n");
+    REQUIRE(r.stages.size() == 3);
+    CHECK_FALSE(r.stages[0].descendants_outlived);
+    CHECK(r.stages[1].descendants_outlived);
+    CHECK_FALSE(r.stages[2].descendants_outlived);
+    const pid_t daemon = read_pid(dir.path / "pid");
+    REQUIRE(daemon > 0);
+    CHECK(gone(daemon));
+    std::ifstream late(dir.path / "late.txt");
+    std::string text;
+    std::getline(late, text);
+    CHECK(text == "late");
+  }
+  SECTION("a stage with its own tree() reports the leftover without wait_for_tree") {
+    auto r = (sp::pipeline{} | sp::command{"true"} | sp::command{"sh", "-c", daemon_stage}.cwd(dir.path).tree() | sp::command{"cat"})
+                 .run({.timeout = 30s});
+    CHECK(r.success());
+    CHECK(r.out == "early\n");
+    CHECK(r.stages[1].descendants_outlived);
+    // Not waited for: the tree was killed when the pipeline finished.
+    const pid_t daemon = read_pid(dir.path / "pid");
+    REQUIRE(daemon > 0);
+    CHECK(gone(daemon));
+  }
+  SECTION("a stage without descendants") {
+    auto r = (sp::pipeline{} | sp::command{"echo", "hi"} | sp::command{"cat"}).run({.wait_for_tree = true});
+    CHECK(r.out == "hi\n");
+    CHECK_FALSE(r.stages[0].descendants_outlived);
+    CHECK_FALSE(r.stages[1].descendants_outlived);
+  }
+  SECTION("a daemon that never ends: killed with the trees at the timeout") {
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+      (sp::pipeline{} | sp::command{"sh", "-c", "sleep 1000 >/dev/null 2>&1 </dev/null & echo $!"} |
+       sp::command{"cat"})
+          .run({.timeout = 300ms, .wait_for_tree = true});
+      FAIL("no timeout");
+    } catch (const sp::pipeline_timeout_error& e) {
+      CHECK(e.timeout() == 300ms);
+      const auto& r = e.result();
+      CHECK(r.timed_out);
+      REQUIRE(r.stages.size() == 2);
+      CHECK(r.stages[0].status == sp::exit_status::exited(0));
+      CHECK(r.stages[0].descendants_outlived);
+      const pid_t sleeper = static_cast<pid_t>(std::stol(r.out));
+      CHECK(gone(sleeper));
+    }
+    auto elapsed = std::chrono::steady_clock::now() - t0;
+    CHECK(elapsed >= 300ms);
+    CHECK(elapsed < 5s);
   }
 }

@@ -200,6 +200,12 @@ using stage_stderr = std::variant<inherit_t, null_t, capture_t, merge_with_out_t
 //            new_process_group()/new_session(), which are refused otherwise).
 //   sigpipe_is_failure (default false): see "Exit status" below.
 //   check    throw pipeline_error from run()/wait() unless the pipeline succeeded.
+//   wait_for_tree  each command stage runs in its own process tree (command::tree(),
+//            tree.hpp, unless it has one), and run()/wait() return only once every
+//            stage's tree is empty too: what the stages left running (a daemon) is
+//            waited for within the timeout, and killed with the trees at it (then
+//            pipeline_timeout_error). The wait happens after the stages exit; a
+//            terminate() during it is not seen before the trees empty or the deadline.
 struct pipeline_options {
   pipeline_input input{null};
   pipeline_output output{capture};
@@ -214,6 +220,8 @@ struct pipeline_options {
   bool sigpipe_is_failure = false;
   // Throw pipeline_error from run()/wait() unless the pipeline succeeded.
   bool check = false;
+  // Wait until each command stage's process tree is empty (see above).
+  bool wait_for_tree = false;
 };
 
 // Exit status. result.stages[k].status says how each stage ended; result.status is
@@ -254,6 +262,9 @@ struct stage_result {
   bool killed = false;
   std::string err;           // its stderr, with err = sp::capture
   std::exception_ptr error;  // what a transform threw
+  // The stage ran in a tree (wait_for_tree, or command::tree()) and a descendant of
+  // it was still running when it exited.
+  bool descendants_outlived = false;
   bool success() const noexcept { return !failed; }
 };
 
@@ -364,6 +375,7 @@ inline pipeline_result collect_result(pipeline_state& st) {
     }
     sr.err = std::move(s.err_text);
     sr.killed = s.killed;
+    sr.descendants_outlived = s.outlived;
     auto code = sr.status.code();
     sr.failed = !(code && std::binary_search(s.success_codes.begin(), s.success_codes.end(), *code)) &&
                 !(sr.status.signal() == SIGPIPE && k + 1 < n && !st.sigpipe_is_failure);

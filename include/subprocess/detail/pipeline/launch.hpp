@@ -144,6 +144,7 @@ class launcher {
     st_->command = whole_;
     st_->sigpipe_is_failure = opts_.sigpipe_is_failure;
     st_->check = opts_.check;
+    st_->wait_for_tree = opts_.wait_for_tree;
     st_->timeout = opts_.timeout;
     st_->on_timeout = opts_.on_timeout;
     st_->dl = deadline_in(opts_.timeout);
@@ -301,6 +302,7 @@ class launcher {
       else
         c.join_process_group(st_->pgid);
     }
+    if (opts_.wait_for_tree && !c.in_tree()) c.tree();
     try {
       slot.proc = c.spawn();
     } catch (const spawn_error& e) {

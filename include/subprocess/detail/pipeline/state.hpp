@@ -41,6 +41,7 @@ struct stage_slot {
   std::optional<exit_status> status;  // (mu) commands: known once it exited
   bool reaped = false;                // (mu)
   bool killed = false;                // (mu) signalled by the library (timeout, terminate)
+  bool outlived = false;              // (mu) its tree had members when it exited
   pipe_reader err;                    // captured stderr (supervisor thread only)
   std::string err_text;               // (supervisor thread only)
   pump* transform_pump = nullptr;
@@ -49,7 +50,7 @@ struct stage_slot {
 
 struct pipeline_state final : pump_owner {
   std::string command;
-  bool sigpipe_is_failure = false, check = false;
+  bool sigpipe_is_failure = false, check = false, wait_for_tree = false;
   std::optional<std::chrono::milliseconds> timeout;
   timeout_policy on_timeout;
   deadline dl;

@@ -42,6 +42,7 @@ class supervisor {
     block_async_signals();
     try {
       loop();
+      if (st_.wait_for_tree) wait_trees();
     } catch (...) {
       st_.fail(std::current_exception());
       reap_all();
@@ -163,9 +164,12 @@ class supervisor {
     if (seen.error != 0) throw_wait_failure(seen.error, s.command);
     const std::optional<exit_status> status = seen.status;
     if (!status) return;  // still running
+    // Its tree's members now (it is a zombie, so not one of them), before the reap.
+    const bool outlived = s.proc.has_tree() && !s.proc.tree().empty();
     {
       std::lock_guard lk(st_.mu);
       s.status = status;
+      s.outlived = outlived;
       ++st_.exited;
       const std::size_t leader = st_.leader;
       if (k != leader) {
@@ -175,6 +179,23 @@ class supervisor {
       if (!st_.grace_pending_locked()) reap_leader_locked();
     }
     st_.cv.notify_all();
+  }
+
+  // wait_for_tree, every stage gone: wait until each stage's tree is empty, within the
+  // deadline; at it (or after the timeout struck already) kill the trees: timed out.
+  void wait_trees() {
+    bool late = false;
+    {
+      std::lock_guard lk(st_.mu);
+      late = st_.timed_out;
+    }
+    for (auto& s : st_.stages)
+      if (!late && s.proc.has_tree() && !s.proc.tree().wait_empty_until(st_.dl)) late = true;
+    if (!late) return;
+    for (auto& s : st_.stages)
+      if (s.proc.has_tree()) s.proc.tree().kill();
+    std::lock_guard lk(st_.mu);
+    st_.timed_out = true;
   }
 
   // Once every stage has exited (and no grace is pending), the group's leader goes.
