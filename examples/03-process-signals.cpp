@@ -5,7 +5,8 @@
 // This lesson sends them to children, lets a child clean up before it exits,
 // escalates to SIGKILL when a child will not stop, stops a group of workers at one
 // deadline, shows a parent that receives SIGTERM itself and passes it on, and
-// (beyond the original) stops a whole tree, a daemon that left the session included.
+// (beyond the original) stops a whole tree, a daemon that left the session included,
+// and gives a timed-out child a grace period to clean up.
 //
 // Run with no arguments. The program starts `sleep` and itself in worker roles
 // (sp::command::self with --worker ...). The workers' own log lines are shown,
@@ -360,6 +361,24 @@ void whole_tree() {
   say("   Daemon survived the tree kill: {}\n", alive(daemon) ? "yes" : "no");
 }
 
+void timeout_with_grace() {
+  section(9, "A Timeout with a Grace Period",
+          "run() with a timeout: SIGTERM first, SIGKILL only if the child is still there");
+  // The shell traps SIGTERM: it says so, stops its sleep and exits 3. It sleeps in the
+  // background and `wait`s, because sh runs a trap only between commands. The trap is
+  // its first command, in place long before the 1 s timeout strikes.
+  sp::command cmd{"sh", "-c", "trap 'echo cleaning up; kill $!; exit 3' TERM; sleep 30 & wait"};
+  try {
+    sp::run(cmd, {.timeout = 1s, .on_timeout = sp::timeout_policy::kill_with(SIGTERM, 2s)});
+  } catch (const sp::timeout_error& e) {
+    say("   timeout_error: {}\n", e.what());
+    say("   Killed by the library: {}, then SIGKILL: {}\n", e.killed() ? "yes" : "no",
+        e.outcome().escalated ? "yes" : "no");
+    say("   Child status: {}\n", e.status() ? e.status()->to_string() : "unknown");
+    say("   Handler ran: {}\n", e.out().find("cleaning up") != std::string::npos ? "yes" : "no");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -385,6 +404,7 @@ int main(int argc, char** argv) {
   coordinated_shutdown();
   parent_signal_handling();
   whole_tree();
+  timeout_with_grace();
   say("\n=== All Examples Completed ===\n");
   say("\nKey Concepts:\n");
   say("  1. SIGTERM lets a process clean up; a worker reads it from a signal_set, finishes its job, exits 0\n");
@@ -393,5 +413,6 @@ int main(int argc, char** argv) {
   say("  4. Coordinate group shutdown: shutdown(workers, grace) shares one deadline among them all\n");
   say("  5. Handle signals in both parent and child: forward_and_shutdown() passes them on\n");
   say("  6. A group does not hold a daemon that called setsid(): command::tree() does\n");
+  say("  7. A timeout can ask first: kill_with(SIGTERM, grace) lets the child clean up\n");
   return 0;
 }
